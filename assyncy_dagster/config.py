@@ -106,6 +106,7 @@ class Settings(BaseModel):
     portal_timeout_seconds: float = Field(default=30, gt=0)
     portal_retries: int = Field(default=3, ge=0)
     verify_tls: bool = True
+    retry_backoff_minutes: float = Field(default=30, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,0 +1,40 @@
+# Two entry points, both safe on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SYSTEM_PACKAGES := rsync openssh-server openssh-client
+
+.PHONY: setup system-packages demo test test-fast clean-demo
+
+system-packages:
+	@if ! command -v rsync >/dev/null || [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null; then \
+		echo "installing $(SYSTEM_PACKAGES) with apt"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# uv installs the Dagster stack in seconds; plain pip is the fallback.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@if $(BIN)/pip install -q uv 2>/dev/null; then \
+		$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test]'; \
+	else \
+		$(BIN)/pip install -q -e '.[test]'; \
+	fi
+	touch $@
+
+setup: system-packages $(VENV)/.installed
+
+demo: setup
+	$(BIN)/python -m assyncy_dagster.demo
+
+test: setup
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: setup
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
+
+clean-demo:
+	rm -rf demo

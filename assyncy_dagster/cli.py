@@ -1,0 +1,147 @@
+"""The `assyncy` command (check-config, portal-sim, add-epn) and the seed's
+`mxsync` and `epnalert` commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from .config import CONFIG_ENV, ConfigError, Settings, load_settings
+from .epn import InvalidEpnError, project_for, validate_epn
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help=f"path to config.yml (default: ${CONFIG_ENV})")
+
+
+def _fail(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 2
+
+
+# -- check-config -----------------------------------------------------------
+
+
+def environment_problems(settings: Settings) -> list[str]:
+    """What the config points at but is not there or not usable."""
+    from .alerts import check_templates
+
+    problems = []
+    key = settings.key_file
+    if not key.is_file():
+        problems.append(f"key-file: {key} does not exist")
+    elif stat.S_IMODE(key.stat().st_mode) & 0o077:
+        problems.append(f"key-file: {key} is readable by group or others; ssh refuses it (chmod 600 {key})")
+    if settings.known_hosts_file and not settings.known_hosts_file.is_file():
+        problems.append(f"known-hosts-file: {settings.known_hosts_file} does not exist")
+    problems += [
+        f"epnalert-template-folder: {p}"
+        for p in check_templates(
+            settings.epnalert_template_folder, settings.epnalert_template_text, settings.epnalert_template_html
+        )
+    ]
+    root = settings.destination_root_path
+    if not root.is_dir():
+        problems.append(f"destination-root-path: {root} does not exist")
+    else:
+        try:
+            with tempfile.TemporaryFile(dir=root):
+                pass
+        except OSError as exc:
+            problems.append(f"destination-root-path: {root} is not writable ({exc.strerror})")
+    if not settings.ignore.parent.is_dir():
+        problems.append(f"ignore: folder {settings.ignore.parent} does not exist")
+    return problems
+
+
+def check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        return _fail(f"config is invalid:\n{exc}")
+    print(yaml.safe_dump(settings.masked(), sort_keys=False, default_flow_style=False), end="")
+    problems = environment_problems(settings)
+    if problems:
+        return _fail("problems:\n" + "\n".join(f"- {p}" for p in problems))
+    print("config OK")
+    return 0
+
+
+# -- add-epn ----------------------------------------------------------------
+
+
+def add_epn(args: argparse.Namespace) -> int:
+    from dagster import DagsterInstance
+
+    from .partitions import EPN_PARTITIONS_NAME
+
+    bad = []
+    for value in args.epns:
+        try:
+            validate_epn(value)
+        except InvalidEpnError as exc:
+            bad.append(str(exc))
+    if bad:
+        return _fail("refused, nothing added:\n" + "\n".join(f"- {b}" for b in bad))
+    if not os.environ.get("DAGSTER_HOME"):
+        return _fail("DAGSTER_HOME is not set: partitions would go to a throwaway instance")
+    settings = None
+    if args.config or os.environ.get(CONFIG_ENV):
+        try:
+            settings = load_settings(args.config)
+        except ConfigError as exc:
+            return _fail(f"config is invalid:\n{exc}")
+    instance = DagsterInstance.get()
+    existing = set(instance.get_dynamic_partitions(EPN_PARTITIONS_NAME))
+    new = [e for e in dict.fromkeys(args.epns) if e not in existing]
+    if new:
+        instance.add_dynamic_partitions(EPN_PARTITIONS_NAME, new)
+    for epn in dict.fromkeys(args.epns):
+        state = "added" if epn in new else "already present"
+        note = ""
+        if settings is not None:
+            project = project_for(epn, settings.epn_cap_map)
+            note = f" -> project {project}" if project else " (not mapped in epn_cap_map: it will not be repatriated)"
+        print(f"{epn}: {state}{note}")
+    return 0
+
+
+# -- entry points -----------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .portal_sim import add_portal_sim_arguments, run_portal_sim
+
+    parser = argparse.ArgumentParser(
+        prog="assyncy", description="assyncy-dagster: repatriate Australian Synchrotron data with Dagster."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check-config", help="validate config.yml and what it points at")
+    _config_argument(check)
+    check.set_defaults(func=check_config)
+
+    sim = commands.add_parser("portal-sim", help="serve a simulated synchrotron portal over HTTP")
+    add_portal_sim_arguments(sim)
+    sim.set_defaults(func=run_portal_sim)
+
+    add = commands.add_parser("add-epn", help="add EPN partitions to the Dagster instance in $DAGSTER_HOME")
+    add.add_argument("epns", nargs="+", metavar="EPN")
+    _config_argument(add)
+    add.set_defaults(func=add_epn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The code location: `assyncy_dagster.definitions:defs`, built from $ASSYNCY_CONFIG."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .assets.epn_data import epn_data
+from .assets.visits import portal_visits
+from .config import config_path_from_env, load_settings
+from .jobs import repatriation_job, unknown_epn_alert_job, unknown_epn_digest_schedule
+from .resources.portal import PortalResource
+from .resources.settings import AssyncyConfigResource
+from .resources.sftp import SftpResource
+from .resources.smtp import SmtpResource
+from .sensors.epn_sensor import build_epn_sensor, sensor_interval_seconds
+from .sensors.failure_alerts import repatriation_failure_alert
+
+
+def build_definitions(config_path: str | None = None) -> dg.Definitions:
+    """Wire assets, jobs, sensors and resources for one config.yml.
+
+    A missing or invalid config raises ConfigError listing every problem, the
+    same text `assyncy check-config` prints.
+    """
+    path = config_path_from_env(config_path).absolute()
+    settings = load_settings(path)
+    return dg.Definitions(
+        assets=[portal_visits, epn_data],
+        jobs=[repatriation_job, unknown_epn_alert_job],
+        sensors=[build_epn_sensor(sensor_interval_seconds(settings)), repatriation_failure_alert],
+        schedules=[unknown_epn_digest_schedule],
+        resources={
+            "assyncy_config": AssyncyConfigResource(config_path=str(path)),
+            "portal": PortalResource(config_path=str(path)),
+            "sftp": SftpResource.from_settings(settings),
+            "smtp": SmtpResource(config_path=str(path)),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,56 @@
+"""Tell the helpdesk about EPNs nobody has claimed: shared by the alert job,
+the daily digest and the `epnalert` command. No Dagster imports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from .alerts import AlertEntry, build_message, render_unknown_epn_alert
+from .config import Settings
+from .epn import project_for, validate_epn
+from .mail import Mailer
+from .portal import PortalClient, visit_window, visits_by_epn
+from .rsync import SftpClient
+from .state import ALERTED_KEY, add_epns
+
+log = logging.getLogger("assyncy.epnalert")
+
+
+def unmapped_epns_on_host(settings: Settings, sftp: SftpClient) -> list[str]:
+    """Every EPN folder on the SFTP host whose base number is not in epn_cap_map."""
+    return sorted(e for e in sftp.list_epns() if project_for(e, settings.epn_cap_map) is None)
+
+
+def send_unknown_epn_alert(
+    settings: Settings,
+    portal: PortalClient,
+    mailer: Mailer,
+    epns: Sequence[str],
+    *,
+    digest: bool = False,
+    logger: logging.Logger | None = None,
+) -> list[str]:
+    """E-mail one message about `epns` with their visit details; record them as
+    alerted (unless this is the digest) only after the server accepted it."""
+    logger = logger or log
+    epns = sorted({validate_epn(e) for e in epns})
+    if not epns:
+        logger.info("no unmapped EPNs: nothing to send")
+        return []
+    since, until = visit_window(datetime.now(timezone.utc), settings.visit_day_range)
+    by_epn = visits_by_epn(portal.visits(since, until))
+    entries = [AlertEntry(epn=e, visits=tuple(by_epn.get(e, ()))) for e in epns]
+    rendered = render_unknown_epn_alert(
+        settings.epnalert_template_folder,
+        settings.epnalert_template_text,
+        settings.epnalert_template_html,
+        entries,
+        digest=digest,
+    )
+    mailer.send(build_message(rendered, settings.epnalert_email_from, settings.epnalert_email_to))
+    logger.info(f"sent '{rendered.subject}' about {len(epns)} EPN(s) to {settings.epnalert_email_to}: {', '.join(epns)}")
+    if not digest:
+        add_epns(settings.alerted_path, epns, key=ALERTED_KEY)
+    return epns

@@ -1,0 +1,73 @@
+"""The runs the sensor and the schedule launch."""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field
+
+from .assets.epn_data import epn_data
+from .assets.visits import portal_visits
+from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
+from .mail import MailError
+from .partitions import epn_partitions
+from .portal import PortalError
+from .resources.portal import PortalResource
+from .resources.settings import AssyncyConfigResource
+from .resources.sftp import SftpResource
+from .resources.smtp import SmtpResource
+from .rsync import RsyncError
+
+KIND_TAG = "assyncy/kind"
+REPATRIATION_JOB = "repatriate_epn"
+ALERT_JOB = "unknown_epn_alert"
+
+repatriation_job = dg.define_asset_job(
+    REPATRIATION_JOB,
+    selection=[portal_visits, epn_data],
+    partitions_def=epn_partitions,
+    tags={KIND_TAG: "repatriation"},
+    description="Look one EPN up in the portal and bring its data home (portal_visits, then epn_data).",
+)
+
+
+class UnknownEpnAlertConfig(dg.Config):
+    epns: list[str] = Field(default_factory=list, description="EPNs to tell the helpdesk about.")
+    digest: bool = Field(
+        default=False,
+        description="Ignore `epns`: list every EPN on the SFTP host that is still unmapped (the daily digest).",
+    )
+
+
+@dg.op(description="E-mail the helpdesk about EPNs whose base number is not in epn_cap_map.")
+def send_unknown_epn_alert_op(
+    context: dg.OpExecutionContext,
+    config: UnknownEpnAlertConfig,
+    portal: PortalResource,
+    smtp: SmtpResource,
+    sftp: SftpResource,
+    assyncy_config: AssyncyConfigResource,
+) -> list[str]:
+    settings = assyncy_config.settings()
+    try:
+        epns = unmapped_epns_on_host(settings, sftp.client(logger=context.log)) if config.digest else config.epns
+        return send_unknown_epn_alert(
+            settings, portal.client(logger=context.log), smtp.mailer(), epns, digest=config.digest, logger=context.log
+        )
+    except (PortalError, RsyncError, MailError) as exc:
+        # The EPNs stay un-alerted, so a later sensor tick asks again.
+        raise dg.Failure(description=f"unknown-EPN alert not sent: {exc}") from None
+
+
+@dg.job(name=ALERT_JOB, tags={KIND_TAG: "alert"}, description="Unknown ownership of EPNs: the helpdesk e-mail.")
+def unknown_epn_alert_job():
+    send_unknown_epn_alert_op()
+
+
+unknown_epn_digest_schedule = dg.ScheduleDefinition(
+    name="unknown_epn_digest",
+    job=unknown_epn_alert_job,
+    cron_schedule="0 1 * * *",  # the old epnalert cron line: daily at 01:00
+    run_config=dg.RunConfig(ops={"send_unknown_epn_alert_op": UnknownEpnAlertConfig(digest=True)}),
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily digest of every EPN on the SFTP host that is still unmapped.",
+)

@@ -1,0 +1,133 @@
+"""What one watch cycle should do, decided from facts alone.
+
+`plan_cycle` is shared by `epn_sensor` and `mxsync`, so both apply the same
+rules: an EPN is repatriated when it is mapped, its visit has ended, its folder
+is on the SFTP host, and it is neither in ignore.yml nor already on its way.
+No Dagster imports: the sensor gathers the facts, this module decides.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from .epn import is_valid_epn, project_for
+from .portal import Visit
+
+
+class LastRun(enum.Enum):
+    IN_FLIGHT = "in flight"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    """The latest repatriation run of one EPN, and how many failed in a row."""
+
+    status: LastRun
+    run_id: str
+    ended_at: datetime | None = None
+    consecutive_failures: int = 0
+
+
+@dataclass
+class CyclePlan:
+    new_partitions: list[str] = field(default_factory=list)
+    repatriate: list[str] = field(default_factory=list)
+    alert: list[str] = field(default_factory=list)
+    held_back: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [
+            f"{len(self.new_partitions)} new EPN(s)",
+            f"{len(self.repatriate)} to repatriate",
+            f"{len(self.alert)} to alert",
+            f"{len(self.held_back)} held back",
+        ]
+        return ", ".join(parts)
+
+
+def retry_delay(consecutive_failures: int, base: timedelta, cap: timedelta = timedelta(hours=24)) -> timedelta:
+    """Exponential backoff: base, 2*base, 4*base, ... never more than cap."""
+    if consecutive_failures <= 0:
+        return timedelta(0)
+    return min(cap, base * (2 ** min(consecutive_failures - 1, 16)))
+
+
+def plan_cycle(
+    *,
+    visits: Iterable[Visit],
+    on_sftp: Iterable[str],
+    known_partitions: Iterable[str],
+    repatriated: Iterable[str],
+    alerted: Iterable[str],
+    epn_cap_map: Mapping[str, str],
+    now: datetime,
+    dry_run: bool,
+    history: Mapping[str, RunHistory] | None = None,
+    alert_in_flight: Iterable[str] = (),
+    retry_base: timedelta = timedelta(minutes=30),
+) -> CyclePlan:
+    history = history or {}
+    visits_by_epn: dict[str, list[Visit]] = {}
+    for visit in visits:
+        if is_valid_epn(visit.epn):
+            visits_by_epn.setdefault(visit.epn, []).append(visit)
+    on_sftp = {e for e in on_sftp if is_valid_epn(e)}
+    known = set(known_partitions)
+    repatriated = set(repatriated)
+    skip_alert = set(alerted) | set(alert_in_flight)
+
+    plan = CyclePlan()
+    plan.new_partitions = sorted((on_sftp | visits_by_epn.keys()) - known)
+
+    for epn in sorted(on_sftp | visits_by_epn.keys()):
+        if project_for(epn, epn_cap_map) is None:
+            if epn in on_sftp and epn not in skip_alert:
+                plan.alert.append(epn)
+            continue
+        if epn in repatriated:
+            continue
+        reason = _hold_reason(epn, visits_by_epn.get(epn, []), epn in on_sftp, history.get(epn), now, dry_run, retry_base)
+        if reason is None:
+            plan.repatriate.append(epn)
+        elif reason:
+            plan.held_back[epn] = reason
+    return plan
+
+
+def _hold_reason(
+    epn: str,
+    visits: list[Visit],
+    on_sftp: bool,
+    last: RunHistory | None,
+    now: datetime,
+    dry_run: bool,
+    retry_base: timedelta,
+) -> str | None:
+    """Why a mapped EPN waits, None when it is due, "" when there is simply nothing to do."""
+    if not visits:
+        return "no visit in the portal within visit-day-range"
+    running = [v for v in visits if not v.has_ended(now)]
+    if running:
+        return f"visit still running (ends {max(v.end_time for v in running).isoformat()})"
+    if not on_sftp:
+        return "no folder on the SFTP host yet"
+    if last is None:
+        return None
+    if last.status is LastRun.IN_FLIGHT:
+        return ""
+    if last.status is LastRun.SUCCEEDED:
+        # A real success lands in ignore.yml; one that is not there was a dry-run
+        # (do not repeat it every cycle) or was removed by an admin to force a re-sync.
+        return "" if dry_run else None
+    wait = retry_delay(last.consecutive_failures, retry_base)
+    if last.ended_at is not None and now < last.ended_at + wait:
+        return (
+            f"last {last.consecutive_failures} run(s) failed; retrying after "
+            f"{(last.ended_at + wait).isoformat(timespec='seconds')}"
+        )
+    return None

@@ -1,0 +1,47 @@
+"""repatriation_failure_alert: e-mails the helpdesk when bringing an EPN home fails."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ..alerts import build_message, render_failure_alert
+from ..jobs import REPATRIATION_JOB
+from ..resources.settings import AssyncyConfigResource
+from ..resources.smtp import SmtpResource
+
+_REPATRIATION_ASSETS = {dg.AssetKey("epn_data"), dg.AssetKey("portal_visits")}
+
+
+def is_repatriation(run: dg.DagsterRun) -> bool:
+    """A run of the sensor's job, or any run (UI, CLI) that materialises an EPN's data."""
+    return run.job_name == REPATRIATION_JOB or bool(set(run.asset_selection or ()) & _REPATRIATION_ASSETS)
+
+
+def failure_text(context: dg.RunFailureSensorContext) -> str:
+    """The failing step's own message (a Failure's description), else the run's."""
+    for event in context.get_step_failure_events():
+        data = event.step_failure_data
+        if data and data.user_failure_data and data.user_failure_data.description:
+            return data.user_failure_data.description
+        if data and data.error:
+            return data.error.message.strip()
+    return context.failure_event.message or "the run failed"
+
+
+@dg.run_failure_sensor(
+    name="repatriation_failure_alert",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="E-mails epnalert-email-to when a repatriation run fails.",
+)
+def repatriation_failure_alert(
+    context: dg.RunFailureSensorContext, smtp: SmtpResource, assyncy_config: AssyncyConfigResource
+) -> None:
+    run = context.dagster_run
+    if not is_repatriation(run):
+        return
+    settings = assyncy_config.settings()
+    epn = run.tags.get("dagster/partition", "(unknown EPN)")
+    url = f"{settings.dagster_ui_url.rstrip('/')}/runs/{run.run_id}" if settings.dagster_ui_url else None
+    rendered = render_failure_alert(epn, failure_text(context), run.run_id, url)
+    smtp.send(build_message(rendered, settings.epnalert_email_from, settings.epnalert_email_to))
+    context.log.info(f"failure alert for EPN {epn} (run {run.run_id}) sent to {settings.epnalert_email_to}")

@@ -1,0 +1,107 @@
+"""State files an admin can read and edit: ignore.yml and alerted.yml.
+
+Both keep the seed's shape, a YAML mapping with one sorted list of EPNs
+(`previouslySynched` in ignore.yml, `alerted` in alerted.yml). Every update is
+a read-modify-write under an exclusive lock, written to a temporary file and
+renamed into place, so concurrent runs and a crash mid-write never lose an
+entry. No Dagster imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import yaml
+
+IGNORE_KEY = "previouslySynched"
+ALERTED_KEY = "alerted"
+
+
+class StateFileError(Exception):
+    """A state file that cannot be read or written; the message names it."""
+
+
+def _sort_key(epn: str) -> tuple[int, str]:
+    match = re.fullmatch(r"([0-9]+)(.*)", epn)
+    return (int(match.group(1)), match.group(2)) if match else (-1, epn)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A lock file beside the state file: locking the state file itself would be
+    # lost on every rename.
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read(path: Path, key: str) -> tuple[dict, list[str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}, []
+    except OSError as exc:
+        raise StateFileError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise StateFileError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise StateFileError(f"{path}: expected a mapping with a {key!r} list")
+    entries = data.get(key) or []
+    if not isinstance(entries, list):
+        raise StateFileError(f"{path}: {key!r} must be a list of EPNs")
+    return data, [str(e) for e in entries]
+
+
+def read_epns(path: Path, key: str = IGNORE_KEY) -> set[str]:
+    """The EPNs listed under `key` (empty when the file does not exist yet)."""
+    return set(_read(Path(path), key)[1])
+
+
+def add_epns(path: Path, epns: Iterable[str], key: str = IGNORE_KEY) -> list[str]:
+    """Add EPNs to the list under `key` atomically; return the ones that were new."""
+    path = Path(path)
+    wanted = list(dict.fromkeys(epns))
+    with _locked(path):
+        data, current = _read(path, key)
+        new = [e for e in wanted if e not in set(current)]
+        if not new:
+            return []
+        data[key] = sorted(set(current) | set(new), key=_sort_key)
+        _write_atomically(path, "---\n" + yaml.safe_dump(data, default_flow_style=False, sort_keys=False))
+    return new
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    # Make the rename itself durable.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
