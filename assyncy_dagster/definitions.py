@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
 from .assets.epn_data import epn_data
 from .assets.visits import portal_visits
-from .config import config_path_from_env, load_settings
+from .config import Settings, config_path_from_env, load_settings
 from .jobs import repatriation_job, unknown_epn_alert_job, unknown_epn_digest_schedule
 from .resources.portal import PortalResource
 from .resources.settings import AssyncyConfigResource
@@ -16,11 +18,12 @@ from .sensors.epn_sensor import build_epn_sensor, sensor_interval_seconds
 from .sensors.failure_alerts import repatriation_failure_alert
 
 
-def build_definitions(config_path: str | None = None) -> dg.Definitions:
+def build_definitions(config_path: str | None = None, *, execute: bool | None = None) -> dg.Definitions:
     """Wire assets, jobs, sensors and resources for one config.yml.
 
     A missing or invalid config raises ConfigError listing every problem, the
-    same text `assyncy check-config` prints.
+    same text `assyncy check-config` prints. `execute` overrides the file's
+    `execute` (mxsync --execute).
     """
     path = config_path_from_env(config_path).absolute()
     settings = load_settings(path)
@@ -29,13 +32,22 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
         jobs=[repatriation_job, unknown_epn_alert_job],
         sensors=[build_epn_sensor(sensor_interval_seconds(settings)), repatriation_failure_alert],
         schedules=[unknown_epn_digest_schedule],
-        resources={
-            "assyncy_config": AssyncyConfigResource(config_path=str(path)),
-            "portal": PortalResource(config_path=str(path)),
-            "sftp": SftpResource.from_settings(settings),
-            "smtp": SmtpResource(config_path=str(path)),
-        },
+        resources=build_resources(path, settings, execute=execute),
     )
 
 
-defs = build_definitions()
+def build_resources(path: Path, settings: Settings, *, execute: bool | None = None) -> dict[str, object]:
+    """The outside world, wired once: portal, SFTP/rsync endpoint, SMTP and config.yml itself."""
+    return {
+        "assyncy_config": AssyncyConfigResource(config_path=str(path), execute=execute),
+        "portal": PortalResource(config_path=str(path)),
+        "sftp": SftpResource.from_settings(settings),
+        "smtp": SmtpResource(config_path=str(path)),
+    }
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Loaded by Dagster (webserver, daemon, CLI) from $ASSYNCY_CONFIG; importing
+    this module has no side effects, so mxsync and the demo can build their own."""
+    return build_definitions()

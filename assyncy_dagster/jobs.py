@@ -1,6 +1,5 @@
 """The runs the sensor and the schedule launch."""
 
-from __future__ import annotations
 
 import dagster as dg
 from pydantic import Field
@@ -8,6 +7,7 @@ from pydantic import Field
 from .assets.epn_data import epn_data
 from .assets.visits import portal_visits
 from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
+from .alerts import TemplateError
 from .mail import MailError
 from .partitions import epn_partitions
 from .portal import PortalError
@@ -53,7 +53,7 @@ def send_unknown_epn_alert_op(
         return send_unknown_epn_alert(
             settings, portal.client(logger=context.log), smtp.mailer(), epns, digest=config.digest, logger=context.log
         )
-    except (PortalError, RsyncError, MailError) as exc:
+    except (PortalError, RsyncError, MailError, TemplateError) as exc:
         # The EPNs stay un-alerted, so a later sensor tick asks again.
         raise dg.Failure(description=f"unknown-EPN alert not sent: {exc}") from None
 

@@ -1,6 +1,5 @@
 """epn_data: one experiment's files, brought home and verified."""
 
-from __future__ import annotations
 
 import time
 from collections.abc import Iterator

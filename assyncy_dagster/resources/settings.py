@@ -18,6 +18,12 @@ class AssyncyConfigResource(dg.ConfigurableResource):
     """
 
     config_path: str = Field(description="Path of config.yml; secrets are read from it at use, never stored by Dagster.")
+    execute: bool | None = Field(
+        default=None, description="Overrides config.yml's `execute` (mxsync --execute); unset follows the file."
+    )
 
     def settings(self) -> Settings:
-        return load_settings(self.config_path)
+        settings = load_settings(self.config_path)
+        if self.execute is not None:
+            settings = settings.model_copy(update={"execute": self.execute})
+        return settings

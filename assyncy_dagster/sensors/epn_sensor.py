@@ -1,6 +1,5 @@
 """epn_sensor: watches the portal and the SFTP host for EPNs to bring home."""
 
-from __future__ import annotations
 
 import hashlib
 import os
@@ -19,7 +18,7 @@ from ..jobs import (
     unknown_epn_alert_job,
 )
 from ..partitions import EPN_PARTITIONS_NAME, epn_partitions
-from ..planning import LastRun, RunHistory, plan_cycle
+from ..planning import CyclePlan, LastRun, RunHistory, plan_cycle
 from ..portal import PortalError, visit_window
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
@@ -103,6 +102,60 @@ def _digest(items: Iterable[str]) -> str:
     return hashlib.sha256(",".join(sorted(items)).encode()).hexdigest()[:16]
 
 
+def plan_tick(
+    instance: dg.DagsterInstance,
+    portal: PortalResource,
+    sftp: SftpResource,
+    assyncy_config: AssyncyConfigResource,
+    log,
+) -> tuple[CyclePlan | None, dg.SensorResult | dg.SkipReason]:
+    """Gather the facts, decide with `plan_cycle`, and phrase the decision as the
+    sensor's result. Shared by `epn_sensor` and `run_cycle` (mxsync, the demo)."""
+    settings = assyncy_config.settings()  # a broken config.yml fails the tick visibly
+    now = datetime.now(timezone.utc)
+    since, until = visit_window(now, settings.visit_day_range)
+    try:
+        visits = portal.visits(since, until, logger=log)
+    except PortalError as exc:
+        return None, dg.SkipReason(f"portal unavailable, nothing changed; next tick tries again: {exc}")
+    try:
+        on_sftp = sftp.client(logger=log).list_epns()
+    except RsyncError as exc:
+        return None, dg.SkipReason(f"SFTP host unavailable, nothing changed; next tick tries again: {exc}")
+    try:
+        repatriated = read_epns(settings.ignore)
+        alerted = read_epns(settings.alerted_path, key=ALERTED_KEY)
+    except StateFileError as exc:
+        raise dg.Failure(description=str(exc)) from None
+
+    sync_pool_limit(instance, settings.max_tasks)
+    dry_run = not settings.execute
+    alert_in_flight, last_failed_alert = alert_state(instance)
+    history = repatriation_history(instance, {e for e in on_sftp if e not in repatriated})
+    plan = plan_cycle(
+        visits=visits,
+        on_sftp=on_sftp,
+        known_partitions=instance.get_dynamic_partitions(EPN_PARTITIONS_NAME),
+        repatriated=repatriated,
+        alerted=alerted,
+        epn_cap_map=settings.epn_cap_map,
+        now=now,
+        dry_run=dry_run,
+        history=history,
+        alert_in_flight=alert_in_flight,
+        retry_base=timedelta(minutes=settings.retry_backoff_minutes),
+    )
+    if not (plan.repatriate or plan.alert or plan.new_partitions):
+        return plan, dg.SkipReason(f"nothing to do: {plan.summary()}{_held_text(plan.held_back)}")
+    log.info(f"epn_sensor: {plan.summary()}{_held_text(plan.held_back)}")
+    new_partitions = [epn_partitions.build_add_request(plan.new_partitions)] if plan.new_partitions else []
+    return plan, dg.SensorResult(
+        run_requests=repatriation_requests(plan.repatriate, dry_run, history)
+        + alert_requests(plan.alert, last_failed_alert),
+        dynamic_partitions_requests=new_partitions,
+    )
+
+
 def build_epn_sensor(interval_seconds: int) -> dg.SensorDefinition:
     @dg.sensor(
         name="epn_sensor",
@@ -119,51 +172,7 @@ def build_epn_sensor(interval_seconds: int) -> dg.SensorDefinition:
         """Every tick: ask the portal for recent visits and list the SFTP host; add each new
         EPN as a partition; request a repatriation run for each mapped EPN whose visit has
         ended and whose data is not home yet; request one alert run for new unmapped EPNs."""
-        settings = assyncy_config.settings()  # a broken config.yml fails the tick visibly
-        now = datetime.now(timezone.utc)
-        since, until = visit_window(now, settings.visit_day_range)
-        try:
-            visits = portal.visits(since, until, logger=context.log)
-        except PortalError as exc:
-            return dg.SkipReason(f"portal unavailable, nothing changed; next tick tries again: {exc}")
-        try:
-            on_sftp = sftp.client(logger=context.log).list_epns()
-        except RsyncError as exc:
-            return dg.SkipReason(f"SFTP host unavailable, nothing changed; next tick tries again: {exc}")
-        try:
-            repatriated = read_epns(settings.ignore)
-            alerted = read_epns(settings.alerted_path, key=ALERTED_KEY)
-        except StateFileError as exc:
-            raise dg.Failure(description=str(exc)) from None
-
-        instance = context.instance
-        sync_pool_limit(instance, settings.max_tasks)
-        dry_run = not settings.execute
-        candidates = {e for e in on_sftp if e not in repatriated}
-        alert_in_flight, last_failed_alert = alert_state(instance)
-        history = repatriation_history(instance, candidates)
-        plan = plan_cycle(
-            visits=visits,
-            on_sftp=on_sftp,
-            known_partitions=instance.get_dynamic_partitions(EPN_PARTITIONS_NAME),
-            repatriated=repatriated,
-            alerted=alerted,
-            epn_cap_map=settings.epn_cap_map,
-            now=now,
-            dry_run=dry_run,
-            history=history,
-            alert_in_flight=alert_in_flight,
-            retry_base=timedelta(minutes=settings.retry_backoff_minutes),
-        )
-        if not (plan.repatriate or plan.alert or plan.new_partitions):
-            return dg.SkipReason(f"nothing to do: {plan.summary()}{_held_text(plan.held_back)}")
-        context.log.info(f"epn_sensor: {plan.summary()}{_held_text(plan.held_back)}")
-        new_partitions = [epn_partitions.build_add_request(plan.new_partitions)] if plan.new_partitions else []
-        return dg.SensorResult(
-            run_requests=repatriation_requests(plan.repatriate, dry_run, history)
-            + alert_requests(plan.alert, last_failed_alert),
-            dynamic_partitions_requests=new_partitions,
-        )
+        return plan_tick(context.instance, portal, sftp, assyncy_config, context.log)[1]
 
     return epn_sensor
 

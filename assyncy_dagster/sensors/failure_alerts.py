@@ -1,6 +1,5 @@
 """repatriation_failure_alert: e-mails the helpdesk when bringing an EPN home fails."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,0 +1,455 @@
+"""The e-mails ASSyncy sends: the unknown-EPN alert and the failure alert.
+
+Pure logic, no Dagster imports: the epnalert asset, the CLI and the tests all
+render through here, and `mail.py` sends what this module builds.
+
+The unknown-EPN alert keeps HPC ASSyncy's contract, so that an admin's own
+templates keep working:
+
+* subject ``Unknown ownership of EPNs`` (also for a digest);
+* a multipart/alternative message, a text part and an HTML part, rendered from
+  the two Jinja templates named by ``epnalert-template-text`` and
+  ``epnalert-template-html`` in ``epnalert-template-folder``;
+* the template variables ``epn_details`` and ``unknown_epns``, pre-formatted
+  strings in HPC ASSyncy's layout.
+
+``epn_details`` holds one block per visit of an EPN the portal knows, sorted
+by EPN::
+
+    Epn 12282a on 2026-03-01T08:00:00+11:00 is not known.
+    Principal scientist: Jane Doe jane.doe@example.edu
+    It includes scientists:
+    First name    Last name    Email
+    ------------  -----------  --------------------
+    Jane          Doe          jane.doe@example.edu
+    ** Please add its base number "12282" to epn_cap_map in config.yml. **
+
+(the start is in ISO 8601 with its offset, as the portal gives it; the table
+is the "simple" layout of the ``tabulate`` package that HPC ASSyncy used:
+columns two spaces apart, each at least two wider than its header). A visit with no
+principal scientist or no data scientists says ``(none listed)`` where HPC
+ASSyncy crashed or printed an empty table.
+
+``unknown_epns`` lists the EPNs the portal has no visit for, sorted, eight to
+a row, between two dashed rules (``tabulate``'s layout without headers); it is
+empty when there are none.
+
+Templates may also use structured variables:
+
+* ``epns``: one dict per EPN, sorted by EPN, with ``epn``, ``base_number``,
+  ``known`` (True when the portal has a visit) and ``visits``; each visit has
+  ``id``, ``start`` and ``end`` (datetimes), ``start_iso``, ``end_iso``,
+  ``equipment_id``, ``principal_scientist`` (a person or None) and
+  ``data_scientists`` (a list of persons); a person has ``first_names``,
+  ``last_name``, ``email`` and ``full_name``;
+* ``unknown_epn_list`` (sorted EPNs without visit) and ``unknown_epn_rows``
+  (the same, in rows of eight);
+* ``digest`` (True for a reminder listing every EPN still without an owner,
+  False for an alert about new ones) and ``generated_at`` (an aware datetime).
+
+Unlike HPC ASSyncy, the HTML part is rendered with autoescaping: a scientist
+called ``<script>`` arrives as text, not markup. Nothing from the portal is
+ever marked safe. Both environments use ``StrictUndefined``, so a misspelt
+variable is an error naming the template file and line, not a blank.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, getaddresses, make_msgid
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .epn import base_number, validate_epn
+
+SUBJECT = "Unknown ownership of EPNs"
+EPNS_PER_ROW = 8
+SCIENTIST_HEADERS = ("First name", "Last name", "Email")
+# A failure alert is a pointer to the run, not a log: the full error is in Dagster.
+MAX_ERROR_LINES = 2
+MAX_ERROR_CHARS = 300
+
+
+class TemplateError(Exception):
+    """An e-mail template is missing, does not parse, or fails to render.
+
+    `template` is the file (a path when known), `lineno` the line or None.
+    """
+
+    def __init__(self, template: str, problem: str, lineno: int | None = None):
+        self.template = template
+        self.lineno = lineno
+        self.problem = problem
+        where = f"{template}, line {lineno}" if lineno else template
+        super().__init__(f"{where}: {problem}")
+
+
+class AddressError(ValueError):
+    """A recipient or sender list that holds no usable e-mail address."""
+
+
+@dataclass(frozen=True)
+class AlertEntry:
+    """An EPN without owner and the portal's visits for it (empty when the portal has none).
+
+    A visit is any object with `id`, `epn`, `start_time`, `end_time`,
+    `principal_scientist`, `data_scientists` and `equipment_id` (see
+    `assyncy_dagster.portal.Visit`). A malformed EPN raises InvalidEpnError.
+    """
+
+    epn: str
+    visits: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_epn(self.epn)
+        object.__setattr__(self, "visits", tuple(self.visits))
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """Subject and the two bodies of an e-mail, ready for `build_message`."""
+
+    subject: str
+    text: str
+    html: str
+
+
+# -- the seed's pre-formatted strings ---------------------------------------
+
+
+def format_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None = None) -> str:
+    """Rows as `tabulate`'s "simple" table, the layout HPC ASSyncy's e-mails used.
+
+    With headers: header line, dashed rule, rows. Without: the rows between two
+    dashed rules. Short rows are padded; trailing blanks are dropped.
+    """
+    if not rows and not headers:
+        return ""
+    width = max([len(headers or ())] + [len(row) for row in rows])
+    cells = [[str(c) for c in row] + [""] * (width - len(row)) for row in rows]
+    head = [str(h) for h in headers] + [""] * (width - len(headers)) if headers else None
+    widths = [0] * width
+    for i in range(width):
+        column = [row[i] for row in cells]
+        widths[i] = max([len(c) for c in column] + ([len(head[i]) + 2] if head else [0]))
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    body = [line(row) for row in cells]
+    if head is not None:
+        return "\n".join([line(head), rule, *body])
+    return "\n".join([rule, *body, rule])
+
+
+def rows_of(items: Sequence[str], size: int = EPNS_PER_ROW) -> list[list[str]]:
+    """`items` cut into rows of `size` (the last one may be shorter)."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _person(person: Any) -> dict[str, str] | None:
+    if person is None:
+        return None
+    first, last = _text(getattr(person, "first_names", "")), _text(getattr(person, "last_name", ""))
+    full = getattr(person, "full_name", None) or " ".join(p for p in (first, last) if p)
+    return {"first_names": first, "last_name": last, "email": _text(getattr(person, "email", "")), "full_name": _text(full)}
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else _text(value)
+
+
+def _visit(visit: Any) -> dict[str, Any]:
+    return {
+        "id": getattr(visit, "id", None),
+        "epn": _text(getattr(visit, "epn", "")),
+        "start": getattr(visit, "start_time", None),
+        "end": getattr(visit, "end_time", None),
+        "start_iso": _iso(getattr(visit, "start_time", None)),
+        "end_iso": _iso(getattr(visit, "end_time", None)),
+        "equipment_id": getattr(visit, "equipment_id", None),
+        "principal_scientist": _person(getattr(visit, "principal_scientist", None)),
+        "data_scientists": [p for p in map(_person, getattr(visit, "data_scientists", ()) or ()) if p],
+    }
+
+
+def _visit_details(epn: str, visit: dict[str, Any]) -> str:
+    principal = visit["principal_scientist"]
+    if principal:
+        principal_text = " ".join(p for p in (principal["first_names"], principal["last_name"], principal["email"]) if p)
+    else:
+        principal_text = "(none listed)"
+    scientists = visit["data_scientists"]
+    table = (
+        format_table([[p["first_names"], p["last_name"], p["email"]] for p in scientists], SCIENTIST_HEADERS)
+        if scientists
+        else "(none listed)"
+    )
+    return (
+        f"Epn {epn} on {visit['start_iso']} is not known.\n"
+        f"Principal scientist: {principal_text}\n"
+        f"It includes scientists:\n"
+        f"{table}\n"
+        f'** Please add its base number "{base_number(epn)}" to epn_cap_map in config.yml. **\n\n'
+    )
+
+
+def template_variables(
+    entries: Sequence[AlertEntry], *, digest: bool = False, generated_at: datetime | None = None
+) -> dict[str, Any]:
+    """Everything the unknown-EPN templates may use (see the module docstring)."""
+    ordered = sorted(entries, key=lambda e: e.epn)
+    epns = []
+    details = []
+    for entry in ordered:
+        visits = sorted(
+            (_visit(v) for v in entry.visits),
+            key=lambda v: v["start_iso"],
+        )
+        epns.append({"epn": entry.epn, "base_number": base_number(entry.epn), "known": bool(visits), "visits": visits})
+        details.extend(_visit_details(entry.epn, v) for v in visits)
+    unknown = [e["epn"] for e in epns if not e["known"]]
+    return {
+        "epn_details": "".join(details),
+        "unknown_epns": format_table(rows_of(unknown)),
+        "epns": epns,
+        "unknown_epn_list": unknown,
+        "unknown_epn_rows": rows_of(unknown),
+        "digest": digest,
+        "generated_at": generated_at or datetime.now(timezone.utc).astimezone(),
+    }
+
+
+# -- rendering ----------------------------------------------------------------
+
+
+def _environment(folder: Path, *, html: bool) -> jinja2.Environment:
+    # autoescape=True rather than select_autoescape: admins name templates *.j2,
+    # which extension-based selection would leave unescaped.
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        autoescape=html,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def _template_line(exc: BaseException, folder: Path) -> tuple[str | None, int | None]:
+    """The template file and line an error was raised at, from Jinja's rewritten traceback."""
+    root = os.path.realpath(folder)
+    found: tuple[str | None, int | None] = (None, None)
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename and os.path.realpath(frame.filename).startswith(root + os.sep):
+            found = (frame.filename, frame.lineno)
+    return found
+
+
+def _render(folder: Path, name: str, variables: dict[str, Any], *, html: bool, setting: str) -> str:
+    folder = Path(folder)
+    path = folder / name
+    env = _environment(folder, html=html)
+    try:
+        template = env.get_template(name)
+    except jinja2.TemplateNotFound as exc:
+        missing = str(path) if exc.name == name else f"{folder / str(exc.name)} (included from {path})"
+        raise TemplateError(
+            missing, f"template not found; check {setting} and epnalert-template-folder in config.yml"
+        ) from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(exc.filename or str(path), f"syntax error: {exc.message}", exc.lineno) from None
+    except OSError as exc:
+        raise TemplateError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    try:
+        return template.render(**variables)
+    except jinja2.TemplateSyntaxError as exc:  # in an included template
+        raise TemplateError(exc.filename or str(path), f"syntax error: {exc.message}", exc.lineno) from None
+    except Exception as exc:  # any failure inside an admin's template is a template problem
+        filename, lineno = _template_line(exc, folder)
+        problem = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else str(exc)
+        if isinstance(exc, jinja2.UndefinedError):
+            problem = f"{problem} (available variables: {', '.join(sorted(variables))})"
+        raise TemplateError(filename or template.filename or str(path), problem, lineno) from None
+
+
+def render_unknown_epn_alert(
+    template_folder: Path,
+    text_template: str,
+    html_template: str,
+    entries: Sequence[AlertEntry],
+    *,
+    digest: bool = False,
+    generated_at: datetime | None = None,
+) -> RenderedEmail:
+    """Render the "Unknown ownership of EPNs" e-mail for `entries` from the admin's templates.
+
+    Raises TemplateError naming the file (and line) when a template is
+    missing, broken, or uses a variable that does not exist.
+    """
+    variables = template_variables(entries, digest=digest, generated_at=generated_at)
+    text = _render(Path(template_folder), text_template, variables, html=False, setting="epnalert-template-text")
+    html = _render(Path(template_folder), html_template, variables, html=True, setting="epnalert-template-html")
+    return RenderedEmail(subject=SUBJECT, text=text, html=html)
+
+
+def _sample_entries() -> list[AlertEntry]:
+    @dataclass(frozen=True)
+    class SamplePerson:
+        first_names: str
+        last_name: str
+        email: str
+
+        @property
+        def full_name(self) -> str:
+            return f"{self.first_names} {self.last_name}"
+
+    @dataclass(frozen=True)
+    class SampleVisit:
+        id: int
+        epn: str
+        start_time: datetime
+        end_time: datetime
+        principal_scientist: Any
+        data_scientists: tuple[Any, ...]
+        equipment_id: int
+
+    start = datetime(2026, 3, 1, 8, 0, tzinfo=timezone(timedelta(hours=11)))
+    jane = SamplePerson("Jane", "Doe", "jane.doe@example.edu")
+    ming = SamplePerson("Ming", "Li", "ming.li@example.edu")
+    return [
+        AlertEntry("12282a", (SampleVisit(1, "12282a", start, start + timedelta(hours=24), jane, (jane, ming), 23),)),
+        AlertEntry("12300b", (SampleVisit(2, "12300b", start, start + timedelta(hours=8), None, (), 24),)),
+        *(AlertEntry(f"{13000 + i}a") for i in range(10)),
+    ]
+
+
+def check_templates(template_folder: Path, text_template: str, html_template: str) -> list[str]:
+    """Problems with the alert templates, one line each; empty when both render sample alerts."""
+    folder = Path(template_folder)
+    if not folder.is_dir():
+        return [f"{folder} is not a folder"]
+    problems: list[str] = []
+    for name, html, setting in (
+        (text_template, False, "epnalert-template-text"),
+        (html_template, True, "epnalert-template-html"),
+    ):
+        # Both a new-EPN alert and a digest, so that either branch of an {% if digest %} is tried.
+        for digest in (False, True):
+            variables = template_variables(_sample_entries(), digest=digest)
+            try:
+                _render(folder, name, variables, html=html, setting=setting)
+            except TemplateError as exc:
+                if str(exc) not in problems:
+                    problems.append(str(exc))
+                break
+    return problems
+
+
+# -- the failure alert --------------------------------------------------------
+
+
+def _short_error(error: str) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = "\n".join(lines[:MAX_ERROR_LINES])
+    truncated = len(lines) > MAX_ERROR_LINES
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS].rstrip()
+        truncated = True
+    return (text + " [...]" if truncated else text) or "(no error message)"
+
+
+def _one_line(value: str) -> str:
+    return " ".join(str(value).split())
+
+
+_FAILURE_TEXT = """\
+Repatriation of EPN {{ epn }} failed.
+
+Error: {{ error }}
+
+Run: {{ run_id }}{% if run_url %}
+{{ run_url }}{% endif %}
+
+The run's logs hold the full error.
+"""
+
+_FAILURE_HTML = """\
+<html>
+<body>
+<p>Repatriation of EPN <strong>{{ epn }}</strong> failed.</p>
+<p>Error:</p>
+<pre>{{ error }}</pre>
+<p>Run: {% if link %}<a href="{{ run_url }}">{{ run_id }}</a>{% else %}{{ run_id }}{% if run_url %} ({{ run_url }}){% endif %}{% endif %}</p>
+<p>The run's logs hold the full error.</p>
+</body>
+</html>
+"""
+
+
+def render_failure_alert(epn: str, error: str, run_id: str, run_url: str | None = None) -> RenderedEmail:
+    """A short e-mail saying that repatriating `epn` failed, with the error and a link to the run."""
+    epn = _one_line(epn)
+    variables = {
+        "epn": epn,
+        "error": _short_error(error),
+        "run_id": _one_line(run_id),
+        "run_url": _one_line(run_url) if run_url else None,
+        # Only web links become hrefs: a javascript: URL stays text.
+        "link": bool(run_url) and _one_line(run_url).lower().startswith(("http://", "https://")),
+    }
+    text_env = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    html_env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return RenderedEmail(
+        subject=f"Repatriation of EPN {epn} failed",
+        text=text_env.from_string(_FAILURE_TEXT).render(**variables),
+        html=html_env.from_string(_FAILURE_HTML).render(**variables),
+    )
+
+
+# -- the message ----------------------------------------------------------------
+
+
+def parse_addresses(value: str | Sequence[str], what: str = "epnalert-email-to") -> list[str]:
+    """E-mail addresses from a comma-separated string or a list of them, formatted for a header."""
+    items = [value] if isinstance(value, str) else list(value)
+    addresses = []
+    for name, address in getaddresses([str(item) for item in items]):
+        if not address or "@" not in address:
+            raise AddressError(f"{what}: {', '.join(map(str, items))!r} holds an invalid e-mail address")
+        addresses.append(formataddr((name, address)))
+    if not addresses:
+        raise AddressError(f"{what}: no e-mail address given")
+    return addresses
+
+
+def build_message(rendered: RenderedEmail, sender: str, recipients: str | Sequence[str]) -> EmailMessage:
+    """A multipart/alternative message (text, then HTML) from `sender` to `recipients`.
+
+    `recipients` may be one comma-separated string, as `epnalert-email-to` is.
+    """
+    senders = parse_addresses(sender, "epnalert-email-from")
+    if len(senders) != 1:
+        raise AddressError(f"epnalert-email-from: expected one address, got {sender!r}")
+    from_address = senders[0]
+    to = parse_addresses(recipients)
+    message = EmailMessage()
+    message["Subject"] = _one_line(rendered.subject)
+    message["From"] = from_address
+    message["To"] = ", ".join(to)
+    message["Date"] = formatdate(localtime=True)
+    domain = getaddresses([from_address])[0][1].rpartition("@")[2] or None
+    message["Message-ID"] = make_msgid(domain=domain)
+    message.set_content(rendered.text)
+    message.add_alternative(rendered.html, subtype="html")
+    return message

@@ -1,0 +1,206 @@
+"""One watch cycle without the daemon: evaluate `epn_sensor`, then run what it asks for.
+
+`mxsync` and the demo use this, so they apply exactly the sensor's rules and
+record their runs in the same Dagster instance the UI shows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pathlib import Path
+
+import dagster as dg
+
+from .config import load_settings
+from .definitions import build_definitions, build_resources
+from .jobs import ALERT_JOB, REPATRIATION_JOB
+from .planning import CyclePlan
+from .sensors.epn_sensor import plan_tick
+
+log = logging.getLogger("assyncy.sync")
+WORKER_RESULT_PREFIX = "assyncy-run-outcome: "
+
+
+@dataclass
+class RunOutcome:
+    job: str
+    partition: str | None
+    run_id: str
+    success: bool
+    error: str = ""
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class CycleReport:
+    skipped: str | None = None
+    held_back: dict[str, str] = field(default_factory=dict)
+    new_partitions: list[str] = field(default_factory=list)
+    runs: list[RunOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [r for r in self.runs if not r.success]
+
+    def by_job(self, job: str) -> list[RunOutcome]:
+        return [r for r in self.runs if r.job == job]
+
+
+def evaluate_sensor(
+    resources: dict, instance: dg.DagsterInstance, logger: logging.Logger
+) -> tuple[CyclePlan | None, dg.SensorResult | dg.SkipReason]:
+    """What `epn_sensor` would decide now."""
+    return plan_tick(instance, resources["portal"], resources["sftp"], resources["assyncy_config"], logger)
+
+
+def _first_failure(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data:
+            data = event.step_failure_data
+            if data.user_failure_data and data.user_failure_data.description:
+                return data.user_failure_data.description
+            if data.error:
+                return data.error.message.strip()
+    return "run failed"
+
+
+def _materialization_metadata(result: dg.ExecuteInProcessResult) -> dict:
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        if materialization and materialization.asset_key == dg.AssetKey("epn_data"):
+            return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    return {}
+
+
+def execute_request(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest) -> RunOutcome:
+    """Run one requested run in this process."""
+    job = defs.resolve_job_def(request.job_name)
+    result = job.execute_in_process(
+        run_config=request.run_config,
+        instance=instance,
+        partition_key=request.partition_key,
+        tags=request.tags,
+        raise_on_error=False,
+    )
+    return RunOutcome(
+        job=request.job_name,
+        partition=request.partition_key,
+        run_id=result.run_id,
+        success=result.success,
+        error="" if result.success else _first_failure(result),
+        metadata=_materialization_metadata(result) if result.success else {},
+    )
+
+
+class Workers:
+    """Repatriation runs, each in its own worker process.
+
+    Dagster's in-process execution is not safe in several threads at once (its
+    log set-up reconfigures logging globally), so parallel transfers get a
+    process each. `stop()` asks every worker to end: the worker's rsync is
+    killed and its run is recorded as failed, never as repatriated.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.stopping = threading.Event()
+
+    def run(self, config_path: Path, execute: bool | None, request: dg.RunRequest) -> RunOutcome:
+        if self.stopping.is_set():
+            return RunOutcome(REPATRIATION_JOB, request.partition_key, "", False, "not started: stopping")
+        argv = [
+            sys.executable,
+            "-m",
+            "assyncy_dagster.worker",
+            "--config",
+            str(config_path),
+            "--job",
+            request.job_name,
+            "--partition",
+            str(request.partition_key),
+            "--tags",
+            json.dumps(dict(request.tags)),
+        ]
+        if execute is not None:
+            argv += ["--execute" if execute else "--dry-run"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        with self._lock:
+            self._procs.add(proc)
+        try:
+            out, _ = proc.communicate()
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+        for line in reversed(out.splitlines()):
+            if line.startswith(WORKER_RESULT_PREFIX):
+                return RunOutcome(**json.loads(line[len(WORKER_RESULT_PREFIX) :]))
+        return RunOutcome(
+            request.job_name, request.partition_key, "", False, f"worker exited with status {proc.returncode}"
+        )
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self._lock:
+            for proc in self._procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+
+
+def run_cycle(
+    config_path: str | Path,
+    instance: dg.DagsterInstance,
+    *,
+    execute: bool | None = None,
+    logger: logging.Logger | None = None,
+    workers: Workers | None = None,
+) -> CycleReport:
+    """Evaluate the sensor once, add the new partitions, run the repatriations
+    (at most `max-tasks` at once) and then the alert. `execute` overrides
+    config.yml's `execute`, as mxsync --execute does."""
+    logger = logger or log
+    path = Path(config_path).absolute()
+    settings = load_settings(path)
+    defs = build_definitions(str(path), execute=execute)
+    plan, result = evaluate_sensor(build_resources(path, settings, execute=execute), instance, logger)
+    held_back = plan.held_back if plan else {}
+    if isinstance(result, dg.SkipReason):
+        logger.info(result.skip_message)
+        return CycleReport(skipped=result.skip_message, held_back=held_back)
+    report = CycleReport(held_back=held_back)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        report.new_partitions.extend(request.partition_keys)
+    if report.new_partitions:
+        logger.info(f"new EPNs: {', '.join(report.new_partitions)}")
+    requests = [r for r in result.run_requests or [] if isinstance(r, dg.RunRequest)]
+    repatriations = [r for r in requests if r.job_name == REPATRIATION_JOB]
+    alerts = [r for r in requests if r.job_name == ALERT_JOB]
+    workers = workers or Workers()
+    with ThreadPoolExecutor(max_workers=settings.max_tasks, thread_name_prefix="repatriate") as pool:
+        for outcome in pool.map(lambda r: workers.run(path, execute, r), repatriations):
+            _log_outcome(logger, outcome)
+            report.runs.append(outcome)
+    if workers.stopping.is_set():
+        return report
+    for request in alerts:
+        outcome = execute_request(defs, instance, request)
+        _log_outcome(logger, outcome)
+        report.runs.append(outcome)
+    return report
+
+
+def _log_outcome(logger: logging.Logger, outcome: RunOutcome) -> None:
+    what = f"EPN {outcome.partition}" if outcome.partition else outcome.job
+    if outcome.success:
+        logger.info(f"{what}: run {outcome.run_id} succeeded")
+    else:
+        logger.error(f"{what}: run {outcome.run_id} failed: {outcome.error}")

@@ -1,0 +1,494 @@
+"""Client of the Australian Synchrotron User Portal API: who visited which beamline when.
+
+`PortalClient.visits(since, until)` asks every configured equipment (beamline)
+for its visits and returns them merged, as `Visit` objects. Failures are
+raised as `PortalError`s that name the equipment and the cause; they are never
+turned into "no visits", because an empty answer would look like a quiet week.
+
+Secrets (passwords, client passwords, access tokens) never reach a log line or
+an exception message: texts that could carry one are scrubbed first, and the
+request log of urllib3, which would print the access token from the visits
+URL, is redacted (see `_RedactAccessTokens`).
+
+No Dagster imports: the resources, the CLI and the tests share this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import requests
+
+from .epn import is_valid_epn
+
+TOKEN_PATH = "/api/v1/oauth/token"
+VISITS_PATH = "/api/v1/equipment/{id}/visits"
+REQUIRED_VISIT_FIELDS = ("id", "epn", "start_time", "end_time")
+DEFAULT_LOGGER_NAME = "assyncy.portal"
+
+# Statuses worth asking again: the portal or a proxy in front of it is busy or restarting.
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_MAX_BACKOFF_SECONDS = 30.0
+_REPR_LIMIT = 60
+_ACCESS_TOKEN_IN_URL = re.compile(r"(access_token=)[^&\s\"')]+")
+
+
+class EquipmentAccount(Protocol):
+    """What the client needs of an equipment entry (config.Equipment fits)."""
+
+    id: int
+    username: str
+    password: str
+    client_name: str
+    client_password: str
+
+
+# -- errors -----------------------------------------------------------------
+
+
+class PortalError(Exception):
+    """The portal could not be asked, or did not answer usefully."""
+
+
+class PortalAuthError(PortalError):
+    """The portal refused the credentials or the access token of an equipment."""
+
+
+class PortalDataError(PortalError):
+    """The portal answered, but not with what its API promises."""
+
+
+# -- data -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Person:
+    """A scientist as the portal lists them."""
+
+    first_names: str
+    last_name: str
+    email: str
+
+    @property
+    def full_name(self) -> str:
+        return " ".join(part for part in (self.first_names.strip(), self.last_name.strip()) if part)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"first_names": self.first_names, "last_name": self.last_name, "email": self.email}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Person:
+        return cls(
+            first_names=_text(data.get("first_names")),
+            last_name=_text(data.get("last_name")),
+            email=_text(data.get("email")),
+        )
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One scheduled beamtime: an EPN on one piece of equipment, between two instants."""
+
+    id: int | str
+    epn: str
+    start_time: datetime
+    end_time: datetime
+    principal_scientist: Person | None
+    data_scientists: tuple[Person, ...] = field(default_factory=tuple)
+    equipment_id: int = 0
+
+    def has_ended(self, now: datetime) -> bool:
+        """True once the beamtime is over, so that its data is complete."""
+        return self.end_time <= now
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form (ISO 8601 times with offset); `Visit.from_dict` reads it back."""
+        return {
+            "id": self.id,
+            "epn": self.epn,
+            "start_time": self.start_time.isoformat(),
+            "end_time": self.end_time.isoformat(),
+            "principal_scientist": self.principal_scientist.to_dict() if self.principal_scientist else None,
+            "data_scientists": [p.to_dict() for p in self.data_scientists],
+            "equipment_id": self.equipment_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Visit:
+        principal = data.get("principal_scientist")
+        return cls(
+            id=data["id"],
+            epn=data["epn"],
+            start_time=_aware(datetime.fromisoformat(data["start_time"]), "start_time"),
+            end_time=_aware(datetime.fromisoformat(data["end_time"]), "end_time"),
+            principal_scientist=Person.from_dict(principal) if principal else None,
+            data_scientists=tuple(Person.from_dict(p) for p in data.get("data_scientists") or ()),
+            equipment_id=int(data.get("equipment_id", 0)),
+        )
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} {value.isoformat()} has no UTC offset")
+    return value
+
+
+def visit_window(now: datetime, day_range: int | float) -> tuple[datetime, datetime]:
+    """The (since, until) window of the last `day_range` days up to `now` (config `visit-day-range`)."""
+    return now - timedelta(days=day_range), now
+
+
+def visits_by_epn(visits: Iterable[Visit]) -> dict[str, list[Visit]]:
+    """Group visits by EPN, keeping their order (an EPN may span several visits or beamlines)."""
+    grouped: dict[str, list[Visit]] = {}
+    for visit in visits:
+        grouped.setdefault(visit.epn, []).append(visit)
+    return grouped
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
+
+
+# -- logging safety -----------------------------------------------------------
+
+
+class _RedactAccessTokens(logging.Filter):
+    """Hide `access_token=...` in urllib3's request log ("GET /...?access_token=T HTTP/1.1" 200)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not ours to fix
+            return True
+        if "access_token=" in message:
+            record.msg = _ACCESS_TOKEN_IN_URL.sub(r"\1***", message)
+            record.args = ()
+        return True
+
+
+_redaction_lock = threading.Lock()
+
+
+def _install_urllib3_redaction() -> None:
+    # Filters on a logger apply only to records created by that very logger,
+    # so the filter goes on each urllib3 logger that prints request URLs.
+    with _redaction_lock:
+        for name in ("urllib3.connectionpool", "urllib3.util.retry"):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _RedactAccessTokens) for f in logger.filters):
+                logger.addFilter(_RedactAccessTokens())
+
+
+# -- client -----------------------------------------------------------------
+
+
+class PortalClient:
+    """Asks the portal for visits, one equipment account at a time, and merges the answers.
+
+    Access tokens are cached per equipment; an HTTP 401 on a visits request
+    means the token expired, so the client authenticates again, once, and
+    repeats the request. Connection errors, timeouts, HTTP 429 and 5xx are
+    retried `retries` more times with exponential backoff (`backoff`,
+    `2 * backoff`, ...). Give `session` to reuse a `requests.Session`; the
+    client closes only the session it created.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        equipment: Sequence[EquipmentAccount],
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        verify: bool | str = True,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
+        session: requests.Session | None = None,
+    ):
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {retries}")
+        self.base_url = base_url.rstrip("/")
+        self.equipment = list(equipment)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.verify = verify
+        self.logger = logger or logging.getLogger(DEFAULT_LOGGER_NAME)
+        self._own_session = session is None
+        self.session = session or requests.Session()
+        self._tokens: dict[int, str] = {}
+        self._lock = threading.Lock()
+        _install_urllib3_redaction()
+
+    @classmethod
+    def from_settings(cls, settings: Any, logger: logging.Logger | None = None) -> PortalClient:
+        """A client for `base-url` and every `equipment` entry of config.yml."""
+        return cls(
+            settings.base_url,
+            settings.equipment,
+            timeout=settings.portal_timeout_seconds,
+            retries=settings.portal_retries,
+            verify=settings.verify_tls,
+            logger=logger,
+        )
+
+    def close(self) -> None:
+        if self._own_session:
+            self.session.close()
+
+    def __enter__(self) -> PortalClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public API ---------------------------------------------------------
+
+    def authenticate(self, equipment: EquipmentAccount) -> str:
+        """Get a fresh access token for one equipment account, cache it and return it."""
+        where = f"equipment {equipment.id}"
+        response = self._send(
+            "POST",
+            self.base_url + TOKEN_PATH,
+            where=where,
+            action="authenticate",
+            auth=(equipment.client_name, equipment.client_password),
+            data={"username": equipment.username, "password": equipment.password, "grant_type": "password"},
+        )
+        # The body of this answer holds the token: it is read, never logged.
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        token = None
+        if isinstance(body, dict) and isinstance(body.get("data"), dict):
+            token = body["data"].get("access_token")
+        if response.ok and isinstance(token, str) and token:
+            with self._lock:
+                self._tokens[equipment.id] = token
+            self.logger.debug(f"authenticated {where}")
+            return token
+        message = _meta_error(body)
+        if response.ok and not message:
+            raise PortalDataError(
+                f"{self._portal()}: {where}: the token answer (HTTP {response.status_code}) holds no data.access_token"
+            )
+        reason = message or f"HTTP {response.status_code}"
+        raise PortalAuthError(
+            f"{self._portal()}: {where}: authentication refused: {self._scrub(reason)}; "
+            f"check username, password, client_name and client_password of equipment {equipment.id} in config.yml"
+        )
+
+    def visits(self, since: datetime, until: datetime) -> list[Visit]:
+        """Visits overlapping [since, until] on every equipment, sorted by (start_time, epn).
+
+        Each visit carries the id of the equipment that reported it. Raises
+        PortalError (PortalAuthError, PortalDataError) naming the equipment.
+        """
+        for name, value in (("since", since), ("until", until)):
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise ValueError(f"{name} must be timezone-aware, got {value.isoformat()}")
+        merged: list[Visit] = []
+        for equipment in self.equipment:
+            merged.extend(self._equipment_visits(equipment, since, until))
+        merged.sort(key=lambda v: (v.start_time, v.epn))
+        return merged
+
+    # -- internals ------------------------------------------------------------
+
+    def _portal(self) -> str:
+        return f"portal {self.base_url}"
+
+    def _token(self, equipment: EquipmentAccount) -> str:
+        with self._lock:
+            token = self._tokens.get(equipment.id)
+        return token or self.authenticate(equipment)
+
+    def _forget_token(self, equipment: EquipmentAccount) -> None:
+        with self._lock:
+            self._tokens.pop(equipment.id, None)
+
+    def _equipment_visits(self, equipment: EquipmentAccount, since: datetime, until: datetime) -> list[Visit]:
+        where = f"equipment {equipment.id}"
+        url = self.base_url + VISITS_PATH.format(id=equipment.id)
+        params = {"start_time": since.isoformat(timespec="seconds"), "end_time": until.isoformat(timespec="seconds")}
+
+        def fetch() -> requests.Response:
+            token = self._token(equipment)
+            return self._send(
+                "GET", url, where=where, action="fetch visits", params={"access_token": token, **params}
+            )
+
+        response = fetch()
+        if response.status_code == 401:
+            self.logger.info(f"{where}: access token rejected (HTTP 401), authenticating again")
+            self._forget_token(equipment)
+            response = fetch()
+            if response.status_code == 401:
+                raise PortalAuthError(
+                    f"{self._portal()}: {where}: a fresh access token was rejected too (HTTP 401"
+                    f"{self._meta_suffix(response)}); check that the account of equipment {equipment.id} "
+                    "in config.yml may read this equipment's visits"
+                )
+        if not response.ok:
+            error = PortalAuthError if response.status_code == 403 else PortalError
+            raise error(
+                f"{self._portal()}: {where}: fetching visits failed: HTTP {response.status_code}"
+                f"{self._meta_suffix(response)}"
+            )
+        visits = self._parse_visits(equipment.id, response)
+        self.logger.debug(f"{where}: {len(visits)} visits between {params['start_time']} and {params['end_time']}")
+        return visits
+
+    def _send(self, method: str, url: str, *, where: str, action: str, **kwargs: Any) -> requests.Response:
+        """One request, retried on connection errors, timeouts, 429 and 5xx; raises PortalError when spent."""
+        attempts = self.retries + 1
+        cause = ""
+        for attempt in range(attempts):
+            if attempt:
+                delay = min(self.backoff * 2 ** (attempt - 1), _MAX_BACKOFF_SECONDS)
+                self.logger.warning(f"{where}: {action} failed ({cause}); retry {attempt} of {self.retries} in {delay:g} s")
+                time.sleep(delay)
+            try:
+                response = self.session.request(method, url, timeout=self.timeout, verify=self.verify, **kwargs)
+            except requests.Timeout:
+                cause = f"no answer within {self.timeout:g} s"
+                continue
+            except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
+                raise PortalError(
+                    f"{self._portal()}: {where}: {action}: base-url in config.yml is not a usable URL: {self._describe(exc)}"
+                ) from None
+            except requests.exceptions.SSLError as exc:
+                # A certificate problem does not heal by asking again.
+                raise PortalError(
+                    f"{self._portal()}: {where}: {action}: TLS verification failed: {self._describe(exc)}"
+                ) from None
+            except requests.RequestException as exc:
+                cause = self._describe(exc)
+                continue
+            if response.status_code in _RETRY_STATUSES:
+                cause = f"HTTP {response.status_code}{self._meta_suffix(response)}"
+                continue
+            return response
+        raise PortalError(
+            f"{self._portal()}: {where}: could not {action} after {attempts} attempt"
+            f"{'s' if attempts != 1 else ''}: {cause}; check base-url in config.yml and that the portal is up"
+        )
+
+    def _parse_visits(self, equipment_id: int, response: requests.Response) -> list[Visit]:
+        where = f"equipment {equipment_id}"
+        try:
+            body = response.json()
+        except ValueError:
+            raise PortalDataError(
+                f"{self._portal()}: {where}: visits answer is not JSON (starts {self._scrub(_short_repr(response.text[:40]))})"
+            ) from None
+        data = body.get("data") if isinstance(body, dict) else None
+        raw_visits = data.get("visits") if isinstance(data, dict) else None
+        if raw_visits is None:
+            raise PortalDataError(f"{self._portal()}: {where}: visits answer has no data.visits")
+        if not isinstance(raw_visits, list):
+            raise PortalDataError(
+                f"{self._portal()}: {where}: data.visits is a {type(raw_visits).__name__}, expected a list"
+            )
+        visits = []
+        for index, raw in enumerate(raw_visits):
+            visit = self._parse_visit(equipment_id, index, raw)
+            if visit is not None:
+                visits.append(visit)
+        return visits
+
+    def _parse_visit(self, equipment_id: int, index: int, raw: Any) -> Visit | None:
+        where = f"{self._portal()}: equipment {equipment_id}: visit #{index}"
+        if not isinstance(raw, dict):
+            raise PortalDataError(f"{where} is a {type(raw).__name__}, expected an object")
+        missing = [name for name in REQUIRED_VISIT_FIELDS if raw.get(name) in (None, "")]
+        if missing:
+            raise PortalDataError(f"{where} lacks {', '.join(missing)}")
+        epn = raw["epn"]
+        if not is_valid_epn(epn):
+            # One bad entry must not stop every other EPN from syncing; it must not reach a path either.
+            self.logger.warning(
+                f"equipment {equipment_id}: visit #{index} has an invalid EPN {_short_repr(epn)}; skipping it"
+            )
+            return None
+        times = {}
+        for name in ("start_time", "end_time"):
+            value = raw[name]
+            try:
+                times[name] = _aware(datetime.fromisoformat(value), name)
+            except (TypeError, ValueError):
+                raise PortalDataError(
+                    f"{where} (EPN {epn}): {name} {_short_repr(value)} is not an ISO 8601 time with UTC offset"
+                ) from None
+        return Visit(
+            id=raw["id"],
+            epn=epn,
+            start_time=times["start_time"],
+            end_time=times["end_time"],
+            principal_scientist=self._parse_person(raw.get("principal_scientist"), where, "principal_scientist"),
+            data_scientists=self._parse_people(raw.get("data_scientists"), where),
+            equipment_id=equipment_id,
+        )
+
+    @staticmethod
+    def _parse_person(raw: Any, where: str, name: str) -> Person | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise PortalDataError(f"{where}: {name} is a {type(raw).__name__}, expected an object")
+        return Person.from_dict(raw)
+
+    @classmethod
+    def _parse_people(cls, raw: Any, where: str) -> tuple[Person, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            raise PortalDataError(f"{where}: data_scientists is a {type(raw).__name__}, expected a list")
+        people = (cls._parse_person(p, where, f"data_scientists[{i}]") for i, p in enumerate(raw))
+        return tuple(p for p in people if p is not None)
+
+    def _meta_suffix(self, response: requests.Response) -> str:
+        try:
+            message = _meta_error(response.json())
+        except ValueError:
+            message = None
+        return f": {self._scrub(message)}" if message else ""
+
+    def _describe(self, exc: BaseException) -> str:
+        text = str(exc)
+        # requests quotes the whole URL, access token included; the host and port are already named.
+        text = re.sub(r" with url: \S+", "", text)
+        return self._scrub(f"{type(exc).__name__}: {text}")[:300]
+
+    def _scrub(self, text: str) -> str:
+        text = _ACCESS_TOKEN_IN_URL.sub(r"\1***", text)
+        with self._lock:
+            secrets = list(self._tokens.values())
+        for equipment in self.equipment:
+            secrets += [equipment.password, equipment.client_password]
+        for secret in sorted(set(secrets), key=len, reverse=True):
+            if secret and len(secret) >= 3:
+                text = text.replace(secret, "***")
+        return text
+
+
+def _meta_error(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("meta"), dict):
+        message = body["meta"].get("error_message")
+        if message:
+            return str(message)[:300]
+    return None

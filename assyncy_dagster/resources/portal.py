@@ -1,0 +1,40 @@
+"""The Australian Synchrotron User Portal as a resource."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import dagster as dg
+from pydantic import Field
+
+from ..config import Settings, load_settings
+from ..portal import PortalClient, Visit
+
+
+class PortalResource(dg.ConfigurableResource):
+    """The synchrotron's User Portal API (`base-url` in config.yml): who had beamtime, when.
+
+    Each `equipment` entry of config.yml is one beamline account; `visits`
+    asks every one of them and returns their visits merged, sorted by start
+    time. Credentials are read from config.yml at every use, so an edit takes
+    effect at the next run; they never enter Dagster's config, the UI or the
+    run logs. A portal that cannot be reached or answers nonsense raises
+    `PortalError` naming the beamline and the cause, never "no visits".
+    """
+
+    config_path: str = Field(
+        description="Path of config.yml; portal credentials are read from it at use, never stored by Dagster."
+    )
+
+    def settings(self) -> Settings:
+        return load_settings(self.config_path)
+
+    def client(self, logger: logging.Logger | None = None) -> PortalClient:
+        """A client for the portal and accounts config.yml names, logging to `logger` (e.g. `context.log`)."""
+        return PortalClient.from_settings(self.settings(), logger=logger)
+
+    def visits(self, since: datetime, until: datetime, logger: logging.Logger | None = None) -> list[Visit]:
+        """Visits overlapping [since, until] on every configured beamline, sorted by (start_time, epn)."""
+        with self.client(logger=logger) as client:
+            return client.visits(since, until)

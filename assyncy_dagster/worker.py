@@ -1,0 +1,38 @@
+"""One repatriation run in a process of its own (see `cycle.Workers`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from dataclasses import asdict
+
+import dagster as dg
+
+from .cycle import WORKER_RESULT_PREFIX, execute_request
+from .definitions import build_definitions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m assyncy_dagster.worker")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--partition", required=True)
+    parser.add_argument("--tags", default="{}")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--execute", dest="execute", action="store_true", default=None)
+    mode.add_argument("--dry-run", dest="execute", action="store_false")
+    args = parser.parse_args(argv)
+    # SIGTERM from mxsync interrupts the run like Ctrl-C: rsync's process group
+    # is killed and the run is recorded as failed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    request = dg.RunRequest(job_name=args.job, partition_key=args.partition, tags=json.loads(args.tags))
+    with dg.DagsterInstance.get() as instance:
+        outcome = execute_request(build_definitions(args.config, execute=args.execute), instance, request)
+    print(WORKER_RESULT_PREFIX + json.dumps(asdict(outcome), default=str), flush=True)
+    return 0 if outcome.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

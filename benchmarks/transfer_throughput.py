@@ -1,0 +1,88 @@
+"""Throughput of SftpClient.transfer (the code epn_data runs) against bare rsync, side by side.
+
+Starts its own sshd (real OpenSSH + rrsync on 127.0.0.1), lays out one EPN of
+`--size-mib` MiB in `--files` frames, then alternates the two ways of copying
+it into a fresh destination: our `SftpClient.transfer` (progress parsing,
+process-group handling) and `rsync` run bare with the very same argv. Prints
+MiB/s of each run, the medians and their ratio. Target: ratio >= 0.97.
+
+    .venv/bin/python benchmarks/transfer_throughput.py [--size-mib 1024] [--files 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from assyncy_dagster.rsync import SftpClient, transfer_command
+from assyncy_dagster.testing.sshd import LocalSshd, make_source_tree
+
+TARGET_RATIO = 0.97
+EPN = "99999a"
+
+
+def fresh(destination: Path) -> None:
+    shutil.rmtree(destination, ignore_errors=True)
+    os.sync()  # the last run's writeback must not slow the next one
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="EPN size in MiB (default 1024)")
+    parser.add_argument("--files", type=int, default=64, help="number of frames (default 64)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each, alternating order (default 3)")
+    args = parser.parse_args(argv)
+
+    total = args.size_mib << 20
+    per_file = total // args.files
+    scratch = Path(tempfile.mkdtemp(prefix="assyncy-bench-"))
+    try:
+        with LocalSshd() as sshd:
+            make_source_tree(sshd.beamline_dir(), EPN,
+                             {f"frames/img_{i:05d}.cbf": per_file for i in range(args.files)})
+            endpoint = sshd.endpoint()
+            client = SftpClient(endpoint)
+            destination = scratch / "ny79" / EPN / "data"
+            bare_argv = transfer_command(endpoint, EPN, destination, dry_run=False)
+
+            def ours() -> None:
+                client.transfer(EPN, destination, dry_run=False, on_progress=lambda update: None)
+
+            def bare() -> None:
+                subprocess.run(bare_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               stdin=subprocess.DEVNULL, check=True)
+
+            fresh(destination)
+            bare()  # warm-up: source pages cached, ssh and disk paths exercised
+            rates: dict[str, list[float]] = {"SftpClient.transfer": [], "bare rsync": []}
+            runs = [("SftpClient.transfer", ours), ("bare rsync", bare)]
+            for round_ in range(args.rounds):
+                for name, run in runs if round_ % 2 == 0 else runs[::-1]:
+                    fresh(destination)
+                    started = time.perf_counter()
+                    run()
+                    seconds = time.perf_counter() - started
+                    rates[name].append(total / (1 << 20) / seconds)
+                    print(f"round {round_ + 1}: {name:<20} {rates[name][-1]:8.1f} MiB/s ({seconds:.2f} s)")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    ours_rate = statistics.median(rates["SftpClient.transfer"])
+    bare_rate = statistics.median(rates["bare rsync"])
+    ratio = ours_rate / bare_rate
+    print(f"EPN of {args.size_mib} MiB in {args.files} files, {args.rounds} rounds, medians:")
+    print(f"  SftpClient.transfer {ours_rate:8.1f} MiB/s")
+    print(f"  bare rsync          {bare_rate:8.1f} MiB/s")
+    print(f"  ratio {ratio:.3f} (target >= {TARGET_RATIO}): {'met' if ratio >= TARGET_RATIO else 'MISSED'}")
+    return 0 if ratio >= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
