@@ -6,10 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from .assets.epn_data import epn_data
+from .assets.epn_data import epn_data, epn_data_matches_source
 from .assets.visits import portal_visits
 from .config import Settings, config_path_from_env, load_settings
-from .jobs import repatriation_job, unknown_epn_alert_job, unknown_epn_digest_schedule
+from .jobs import repatriation_job, unknown_epn_alert_job, unknown_epn_digest_schedule, verification_job
 from .resources.portal import PortalResource
 from .resources.settings import AssyncyConfigResource
 from .resources.sftp import SftpResource
@@ -29,7 +29,8 @@ def build_definitions(config_path: str | None = None, *, execute: bool | None = 
     settings = load_settings(path)
     return dg.Definitions(
         assets=[portal_visits, epn_data],
-        jobs=[repatriation_job, unknown_epn_alert_job],
+        asset_checks=[epn_data_matches_source],
+        jobs=[repatriation_job, verification_job, unknown_epn_alert_job],
         sensors=[build_epn_sensor(sensor_interval_seconds(settings)), repatriation_failure_alert],
         schedules=[unknown_epn_digest_schedule],
         resources=build_resources(path, settings, execute=execute),

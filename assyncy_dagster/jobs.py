@@ -20,13 +20,25 @@ from .rsync import RsyncError
 KIND_TAG = "assyncy/kind"
 REPATRIATION_JOB = "repatriate_epn"
 ALERT_JOB = "unknown_epn_alert"
+VERIFY_JOB = "verify_epn_data"
 
 repatriation_job = dg.define_asset_job(
     REPATRIATION_JOB,
-    selection=[portal_visits, epn_data],
+    selection=dg.AssetSelection.assets(portal_visits, epn_data),
     partitions_def=epn_partitions,
     tags={KIND_TAG: "repatriation"},
     description="Look one EPN up in the portal and bring its data home (portal_visits, then epn_data).",
+)
+
+
+verification_job = dg.define_asset_job(
+    VERIFY_JOB,
+    # portal_visits rides along because Dagster cannot yet run a partitioned
+    # check on its own in a job; refreshing the visit record is harmless.
+    selection=dg.AssetSelection.assets(portal_visits) | dg.AssetSelection.checks_for_assets(epn_data),
+    partitions_def=epn_partitions,
+    tags={KIND_TAG: "verification"},
+    description="Re-check that an EPN's data at the destination still matches the SFTP host.",
 )
 
 

@@ -9,8 +9,9 @@ Why the flags are what they are (`transfer_command`):
 * `-r -t --perms --chmod=Dg+s,ug+w,o-wx,ug+X --size-only --include .info
   --exclude .*` are the flags HPC ASSyncy meant to pass (its `-stats` typo
   turned them into `-a`). `--size-only` because the beamline never rewrites a
-  frame in place, and comparing checksums of terabytes would take days; the
-  manifest check (`compare_manifests`) catches what slips through.
+  frame in place, and comparing checksums of terabytes would take days. The
+  manifest check (`compare_manifests`) then catches missing and truncated
+  files; a frame rewritten at the same size is invisible to both, by design.
 * `--include .info --exclude .*` match *basenames at every level*: hidden files
   and folders anywhere are skipped, and anything named exactly `.info` is kept.
   `local_manifest` applies the same rule to the destination.
@@ -129,7 +130,7 @@ class SshConfigError(ValueError):
 class RsyncError(Exception):
     """rsync failed; `exit_code` is rsync's, the message ends with its last stderr lines."""
 
-    def __init__(self, message: str, *, exit_code: int, stderr_tail: str = "", result: "RsyncResult | None" = None):
+    def __init__(self, message: str, *, exit_code: int, stderr_tail: str = "", result: RsyncResult | None = None):
         super().__init__(message)
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
@@ -205,7 +206,7 @@ class SshEndpoint:
             raise SshConfigError(f"source-root {root!r} must be an absolute remote path without '..', e.g. /data/mx")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "SshEndpoint":
+    def from_settings(cls, settings: Any) -> SshEndpoint:
         """The endpoint config.yml describes (`host`, `ssh-port`, `sftp-username`, `key-file`, ...)."""
         return cls(
             host=settings.host,

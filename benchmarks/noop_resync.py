@@ -3,8 +3,8 @@
 Starts its own sshd (real OpenSSH + rrsync on 127.0.0.1), lays out one EPN of
 `--files` small frames, copies it once, then alternates re-syncs that find
 nothing to copy: our `SftpClient.transfer` and `rsync` run bare with the very
-same argv. Prints the seconds of each run, the medians and their ratio.
-Target: ratio <= 1.2.
+same argv. Prints the seconds of each run, the medians, and the median of the
+per-round ratios (each round's pair shares the machine's load). Target: <= 1.2.
 
     .venv/bin/python benchmarks/noop_resync.py [--files 10000] [--rounds 5]
 """
@@ -68,12 +68,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ours_s = statistics.median(timings["SftpClient.transfer"])
     bare_s = statistics.median(timings["bare rsync"])
-    ratio = ours_s / bare_s
+    # Each round's two runs share the machine's load of the moment; their ratio cancels it.
+    paired = statistics.median(o / b for o, b in zip(timings["SftpClient.transfer"], timings["bare rsync"], strict=True))
     print(f"no-op re-sync of {args.files} files, {args.rounds} rounds, medians:")
     print(f"  SftpClient.transfer {ours_s:.3f} s")
     print(f"  bare rsync          {bare_s:.3f} s")
-    print(f"  ratio {ratio:.3f} (target <= {TARGET_RATIO}): {'met' if ratio <= TARGET_RATIO else 'MISSED'}")
-    return 0 if ratio <= TARGET_RATIO else 1
+    print(f"  ratio of medians {ours_s / bare_s:.3f}")
+    print(f"  median of paired per-round ratios {paired:.3f} (target <= {TARGET_RATIO}): "
+          f"{'met' if paired <= TARGET_RATIO else 'MISSED'}")
+    return 0 if paired <= TARGET_RATIO else 1
 
 
 if __name__ == "__main__":

@@ -4,9 +4,14 @@ Starts its own sshd (real OpenSSH + rrsync on 127.0.0.1), lays out one EPN of
 `--size-mib` MiB in `--files` frames, then alternates the two ways of copying
 it into a fresh destination: our `SftpClient.transfer` (progress parsing,
 process-group handling) and `rsync` run bare with the very same argv. Prints
-MiB/s of each run, the medians and their ratio. Target: ratio >= 0.97.
+MiB/s of each run, the medians, and the median of the per-round ratios
+(each round's pair shares the machine's load of the moment). Target: >= 0.97.
 
-    .venv/bin/python benchmarks/transfer_throughput.py [--size-mib 1024] [--files 64] [--rounds 3]
+    .venv/bin/python benchmarks/transfer_throughput.py [--size-mib 1024] [--files 64] [--rounds 5]
+        [--scratch /dev/shm]
+
+Single runs vary by +-30% on a shared 2-core machine; trust the medians of
+the alternating rounds, not one pair.
 """
 
 from __future__ import annotations
@@ -37,12 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="EPN size in MiB (default 1024)")
     parser.add_argument("--files", type=int, default=64, help="number of frames (default 64)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each, alternating order (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each, alternating order (default 5)")
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="where the destination goes (default: a temp dir; /dev/shm takes disk writeback "
+                             "out of the comparison on a noisy machine)")
     args = parser.parse_args(argv)
 
     total = args.size_mib << 20
     per_file = total // args.files
-    scratch = Path(tempfile.mkdtemp(prefix="assyncy-bench-"))
+    scratch = Path(tempfile.mkdtemp(prefix="assyncy-bench-", dir=args.scratch))
     try:
         with LocalSshd() as sshd:
             make_source_tree(sshd.beamline_dir(), EPN,
@@ -76,12 +84,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ours_rate = statistics.median(rates["SftpClient.transfer"])
     bare_rate = statistics.median(rates["bare rsync"])
-    ratio = ours_rate / bare_rate
-    print(f"EPN of {args.size_mib} MiB in {args.files} files, {args.rounds} rounds, medians:")
+    # Each round's two runs share the machine's load of the moment; their ratio cancels it.
+    paired = statistics.median(o / b for o, b in zip(rates["SftpClient.transfer"], rates["bare rsync"], strict=True))
+    print(f"EPN of {args.size_mib} MiB in {args.files} files into {scratch.parent}, {args.rounds} rounds, medians:")
     print(f"  SftpClient.transfer {ours_rate:8.1f} MiB/s")
     print(f"  bare rsync          {bare_rate:8.1f} MiB/s")
-    print(f"  ratio {ratio:.3f} (target >= {TARGET_RATIO}): {'met' if ratio >= TARGET_RATIO else 'MISSED'}")
-    return 0 if ratio >= TARGET_RATIO else 1
+    print(f"  ratio of medians {ours_rate / bare_rate:.3f}")
+    print(f"  median of paired per-round ratios {paired:.3f} (target >= {TARGET_RATIO}): "
+          f"{'met' if paired >= TARGET_RATIO else 'MISSED'}")
+    return 0 if paired >= TARGET_RATIO else 1
 
 
 if __name__ == "__main__":

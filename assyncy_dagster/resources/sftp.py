@@ -33,7 +33,7 @@ class SftpResource(dg.ConfigurableResource):
     source_root: str = Field(description="Remote folder holding one folder per EPN, e.g. /data/mx.")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "SftpResource":
+    def from_settings(cls, settings: Any) -> SftpResource:
         """The resource config.yml describes."""
         endpoint = SshEndpoint.from_settings(settings)
         return cls(

@@ -262,7 +262,7 @@ class LocalSshd:
 
     # -- lifecycle ------------------------------------------------------------
 
-    def start(self) -> "LocalSshd":
+    def start(self) -> LocalSshd:
         """Start sshd and wait until a real rsync listing through it works."""
         missing = missing_binaries()
         if missing:
@@ -349,7 +349,7 @@ class LocalSshd:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalSshd":
+    def __enter__(self) -> LocalSshd:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

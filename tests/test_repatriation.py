@@ -1,0 +1,138 @@
+"""Materialising an EPN partition brings its data home, verified, or fails clearly."""
+
+import os
+import stat
+
+import dagster as dg
+
+from assyncy_dagster.definitions import build_definitions
+
+CHECK = dg.AssetCheckKey(dg.AssetKey("epn_data"), "matches_source")
+
+
+def epn_data_metadata(result: dg.ExecuteInProcessResult) -> dict:
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        if materialization.asset_key == dg.AssetKey("epn_data"):
+            return {k: v.value for k, v in materialization.metadata.items()}
+    raise AssertionError("epn_data was not materialised")
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> list:
+    return [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    return " ".join(
+        (e.step_failure_data.user_failure_data.description if e.step_failure_data.user_failure_data else "")
+        + (e.step_failure_data.error.message if e.step_failure_data.error else "")
+        for e in result.all_events
+        if e.is_step_failure
+    )
+
+
+def files_under(path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()} if path.exists() else set()
+
+
+def test_dry_run_writes_nothing_and_is_labelled(stack):
+    stack.configure(execute=False)
+    stack.lay_out("12282a")
+    result = stack.materialize("12282a")
+    assert result.success
+    assert not any(stack.destination_root.rglob("*")), "a dry-run wrote under the destination"
+    meta = epn_data_metadata(result)
+    assert meta["dry_run"] is True and meta["mode"].startswith("DRY-RUN")
+    assert meta["files_transferred"] == 5  # 3 frames, the log, .info
+    [check] = check_results(result)
+    assert check.passed is False and check.severity == dg.AssetCheckSeverity.WARN
+    assert stack.ignored() == []
+
+
+def test_real_run_copies_exactly_the_expected_files_and_marks_the_epn(stack):
+    stack.lay_out("12282a")
+    result = stack.materialize("12282a")
+    assert result.success, failure_text(result)
+    dest = stack.destination("ny79", "12282a")
+    assert files_under(dest) == {
+        "frames/img_0001.cbf",
+        "frames/img_0002.cbf",
+        "frames/img_0003.cbf",
+        "processing/xds.log",
+        ".info",
+    }
+    mode = (dest / "frames").stat().st_mode
+    assert mode & stat.S_ISGID and not mode & stat.S_IWOTH, oct(mode)
+    meta = epn_data_metadata(result)
+    assert meta["dry_run"] is False
+    assert meta["files_at_destination"] == 5
+    assert meta["bytes_transferred"] == 3 * 32 * 1024 + len(b"XDS run finished\n") + len(b"beamline: MX2\n")
+    [check] = check_results(result)
+    assert check.passed
+    assert stack.ignored() == ["12282a"]
+    record = stack.instance.event_log_storage.get_latest_asset_check_execution_by_key([CHECK])[CHECK]
+    assert record.partition == "12282a"
+
+
+def test_second_run_is_a_no_op(stack):
+    stack.lay_out("12282a")
+    assert stack.materialize("12282a").success
+    again = stack.materialize("12282a")
+    assert again.success
+    assert epn_data_metadata(again)["files_transferred"] == 0
+
+
+def test_source_file_that_changed_size_is_fetched_again(stack):
+    stack.lay_out("12282a")
+    assert stack.materialize("12282a").success
+    frame = stack.source / "12282a" / "frames" / "img_0002.cbf"
+    frame.write_bytes(os.urandom(40 * 1024))
+    result = stack.materialize("12282a")
+    assert result.success
+    assert epn_data_metadata(result)["files_transferred"] == 1
+    assert (stack.destination("ny79", "12282a") / "frames" / "img_0002.cbf").read_bytes() == frame.read_bytes()
+
+
+def test_check_on_its_own_catches_a_file_deleted_from_the_destination(stack):
+    stack.lay_out("12282a")
+    assert stack.materialize("12282a").success
+    (stack.destination("ny79", "12282a") / "frames" / "img_0003.cbf").unlink()
+    verify = build_definitions(str(stack.config_path)).resolve_job_def("verify_epn_data")
+    result = verify.execute_in_process(partition_key="12282a", instance=stack.instance, raise_on_error=False)
+    assert not result.success
+    [check] = check_results(result)
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert "frames/img_0003.cbf" in check.description
+
+
+def test_unmapped_epn_is_refused(stack):
+    stack.lay_out("14500a")
+    result = stack.materialize("14500a")
+    assert not result.success
+    assert "not mapped" in failure_text(result) and "14500" in failure_text(result)
+    assert not stack.destination_root.exists() or not any(stack.destination_root.rglob("*"))
+
+
+def test_running_visit_is_refused_unless_allowed(stack):
+    stack.lay_out("13001b")
+    refused = stack.materialize("13001b")
+    assert not refused.success
+    assert "has not ended" in failure_text(refused)
+    allowed = stack.materialize("13001b", run_config={"ops": {"epn_data": {"config": {"allow_running_visit": True}}}})
+    assert allowed.success, failure_text(allowed)
+    assert files_under(stack.destination("ab12", "13001b"))
+
+
+def test_epn_missing_from_the_portal_fails_with_a_clear_message(stack):
+    stack.lay_out("12999a")
+    result = stack.materialize("12999a")
+    assert not result.success
+    assert "no visit" in failure_text(result)
+
+
+def test_rsync_failure_fails_the_run_and_marks_nothing(stack):
+    # 12282b's folder is missing on the host: rsync exits non-zero.
+    result = stack.materialize("12282b")
+    assert not result.success
+    assert "rsync" in failure_text(result).lower() or "exit" in failure_text(result).lower()
+    assert stack.ignored() == []
