@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import signal
 import stat
 import sys
 import tempfile
-from pathlib import Path
+import threading
 
 import yaml
 
@@ -110,6 +113,119 @@ def add_epn(args: argparse.Namespace) -> int:
             note = f" -> project {project}" if project else " (not mapped in epn_cap_map: it will not be repatriated)"
         print(f"{epn}: {state}{note}")
     return 0
+
+
+# -- mxsync and epnalert: the old tool's commands ------------------------------
+
+
+def _settings_and_logging(config: str | None, component: str) -> Settings:
+    from .logs import LogSetupError, configure_logging
+
+    try:
+        settings = load_settings(config)
+        configure_logging(settings, component)
+    except (ConfigError, LogSetupError) as exc:
+        raise SystemExit(_fail(f"{component}: {exc}"))
+    return settings
+
+
+@contextlib.contextmanager
+def _dagster_home():
+    """The instance in $DAGSTER_HOME, so runs show in the UI; else a throwaway one
+    (ignore.yml stays the record of what is repatriated)."""
+    from dagster import DagsterInstance
+
+    if os.environ.get("DAGSTER_HOME"):
+        with DagsterInstance.get() as instance:
+            yield instance
+        return
+    with tempfile.TemporaryDirectory(prefix="mxsync-dagster-home-") as home:
+        os.environ["DAGSTER_HOME"] = home
+        try:
+            with DagsterInstance.get() as instance:
+                yield instance
+        finally:
+            del os.environ["DAGSTER_HOME"]
+
+
+def mxsync(args: argparse.Namespace) -> int:
+    from .cycle import Workers, run_cycle
+    from .rsync import terminate_all_transfers
+
+    settings = _settings_and_logging(args.config, "sync")
+    log = logging.getLogger("assyncy.sync")
+    if not args.execute:
+        note = " (config.yml's execute: true applies to the sensor, not to mxsync)" if settings.execute else ""
+        log.warning(f"dry-run: rsync runs with --dry-run; pass --execute to copy{note}")
+    workers = Workers()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.warning(f"{signal.Signals(signum).name}: stopping transfers; nothing unverified is recorded")
+        stop.set()
+        workers.stop()
+        terminate_all_transfers()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with _dagster_home() as instance:
+        while True:
+            report = run_cycle(
+                args.config, instance, execute=args.execute, logger=log, workers=workers, alerts=False
+            )
+            if stop.is_set():
+                return 0
+            if args.once:
+                if report.failed:
+                    names = ", ".join(r.partition or r.job for r in report.failed)
+                    return _fail(f"mxsync: {len(report.failed)} EPN(s) failed: {names}")
+                return 0
+            log.info(f"next cycle in {settings.sync_frequency_hours} h")
+            if stop.wait(settings.sync_interval_seconds):
+                return 0
+
+
+def epnalert(args: argparse.Namespace) -> int:
+    from .alerts import TemplateError
+    from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
+    from .mail import Mailer, MailError
+    from .portal import PortalClient, PortalError
+    from .rsync import RsyncError, SftpClient, SshEndpoint
+
+    settings = _settings_and_logging(args.config, "epnalert")
+    log = logging.getLogger("assyncy.epnalert")
+    try:
+        epns = unmapped_epns_on_host(settings, SftpClient(SshEndpoint.from_settings(settings), logger=log))
+        if not epns:
+            print("no unmapped EPNs on the SFTP host: nothing sent")
+            return 0
+        with PortalClient.from_settings(settings, logger=log) as portal:
+            send_unknown_epn_alert(settings, portal, Mailer.from_settings(settings), epns, digest=True, logger=log)
+    except (PortalError, RsyncError, MailError, TemplateError, ValueError) as exc:
+        log.error(f"epnalert failed: {exc}")
+        return _fail(f"epnalert: {exc}")
+    print(f"sent 'Unknown ownership of EPNs' about {len(epns)} EPN(s) to {settings.epnalert_email_to}: {', '.join(epns)}")
+    return 0
+
+
+def mxsync_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mxsync", description="ASSyncy: a tool to repatriate data from the Australian Synchrotron."
+    )
+    _config_argument(parser)
+    parser.add_argument("--execute", action="store_true", help="If not set, rsync --dry-run executes")
+    parser.add_argument("--once", action="store_true", help="run one cycle and exit (non-zero if any EPN failed)")
+    return mxsync(parser.parse_args(argv))
+
+
+def epnalert_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="epnalert",
+        description="EpnAlert: a tool to notify users of new EPNs awaiting data repatriation "
+        "from the Australian Synchrotron.",
+    )
+    _config_argument(parser)
+    return epnalert(parser.parse_args(argv))
 
 
 # -- entry points -----------------------------------------------------------

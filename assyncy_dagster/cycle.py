@@ -162,10 +162,12 @@ def run_cycle(
     execute: bool | None = None,
     logger: logging.Logger | None = None,
     workers: Workers | None = None,
+    alerts: bool = True,
 ) -> CycleReport:
     """Evaluate the sensor once, add the new partitions, run the repatriations
-    (at most `max-tasks` at once) and then the alert. `execute` overrides
-    config.yml's `execute`, as mxsync --execute does."""
+    (at most `max-tasks` at once) and then the alert (unless `alerts` is false:
+    mxsync leaves alerts to epnalert, as the old tool did). `execute`
+    overrides config.yml's `execute`, as mxsync --execute does."""
     logger = logger or log
     path = Path(config_path).absolute()
     settings = load_settings(path)
@@ -183,7 +185,7 @@ def run_cycle(
         logger.info(f"new EPNs: {', '.join(report.new_partitions)}")
     requests = [r for r in result.run_requests or [] if isinstance(r, dg.RunRequest)]
     repatriations = [r for r in requests if r.job_name == REPATRIATION_JOB]
-    alerts = [r for r in requests if r.job_name == ALERT_JOB]
+    alert_requests = [r for r in requests if r.job_name == ALERT_JOB] if alerts else []
     workers = workers or Workers()
     with ThreadPoolExecutor(max_workers=settings.max_tasks, thread_name_prefix="repatriate") as pool:
         for outcome in pool.map(lambda r: workers.run(path, execute, r), repatriations):
@@ -191,7 +193,7 @@ def run_cycle(
             report.runs.append(outcome)
     if workers.stopping.is_set():
         return report
-    for request in alerts:
+    for request in alert_requests:
         outcome = execute_request(defs, instance, request)
         _log_outcome(logger, outcome)
         report.runs.append(outcome)

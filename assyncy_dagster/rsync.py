@@ -461,6 +461,24 @@ class ProgressUpdate:
             return None
         return self.files_total - self.files_to_check
 
+    def __str__(self) -> str:
+        """One log line: `42% 1.3 GiB at 151.2 MiB/s, 120 files transferred, 300/900 checked, 0:00:09`."""
+        text = f"{self.percent}% {_human(self.bytes_transferred)} at {_human(self.rate_bytes_per_second)}/s"
+        if self.files_transferred is not None:
+            text += f", {self.files_transferred} files transferred"
+        if self.files_checked is not None:
+            scanning = "" if self.listing_complete else " (still listing)"
+            text += f", {self.files_checked}/{self.files_total} checked{scanning}"
+        return f"{text}, {self.time_text}"
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
 
 _PROGRESS = re.compile(
     r"^\s*(?P<bytes>[\d,]+)\s+(?P<pct>\d+)%\s+(?P<rate>[\d.,]+)(?P<unit>[kMGTP]?B)/s\s+(?P<time>\d+:\d{2}:\d{2})"

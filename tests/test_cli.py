@@ -1,0 +1,71 @@
+"""The `assyncy` command: check-config and add-epn."""
+
+import dagster as dg
+import pytest
+import yaml
+
+from assyncy_dagster.cli import main
+from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
+
+
+def test_check_config_passes_a_good_config_and_masks_secrets(stack, capsys):
+    assert main(["check-config", "--config", str(stack.config_path)]) == 0
+    out = capsys.readouterr().out
+    assert "config OK" in out
+    assert "demo-password" not in out and "demo-client-password" not in out
+    assert "********" in out
+
+
+def test_check_config_lists_every_problem(stack, tmp_path, capsys):
+    key = tmp_path / "loose_key"
+    key.write_text("not really a key")
+    key.chmod(0o644)
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "epnalert-text.j2").write_text("{{ epn_detail }}")  # typo: undefined variable
+    stack.configure(**{
+        "key-file": str(key),
+        "epnalert-template-folder": str(templates),
+    })
+    data = yaml.safe_load(stack.config_path.read_text())
+    data["destination-root-path"] = str(tmp_path / "no-such-root")
+    stack.config_path.write_text(yaml.safe_dump(data))
+    assert main(["check-config", "--config", str(stack.config_path)]) != 0
+    err = capsys.readouterr().err
+    assert "key-file" in err and "chmod 600" in err
+    assert "epnalert-html.j2" in err  # missing template
+    assert "epnalert-text.j2" in err  # does not render
+    assert "destination-root-path" in err and "does not exist" in err
+
+
+def test_check_config_reports_an_invalid_file(tmp_path, capsys):
+    bad = tmp_path / "config.yml"
+    bad.write_text("epn_cap_map: {'12a': x}\n")
+    assert main(["check-config", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert 'epn_cap_map."12a"' in err and "equipment: missing" in err
+
+
+def test_add_epn_adds_partitions_and_says_whether_they_are_mapped(stack, capsys):
+    assert main(["add-epn", "12282a", "14500a", "--config", str(stack.config_path)]) == 0
+    out = capsys.readouterr().out
+    assert "12282a: added -> project ny79" in out
+    assert "14500a: added (not mapped" in out
+    with dg.DagsterInstance.get() as instance:
+        assert sorted(instance.get_dynamic_partitions(EPN_PARTITIONS_NAME)) == ["12282a", "14500a"]
+    assert main(["add-epn", "12282a"]) == 0
+    assert "already present" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("hostile", ["../x", "12282a;rm -rf /", "12282A", ""])
+def test_add_epn_refuses_invalid_names_and_adds_nothing(stack, capsys, hostile):
+    assert main(["add-epn", "12282a", hostile]) == 2
+    assert "not a valid EPN" in capsys.readouterr().err
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_dynamic_partitions(EPN_PARTITIONS_NAME) == []
+
+
+def test_add_epn_without_dagster_home_is_refused(monkeypatch, capsys):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert main(["add-epn", "12282a"]) == 2
+    assert "DAGSTER_HOME" in capsys.readouterr().err
