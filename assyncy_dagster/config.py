@@ -107,6 +107,7 @@ class Settings(BaseModel):
     portal_retries: int = Field(default=3, ge=0)
     verify_tls: bool = True
     retry_backoff_minutes: float = Field(default=30, gt=0)
+    rsync_bwlimit_kib: int | None = Field(default=None, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -34,6 +34,10 @@ def build_definitions(config_path: str | None = None, *, execute: bool | None = 
         sensors=[build_epn_sensor(sensor_interval_seconds(settings)), repatriation_failure_alert],
         schedules=[unknown_epn_digest_schedule],
         resources=build_resources(path, settings, execute=execute),
+        # The heavy work is rsync's, in its own process; running the steps inside
+        # the run's process saves a Python start-up per step and still honours the
+        # rsync pool.
+        executor=dg.in_process_executor,
     )
 
 

@@ -928,10 +928,12 @@ class SftpClient:
     """Lists and copies EPN folders from the SFTP host with rsync over ssh."""
 
     def __init__(self, endpoint: SshEndpoint, logger: logging.Logger | Any | None = None, *,
-                 progress_interval: float = 5.0):
+                 progress_interval: float = 5.0, bwlimit_kib: int | None = None):
         self.endpoint = endpoint
         self.log = logger or log
         self.progress_interval = progress_interval
+        # Spare the SFTP service (and the link) when several transfers share it.
+        self.bwlimit_kib = bwlimit_kib
 
     def _run(self, argv: list[str], *, description: str, **kwargs: Any) -> RsyncResult:
         self.endpoint.check_files()
@@ -983,6 +985,8 @@ class SftpClient:
         extra_args: Sequence[str] = (),
     ) -> RsyncResult:
         """Copy EPN `epn` into `destination` (a dry run copies nothing); raises RsyncError on failure."""
+        if self.bwlimit_kib:
+            extra_args = (*extra_args, f"--bwlimit={int(self.bwlimit_kib)}")
         argv = transfer_command(self.endpoint, epn, destination, dry_run=dry_run, extra_args=extra_args)
         return self._run(
             argv,

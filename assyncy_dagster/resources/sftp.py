@@ -31,6 +31,9 @@ class SftpResource(dg.ConfigurableResource):
         description="known_hosts file pinning the SFTP host's key; unset uses ssh's default known_hosts.",
     )
     source_root: str = Field(description="Remote folder holding one folder per EPN, e.g. /data/mx.")
+    bwlimit_kib: int | None = Field(
+        default=None, description="Bandwidth limit per transfer in KiB/s (rsync --bwlimit); unset is unlimited."
+    )
 
     @classmethod
     def from_settings(cls, settings: Any) -> SftpResource:
@@ -43,6 +46,7 @@ class SftpResource(dg.ConfigurableResource):
             key_file=str(endpoint.key_file),
             known_hosts_file=str(endpoint.known_hosts_file) if endpoint.known_hosts_file else None,
             source_root=endpoint.source_root,
+            bwlimit_kib=settings.rsync_bwlimit_kib,
         )
 
     def endpoint(self) -> SshEndpoint:
@@ -60,7 +64,7 @@ class SftpResource(dg.ConfigurableResource):
 
     def client(self, logger: logging.Logger | Any | None = None) -> SftpClient:
         """A client that lists and copies EPN folders, logging to `logger` (e.g. `context.log`)."""
-        return SftpClient(self.endpoint(), logger=logger)
+        return SftpClient(self.endpoint(), logger=logger, bwlimit_kib=self.bwlimit_kib)
 
 
 __all__ = ["SftpResource", "SshConfigError"]
