@@ -11,9 +11,18 @@ from ..resources.smtp import SmtpResource
 _REPATRIATION_ASSETS = {dg.AssetKey("epn_data"), dg.AssetKey("portal_visits")}
 
 
-def is_repatriation(run: dg.DagsterRun) -> bool:
-    """A run of the sensor's job, or any run (UI, CLI) that materialises an EPN's data."""
-    return run.job_name == REPATRIATION_JOB or bool(set(run.asset_selection or ()) & _REPATRIATION_ASSETS)
+def is_repatriation(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """A run of the sensor's job, or any run (UI, CLI, mxsync) that planned to
+    materialise an EPN's data."""
+    if run.job_name == REPATRIATION_JOB or set(run.asset_selection or ()) & _REPATRIATION_ASSETS:
+        return True
+    planned = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=10
+    ).records
+    return any(
+        r.event_log_entry.dagster_event and r.event_log_entry.dagster_event.asset_key in _REPATRIATION_ASSETS
+        for r in planned
+    )
 
 
 def failure_text(context: dg.RunFailureSensorContext) -> str:
@@ -36,7 +45,7 @@ def repatriation_failure_alert(
     context: dg.RunFailureSensorContext, smtp: SmtpResource, assyncy_config: AssyncyConfigResource
 ) -> None:
     run = context.dagster_run
-    if not is_repatriation(run):
+    if not is_repatriation(context.instance, run):
         return
     settings = assyncy_config.settings()
     epn = run.tags.get("dagster/partition", "(unknown EPN)")

@@ -1,0 +1,139 @@
+"""The instance and deployment examples under etc/ are valid for the Dagster we pin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._config import validate_config
+from dagster._core.instance.config import dagster_instance_config
+
+ETC = Path(__file__).resolve().parent.parent / "etc"
+SCALE_OUT = ETC / "scale-out"
+YAML_FILES = sorted([*ETC.rglob("*.yml"), *ETC.rglob("*.yaml")])
+BROKER = "pyamqp://assyncy:broker-secret@broker.example.edu:5672//"
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def validated(tmp_path: Path, config: dict) -> dict:
+    """Dagster's own check of a dagster.yaml, as the daemon does at start."""
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+    value, _ = dagster_instance_config(str(tmp_path))
+    return value
+
+
+@pytest.fixture(autouse=True)
+def instance_env(monkeypatch):
+    """The secrets the examples read from the environment."""
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "pg-secret")
+    monkeypatch.setenv("ASSYNCY_CELERY_BROKER_URL", BROKER)
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ETC)))
+def test_every_yaml_file_under_etc_parses(path):
+    assert yaml.safe_load(path.read_text()) is not None
+
+
+def test_examples_are_all_found():
+    names = {str(p.relative_to(ETC)) for p in YAML_FILES}
+    assert {"dagster.yaml", "dagster-postgres.yaml", "scale-out/dagster.yaml", "scale-out/celery.yaml",
+            "scale-out/k8s-values.yaml"} <= names
+
+
+def test_single_host_dagster_yaml_makes_a_working_instance(tmp_path):
+    (tmp_path / "dagster.yaml").write_text((ETC / "dagster.yaml").read_text())
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        pools = instance.get_concurrency_config().pool_config
+        assert (pools.pool_granularity.value, pools.default_pool_limit) == ("op", 1)
+        assert not instance.telemetry_enabled
+
+
+def test_postgres_dagster_yaml_is_valid_and_reads_the_password_from_the_environment(tmp_path):
+    config = load(ETC / "dagster-postgres.yaml")
+    database = validated(tmp_path, config)["storage"]["postgres"]["postgres_db"]
+    assert database["password"] == {"env": "DAGSTER_PG_PASSWORD"}
+    assert database["scheme"] == "postgresql+psycopg2"  # SQLAlchemy 2.1 needs the driver named
+
+
+def test_postgres_dagster_yaml_keeps_the_single_host_settings():
+    postgres, single = load(ETC / "dagster-postgres.yaml"), load(ETC / "dagster.yaml")
+    assert postgres["concurrency"] == single["concurrency"]
+    assert postgres["telemetry"] == single["telemetry"]
+
+
+def test_scale_out_dagster_yaml_is_valid(tmp_path):
+    value = validated(tmp_path, load(SCALE_OUT / "dagster.yaml"))
+    assert value["run_launcher"]["class"] == "CeleryRunLauncher"
+    assert "postgres" in value["storage"]
+
+
+def test_scale_out_keeps_the_rsync_pool_at_op_granularity():
+    for config in (load(SCALE_OUT / "dagster.yaml")["concurrency"], load(ETC / "dagster.yaml")["concurrency"]):
+        assert config["pools"] == {"granularity": "op", "default_limit": 1}
+    k8s = load(SCALE_OUT / "k8s-values.yaml")["concurrency"]["pools"]
+    assert (k8s["granularity"], k8s["defaultLimit"]) == ("op", 1)
+
+
+def test_celery_workers_and_launcher_use_the_same_broker():
+    launcher = load(SCALE_OUT / "dagster.yaml")["run_launcher"]["config"]
+    worker = load(SCALE_OUT / "celery.yaml")["execution"]["config"]
+    assert launcher["broker"] == worker["broker"] == {"env": "ASSYNCY_CELERY_BROKER_URL"}
+    assert launcher["backend"] == worker["backend"]
+
+
+def test_scale_out_instance_starts_with_the_celery_run_launcher(tmp_path):
+    pytest.importorskip("dagster_celery", reason="validates for real only with dagster-celery==0.29.27 installed")
+    config = load(SCALE_OUT / "dagster.yaml")
+    # Everything but the database as in the example: the launcher, run monitoring, shared storage.
+    config["storage"] = {"sqlite": {"base_dir": str(tmp_path / "db")}}
+    config["local_artifact_storage"]["config"]["base_dir"] = str(tmp_path / "shared")
+    config["compute_logs"]["config"]["base_dir"] = str(tmp_path / "shared" / "logs")
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert type(instance.run_launcher).__name__ == "CeleryRunLauncher"
+        assert (instance.run_launcher.broker, instance.run_launcher.default_queue) == (BROKER, "dagster")
+        assert instance.run_monitoring_enabled
+
+
+def test_celery_worker_config_is_valid_for_dagster_celery():
+    cli = pytest.importorskip("dagster_celery.cli", reason="validates for real only with dagster-celery installed")
+    config = cli.get_validated_config(str(SCALE_OUT / "celery.yaml"))
+    assert config["broker"] == BROKER
+    assert config["config_source"]["worker_prefetch_multiplier"] == 1
+
+
+def test_k8s_values_run_each_epn_in_a_job_with_the_code_location():
+    values = load(SCALE_OUT / "k8s-values.yaml")
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "assyncy_dagster.definitions"]
+    assert values["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    # Runs need the same config, key and file systems as the code server.
+    assert launcher["volumes"] == deployment["volumes"]
+    assert launcher["volumeMounts"] == deployment["volumeMounts"]
+    assert "ASSYNCY_CONFIG=/opt/assyncy/etc/config.yml" in launcher["envVars"]
+
+
+def test_k8s_run_launcher_settings_are_valid_for_dagster_k8s():
+    k8s = pytest.importorskip("dagster_k8s", reason="validates for real only with dagster-k8s==0.29.27 installed")
+    launcher = load(SCALE_OUT / "k8s-values.yaml")["runLauncher"]["config"]["k8sRunLauncher"]
+    # What the chart renders into dagster.yaml from these values (plus its own fixed keys).
+    config = {
+        "instance_config_map": "assyncy-dagster-instance",
+        "dagster_home": "/opt/dagster/dagster_home",
+        "postgres_password_secret": "dagster-postgresql-secret",
+        "load_incluster_config": True,
+        "env_secrets": [secret["name"] for secret in launcher["envSecrets"]],
+        "env_vars": launcher["envVars"],
+        "volumes": launcher["volumes"],
+        "volume_mounts": launcher["volumeMounts"],
+        "run_k8s_config": {"pod_spec_config": launcher["runK8sConfig"]["podSpecConfig"]},
+    }
+    result = validate_config(k8s.K8sRunLauncher.config_type(), config)
+    assert result.success, [error.message for error in result.errors]
