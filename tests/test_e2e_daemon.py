@@ -1,0 +1,98 @@
+"""End to end with the real dagster-daemon: the sensor finds EPNs, queued runs
+repatriate them one at a time (max-tasks 1), a failure is e-mailed, and the
+unknown EPNs are alerted; then the daemon stops cleanly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def wait_for(predicate, timeout: float, what: str, proc=None, log=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    tail = log.read_text()[-4000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n--- daemon log ---\n{tail}")
+
+
+def step_windows(instance: dg.DagsterInstance, step_key: str) -> list[tuple[float, float]]:
+    windows = []
+    for run in instance.get_runs(dg.RunsFilter(job_name="repatriate_epn")):
+        records = instance.get_records_for_run(run.run_id).records
+        starts = [r.event_log_entry.timestamp for r in records if r.event_log_entry.dagster_event
+                  and r.event_log_entry.dagster_event.event_type_value == "STEP_START"
+                  and r.event_log_entry.step_key == step_key]
+        ends = [r.event_log_entry.timestamp for r in records if r.event_log_entry.dagster_event
+                and r.event_log_entry.dagster_event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE")
+                and r.event_log_entry.step_key == step_key]
+        if starts and ends:
+            windows.append((starts[0], ends[-1]))
+    return sorted(windows)
+
+
+def test_daemon_repatriates_due_epns_alerts_and_stops_cleanly(stack, tmp_path):
+    stack.configure(**{"max-tasks": 1, "dagster-ui-url": "http://127.0.0.1:3000"})
+    stack.lay_out("12282a", "12282b", "13001a", "13001b", "14500a", "14777a")
+    unreadable = stack.source / "13001a" / "frames" / "img_0002.cbf"
+    unreadable.chmod(0o600)  # root's file: the SFTP account cannot read it, rsync fails (exit 23)
+
+    env = os.environ | {"ASSYNCY_SENSOR_INTERVAL_SECONDS": "3"}
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        daemon = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-m", "assyncy_dagster.definitions"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: set(stack.ignored()) == {"12282a", "12282b"}, 240, "12282a and 12282b", daemon, log)
+        wait_for(lambda: len(stack.smtp.messages) >= 2, 120, "the alert and the failure e-mail", daemon, log)
+        subjects = sorted(m["Subject"] for m in stack.smtp.messages)
+        assert "Unknown ownership of EPNs" in subjects
+        assert any("13001a" in s for s in subjects), subjects
+        alert = next(m for m in stack.smtp.messages if m["Subject"] == "Unknown ownership of EPNs")
+        assert "14500a" in alert.get_body(("plain",)).get_content()
+        assert not (stack.destination("ab12", "13001b")).exists(), "running visit must be held back"
+        assert "13001a" not in stack.ignored()
+
+        windows = step_windows(stack.instance, "epn_data")
+        assert len(windows) >= 3
+        for (_, end), (start, _) in zip(windows, windows[1:]):
+            assert start >= end - 0.05, f"rsync pool of 1 let transfers overlap: {windows}"
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+    wait_for(lambda: not group_alive(daemon.pid), 30, "the daemon's code server and run workers to exit")
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in the process group."""
+    import psutil
+
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return False
