@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SYSTEM_PACKAGES := rsync openssh-server openssh-client
+SYSTEM_PACKAGES := rsync openssh-server openssh-client postgresql
 
 .PHONY: setup system-packages demo test test-fast clean-demo
 
 system-packages:
-	@if ! command -v rsync >/dev/null || [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null; then \
+	@if ! command -v rsync >/dev/null || [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null \
+		|| ! command -v ssh-keygen >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		echo "installing $(SYSTEM_PACKAGES) with apt"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
@@ -19,9 +20,9 @@ $(BIN)/python:
 # uv installs the Dagster stack in seconds; plain pip is the fallback.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@if $(BIN)/pip install -q uv 2>/dev/null; then \
-		$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test]'; \
+		$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test,scale-out]'; \
 	else \
-		$(BIN)/pip install -q -e '.[test]'; \
+		$(BIN)/pip install -q -e '.[test,scale-out]'; \
 	fi
 	touch $@
 

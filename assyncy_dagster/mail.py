@@ -16,7 +16,7 @@ import ssl
 from email.message import EmailMessage
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("assyncy.mail")
 
 
 class MailError(Exception):

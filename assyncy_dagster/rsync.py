@@ -53,7 +53,7 @@ from typing import Any
 
 from .epn import is_valid_epn, source_path_for, validate_epn
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("assyncy.rsync")
 
 RSYNC = "rsync"
 SSH = "ssh"

@@ -71,10 +71,13 @@ def _as_account() -> dict:
     return {"user": SERVICE_ACCOUNT, "group": pwd.getpwnam(SERVICE_ACCOUNT).pw_gid, "extra_groups": []}
 
 
-def _run(argv: list[str], cwd: Path) -> None:
+def _run(argv: list[str], cwd: Path, secret: str = "") -> None:
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120, **_as_account())
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:2])} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        output = done.stdout + done.stderr
+        raise RuntimeError(
+            f"{Path(argv[0]).name} failed ({done.returncode}):\n{output.replace(secret, '********') if secret else output}"
+        )
 
 
 def _wait_ready(bin_dir: Path, proc: subprocess.Popen, port: int, log: Path, timeout: float = 30) -> None:
@@ -150,7 +153,8 @@ def postgres_server() -> Iterator[PostgresServer]:
             host="127.0.0.1", port=port, database="dagster", username="assyncy",
             password=secrets.token_urlsafe(18), socket_dir=sockets, bin_dir=bin_dir,
         )
-        _run(server._psql() + ["-c", f"CREATE ROLE assyncy LOGIN PASSWORD '{server.password}'"], cwd=workdir)
+        _run(server._psql() + ["-c", f"CREATE ROLE assyncy LOGIN PASSWORD '{server.password}'"], cwd=workdir,
+             secret=server.password)
         _run(server._psql() + ["-c", "CREATE DATABASE dagster OWNER assyncy"], cwd=workdir)
         yield server
     finally:

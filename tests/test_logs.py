@@ -268,15 +268,6 @@ def test_secret_containing_another_is_masked_whole():
 
 # -- Dagster run logs ----------------------------------------------------------
 
-_PYTHON_LOGS = """
-python_logs:
-  managed_python_loggers:
-    - assyncy
-  dagster_handler_config:
-    handlers:
-      assyncy_log_files:
-        class: assyncy_dagster.logs.RunLogFileHandler
-"""
 
 
 @dg.op
@@ -302,7 +293,10 @@ def run_logging_instance(tmp_path, monkeypatch):
     monkeypatch.setenv("ASSYNCY_CONFIG", str(config))
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((ETC / "dagster.yaml").read_text() + _PYTHON_LOGS)
+    # The python_logs lines as shipped in etc/dagster-postgres.yaml, on the single-host instance.
+    instance_config = yaml.safe_load((ETC / "dagster.yaml").read_text())
+    instance_config["python_logs"] = yaml.safe_load((ETC / "dagster-postgres.yaml").read_text())["python_logs"]
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.from_config(str(home)) as instance:
         yield load_settings(config), instance
