@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.utils import make_new_run_id
 
 from .config import load_settings
 from .definitions import build_definitions, build_resources
 from .jobs import ALERT_JOB, REPATRIATION_JOB
 from .planning import CyclePlan
-from .sensors.epn_sensor import plan_tick
+from .sensors.epn_sensor import INTERRUPTED_TAG, plan_tick
 
 log = logging.getLogger("assyncy.sync")
 WORKER_RESULT_PREFIX = "assyncy-run-outcome: "
@@ -80,7 +81,9 @@ def _materialization_metadata(result: dg.ExecuteInProcessResult) -> dict:
     return {}
 
 
-def execute_request(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest) -> RunOutcome:
+def execute_request(
+    defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest, run_id: str | None = None
+) -> RunOutcome:
     """Run one requested run in this process."""
     job = defs.resolve_job_def(request.job_name)
     result = job.execute_in_process(
@@ -89,6 +92,7 @@ def execute_request(defs: dg.Definitions, instance: dg.DagsterInstance, request:
         partition_key=request.partition_key,
         tags=request.tags,
         raise_on_error=False,
+        run_id=run_id,
     )
     return RunOutcome(
         job=request.job_name,
@@ -112,11 +116,15 @@ class Workers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen] = set()
+        self._signalled: set[subprocess.Popen] = set()
         self.stopping = threading.Event()
 
-    def run(self, config_path: Path, execute: bool | None, request: dg.RunRequest) -> RunOutcome:
+    def run(
+        self, config_path: Path, execute: bool | None, request: dg.RunRequest, instance: dg.DagsterInstance
+    ) -> RunOutcome:
         if self.stopping.is_set():
             return RunOutcome(REPATRIATION_JOB, request.partition_key, "", False, "not started: stopping")
+        run_id = make_new_run_id()
         argv = [
             sys.executable,
             "-m",
@@ -129,6 +137,8 @@ class Workers:
             str(request.partition_key),
             "--tags",
             json.dumps(dict(request.tags)),
+            "--run-id",
+            run_id,
         ]
         if execute is not None:
             argv += ["--execute" if execute else "--dry-run"]
@@ -140,18 +150,25 @@ class Workers:
         finally:
             with self._lock:
                 self._procs.discard(proc)
+                signalled = proc in self._signalled
+        outcome = RunOutcome(
+            request.job_name, request.partition_key, run_id, False, f"worker exited with status {proc.returncode}"
+        )
         for line in reversed(out.splitlines()):
             if line.startswith(WORKER_RESULT_PREFIX):
-                return RunOutcome(**json.loads(line[len(WORKER_RESULT_PREFIX) :]))
-        return RunOutcome(
-            request.job_name, request.partition_key, "", False, f"worker exited with status {proc.returncode}"
-        )
+                outcome = RunOutcome(**json.loads(line[len(WORKER_RESULT_PREFIX) :]))
+                break
+        if signalled and not outcome.success and instance.has_run(run_id):
+            # Stopped by a shutdown, not the EPN's fault: the next cycle retries it without backoff.
+            instance.add_run_tags(run_id, {INTERRUPTED_TAG: "shutdown"})
+        return outcome
 
     def stop(self) -> None:
         self.stopping.set()
         with self._lock:
             for proc in self._procs:
                 if proc.poll() is None:
+                    self._signalled.add(proc)
                     proc.send_signal(signal.SIGTERM)
 
 
@@ -188,7 +205,7 @@ def run_cycle(
     alert_requests = [r for r in requests if r.job_name == ALERT_JOB] if alerts else []
     workers = workers or Workers()
     with ThreadPoolExecutor(max_workers=settings.max_tasks, thread_name_prefix="repatriate") as pool:
-        for outcome in pool.map(lambda r: workers.run(path, execute, r), repatriations):
+        for outcome in pool.map(lambda r: workers.run(path, execute, r, instance), repatriations):
             _log_outcome(logger, outcome)
             report.runs.append(outcome)
     if workers.stopping.is_set():

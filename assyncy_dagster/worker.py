@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 import dagster as dg
 
-from .cycle import WORKER_RESULT_PREFIX, execute_request
+from .cycle import WORKER_RESULT_PREFIX, RunOutcome, execute_request
 from .definitions import build_definitions
 
 
@@ -20,16 +20,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", required=True)
     parser.add_argument("--partition", required=True)
     parser.add_argument("--tags", default="{}")
+    parser.add_argument("--run-id", required=True)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--execute", dest="execute", action="store_true", default=None)
     mode.add_argument("--dry-run", dest="execute", action="store_false")
     args = parser.parse_args(argv)
-    # SIGTERM from mxsync interrupts the run like Ctrl-C: rsync's process group
-    # is killed and the run is recorded as failed.
+    # mxsync's SIGTERM interrupts the run like Ctrl-C (Dagster's own handler takes
+    # over once the run starts): rsync's process group is killed and the run ends
+    # as failed, never as repatriated.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     request = dg.RunRequest(job_name=args.job, partition_key=args.partition, tags=json.loads(args.tags))
     with dg.DagsterInstance.get() as instance:
-        outcome = execute_request(build_definitions(args.config, execute=args.execute), instance, request)
+        try:
+            outcome = execute_request(
+                build_definitions(args.config, execute=args.execute), instance, request, run_id=args.run_id
+            )
+        except KeyboardInterrupt:
+            outcome = RunOutcome(args.job, args.partition, args.run_id, False, "interrupted")
     print(WORKER_RESULT_PREFIX + json.dumps(asdict(outcome), default=str), flush=True)
     return 0 if outcome.success else 1
 

@@ -28,6 +28,7 @@ from ..state import ALERTED_KEY, StateFileError, read_epns
 
 INTERVAL_ENV = "ASSYNCY_SENSOR_INTERVAL_SECONDS"
 RSYNC_POOL = "rsync"
+INTERRUPTED_TAG = "assyncy/interrupted"
 _IN_FLIGHT = {
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -81,10 +82,14 @@ def _failure_history(instance: dg.DagsterInstance, epn: str) -> RunHistory:
     for record in records:
         if record.dagster_run.status not in _FAILED:
             break
+        if INTERRUPTED_TAG in record.dagster_run.tags:
+            continue  # stopped by a shutdown (mxsync's SIGTERM): not the EPN's failure
         failures += 1
     last = records[0]
     ended = last.end_time
     ended_at = datetime.fromtimestamp(ended, timezone.utc) if ended else None
+    if INTERRUPTED_TAG in last.dagster_run.tags:
+        failures = 0  # retry at once after a shutdown
     return RunHistory(LastRun.FAILED, last.dagster_run.run_id, ended_at, failures)
 
 
