@@ -31,11 +31,12 @@ setup: system-packages $(VENV)/.installed
 demo: setup
 	$(BIN)/python -m assyncy_dagster.demo
 
+# Two workers: most tests wait on real servers and subprocesses, not on the CPU.
 test: setup
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2
 
 test-fast: setup
-	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 -m "not slow"
 
 clean-demo:
 	rm -rf demo

@@ -69,3 +69,38 @@ def test_add_epn_without_dagster_home_is_refused(monkeypatch, capsys):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     assert main(["add-epn", "12282a"]) == 2
     assert "DAGSTER_HOME" in capsys.readouterr().err
+
+
+def test_portal_sim_command_serves_the_api_until_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import requests
+
+    etc = Path(__file__).resolve().parent.parent / "etc"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "assyncy"), "portal-sim", "--visits", str(etc / "demo-visits.yml")],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("portal simulator listening on http://127.0.0.1:")
+        url = first.rsplit(" ", 1)[-1].strip()
+        token = requests.post(
+            f"{url}/api/v1/oauth/token",
+            auth=("demo-client", "demo-client-password"),
+            data={"username": "demo-user", "password": "demo-password", "grant_type": "password"},
+            timeout=10,
+        ).json()["data"]["access_token"]
+        visits = requests.get(f"{url}/api/v1/equipment/23/visits", params={"access_token": token}, timeout=10)
+        assert "12282a" in {v["epn"] for v in visits.json()["data"]["visits"]}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

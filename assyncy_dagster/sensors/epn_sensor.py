@@ -2,6 +2,7 @@
 
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
@@ -9,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from ..config import ConfigError, Settings
+from ..logs import LogSetupError, configure_logging
 from ..jobs import (
     ALERT_JOB,
     KIND_TAG,
@@ -177,9 +179,35 @@ def build_epn_sensor(interval_seconds: int) -> dg.SensorDefinition:
         """Every tick: ask the portal for recent visits and list the SFTP host; add each new
         EPN as a partition; request a repatriation run for each mapped EPN whose visit has
         ended and whose data is not home yet; request one alert run for new unmapped EPNs."""
-        return plan_tick(context.instance, portal, sftp, assyncy_config, context.log)[1]
+        _, result = plan_tick(context.instance, portal, sftp, assyncy_config, context.log)
+        _log_to_sync_file(assyncy_config, result)
+        return result
 
     return epn_sensor
+
+
+_file_logging: list[tuple] = []
+
+
+def _log_to_sync_file(assyncy_config: AssyncyConfigResource, result: dg.SensorResult | dg.SkipReason) -> None:
+    """Put each tick's outcome in `log-files.sync` too, where mxsync's cycles went.
+
+    Dagster keeps sensor logs with the tick; the admin's log file is set up once
+    per process, again only when log-level or log-files change."""
+    settings = assyncy_config.settings()
+    wanted = (settings.log_level, settings.log_files, tuple(settings.secrets()))
+    if _file_logging != [wanted]:
+        try:
+            configure_logging(settings, "sync", console=False)
+        except LogSetupError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        _file_logging[:] = [wanted]
+    log = logging.getLogger("assyncy.sync")
+    if isinstance(result, dg.SkipReason):
+        log.info(f"epn_sensor: {result.skip_message}")
+    else:
+        runs = ", ".join(r.partition_key or r.job_name for r in result.run_requests)
+        log.info(f"epn_sensor: requested {len(result.run_requests)} run(s): {runs}")
 
 
 def _held_text(held: Mapping[str, str], limit: int = 10) -> str:

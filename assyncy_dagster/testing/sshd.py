@@ -12,6 +12,7 @@ disk: lay EPN folders out under `beamline_dir("mx")`.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import getpass
 import logging
 import os
@@ -93,17 +94,29 @@ def _ensure_account(name: str) -> str:
         current = getpass.getuser()
         log.warning("not root: LocalSshd serves as the current user %s instead of %s", current, name)
         return current
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "-s", "/bin/sh", name],
-            check=True, capture_output=True, text=True,
-        )
-    # A fresh account is locked ("!"), and with UsePAM no sshd refuses a locked
-    # account even for key logins; "*" means "no password" without the lock.
-    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True, text=True)
+    # Several test processes may start servers at once: one at a time edits /etc/passwd.
+    with open("/tmp/assyncy-sshd-account.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "-s", "/bin/sh", name],
+                check=True, capture_output=True, text=True,
+            )
+        # A fresh account is locked ("!"), and with UsePAM no sshd refuses a locked
+        # account even for key logins; "*" means "no password" without the lock.
+        if not _account_unlocked(name):
+            subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True, text=True)
     return name
+
+
+def _account_unlocked(name: str) -> bool:
+    try:
+        with open("/etc/shadow") as shadow:
+            return any(line.split(":")[:2] == [name, "*"] for line in shadow)
+    except OSError:
+        return False
 
 
 def make_source_tree(root: Path, epn: str, files: Mapping[str, bytes | int]) -> Path:

@@ -1,0 +1,56 @@
+"""The code location loads from $ASSYNCY_CONFIG, or says clearly why not."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from assyncy_dagster.config import ConfigError
+from assyncy_dagster.definitions import build_definitions
+
+ETC = Path(__file__).resolve().parent.parent / "etc"
+BIN = Path(sys.executable).parent
+
+
+def test_sample_config_builds_the_whole_location(tmp_path):
+    shutil.copy(ETC / "config.yml", tmp_path / "config.yml")
+    defs = build_definitions(str(tmp_path / "config.yml"))
+    dg.Definitions.validate_loadable(defs)
+    repo = defs.get_repository_def()
+    assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == {"portal_visits", "epn_data"}
+    assert {s.name for s in repo.sensor_defs} == {"epn_sensor", "repatriation_failure_alert"}
+    assert [s.name for s in repo.schedule_defs] == ["unknown_epn_digest"]
+    epn_sensor = repo.get_sensor_def("epn_sensor")
+    assert epn_sensor.minimum_interval_seconds == 24 * 3600  # sync-frequency-hours
+    assert epn_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_invalid_config_fails_with_the_check_config_message(tmp_path):
+    data = yaml.safe_load((ETC / "config.yml").read_text())
+    del data["host"]
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="config.yml: host: missing"):
+        build_definitions(str(tmp_path / "config.yml"))
+
+
+@pytest.mark.slow
+def test_dagster_definitions_validate_passes_with_the_sample_config(tmp_path):
+    shutil.copy(ETC / "config.yml", tmp_path / "config.yml")
+    env = os.environ | {"ASSYNCY_CONFIG": str(tmp_path / "config.yml"), "DAGSTER_HOME": str(tmp_path)}
+    ok = subprocess.run(
+        [str(BIN / "dagster"), "definitions", "validate", "-m", "assyncy_dagster.definitions"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    env["ASSYNCY_CONFIG"] = str(tmp_path / "missing.yml")
+    bad = subprocess.run(
+        [str(BIN / "dagster"), "definitions", "validate", "-m", "assyncy_dagster.definitions"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+    )
+    assert bad.returncode != 0
+    assert "missing.yml: config file not found" in bad.stdout + bad.stderr
