@@ -9,7 +9,12 @@ import dagster as dg
 from .assets.epn_data import epn_data, epn_data_matches_source
 from .assets.visits import portal_visits
 from .config import Settings, config_path_from_env, load_settings
-from .jobs import repatriation_job, unknown_epn_alert_job, unknown_epn_digest_schedule, verification_job
+from .jobs import (
+    repatriation_job,
+    unknown_epn_alert_job,
+    unknown_epn_digest_schedule,
+    verification_job,
+)
 from .resources.portal import PortalResource
 from .resources.settings import AssyncyConfigResource
 from .resources.sftp import SftpResource

@@ -4,10 +4,10 @@
 import dagster as dg
 from pydantic import Field
 
+from .alerts import TemplateError
 from .assets.epn_data import epn_data
 from .assets.visits import portal_visits
 from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
-from .alerts import TemplateError
 from .mail import MailError
 from .partitions import epn_partitions
 from .portal import PortalError

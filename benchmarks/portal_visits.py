@@ -17,7 +17,11 @@ from datetime import datetime, timezone
 
 from assyncy_dagster.config import Equipment
 from assyncy_dagster.portal import PortalClient, visit_window
-from assyncy_dagster.portal_sim import PortalSimulator, equipment_credentials, generate_visits
+from assyncy_dagster.portal_sim import (
+    PortalSimulator,
+    equipment_credentials,
+    generate_visits,
+)
 
 TARGET_SECONDS = 2.0
 

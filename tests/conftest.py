@@ -7,10 +7,10 @@ import logging
 
 import pytest
 from fixtures_portal import *  # noqa: F401,F403
-from fixtures_sshd import *  # noqa: F401,F403
-from fixtures_smtp import *  # noqa: F401,F403
-from fixtures_stack import *  # noqa: F401,F403
 from fixtures_postgres import *  # noqa: F401,F403
+from fixtures_smtp import *  # noqa: F401,F403
+from fixtures_sshd import *  # noqa: F401,F403
+from fixtures_stack import *  # noqa: F401,F403
 
 
 @pytest.fixture(autouse=True)

@@ -13,15 +13,21 @@ import dagster as dg
 import pytest
 import yaml
 
-from assyncy_dagster.config import Settings, load_settings
-from assyncy_dagster.definitions import build_resources
 from assyncy_dagster.assets.epn_data import epn_data, epn_data_matches_source
 from assyncy_dagster.assets.visits import portal_visits
+from assyncy_dagster.config import Settings, load_settings
+from assyncy_dagster.definitions import build_resources
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.testing.smtp_sink import SmtpSink
 from assyncy_dagster.testing.sshd import LocalSshd
-from assyncy_dagster.testing.stack import DEMO_VISITS, ETC, lay_out_epns, mx_frames, write_config
+from assyncy_dagster.testing.stack import (
+    DEMO_VISITS,
+    ETC,
+    lay_out_epns,
+    mx_frames,
+    write_config,
+)
 
 __all__ = ["stack", "Stack"]
 

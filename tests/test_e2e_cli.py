@@ -4,11 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
+from helpers import live_processes_mentioning, wait_for
 
 BIN = Path(sys.executable).parent
 MATERIALIZE = [
@@ -29,25 +28,8 @@ def run(argv, timeout=180):
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
-def processes_touching(path: Path) -> list[str]:
-    """Live (non-zombie) processes whose command line mentions `path`."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and str(path) in " ".join(proc.info["cmdline"] or []):
-                found.append(" ".join(proc.info["cmdline"]))
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_add_epn_then_dagster_asset_materialize_repatriates_it(stack):
@@ -75,7 +57,7 @@ def test_sigterm_stops_rsync_and_a_rerun_completes_byte_identical(stack):
     )
     try:
         wait_for(lambda: (dest / ".rsync-partial").exists() or any(dest.rglob("*.cbf")), 120, "the transfer to start")
-        assert processes_touching(dest), "rsync should be running"
+        assert live_processes_mentioning(str(dest)), "rsync should be running"
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     finally:
@@ -83,7 +65,7 @@ def test_sigterm_stops_rsync_and_a_rerun_completes_byte_identical(stack):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode != 0
-    wait_for(lambda: not processes_touching(dest), 10, "rsync and ssh to end")
+    wait_for(lambda: not live_processes_mentioning(str(dest)), 10, "rsync and ssh to end")
     assert stack.ignored() == [], "an interrupted transfer must not be recorded"
 
     stack.configure(**{"rsync-bwlimit-kib": None})

@@ -12,11 +12,11 @@ from fixtures_portal import client_for, equipment_for, portal_data, portal_secre
 
 from assyncy_dagster.config import Equipment
 from assyncy_dagster.portal import (
+    Person,
     PortalAuthError,
     PortalClient,
     PortalDataError,
     PortalError,
-    Person,
     Visit,
     visit_window,
     visits_by_epn,

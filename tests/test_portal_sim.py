@@ -16,7 +16,12 @@ import requests
 from fixtures_portal import PORTAL_DATA, portal_data
 
 from assyncy_dagster.epn import base_number, is_valid_epn
-from assyncy_dagster.portal_sim import PortalSimulator, SimulatorDataError, generate_visits, resolve_time
+from assyncy_dagster.portal_sim import (
+    PortalSimulator,
+    SimulatorDataError,
+    generate_visits,
+    resolve_time,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_VISITS = REPO / "etc" / "demo-visits.yml"

@@ -17,7 +17,12 @@ from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.jobs import REPATRIATION_JOB
 from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.testing.smtp_sink import SmtpSink
-from assyncy_dagster.testing.stack import DEMO_VISITS, lay_out_epns, mx_frames, write_config
+from assyncy_dagster.testing.stack import (
+    DEMO_VISITS,
+    lay_out_epns,
+    mx_frames,
+    write_config,
+)
 
 pytest.importorskip("dagster_postgres", reason="needs the postgres extra: pip install -e '.[postgres]'")
 psycopg2 = pytest.importorskip("psycopg2", reason="needs the postgres extra: pip install -e '.[postgres]'")
@@ -75,7 +80,11 @@ def count(database, sql: str, *args: object) -> int:
 
 
 def test_instance_from_the_example_config_stores_everything_in_postgresql(postgres_home):
-    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+    from dagster_postgres import (
+        PostgresEventLogStorage,
+        PostgresRunStorage,
+        PostgresScheduleStorage,
+    )
 
     with dg.DagsterInstance.get() as instance:
         assert isinstance(instance.run_storage, PostgresRunStorage)

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import psutil
 import pytest
+from helpers import live_processes_mentioning, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -21,25 +21,8 @@ def command(name, *args, timeout=240):
     return subprocess.run([str(BIN / name), *args], capture_output=True, text=True, timeout=timeout)
 
 
-def live_processes_mentioning(text: str) -> list[str]:
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            line = " ".join(proc.info["cmdline"] or [])
-            if text in line and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(line)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_mxsync_once_execute_repatriates_exactly_the_due_epns(stack):

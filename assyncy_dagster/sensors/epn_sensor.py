@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from ..config import ConfigError, Settings
-from ..logs import LogSetupError, configure_logging
 from ..jobs import (
     ALERT_JOB,
     KIND_TAG,
@@ -19,6 +18,7 @@ from ..jobs import (
     repatriation_job,
     unknown_epn_alert_job,
 )
+from ..logs import LogSetupError, configure_logging
 from ..partitions import EPN_PARTITIONS_NAME, epn_partitions
 from ..planning import CyclePlan, LastRun, RunHistory, plan_cycle
 from ..portal import PortalError, visit_window
