@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -108,6 +109,17 @@ class Settings(BaseModel):
     verify_tls: bool = True
     retry_backoff_minutes: float = Field(default=30, gt=0)
     rsync_bwlimit_kib: int | None = Field(default=None, gt=0)
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (use an IANA name, e.g. Australia/Melbourne)") from None
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -174,6 +186,18 @@ class Settings(BaseModel):
         return self.alerted_file or self.ignore.with_name("alerted.yml")
 
     @property
+    def schedule_timezone(self) -> str:
+        """`timezone`, else the host's (TZ, /etc/timezone), else UTC: the daily digest runs at 01:00 there."""
+        for candidate in (self.timezone, os.environ.get("TZ"), _host_timezone()):
+            if candidate:
+                try:
+                    ZoneInfo(candidate)
+                    return candidate
+                except (ZoneInfoNotFoundError, ValueError):
+                    continue
+        return "UTC"
+
+    @property
     def sync_interval_seconds(self) -> int:
         return max(1, int(self.sync_frequency_hours * 3600))
 
@@ -193,6 +217,13 @@ class Settings(BaseModel):
         if data.get("smtp-password"):
             data["smtp-password"] = MASK
         return data
+
+
+def _host_timezone() -> str | None:
+    try:
+        return Path("/etc/timezone").read_text().strip() or None
+    except OSError:
+        return None
 
 
 _PATH_KEYS = ("ignore", "epnalert-template-folder", "key-file", "destination-root-path", "known-hosts-file", "alerted-file")

@@ -12,7 +12,7 @@ from .config import Settings, config_path_from_env, load_settings
 from .jobs import (
     repatriation_job,
     unknown_epn_alert_job,
-    unknown_epn_digest_schedule,
+    build_digest_schedule,
     verification_job,
 )
 from .resources.portal import PortalResource
@@ -37,7 +37,7 @@ def build_definitions(config_path: str | None = None, *, execute: bool | None = 
         asset_checks=[epn_data_matches_source],
         jobs=[repatriation_job, verification_job, unknown_epn_alert_job],
         sensors=[build_epn_sensor(sensor_interval_seconds(settings)), repatriation_failure_alert],
-        schedules=[unknown_epn_digest_schedule],
+        schedules=[build_digest_schedule(settings.schedule_timezone)],
         resources=build_resources(path, settings, execute=execute),
         # The heavy work is rsync's, in its own process; running the steps inside
         # the run's process saves a Python start-up per step and still honours the

@@ -75,11 +75,14 @@ def unknown_epn_alert_job():
     send_unknown_epn_alert_op()
 
 
-unknown_epn_digest_schedule = dg.ScheduleDefinition(
-    name="unknown_epn_digest",
-    job=unknown_epn_alert_job,
-    cron_schedule="0 1 * * *",  # the old epnalert cron line: daily at 01:00
-    run_config=dg.RunConfig(ops={"send_unknown_epn_alert_op": UnknownEpnAlertConfig(digest=True)}),
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily digest of every EPN on the SFTP host that is still unmapped.",
-)
+def build_digest_schedule(timezone: str) -> dg.ScheduleDefinition:
+    """Daily at 01:00 in `timezone`, like the old tool's cron line."""
+    return dg.ScheduleDefinition(
+        name="unknown_epn_digest",
+        job=unknown_epn_alert_job,
+        cron_schedule="0 1 * * *",
+        execution_timezone=timezone,
+        run_config=dg.RunConfig(ops={"send_unknown_epn_alert_op": UnknownEpnAlertConfig(digest=True)}),
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Daily digest of every EPN on the SFTP host that is still unmapped.",
+    )

@@ -54,3 +54,19 @@ def test_dagster_definitions_validate_passes_with_the_sample_config(tmp_path):
     )
     assert bad.returncode != 0
     assert "missing.yml: config file not found" in bad.stdout + bad.stderr
+
+
+def test_daily_digest_runs_at_one_in_the_configured_time_zone(tmp_path):
+    data = yaml.safe_load((ETC / "config.yml").read_text()) | {"timezone": "Australia/Melbourne"}
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(data))
+    schedule = build_definitions(str(tmp_path / "config.yml")).get_repository_def().get_schedule_def(
+        "unknown_epn_digest"
+    )
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 1 * * *", "Australia/Melbourne")
+
+
+def test_unknown_time_zone_is_a_config_error(tmp_path):
+    data = yaml.safe_load((ETC / "config.yml").read_text()) | {"timezone": "Mars/Olympus"}
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="timezone: unknown time zone 'Mars/Olympus'"):
+        build_definitions(str(tmp_path / "config.yml"))

@@ -13,7 +13,7 @@ from ..partitions import epn_partitions
 from ..portal import Visit
 from ..resources.settings import AssyncyConfigResource
 from ..resources.sftp import SftpResource
-from ..rsync import RsyncError, compare_manifests, local_manifest
+from ..rsync import RsyncError, TransferStats, compare_manifests, local_manifest
 from ..state import add_epns
 from .visits import partition_epn
 
@@ -95,7 +95,7 @@ def epn_data(
             metadata={"rsync_exit_code": exc.exit_code, "destination": str(destination)},
         ) from None
     duration = time.monotonic() - started
-    stats = result.stats
+    stats = result.stats or TransferStats()
     metadata: dict[str, object] = {
         "mode": mode,
         "dry_run": dry_run,
