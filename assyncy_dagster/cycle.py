@@ -7,11 +7,13 @@ record their runs in the same Dagster instance the UI shows.
 from __future__ import annotations
 
 import json
+import os
 import logging
 import signal
 import subprocess
 import sys
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +103,14 @@ def execute_request(
         error="" if result.success else _first_failure(result),
         metadata=_materialization_metadata(result) if result.success else {},
     )
+
+
+def quiet_dagster_previews() -> None:
+    """Hide Dagster's notices that a feature we use (partitioned checks, log
+    handlers in dagster.yaml) is in preview or beta, here and in the workers."""
+    for category in (dg.BetaWarning, dg.PreviewWarning):
+        warnings.filterwarnings("ignore", category=category)
+    os.environ["ASSYNCY_QUIET_PREVIEWS"] = "1"
 
 
 class Workers:

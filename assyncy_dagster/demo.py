@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from .cycle import CycleReport, run_cycle
+from .cycle import CycleReport, quiet_dagster_previews, run_cycle
 from .jobs import ALERT_JOB, REPATRIATION_JOB
 from .portal_sim import PortalSimulator
 from .testing.smtp_sink import SmtpSink
@@ -81,7 +81,9 @@ def print_report(report: CycleReport, root: Path, mail_dir: Path, scratch: Path)
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("assyncy").setLevel(logging.INFO)
+    quiet_dagster_previews()
     # SIGTERM unwinds like Ctrl-C, so the stand-in servers are always stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     missing = missing_binaries()

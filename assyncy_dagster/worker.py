@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from dataclasses import asdict
 
 import dagster as dg
 
-from .cycle import WORKER_RESULT_PREFIX, RunOutcome, execute_request
+from .cycle import WORKER_RESULT_PREFIX, RunOutcome, execute_request, quiet_dagster_previews
 from .definitions import build_definitions
 
 
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--execute", dest="execute", action="store_true", default=None)
     mode.add_argument("--dry-run", dest="execute", action="store_false")
     args = parser.parse_args(argv)
+    if os.environ.get("ASSYNCY_QUIET_PREVIEWS"):
+        quiet_dagster_previews()
     # mxsync's SIGTERM interrupts the run like Ctrl-C (Dagster's own handler takes
     # over once the run starts): rsync's process group is killed and the run ends
     # as failed, never as repatriated.
