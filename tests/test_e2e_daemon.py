@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from helpers import live_processes_mentioning
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +45,7 @@ def step_windows(instance: dg.DagsterInstance, step_key: str) -> list[tuple[floa
     return sorted(windows)
 
 
-def test_daemon_repatriates_due_epns_alerts_and_stops_cleanly(stack, tmp_path):
-    stack.configure(**{"max-tasks": 1, "dagster-ui-url": "http://127.0.0.1:3000"})
-    stack.lay_out("12282a", "12282b", "13001a", "13001b", "14500a", "14777a")
-    unreadable = stack.source / "13001a" / "frames" / "img_0002.cbf"
-    unreadable.chmod(0o600)  # root's file: the SFTP account cannot read it, rsync fails (exit 23)
-
+def start_daemon(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     env = os.environ | {"ASSYNCY_SENSOR_INTERVAL_SECONDS": "3"}
     log = tmp_path / "daemon.log"
     with open(log, "w") as out:
@@ -60,6 +56,26 @@ def test_daemon_repatriates_due_epns_alerts_and_stops_cleanly(stack, tmp_path):
             env=env,
             start_new_session=True,
         )
+    return daemon, log
+
+
+def stop_daemon(daemon: subprocess.Popen) -> None:
+    os.killpg(daemon.pid, signal.SIGTERM)
+    try:
+        daemon.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait()
+    wait_for(lambda: not group_alive(daemon.pid), 30, "the daemon's code server and run workers to exit")
+
+
+def test_daemon_repatriates_due_epns_alerts_and_stops_cleanly(stack, tmp_path):
+    stack.configure(**{"max-tasks": 1, "dagster-ui-url": "http://127.0.0.1:3000"})
+    stack.lay_out("12282a", "12282b", "13001a", "13001b", "14500a", "14777a")
+    unreadable = stack.source / "13001a" / "frames" / "img_0002.cbf"
+    unreadable.chmod(0o600)  # root's file: the SFTP account cannot read it, rsync fails (exit 23)
+
+    daemon, log = start_daemon(tmp_path)
     try:
         wait_for(lambda: set(stack.ignored()) == {"12282a", "12282b"}, 240, "12282a and 12282b", daemon, log)
         wait_for(lambda: len(stack.smtp.messages) >= 2, 120, "the alert and the failure e-mail", daemon, log)
@@ -81,13 +97,29 @@ def test_daemon_repatriates_due_epns_alerts_and_stops_cleanly(stack, tmp_path):
         for (_, end), (start, _) in zip(windows, windows[1:]):
             assert start >= end - 0.05, f"rsync pool of 1 let transfers overlap: {windows}"
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
-    wait_for(lambda: not group_alive(daemon.pid), 30, "the daemon's code server and run workers to exit")
+        stop_daemon(daemon)
+
+
+def test_terminating_a_run_as_the_ui_does_stops_rsync_and_records_nothing(stack, tmp_path):
+    stack.configure(**{"rsync-bwlimit-kib": 1024})
+    stack.lay_out("12282a", frames=4, size=2 * 1024 * 1024)
+    dest = stack.destination("ny79", "12282a")
+    daemon, log = start_daemon(tmp_path)
+    try:
+        wait_for(lambda: live_processes_mentioning(str(dest)), 120, "the sensor's run to start rsync", daemon, log)
+        [run] = stack.instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        assert stack.instance.run_launcher.terminate(run.run_id)  # what the UI's Terminate button calls
+        wait_for(lambda: not live_processes_mentioning(str(dest)), 30, "rsync and ssh to end", daemon, log)
+        wait_for(
+            lambda: stack.instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED,
+            30, "the run to be recorded as canceled", daemon, log,
+        )
+        assert stack.ignored() == []
+        for frame in dest.rglob("*.cbf"):
+            if ".rsync-partial" not in frame.parts:  # partial files wait there, never under their final name
+                assert frame.read_bytes() == (stack.source / "12282a" / frame.relative_to(dest)).read_bytes()
+    finally:
+        stop_daemon(daemon)
 
 
 def group_alive(pgid: int) -> bool:
