@@ -1,6 +1,5 @@
 """The runs the sensor and the schedule launch."""
 
-
 import dagster as dg
 from pydantic import Field
 

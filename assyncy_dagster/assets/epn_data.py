@@ -1,6 +1,5 @@
 """epn_data: one experiment's files, brought home and verified."""
 
-
 import time
 from datetime import datetime, timezone
 from pathlib import Path

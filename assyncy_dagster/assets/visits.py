@@ -1,6 +1,5 @@
 """portal_visits: what the synchrotron's portal says about one EPN's beamtime."""
 
-
 from datetime import datetime, timezone
 
 import dagster as dg

@@ -1,6 +1,5 @@
 """epn_sensor: watches the portal and the SFTP host for EPNs to bring home."""
 
-
 import hashlib
 import logging
 import os

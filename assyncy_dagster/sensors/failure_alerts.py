@@ -1,6 +1,5 @@
 """repatriation_failure_alert: e-mails the helpdesk when bringing an EPN home fails."""
 
-
 import dagster as dg
 
 from ..alerts import build_message, render_failure_alert
