@@ -186,25 +186,27 @@ def mxsync(args: argparse.Namespace) -> int:
 
 
 def epnalert(args: argparse.Namespace) -> int:
-    from .alerts import TemplateError
-    from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
-    from .mail import Mailer, MailError
-    from .portal import PortalClient, PortalError
-    from .rsync import RsyncError, SftpClient, SshEndpoint
+    from .epnalert import ALERT_ERRORS, send_unknown_epn_alert, unmapped_epns_on_host
+    from .mail import Mailer
+    from .portal import PortalClient
+    from .rsync import SftpClient, SshEndpoint
 
     settings = _settings_and_logging(args.config, "epnalert")
     log = logging.getLogger("assyncy.epnalert")
     try:
         epns = unmapped_epns_on_host(settings, SftpClient(SshEndpoint.from_settings(settings), logger=log))
-        if not epns:
-            print("no unmapped EPNs on the SFTP host: nothing sent")
-            return 0
         with PortalClient.from_settings(settings, logger=log) as portal:
-            send_unknown_epn_alert(settings, portal, Mailer.from_settings(settings), epns, digest=True, logger=log)
-    except (PortalError, RsyncError, MailError, TemplateError, ValueError) as exc:
+            sent = send_unknown_epn_alert(
+                settings, portal, Mailer.from_settings(settings), epns, digest=True, logger=log
+            )
+    except (*ALERT_ERRORS, ValueError) as exc:
         log.error(f"epnalert failed: {exc}")
         return _fail(f"epnalert: {exc}")
-    print(f"sent 'Unknown ownership of EPNs' about {len(epns)} EPN(s) to {settings.epnalert_email_to}: {', '.join(epns)}")
+    if sent:
+        print(f"sent 'Unknown ownership of EPNs' about {len(sent)} EPN(s) to {settings.epnalert_email_to}: "
+              f"{', '.join(sent)}")
+    else:
+        print("no unmapped EPNs on the SFTP host: nothing sent")
     return 0
 
 

@@ -7,8 +7,8 @@ record their runs in the same Dagster instance the UI shows.
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -24,8 +24,8 @@ from dagster._core.utils import make_new_run_id
 from .config import load_settings
 from .definitions import build_definitions, build_resources
 from .jobs import ALERT_JOB, REPATRIATION_JOB
-from .planning import CyclePlan
 from .sensors.epn_sensor import INTERRUPTED_TAG, plan_tick
+from .sensors.failure_alerts import step_failure_message
 
 log = logging.getLogger("assyncy.sync")
 WORKER_RESULT_PREFIX = "assyncy-run-outcome: "
@@ -56,24 +56,6 @@ class CycleReport:
         return [r for r in self.runs if r.job == job]
 
 
-def evaluate_sensor(
-    resources: dict, instance: dg.DagsterInstance, logger: logging.Logger
-) -> tuple[CyclePlan | None, dg.SensorResult | dg.SkipReason]:
-    """What `epn_sensor` would decide now."""
-    return plan_tick(instance, resources["portal"], resources["sftp"], resources["assyncy_config"], logger)
-
-
-def _first_failure(result: dg.ExecuteInProcessResult) -> str:
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data:
-            data = event.step_failure_data
-            if data.user_failure_data and data.user_failure_data.description:
-                return data.user_failure_data.description
-            if data.error:
-                return data.error.message.strip()
-    return "run failed"
-
-
 def _materialization_metadata(result: dg.ExecuteInProcessResult) -> dict:
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
@@ -100,7 +82,7 @@ def execute_request(
         partition=request.partition_key,
         run_id=result.run_id,
         success=result.success,
-        error="" if result.success else _first_failure(result),
+        error="" if result.success else step_failure_message(result.all_events) or "run failed",
         metadata=_materialization_metadata(result) if result.success else {},
     )
 
@@ -132,7 +114,7 @@ class Workers:
         self, config_path: Path, execute: bool | None, request: dg.RunRequest, instance: dg.DagsterInstance
     ) -> RunOutcome:
         if self.stopping.is_set():
-            return RunOutcome(REPATRIATION_JOB, request.partition_key, "", False, "not started: stopping")
+            return RunOutcome(request.job_name, request.partition_key, "", False, "not started: stopping")
         run_id = make_new_run_id()
         argv = [
             sys.executable,
@@ -196,9 +178,9 @@ def run_cycle(
     overrides config.yml's `execute`, as mxsync --execute does."""
     logger = logger or log
     path = Path(config_path).absolute()
-    settings = load_settings(path)
-    defs = build_definitions(str(path), execute=execute)
-    plan, result = evaluate_sensor(build_resources(path, settings, execute=execute), instance, logger)
+    resources = build_resources(path, load_settings(path), execute=execute)
+    settings = resources["assyncy_config"].settings()  # with the `execute` override
+    plan, result = plan_tick(instance, settings, resources["portal"], resources["sftp"], logger)
     held_back = plan.held_back if plan else {}
     if isinstance(result, dg.SkipReason):
         logger.info(result.skip_message)
@@ -219,6 +201,7 @@ def run_cycle(
             report.runs.append(outcome)
     if workers.stopping.is_set():
         return report
+    defs = build_definitions(str(path), execute=execute) if alert_requests else None
     for request in alert_requests:
         outcome = execute_request(defs, instance, request)
         _log_outcome(logger, outcome)

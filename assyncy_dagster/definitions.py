@@ -10,9 +10,9 @@ from .assets.epn_data import epn_data, epn_data_matches_source
 from .assets.visits import portal_visits
 from .config import Settings, config_path_from_env, load_settings
 from .jobs import (
+    build_digest_schedule,
     repatriation_job,
     unknown_epn_alert_job,
-    build_digest_schedule,
     verification_job,
 )
 from .resources.portal import PortalResource

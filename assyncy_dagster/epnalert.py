@@ -7,15 +7,18 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from .alerts import AlertEntry, build_message, render_unknown_epn_alert
+from .alerts import AlertEntry, TemplateError, build_message, render_unknown_epn_alert
 from .config import Settings
 from .epn import project_for, validate_epn
-from .mail import Mailer
-from .portal import PortalClient, visit_window, visits_by_epn
-from .rsync import SftpClient
+from .mail import Mailer, MailError
+from .portal import PortalClient, PortalError, visit_window, visits_by_epn
+from .rsync import RsyncError, SftpClient
 from .state import ALERTED_KEY, add_epns
 
 log = logging.getLogger("assyncy.epnalert")
+
+# What can go wrong outside our control while alerting: each says what to fix.
+ALERT_ERRORS = (PortalError, RsyncError, MailError, TemplateError)
 
 
 def unmapped_epns_on_host(settings: Settings, sftp: SftpClient) -> list[str]:

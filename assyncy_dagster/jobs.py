@@ -3,18 +3,14 @@
 import dagster as dg
 from pydantic import Field
 
-from .alerts import TemplateError
 from .assets.epn_data import epn_data
 from .assets.visits import portal_visits
-from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
-from .mail import MailError
+from .epnalert import ALERT_ERRORS, send_unknown_epn_alert, unmapped_epns_on_host
 from .partitions import epn_partitions
-from .portal import PortalError
 from .resources.portal import PortalResource
 from .resources.settings import AssyncyConfigResource
 from .resources.sftp import SftpResource
 from .resources.smtp import SmtpResource
-from .rsync import RsyncError
 
 KIND_TAG = "assyncy/kind"
 REPATRIATION_JOB = "repatriate_epn"
@@ -64,7 +60,7 @@ def send_unknown_epn_alert_op(
         return send_unknown_epn_alert(
             settings, portal.client(logger=context.log), smtp.mailer(), epns, digest=config.digest, logger=context.log
         )
-    except (PortalError, RsyncError, MailError, TemplateError) as exc:
+    except ALERT_ERRORS as exc:
         # The EPNs stay un-alerted, so a later sensor tick asks again.
         raise dg.Failure(description=f"unknown-EPN alert not sent: {exc}") from None
 

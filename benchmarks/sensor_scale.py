@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                 resources = build_resources(config, settings)
                 rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 started = time.perf_counter()
-                plan, result = plan_tick(
-                    instance, resources["portal"], resources["sftp"], resources["assyncy_config"], _quiet()
-                )
+                # What epn_sensor does in a tick: read config.yml, then gather and decide.
+                tick_settings = resources["assyncy_config"].settings()
+                plan, result = plan_tick(instance, tick_settings, resources["portal"], resources["sftp"], _quiet())
                 seconds = time.perf_counter() - started
         finally:
             portal.terminate()

@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from assyncy_dagster.rsync import SftpClient, transfer_command
+from side_by_side import alternate, contenders, report
+
 from assyncy_dagster.testing.sshd import LocalSshd, make_source_tree
 
 TARGET_RATIO = 0.97
@@ -55,44 +53,21 @@ def main(argv: list[str] | None = None) -> int:
         with LocalSshd() as sshd:
             make_source_tree(sshd.beamline_dir(), EPN,
                              {f"frames/img_{i:05d}.cbf": per_file for i in range(args.files)})
-            endpoint = sshd.endpoint()
-            client = SftpClient(endpoint)
             destination = scratch / "ny79" / EPN / "data"
-            bare_argv = transfer_command(endpoint, EPN, destination, dry_run=False)
-
-            def ours() -> None:
-                client.transfer(EPN, destination, dry_run=False, on_progress=lambda update: None)
-
-            def bare() -> None:
-                subprocess.run(bare_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               stdin=subprocess.DEVNULL, check=True)
-
+            runs = contenders(sshd.endpoint(), EPN, destination)
             fresh(destination)
-            bare()  # warm-up: source pages cached, ssh and disk paths exercised
-            rates: dict[str, list[float]] = {"SftpClient.transfer": [], "bare rsync": []}
-            runs = [("SftpClient.transfer", ours), ("bare rsync", bare)]
-            for round_ in range(args.rounds):
-                for name, run in runs if round_ % 2 == 0 else runs[::-1]:
-                    fresh(destination)
-                    started = time.perf_counter()
-                    run()
-                    seconds = time.perf_counter() - started
-                    rates[name].append(total / (1 << 20) / seconds)
-                    print(f"round {round_ + 1}: {name:<20} {rates[name][-1]:8.1f} MiB/s ({seconds:.2f} s)")
+            runs[1][1]()  # warm-up: source pages cached, ssh and disk paths exercised
+
+            def show(round_: int, name: str, seconds: float) -> None:
+                print(f"round {round_}: {name:<20} {total / (1 << 20) / seconds:8.1f} MiB/s ({seconds:.2f} s)")
+
+            seconds = alternate(runs, args.rounds, before_each=lambda: fresh(destination), show=show)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    ours_rate = statistics.median(rates["SftpClient.transfer"])
-    bare_rate = statistics.median(rates["bare rsync"])
-    # Each round's two runs share the machine's load of the moment; their ratio cancels it.
-    paired = statistics.median(o / b for o, b in zip(rates["SftpClient.transfer"], rates["bare rsync"], strict=True))
+    rates = {name: [total / (1 << 20) / s for s in values] for name, values in seconds.items()}
     print(f"EPN of {args.size_mib} MiB in {args.files} files into {scratch.parent}, {args.rounds} rounds, medians:")
-    print(f"  SftpClient.transfer {ours_rate:8.1f} MiB/s")
-    print(f"  bare rsync          {bare_rate:8.1f} MiB/s")
-    print(f"  ratio of medians {ours_rate / bare_rate:.3f}")
-    print(f"  median of paired per-round ratios {paired:.3f} (target >= {TARGET_RATIO}): "
-          f"{'met' if paired >= TARGET_RATIO else 'MISSED'}")
-    return 0 if paired >= TARGET_RATIO else 1
+    return report(rates, "MiB/s", TARGET_RATIO, higher_is_better=True)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,46 @@
 """Small helpers shared by the end-to-end tests."""
 
+import contextlib
+import os
+import signal
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    """Poll `predicate` every 0.1 s until it is true; fail naming `what` after `timeout` seconds."""
+def wait_for(predicate, timeout: float, what: str, *, proc: subprocess.Popen | None = None,
+             log: Path | None = None) -> None:
+    """Poll `predicate` until it is true; fail naming `what` after `timeout` seconds, or as
+    soon as `proc` (a server the wait depends on) has exited, with the tail of its `log`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
+        if proc is not None and proc.poll() is not None:
+            break
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    tail = f"\n--- {log.name} ---\n{log.read_text()[-4000:]}" if log and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}{tail}")
+
+
+@contextlib.contextmanager
+def running(argv: list[str], **popen_kwargs) -> Iterator[subprocess.Popen]:
+    """A command in its own process group, killed with its children if the test leaves it running."""
+    proc = subprocess.Popen(argv, start_new_session=True, **popen_kwargs)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def transfer_started(destination: Path) -> bool:
+    """Whether rsync has written any bytes under `destination` (final or partial files)."""
+    return destination.exists() and any(p.is_file() for p in destination.rglob("*"))
 
 
 def live_processes_mentioning(text: str) -> list[str]:
@@ -26,3 +54,14 @@ def live_processes_mentioning(text: str) -> list[str]:
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in the process group."""
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return False

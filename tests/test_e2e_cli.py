@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import live_processes_mentioning, wait_for
+from helpers import live_processes_mentioning, running, transfer_started, wait_for
 
 BIN = Path(sys.executable).parent
 MATERIALIZE = [
@@ -48,22 +48,11 @@ def test_sigterm_stops_rsync_and_a_rerun_completes_byte_identical(stack):
     stack.lay_out("12282a", frames=4, size=4 * 1024 * 1024)
     assert run([str(BIN / "assyncy"), "add-epn", "12282a"]).returncode == 0
     dest = stack.destination("ny79", "12282a")
-    proc = subprocess.Popen(
-        [*MATERIALIZE, "12282a"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: (dest / ".rsync-partial").exists() or any(dest.rglob("*.cbf")), 120, "the transfer to start")
+    with running([*MATERIALIZE, "12282a"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        wait_for(lambda: transfer_started(dest), 120, "the transfer to start", proc=proc)
         assert live_processes_mentioning(str(dest)), "rsync should be running"
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode != 0
     wait_for(lambda: not live_processes_mentioning(str(dest)), 10, "rsync and ssh to end")
     assert stack.ignored() == [], "an interrupted transfer must not be recorded"

@@ -2,33 +2,22 @@
 repatriate them one at a time (max-tasks 1), a failure is e-mailed, and the
 unknown EPNs are alerted; then the daemon stops cleanly."""
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import live_processes_mentioning
+from helpers import group_alive, live_processes_mentioning, running, wait_for
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-
-
-def wait_for(predicate, timeout: float, what: str, proc=None, log=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.5)
-    tail = log.read_text()[-4000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}\n--- daemon log ---\n{tail}")
 
 
 def step_windows(instance: dg.DagsterInstance, step_key: str) -> list[tuple[float, float]]:
@@ -55,27 +44,19 @@ def far_from_the_digest() -> str:
     return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
 
 
-def start_daemon(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
-    env = os.environ | {"ASSYNCY_SENSOR_INTERVAL_SECONDS": "3"}
+@contextlib.contextmanager
+def dagster_daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """The real dagster-daemon on this test's instance; stopped as systemd would (SIGTERM
+    to the group), and nothing of it (code server, run workers) may outlive it."""
     log = tmp_path / "daemon.log"
-    with open(log, "w") as out:
-        daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-m", "assyncy_dagster.definitions"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    return daemon, log
-
-
-def stop_daemon(daemon: subprocess.Popen) -> None:
-    os.killpg(daemon.pid, signal.SIGTERM)
-    try:
-        daemon.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait()
+    env = os.environ | {"ASSYNCY_SENSOR_INTERVAL_SECONDS": "3"}
+    argv = [str(BIN / "dagster-daemon"), "run", "-m", "assyncy_dagster.definitions"]
+    with open(log, "w") as out, running(argv, stdout=out, stderr=subprocess.STDOUT, env=env) as daemon:
+        try:
+            yield daemon, log
+        finally:
+            os.killpg(daemon.pid, signal.SIGTERM)
+            daemon.wait(timeout=60)
     wait_for(lambda: not group_alive(daemon.pid), 30, "the daemon's code server and run workers to exit")
 
 
@@ -85,15 +66,16 @@ def test_daemon_repatriates_due_epns_alerts_and_stops_cleanly(stack, tmp_path):
     unreadable = stack.source / "13001a" / "frames" / "img_0002.cbf"
     unreadable.chmod(0o600)  # root's file: the SFTP account cannot read it, rsync fails (exit 23)
 
-    daemon, log = start_daemon(tmp_path)
-    try:
-        wait_for(lambda: set(stack.ignored()) == {"12282a", "12282b"}, 240, "12282a and 12282b", daemon, log)
+    with dagster_daemon(tmp_path) as (daemon, log):
+        wait_for(lambda: set(stack.ignored()) == {"12282a", "12282b"}, 240, "12282a and 12282b",
+                 proc=daemon, log=log)
+
         def subjects() -> list[str]:
             return [m["Subject"] for m in stack.smtp.messages]
 
         wait_for(
             lambda: "Unknown ownership of EPNs" in subjects() and any("13001a" in s for s in subjects()),
-            120, "the alert and the failure e-mail", daemon, log,
+            120, "the alert and the failure e-mail", proc=daemon, log=log,
         )
         assert subjects().count("Unknown ownership of EPNs") == 1, subjects()
         alert = next(m for m in stack.smtp.messages if m["Subject"] == "Unknown ownership of EPNs")
@@ -108,42 +90,26 @@ def test_daemon_repatriates_due_epns_alerts_and_stops_cleanly(stack, tmp_path):
 
         windows = step_windows(stack.instance, "epn_data")
         assert len(windows) >= 3
-        for (_, end), (start, _) in zip(windows, windows[1:]):
+        for (_, end), (start, _) in zip(windows, windows[1:], strict=False):
             assert start >= end - 0.05, f"rsync pool of 1 let transfers overlap: {windows}"
-    finally:
-        stop_daemon(daemon)
 
 
 def test_terminating_a_run_as_the_ui_does_stops_rsync_and_records_nothing(stack, tmp_path):
     stack.configure(**{"rsync-bwlimit-kib": 1024, "timezone": far_from_the_digest()})
     stack.lay_out("12282a", frames=4, size=2 * 1024 * 1024)
     dest = stack.destination("ny79", "12282a")
-    daemon, log = start_daemon(tmp_path)
-    try:
-        wait_for(lambda: live_processes_mentioning(str(dest)), 120, "the sensor's run to start rsync", daemon, log)
+    with dagster_daemon(tmp_path) as (daemon, log):
+        wait_for(lambda: live_processes_mentioning(str(dest)), 120, "the sensor's run to start rsync",
+                 proc=daemon, log=log)
         [run] = stack.instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
         assert stack.instance.run_launcher.terminate(run.run_id)  # what the UI's Terminate button calls
-        wait_for(lambda: not live_processes_mentioning(str(dest)), 30, "rsync and ssh to end", daemon, log)
+        wait_for(lambda: not live_processes_mentioning(str(dest)), 30, "rsync and ssh to end", proc=daemon, log=log)
         wait_for(
             lambda: stack.instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED,
-            30, "the run to be recorded as canceled", daemon, log,
+            30, "the run to be recorded as canceled", proc=daemon, log=log,
         )
         assert stack.ignored() == []
         for frame in dest.rglob("*.cbf"):
             if ".rsync-partial" not in frame.parts:  # partial files wait there, never under their final name
                 assert frame.read_bytes() == (stack.source / "12282a" / frame.relative_to(dest)).read_bytes()
-    finally:
-        stop_daemon(daemon)
 
-
-def group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is left in the process group."""
-    import psutil
-
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
-    return False

@@ -6,6 +6,7 @@ import stat
 import dagster as dg
 
 from assyncy_dagster.definitions import build_definitions
+from assyncy_dagster.sensors.failure_alerts import step_failure_message
 
 CHECK = dg.AssetCheckKey(dg.AssetKey("epn_data"), "matches_source")
 
@@ -23,12 +24,8 @@ def check_results(result: dg.ExecuteInProcessResult) -> list:
 
 
 def failure_text(result: dg.ExecuteInProcessResult) -> str:
-    return " ".join(
-        (e.step_failure_data.user_failure_data.description if e.step_failure_data.user_failure_data else "")
-        + (e.step_failure_data.error.message if e.step_failure_data.error else "")
-        for e in result.all_events
-        if e.is_step_failure
-    )
+    """The message an admin is shown for the failed run (the failure e-mail, mxsync's report)."""
+    return step_failure_message(result.all_events) or ""
 
 
 def files_under(path) -> set[str]:

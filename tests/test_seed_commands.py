@@ -1,15 +1,13 @@
 """mxsync and epnalert: the old tool's commands, same options, same meaning."""
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import live_processes_mentioning, wait_for
+from helpers import live_processes_mentioning, running, transfer_started, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -59,22 +57,11 @@ def test_sigterm_stops_transfers_cleanly_and_a_later_cycle_completes(stack):
     stack.configure(**{"rsync-bwlimit-kib": 1024, "max-tasks": 1})
     stack.lay_out("12282a", frames=4, size=2 * 1024 * 1024)
     dest = stack.destination("ny79", "12282a")
-    proc = subprocess.Popen(
-        [str(BIN / "mxsync"), "--config", str(stack.config_path), "--execute"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: live_processes_mentioning(str(dest)), 120, "rsync to start")
-        time.sleep(0.5)
+    mxsync = [str(BIN / "mxsync"), "--config", str(stack.config_path), "--execute"]
+    with running(mxsync, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        wait_for(lambda: transfer_started(dest), 120, "the transfer to start", proc=proc)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 0, proc.stderr.read()[-3000:]
     wait_for(lambda: not live_processes_mentioning(str(dest)), 10, "rsync and ssh to end")
     assert stack.ignored() == [], "nothing unverified is recorded"

@@ -33,10 +33,6 @@ class EpnDataConfig(dg.Config):
     )
 
 
-def _refuse(message: str) -> dg.Failure:
-    return dg.Failure(description=message)
-
-
 def _mib_per_second(size: int, seconds: float) -> float:
     return round(size / (1024 * 1024) / seconds, 2) if seconds > 0 else 0.0
 
@@ -66,15 +62,15 @@ def epn_data(
     try:
         destination = destination_for(epn, settings.epn_cap_map, settings.destination_root_path)
     except (UnmappedEpnError, InvalidEpnError) as exc:
-        raise _refuse(str(exc)) from None
+        raise dg.Failure(description=str(exc)) from None
 
     visits = [Visit.from_dict(v) for v in portal_visits]
     now = datetime.now(timezone.utc)
     running = [v for v in visits if not v.has_ended(now)]
     if running and not config.allow_running_visit:
         ends = max(v.end_time for v in running).isoformat()
-        raise _refuse(
-            f"EPN {epn}: the visit has not ended (ends {ends}); its data may still grow. "
+        raise dg.Failure(
+            description=f"EPN {epn}: the visit has not ended (ends {ends}); its data may still grow. "
             "Set allow_running_visit: true in the run config to sync it anyway."
         )
 

@@ -110,14 +110,13 @@ def _digest(items: Iterable[str]) -> str:
 
 def plan_tick(
     instance: dg.DagsterInstance,
+    settings: Settings,
     portal: PortalResource,
     sftp: SftpResource,
-    assyncy_config: AssyncyConfigResource,
     log,
 ) -> tuple[CyclePlan | None, dg.SensorResult | dg.SkipReason]:
     """Gather the facts, decide with `plan_cycle`, and phrase the decision as the
     sensor's result. Shared by `epn_sensor` and `run_cycle` (mxsync, the demo)."""
-    settings = assyncy_config.settings()  # a broken config.yml fails the tick visibly
     now = datetime.now(timezone.utc)
     since, until = visit_window(now, settings.visit_day_range)
     try:
@@ -178,29 +177,30 @@ def build_epn_sensor(interval_seconds: int) -> dg.SensorDefinition:
         """Every tick: ask the portal for recent visits and list the SFTP host; add each new
         EPN as a partition; request a repatriation run for each mapped EPN whose visit has
         ended and whose data is not home yet; request one alert run for new unmapped EPNs."""
-        _, result = plan_tick(context.instance, portal, sftp, assyncy_config, context.log)
-        _log_to_sync_file(assyncy_config, result)
+        settings = assyncy_config.settings()  # read afresh: a broken config.yml fails the tick visibly
+        _, result = plan_tick(context.instance, settings, portal, sftp, context.log)
+        _log_to_sync_file(settings, result)
         return result
 
     return epn_sensor
 
 
-_file_logging: list[tuple] = []
+_configured_logging: tuple | None = None
 
 
-def _log_to_sync_file(assyncy_config: AssyncyConfigResource, result: dg.SensorResult | dg.SkipReason) -> None:
+def _log_to_sync_file(settings: Settings, result: dg.SensorResult | dg.SkipReason) -> None:
     """Put each tick's outcome in `log-files.sync` too, where mxsync's cycles went.
 
     Dagster keeps sensor logs with the tick; the admin's log file is set up once
-    per process, again only when log-level or log-files change."""
-    settings = assyncy_config.settings()
+    per process, again only when log-level, log-files or the secrets change."""
+    global _configured_logging
     wanted = (settings.log_level, settings.log_files, tuple(settings.secrets()))
-    if _file_logging != [wanted]:
+    if _configured_logging != wanted:
         try:
             configure_logging(settings, "sync", console=False)
         except LogSetupError as exc:
             raise dg.Failure(description=str(exc)) from None
-        _file_logging[:] = [wanted]
+        _configured_logging = wanted
     log = logging.getLogger("assyncy.sync")
     if isinstance(result, dg.SkipReason):
         log.info(f"epn_sensor: {result.skip_message}")

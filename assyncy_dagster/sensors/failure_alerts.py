@@ -1,5 +1,7 @@
 """repatriation_failure_alert: e-mails the helpdesk when bringing an EPN home fails."""
 
+from collections.abc import Iterable
+
 import dagster as dg
 
 from ..alerts import build_message, render_failure_alert
@@ -24,15 +26,15 @@ def is_repatriation(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
     )
 
 
-def failure_text(context: dg.RunFailureSensorContext) -> str:
-    """The failing step's own message (a Failure's description), else the run's."""
-    for event in context.get_step_failure_events():
-        data = event.step_failure_data
+def step_failure_message(events: Iterable[dg.DagsterEvent]) -> str | None:
+    """The first failing step's own message: a Failure's description, else the error."""
+    for event in events:
+        data = event.step_failure_data if event.is_step_failure else None
         if data and data.user_failure_data and data.user_failure_data.description:
             return data.user_failure_data.description
         if data and data.error:
             return data.error.message.strip()
-    return context.failure_event.message or "the run failed"
+    return None
 
 
 @dg.run_failure_sensor(
@@ -49,6 +51,7 @@ def repatriation_failure_alert(
     settings = assyncy_config.settings()
     epn = run.tags.get("dagster/partition", "(unknown EPN)")
     url = f"{settings.dagster_ui_url.rstrip('/')}/runs/{run.run_id}" if settings.dagster_ui_url else None
-    rendered = render_failure_alert(epn, failure_text(context), run.run_id, url)
+    error = step_failure_message(context.get_step_failure_events()) or context.failure_event.message
+    rendered = render_failure_alert(epn, error or "the run failed", run.run_id, url)
     smtp.send(build_message(rendered, settings.epnalert_email_from, settings.epnalert_email_to))
     context.log.info(f"failure alert for EPN {epn} (run {run.run_id}) sent to {settings.epnalert_email_to}")
