@@ -110,6 +110,8 @@ class Settings(BaseModel):
     retry_backoff_minutes: float = Field(default=30, gt=0)
     rsync_bwlimit_kib: int | None = Field(default=None, gt=0)
     timezone: str | None = None
+    max_epns_per_run: int = Field(default=20, ge=1, le=500)
+    stale_run_hours: float = Field(default=24, gt=0)
 
     @field_validator("timezone")
     @classmethod

@@ -14,17 +14,19 @@ import subprocess
 import sys
 import threading
 import warnings
+import uuid
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.utils import make_new_run_id
 
 from .config import load_settings
 from .definitions import build_definitions, build_resources
 from .jobs import ALERT_JOB, REPATRIATION_JOB
-from .sensors.epn_sensor import INTERRUPTED_TAG, plan_tick
+from .run_records import EPN_DATA, INTERRUPTED_TAG, Outcome, tagged_epns
+from .sensors.epn_sensor import plan_tick
 from .sensors.failure_alerts import step_failure_message
 
 log = logging.getLogger("assyncy.sync")
@@ -56,18 +58,29 @@ class CycleReport:
         return [r for r in self.runs if r.job == job]
 
 
-def _materialization_metadata(result: dg.ExecuteInProcessResult) -> dict:
+def _epn_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    """Each EPN's epn_data materialisation metadata, by EPN."""
+    found: dict[str, dict] = {}
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
-        if materialization and materialization.asset_key == dg.AssetKey("epn_data"):
-            return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+        if materialization and materialization.asset_key == EPN_DATA and materialization.partition:
+            found[materialization.partition] = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    return found
+
+
+def _epn_errors(events: Iterable[dg.DagsterEvent]) -> dict[str, str]:
+    for event in events:
+        data = event.step_failure_data if event.is_step_failure else None
+        if data and data.user_failure_data and "errors" in data.user_failure_data.metadata:
+            return dict(data.user_failure_data.metadata["errors"].value)
     return {}
 
 
 def execute_request(
     defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest, run_id: str | None = None
-) -> RunOutcome:
-    """Run one requested run in this process."""
+) -> list[RunOutcome]:
+    """Run one requested run in this process: one outcome per EPN of a repatriation batch,
+    else one for the run."""
     job = defs.resolve_job_def(request.job_name)
     result = job.execute_in_process(
         run_config=request.run_config,
@@ -77,14 +90,20 @@ def execute_request(
         raise_on_error=False,
         run_id=run_id,
     )
-    return RunOutcome(
-        job=request.job_name,
-        partition=request.partition_key,
-        run_id=result.run_id,
-        success=result.success,
-        error="" if result.success else step_failure_message(result.all_events) or "run failed",
-        metadata=_materialization_metadata(result) if result.success else {},
-    )
+    run_error = "" if result.success else step_failure_message(result.all_events) or "run failed"
+    if request.job_name != REPATRIATION_JOB:
+        return [RunOutcome(request.job_name, request.partition_key, result.run_id, result.success, run_error)]
+    outcomes = tagged_epns(instance.get_run_by_id(result.run_id).tags)
+    metadata, errors = _epn_metadata(result), _epn_errors(result.all_events)
+    return [
+        RunOutcome(
+            job=request.job_name, partition=epn, run_id=result.run_id,
+            success=outcome in (Outcome.HOME.value, Outcome.DRY_RUN.value),
+            error="" if outcome in (Outcome.HOME.value, Outcome.DRY_RUN.value) else errors.get(epn, run_error),
+            metadata=metadata.get(epn, {}),
+        )
+        for epn, outcome in outcomes.items()
+    ]
 
 
 def quiet_dagster_previews() -> None:
@@ -112,10 +131,11 @@ class Workers:
 
     def run(
         self, config_path: Path, execute: bool | None, request: dg.RunRequest, instance: dg.DagsterInstance
-    ) -> RunOutcome:
+    ) -> list[RunOutcome]:
+        epns = _request_epns(request)
         if self.stopping.is_set():
-            return RunOutcome(request.job_name, request.partition_key, "", False, "not started: stopping")
-        run_id = make_new_run_id()
+            return [RunOutcome(request.job_name, epn, "", False, "not started: stopping") for epn in epns]
+        run_id = str(uuid.uuid4())
         argv = [
             sys.executable,
             "-m",
@@ -124,8 +144,8 @@ class Workers:
             str(config_path),
             "--job",
             request.job_name,
-            "--partition",
-            str(request.partition_key),
+            "--run-config",
+            json.dumps(request.run_config),
             "--tags",
             json.dumps(dict(request.tags)),
             "--run-id",
@@ -142,17 +162,18 @@ class Workers:
             with self._lock:
                 self._procs.discard(proc)
                 signalled = proc in self._signalled
-        outcome = RunOutcome(
-            request.job_name, request.partition_key, run_id, False, f"worker exited with status {proc.returncode}"
-        )
+        outcomes = [
+            RunOutcome(request.job_name, epn, run_id, False, f"worker exited with status {proc.returncode}")
+            for epn in epns
+        ]
         for line in reversed(out.splitlines()):
             if line.startswith(WORKER_RESULT_PREFIX):
-                outcome = RunOutcome(**json.loads(line[len(WORKER_RESULT_PREFIX) :]))
+                outcomes = [RunOutcome(**item) for item in json.loads(line[len(WORKER_RESULT_PREFIX) :])]
                 break
-        if signalled and not outcome.success and instance.has_run(run_id):
-            # Stopped by a shutdown, not the EPN's fault: the next cycle retries it without backoff.
+        if signalled and not all(o.success for o in outcomes) and instance.has_run(run_id):
+            # Stopped by a shutdown, not the EPNs' fault: the next cycle retries them without backoff.
             instance.add_run_tags(run_id, {INTERRUPTED_TAG: "shutdown"})
-        return outcome
+        return outcomes
 
     def stop(self) -> None:
         self.stopping.set()
@@ -161,6 +182,11 @@ class Workers:
                 if proc.poll() is None:
                     self._signalled.add(proc)
                     proc.send_signal(signal.SIGTERM)
+
+
+def _request_epns(request: dg.RunRequest) -> list[str]:
+    ops = (request.run_config or {}).get("ops", {})
+    return list(ops.get("repatriate_epns", {}).get("config", {}).get("epns", [])) or [str(request.partition_key)]
 
 
 def run_cycle(
@@ -196,16 +222,17 @@ def run_cycle(
     alert_requests = [r for r in requests if r.job_name == ALERT_JOB] if alerts else []
     workers = workers or Workers()
     with ThreadPoolExecutor(max_workers=settings.max_tasks, thread_name_prefix="repatriate") as pool:
-        for outcome in pool.map(lambda r: workers.run(path, execute, r, instance), repatriations):
-            _log_outcome(logger, outcome)
-            report.runs.append(outcome)
+        for outcomes in pool.map(lambda r: workers.run(path, execute, r, instance), repatriations):
+            for outcome in outcomes:
+                _log_outcome(logger, outcome)
+                report.runs.append(outcome)
     if workers.stopping.is_set():
         return report
     defs = build_definitions(str(path), execute=execute) if alert_requests else None
     for request in alert_requests:
-        outcome = execute_request(defs, instance, request)
-        _log_outcome(logger, outcome)
-        report.runs.append(outcome)
+        for outcome in execute_request(defs, instance, request):
+            _log_outcome(logger, outcome)
+            report.runs.append(outcome)
     return report
 
 

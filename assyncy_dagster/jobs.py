@@ -3,8 +3,9 @@
 import dagster as dg
 from pydantic import Field
 
-from .assets.epn_data import epn_data
+from .assets.epn_data import EpnDataConfig, dry_run_for, epn_data, repatriate
 from .assets.visits import portal_visits
+from .epn import InvalidEpnError, validate_epn
 from .epnalert import ALERT_ERRORS, send_unknown_epn_alert, unmapped_epns_on_host
 from .partitions import epn_partitions
 from .resources.portal import PortalResource
@@ -17,13 +18,46 @@ REPATRIATION_JOB = "repatriate_epn"
 ALERT_JOB = "unknown_epn_alert"
 VERIFY_JOB = "verify_epn_data"
 
-repatriation_job = dg.define_asset_job(
-    REPATRIATION_JOB,
-    selection=dg.AssetSelection.assets(portal_visits, epn_data),
-    partitions_def=epn_partitions,
-    tags={KIND_TAG: "repatriation"},
-    description="Look one EPN up in the portal and bring its data home (portal_visits, then epn_data).",
+class RepatriationConfig(EpnDataConfig):
+    """The EPNs of one batch; each is checked again (name, mapping, visit) before it reaches rsync."""
+
+    epns: list[str] = Field(description="EPNs to bring home, one after another, each recorded on its own.")
+
+
+@dg.op(
+    name="repatriate_epns",
+    pool="rsync",
+    description="Bring a batch of EPNs home: each one's portal_visits and epn_data materialisation and its "
+    "matches_source result are recorded per partition, as if materialised one by one.",
 )
+def repatriate_epns_op(
+    context: dg.OpExecutionContext,
+    config: RepatriationConfig,
+    portal: PortalResource,
+    sftp: SftpResource,
+    assyncy_config: AssyncyConfigResource,
+):
+    try:
+        epns = list(dict.fromkeys(validate_epn(epn) for epn in config.epns))
+    except InvalidEpnError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    settings = assyncy_config.settings()
+    yield from repatriate(
+        context, epns, settings=settings, portal=portal, sftp=sftp,
+        dry_run=dry_run_for(settings, config.execute), allow_running_visit=config.allow_running_visit,
+        report_visits=True,
+    )
+    yield dg.Output(None)
+
+
+@dg.job(
+    name=REPATRIATION_JOB,
+    tags={KIND_TAG: "repatriation"},
+    description="Bring a batch of EPNs home (what epn_sensor and mxsync launch): one run, one rsync at a time, "
+    "each EPN recorded as its own portal_visits/epn_data partition.",
+)
+def repatriation_job():
+    repatriate_epns_op()
 
 
 verification_job = dg.define_asset_job(

@@ -39,6 +39,7 @@ class CyclePlan:
     repatriate: list[str] = field(default_factory=list)
     alert: list[str] = field(default_factory=list)
     held_back: dict[str, str] = field(default_factory=dict)
+    in_flight: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [
@@ -47,6 +48,8 @@ class CyclePlan:
             f"{len(self.alert)} to alert",
             f"{len(self.held_back)} held back",
         ]
+        if self.in_flight:
+            parts.append(f"{len(self.in_flight)} in flight")
         return ", ".join(parts)
 
 

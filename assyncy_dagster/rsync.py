@@ -939,7 +939,7 @@ class SftpClient:
         self.endpoint.check_files()
         return run_rsync(argv, description=description, endpoint=self.endpoint, **kwargs)
 
-    def list_epns(self) -> list[str]:
+    def list_epns(self, io_timeout_seconds: int = DEFAULT_IO_TIMEOUT_SECONDS) -> list[str]:
         """The EPN folders under the source root, sorted; other names are logged and dropped."""
         entries: list[ListingEntry] = []
 
@@ -949,7 +949,7 @@ class SftpClient:
                 entries.append(entry)
 
         root = self.endpoint.root_path()
-        self._run(list_command(self.endpoint, root, recursive=False),
+        self._run(list_command(self.endpoint, root, recursive=False, io_timeout_seconds=io_timeout_seconds),
                   description=f"listing {self.endpoint.remote(root)}", on_line=collect)
         epns = set()
         for entry in entries:

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m assyncy_dagster.worker")
     parser.add_argument("--config", required=True)
     parser.add_argument("--job", required=True)
-    parser.add_argument("--partition", required=True)
+    parser.add_argument("--run-config", default="{}")
     parser.add_argument("--tags", default="{}")
     parser.add_argument("--run-id", required=True)
     mode = parser.add_mutually_exclusive_group()
@@ -32,16 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     # over once the run starts): rsync's process group is killed and the run ends
     # as failed, never as repatriated.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    request = dg.RunRequest(job_name=args.job, partition_key=args.partition, tags=json.loads(args.tags))
+    request = dg.RunRequest(job_name=args.job, run_config=json.loads(args.run_config), tags=json.loads(args.tags))
+    epns = request.run_config.get("ops", {}).get("repatriate_epns", {}).get("config", {}).get("epns", [])
     with dg.DagsterInstance.get() as instance:
         try:
-            outcome = execute_request(
+            outcomes = execute_request(
                 build_definitions(args.config, execute=args.execute), instance, request, run_id=args.run_id
             )
         except KeyboardInterrupt:
-            outcome = RunOutcome(args.job, args.partition, args.run_id, False, "interrupted")
-    print(WORKER_RESULT_PREFIX + json.dumps(asdict(outcome), default=str), flush=True)
-    return 0 if outcome.success else 1
+            outcomes = [RunOutcome(args.job, epn, args.run_id, False, "interrupted") for epn in epns]
+    print(WORKER_RESULT_PREFIX + json.dumps([asdict(o) for o in outcomes], default=str), flush=True)
+    return 0 if all(o.success for o in outcomes) else 1
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def test_sample_config_builds_the_whole_location(tmp_path):
     assert {s.name for s in repo.sensor_defs} == {"epn_sensor", "repatriation_failure_alert"}
     assert [s.name for s in repo.schedule_defs] == ["unknown_epn_digest"]
     epn_sensor = repo.get_sensor_def("epn_sensor")
-    assert epn_sensor.minimum_interval_seconds == 24 * 3600  # sync-frequency-hours
+    assert epn_sensor.minimum_interval_seconds == 30  # looks often; refreshes every sync-frequency-hours
     assert epn_sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 

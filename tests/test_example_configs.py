@@ -74,7 +74,8 @@ def test_scale_out_dagster_yaml_is_valid(tmp_path):
 
 def test_scale_out_keeps_the_rsync_pool_at_op_granularity():
     for config in (load(SCALE_OUT / "dagster.yaml")["concurrency"], load(ETC / "dagster.yaml")["concurrency"]):
-        assert config["pools"] == {"granularity": "op", "default_limit": 1}
+        assert (config["pools"]["granularity"], config["pools"]["default_limit"]) == ("op", 1)
+        assert config["pools"]["op_granularity_run_buffer"] == 0  # waiting runs wait QUEUED, not STARTED
     k8s = load(SCALE_OUT / "k8s-values.yaml")["concurrency"]["pools"]
     assert (k8s["granularity"], k8s["defaultLimit"]) == ("op", 1)
 

@@ -30,8 +30,12 @@ def requested(result, job):
     return [r for r in result.run_requests if r.job_name == job]
 
 
+def batch_epns(request):
+    return request.run_config["ops"]["repatriate_epns"]["config"]["epns"]
+
+
 def repatriations(result):
-    return sorted(r.partition_key for r in requested(result, REPATRIATION_JOB))
+    return sorted(epn for r in requested(result, REPATRIATION_JOB) for epn in batch_epns(r))
 
 
 def alerted_epns(result):
@@ -88,9 +92,30 @@ def test_queued_or_running_epn_is_not_requested_again(stack):
     [request] = requested(tick(stack), REPATRIATION_JOB)
     job = build_definitions(str(stack.config_path)).resolve_job_def(REPATRIATION_JOB)
     stack.instance.create_run_for_job(
-        job_def=job, tags={**request.tags, "dagster/partition": "12282a"}, status=dg.DagsterRunStatus.NOT_STARTED
+        job_def=job, run_config=request.run_config, tags=request.tags, status=dg.DagsterRunStatus.NOT_STARTED
     )
     assert repatriations(tick(stack)) == []
+
+
+def test_epn_materialised_from_the_ui_is_not_requested_while_that_run_is_in_flight(stack):
+    stack.lay_out("12282a", "12282b")
+    tick(stack)  # adds the partitions
+    defs = build_definitions(str(stack.config_path))
+    asset_job = defs.resolve_implicit_global_asset_job_def()
+    # What the UI's Materialize button creates: an asset run of epn_data for one partition.
+    stack.instance.create_run_for_job(
+        job_def=asset_job, asset_selection=frozenset({dg.AssetKey("epn_data")}),
+        tags={"dagster/partition": "12282a"}, status=dg.DagsterRunStatus.NOT_STARTED,
+    )
+    assert repatriations(tick(stack)) == ["12282b"]
+
+
+def test_a_backlog_is_shared_out_in_batches_over_max_tasks(stack):
+    stack.configure(**{"max-tasks": 2, "max-epns-per-run": 2})
+    stack.lay_out("12282a", "12282b", "13001a")
+    batches = [batch_epns(r) for r in requested(tick(stack), REPATRIATION_JOB)]
+    assert sorted(e for b in batches for e in b) == ["12282a", "12282b", "13001a"]
+    assert [len(b) for b in batches] == [2, 1]
 
 
 def test_dry_run_is_not_repeated_every_tick(stack):
@@ -99,7 +124,7 @@ def test_dry_run_is_not_repeated_every_tick(stack):
     [request] = requested(tick(stack), REPATRIATION_JOB)
     assert request.tags["assyncy/mode"] == "dry-run"
     job = build_definitions(str(stack.config_path)).resolve_job_def(REPATRIATION_JOB)
-    result = job.execute_in_process(instance=stack.instance, partition_key="12282a", tags=request.tags)
+    result = job.execute_in_process(instance=stack.instance, run_config=request.run_config, tags=request.tags)
     assert result.success
     assert repatriations(tick(stack)) == []
     assert stack.ignored() == []
@@ -112,7 +137,7 @@ def test_failed_repatriation_waits_for_backoff_then_gets_a_new_run_key(stack):
     (stack.source / "12282a").rename(stack.source / "moved-away")  # rsync will fail: folder gone
     job = build_definitions(str(stack.config_path)).resolve_job_def(REPATRIATION_JOB)
     failed = job.execute_in_process(
-        instance=stack.instance, partition_key="12282a", tags=first.tags, raise_on_error=False
+        instance=stack.instance, run_config=first.run_config, tags=first.tags, raise_on_error=False
     )
     assert not failed.success
     (stack.source / "moved-away").rename(stack.source / "12282a")

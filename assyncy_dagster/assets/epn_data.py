@@ -1,23 +1,38 @@
-"""epn_data: one experiment's files, brought home and verified."""
+"""epn_data: one experiment's files, brought home and verified.
+
+One step may bring many EPNs home (a sensor batch, a UI backfill range). Each
+EPN still gets its own `epn_data` materialisation and its own `matches_source`
+result, reported per partition as soon as that EPN is done; one EPN's failure
+is recorded for it alone and the step goes on with the next one.
+"""
+
 
 import time
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from ..config import Settings
 from ..epn import InvalidEpnError, UnmappedEpnError, destination_for, validate_epn
 from ..partitions import epn_partitions
-from ..portal import Visit
+from ..portal import PortalError, Visit, visit_window, visits_by_epn
+from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.sftp import SftpResource
-from ..rsync import RsyncError, TransferStats, compare_manifests, local_manifest
+from ..rsync import RsyncError, SftpClient, TransferStats, compare_manifests, local_manifest
+from ..run_records import WORKER_TAG, Outcome, outcome_tags, this_worker
 from ..state import add_epns
-from .visits import partition_epn
+from .visits import PORTAL_VISITS, visit_metadata
 
+EPN_DATA = dg.AssetKey("epn_data")
 CHECK_NAME = "matches_source"
 DRY_RUN_MODE = "DRY-RUN: nothing copied"
+# A UI backfill of many EPNs runs this many per run: one process start-up and
+# code load for them all, and still several runs to share out over `max-tasks`.
+BACKFILL_EPNS_PER_RUN = 20
 
 
 class EpnDataConfig(dg.Config):
@@ -33,62 +48,69 @@ class EpnDataConfig(dg.Config):
     )
 
 
+class EpnFailed(Exception):
+    """One EPN could not be brought home; the others in the step carry on."""
+
+
 def _mib_per_second(size: int, seconds: float) -> float:
     return round(size / (1024 * 1024) / seconds, 2) if seconds > 0 else 0.0
 
 
-@dg.asset(
-    partitions_def=epn_partitions,
-    group_name="repatriation",
-    pool="rsync",
-    kinds={"rsync"},
-)
-def epn_data(
-    context: dg.AssetExecutionContext,
-    config: EpnDataConfig,
-    portal_visits: list[dict],
-    sftp: SftpResource,
-    assyncy_config: AssyncyConfigResource,
-) -> dg.MaterializeResult:
-    """The EPN's data at `<destination-root-path>/<project>/<epn>/data/`, pulled from the
-    SFTP host with rsync over SSH.
+def _check_evaluation(epn: str, passed: bool, *, description: str | None = None, metadata=None,
+                      severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckEvaluation:
+    return dg.AssetCheckEvaluation(
+        asset_key=EPN_DATA, check_name=CHECK_NAME, passed=passed, partition=epn,
+        description=description, metadata=metadata or {}, severity=severity,
+    )
 
-    Only a real transfer that the `matches_source` check then verifies counts:
-    only then is the EPN appended to ignore.yml (`previouslySynched`). A dry-run
-    (`execute: false`) writes nothing and says so in its metadata.
-    """
-    epn = partition_epn(context)
-    settings = assyncy_config.settings()
+
+def verify(epn: str, client: SftpClient, destination: Path) -> tuple[bool, str, dict]:
+    """Compare the destination with the source listing: (passed, description, metadata)."""
     try:
-        destination = destination_for(epn, settings.epn_cap_map, settings.destination_root_path)
-    except (UnmappedEpnError, InvalidEpnError) as exc:
-        raise dg.Failure(description=str(exc)) from None
+        expected = client.source_manifest(epn)
+    except RsyncError as exc:
+        raise EpnFailed(f"EPN {epn}: cannot list the source to verify: {exc}") from None
+    diff = compare_manifests(expected, local_manifest(destination))
+    metadata = {
+        "source_files": len(expected),
+        "source_bytes": sum(expected.values()),
+        "missing": len(diff.missing),
+        "size_mismatch": len(diff.size_mismatch),
+    }
+    return diff.ok, diff.summary(), metadata
 
-    visits = [Visit.from_dict(v) for v in portal_visits]
-    now = datetime.now(timezone.utc)
-    running = [v for v in visits if not v.has_ended(now)]
-    if running and not config.allow_running_visit:
+
+def _bring_home(
+    context, epn: str, settings: Settings, client: SftpClient, visits: list[Visit], *,
+    dry_run: bool, allow_running_visit: bool,
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """Transfer and verify one EPN, yielding its materialisation and check result.
+    Raises EpnFailed when it cannot be brought home."""
+    try:
+        destination = destination_for(validate_epn(epn), settings.epn_cap_map, settings.destination_root_path)
+    except (UnmappedEpnError, InvalidEpnError) as exc:
+        raise EpnFailed(str(exc)) from None
+    if not visits:
+        raise EpnFailed(
+            f"EPN {epn}: the portal has no visit for it in the last {settings.visit_day_range} days "
+            "(check the EPN, or raise visit-day-range in config.yml)"
+        )
+    running = [v for v in visits if not v.has_ended(datetime.now(timezone.utc))]
+    if running and not allow_running_visit:
         ends = max(v.end_time for v in running).isoformat()
-        raise dg.Failure(
-            description=f"EPN {epn}: the visit has not ended (ends {ends}); its data may still grow. "
+        raise EpnFailed(
+            f"EPN {epn}: the visit has not ended (ends {ends}); its data may still grow. "
             "Set allow_running_visit: true in the run config to sync it anyway."
         )
 
-    dry_run = not (settings.execute if config.execute is None else config.execute)
     mode = DRY_RUN_MODE if dry_run else "real transfer"
     context.log.info(f"EPN {epn}: {mode} to {destination}")
-
-    def log_progress(update) -> None:
-        context.log.info(f"EPN {epn}: {update}")
-
     started = time.monotonic()
     try:
-        result = sftp.client(logger=context.log).transfer(epn, destination, dry_run=dry_run, on_progress=log_progress)
+        result = client.transfer(epn, destination, dry_run=dry_run,
+                                 on_progress=lambda update: context.log.info(f"EPN {epn}: {update}"))
     except RsyncError as exc:
-        raise dg.Failure(
-            description=f"EPN {epn}: {exc}",
-            metadata={"rsync_exit_code": exc.exit_code, "destination": str(destination)},
-        ) from None
+        raise EpnFailed(f"EPN {epn}: {exc}") from None
     duration = time.monotonic() - started
     stats = result.stats or TransferStats()
     metadata: dict[str, object] = {
@@ -103,17 +125,120 @@ def epn_data(
     }
     if dry_run:
         context.log.warning(f"EPN {epn}: dry-run only (execute: false); nothing copied, not marked repatriated")
-    else:
-        files = local_manifest(destination)
-        metadata.update({"files_at_destination": len(files), "bytes_at_destination": sum(files.values())})
-    return dg.MaterializeResult(metadata=metadata)
+        yield dg.AssetMaterialization(asset_key=EPN_DATA, partition=epn, metadata=metadata)
+        yield _check_evaluation(epn, False, severity=dg.AssetCheckSeverity.WARN,
+                                description="dry-run: nothing was copied, so nothing was verified")
+        return
+    files = local_manifest(destination)
+    metadata.update({"files_at_destination": len(files), "bytes_at_destination": sum(files.values())})
+    yield dg.AssetMaterialization(asset_key=EPN_DATA, partition=epn, metadata=metadata)
+    passed, summary, check_metadata = verify(epn, client, destination)
+    yield _check_evaluation(epn, passed, description=summary, metadata=check_metadata)
+    if not passed:
+        context.log.error(f"EPN {epn}: destination does not match the source: {summary}")
+        raise EpnFailed(f"EPN {epn}: destination does not match the source after the transfer: {summary}")
+    if add_epns(Path(settings.ignore), [epn]):
+        context.log.info(f"EPN {epn}: verified; recorded as repatriated in {settings.ignore}")
+
+
+def repatriate(
+    context,
+    epns: Sequence[str],
+    *,
+    settings: Settings,
+    portal: PortalResource,
+    sftp: SftpResource,
+    dry_run: bool,
+    allow_running_visit: bool,
+    report_visits: bool,
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """Bring `epns` home one after another, in this step's single `rsync` pool slot.
+
+    Yields each EPN's own events as it completes and tags the run with each
+    EPN's outcome (see run_records). Raises dg.Failure at the end naming every
+    EPN that failed, so the run shows as failed while the others are home."""
+    instance, run_id = context.instance, context.run_id
+    instance.add_run_tags(run_id, {WORKER_TAG: this_worker(), **outcome_tags(epns, Outcome.RUNNING)})
+    since, until = visit_window(datetime.now(timezone.utc), settings.visit_day_range)
+    try:
+        by_epn = visits_by_epn(v for v in portal.visits(since, until, logger=context.log) if v.epn in set(epns))
+        client = sftp.client(logger=context.log)
+    except (PortalError, RsyncError) as exc:
+        instance.add_run_tags(run_id, outcome_tags(epns, Outcome.FAILED))
+        raise dg.Failure(description=f"EPN(s) {', '.join(epns)}: cannot start: {exc}") from None
+
+    failures: dict[str, str] = {}
+    for epn in epns:
+        visits = by_epn.get(epn, [])
+        if report_visits and visits:
+            yield dg.AssetMaterialization(asset_key=PORTAL_VISITS, partition=epn, metadata=visit_metadata(visits))
+        try:
+            yield from _bring_home(context, epn, settings, client, visits,
+                                   dry_run=dry_run, allow_running_visit=allow_running_visit)
+        except EpnFailed as exc:
+            failures[epn] = str(exc)
+            context.log.error(str(exc))
+            instance.add_run_tags(run_id, outcome_tags([epn], Outcome.FAILED))
+            continue
+        instance.add_run_tags(run_id, outcome_tags([epn], Outcome.DRY_RUN if dry_run else Outcome.HOME))
+    if failures:
+        if len(epns) == 1:
+            description = next(iter(failures.values()))
+        else:
+            description = f"{len(failures)} of {len(epns)} EPN(s) failed; the others are home.\n" + "\n".join(
+                failures.values()
+            )
+        raise dg.Failure(description=description, metadata={"errors": dg.MetadataValue.json(failures)})
+
+
+def dry_run_for(settings: Settings, execute: bool | None) -> bool:
+    return not (settings.execute if execute is None else execute)
+
+
+@dg.asset(
+    partitions_def=epn_partitions,
+    group_name="repatriation",
+    pool="rsync",
+    kinds={"rsync"},
+    deps=[PORTAL_VISITS],
+    # Each EPN is reported as its own partition's materialisation below, never
+    # one materialisation for a whole range; with no output, the separate
+    # `matches_source` step is skipped in the same run (this step reports it).
+    output_required=False,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_EPNS_PER_RUN),
+)
+def epn_data(
+    context: dg.AssetExecutionContext,
+    config: EpnDataConfig,
+    portal: PortalResource,
+    sftp: SftpResource,
+    assyncy_config: AssyncyConfigResource,
+):
+    """The EPN's data at `<destination-root-path>/<project>/<epn>/data/`, pulled from the
+    SFTP host with rsync over SSH.
+
+    Only a real transfer that the `matches_source` check then verifies counts:
+    only then is the EPN appended to ignore.yml (`previouslySynched`). A dry-run
+    (`execute: false`) writes nothing and says so in its metadata. A backfill
+    runs up to 20 EPNs per run, one after another, each recorded on its own.
+    """
+    try:
+        epns = [validate_epn(key) for key in context.partition_keys]
+    except InvalidEpnError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    settings = assyncy_config.settings()
+    yield from repatriate(
+        context, epns, settings=settings, portal=portal, sftp=sftp,
+        dry_run=dry_run_for(settings, config.execute), allow_running_visit=config.allow_running_visit,
+        report_visits=False,
+    )
 
 
 def _latest_was_dry_run(instance: dg.DagsterInstance, epn: str) -> bool:
     """Whether this partition's latest materialisation was a dry-run (read from its metadata,
     so the check also runs on its own, e.g. to re-verify an EPN from the UI)."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("epn_data"), asset_partitions=[epn]), limit=1
+        dg.AssetRecordsFilter(asset_key=EPN_DATA, asset_partitions=[epn]), limit=1
     ).records
     if not records:
         return False
@@ -134,6 +259,7 @@ def epn_data_matches_source(
     sftp: SftpResource,
     assyncy_config: AssyncyConfigResource,
 ) -> dg.AssetCheckResult:
+    """Run on its own (the `verify_epn_data` job); a transfer step reports it itself."""
     epn = validate_epn(context.partition_key)
     if _latest_was_dry_run(context.instance, epn):
         return dg.AssetCheckResult(
@@ -144,20 +270,12 @@ def epn_data_matches_source(
     settings = assyncy_config.settings()
     destination = destination_for(epn, settings.epn_cap_map, settings.destination_root_path)
     try:
-        expected = sftp.client(logger=context.log).source_manifest(epn)
-    except RsyncError as exc:
-        raise dg.Failure(description=f"EPN {epn}: cannot list the source to verify: {exc}") from None
-    actual = local_manifest(destination)
-    diff = compare_manifests(expected, actual)
-    metadata = {
-        "source_files": len(expected),
-        "source_bytes": sum(expected.values()),
-        "missing": len(diff.missing),
-        "size_mismatch": len(diff.size_mismatch),
-    }
-    if not diff.ok:
-        context.log.error(f"EPN {epn}: destination does not match the source: {diff.summary()}")
-        return dg.AssetCheckResult(passed=False, description=diff.summary(), metadata=metadata)
+        passed, summary, metadata = verify(epn, sftp.client(logger=context.log), destination)
+    except EpnFailed as exc:
+        raise dg.Failure(description=str(exc)) from None
+    if not passed:
+        context.log.error(f"EPN {epn}: destination does not match the source: {summary}")
+        return dg.AssetCheckResult(passed=False, description=summary, metadata=metadata)
     if add_epns(Path(settings.ignore), [epn]):
         context.log.info(f"EPN {epn}: verified; recorded as repatriated in {settings.ignore}")
     return dg.AssetCheckResult(passed=True, metadata=metadata)

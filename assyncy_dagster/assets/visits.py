@@ -6,7 +6,7 @@ import dagster as dg
 
 from ..epn import InvalidEpnError, validate_epn
 from ..partitions import epn_partitions
-from ..portal import PortalError, Visit, visit_window
+from ..portal import PortalError, Visit, visit_window, visits_by_epn
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 
@@ -23,32 +23,53 @@ def _person(person) -> str:
     return f"{person.full_name} <{person.email}>" if person else "(none)"
 
 
-@dg.asset(partitions_def=epn_partitions, group_name="repatriation", kinds={"python"})
+PORTAL_VISITS = dg.AssetKey("portal_visits")
+
+
+@dg.asset(
+    partitions_def=epn_partitions,
+    group_name="repatriation",
+    kinds={"python"},
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=20),  # as epn_data's, so they share runs
+)
 def portal_visits(
     context: dg.AssetExecutionContext, portal: PortalResource, assyncy_config: AssyncyConfigResource
-) -> dg.Output[list[dict]]:
+) -> dg.MaterializeResult:
     """The portal's visit record(s) for this EPN: when the beamtime ran, on which
     equipment, and who the principal and data scientists are.
 
     Looked up on every configured equipment within `visit-day-range` days.
-    `epn_data` reads it to decide whether the visit has ended.
+    `epn_data` looks the visits up again when it runs, to decide whether each
+    visit has ended. In a range (a backfill), EPNs without a visit are named in
+    the metadata and fail in `epn_data`.
     """
-    epn = partition_epn(context)
+    try:
+        epns = [validate_epn(key) for key in context.partition_keys]
+    except InvalidEpnError as exc:
+        raise dg.Failure(description=str(exc)) from None
     settings = assyncy_config.settings()
     since, until = visit_window(datetime.now(timezone.utc), settings.visit_day_range)
     try:
-        visits = [v for v in portal.visits(since, until, logger=context.log) if v.epn == epn]
+        found = visits_by_epn(v for v in portal.visits(since, until, logger=context.log) if v.epn in set(epns))
     except PortalError as exc:
-        raise dg.Failure(description=f"portal lookup for EPN {epn} failed: {exc}") from None
-    if not visits:
-        equipment = ", ".join(str(e.id) for e in settings.equipment)
-        raise dg.Failure(
-            description=(
-                f"EPN {epn}: the portal has no visit for it in the last {settings.visit_day_range} days "
-                f"on equipment {equipment} (check the EPN, or raise visit-day-range in config.yml)"
+        raise dg.Failure(description=f"portal lookup for EPN(s) {', '.join(epns)} failed: {exc}") from None
+    missing = [epn for epn in epns if epn not in found]
+    if len(epns) == 1:
+        if missing:
+            equipment = ", ".join(str(e.id) for e in settings.equipment)
+            raise dg.Failure(
+                description=(
+                    f"EPN {epns[0]}: the portal has no visit for it in the last {settings.visit_day_range} days "
+                    f"on equipment {equipment} (check the EPN, or raise visit-day-range in config.yml)"
+                )
             )
-        )
-    return dg.Output([v.to_dict() for v in visits], metadata=visit_metadata(visits))
+        return dg.MaterializeResult(metadata=visit_metadata(found[epns[0]]))
+    for epn, visits in found.items():
+        context.log.info(f"EPN {epn}: visit {visit_metadata(visits)['start'].value} to {visit_metadata(visits)['end'].value}")
+    return dg.MaterializeResult(metadata={
+        "epns": dg.MetadataValue.int(len(epns)),
+        "epns_without_visit": dg.MetadataValue.text(", ".join(missing) or "none"),
+    })
 
 
 def visit_metadata(visits: list[Visit]) -> dict[str, dg.MetadataValue]:

@@ -1,18 +1,25 @@
 """epn_sensor: watches the portal and the SFTP host for EPNs to bring home."""
 
 import hashlib
+import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
 from ..config import ConfigError, Settings
+from ..epn import is_valid_epn, project_for
 from ..jobs import (
     ALERT_JOB,
     KIND_TAG,
     REPATRIATION_JOB,
+    RepatriationConfig,
     UnknownEpnAlertConfig,
     repatriation_job,
     unknown_epn_alert_job,
@@ -20,35 +27,39 @@ from ..jobs import (
 from ..logs import LogSetupError, configure_logging
 from ..partitions import EPN_PARTITIONS_NAME, epn_partitions
 from ..planning import CyclePlan, LastRun, RunHistory, plan_cycle
-from ..portal import PortalError, visit_window
+from ..portal import PortalClient, PortalError, visit_window
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.sftp import SftpResource
 from ..rsync import RsyncError
+from ..run_records import IN_FLIGHT, InFlight, Outcome, end_lost_runs, epn_history, in_flight, outcome_tags
 from ..state import ALERTED_KEY, StateFileError, read_epns
 
 INTERVAL_ENV = "ASSYNCY_SENSOR_INTERVAL_SECONDS"
 RSYNC_POOL = "rsync"
-INTERRUPTED_TAG = "assyncy/interrupted"
-_IN_FLIGHT = {
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-}
-_FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+# The sensor looks every 30 s: between refreshes it decides from what it last
+# learned (visit end times, the host's folders, run outcomes), which costs no
+# portal request, so a visit that ends or a retry that falls due is acted on
+# within a tick.
+TICK_SECONDS = 30
+# Never ask the portal or list the host more often than this, on average.
+MIN_REFRESH_SECONDS = 60
+# A tick must end within Dagster's 60 s sensor deadline, whatever the portal or host do.
+REFRESH_BUDGET_SECONDS = 40
+_FAILED_RUN = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
 def sensor_interval_seconds(settings: Settings) -> int:
-    """`sync-frequency-hours`, unless $ASSYNCY_SENSOR_INTERVAL_SECONDS asks for less (demo, tests)."""
+    """How often epn_sensor evaluates: TICK_SECONDS, or $ASSYNCY_SENSOR_INTERVAL_SECONDS (demo, tests).
+
+    The portal is still refreshed only every `sync-frequency-hours` (see SensorCursor)."""
     override = os.environ.get(INTERVAL_ENV)
     if override:
         try:
             return max(1, int(override))
         except ValueError:
             raise ConfigError(INTERVAL_ENV, [f"{INTERVAL_ENV}={override!r}: expected whole seconds"]) from None
-    return settings.sync_interval_seconds
+    return min(TICK_SECONDS, settings.sync_interval_seconds)
 
 
 def sync_pool_limit(instance: dg.DagsterInstance, max_tasks: int) -> None:
@@ -58,50 +69,157 @@ def sync_pool_limit(instance: dg.DagsterInstance, max_tasks: int) -> None:
         storage.set_concurrency_slots(RSYNC_POOL, max_tasks)
 
 
-def repatriation_history(instance: dg.DagsterInstance, candidates: Iterable[str]) -> dict[str, RunHistory]:
-    """The latest repatriation run of each EPN, and its run of failures when it failed."""
-    candidates = set(candidates)
-    latest = instance.get_run_partition_data(dg.RunsFilter(job_name=REPATRIATION_JOB))
-    history: dict[str, RunHistory] = {}
-    for data in latest:
-        if data.partition not in candidates:
-            continue
-        if data.status in _IN_FLIGHT:
-            history[data.partition] = RunHistory(LastRun.IN_FLIGHT, data.run_id)
-        elif data.status in _FAILED:
-            history[data.partition] = _failure_history(instance, data.partition)
-        else:
-            history[data.partition] = RunHistory(LastRun.SUCCEEDED, data.run_id)
-    return history
+# -- what the sensor remembers between ticks --------------------------------------
 
 
-def _failure_history(instance: dg.DagsterInstance, epn: str) -> RunHistory:
-    records = instance.get_run_records(
-        dg.RunsFilter(job_name=REPATRIATION_JOB, tags={"dagster/partition": epn}), limit=20
-    )
-    failures = 0
-    for record in records:
-        if record.dagster_run.status not in _FAILED:
-            break
-        if INTERRUPTED_TAG in record.dagster_run.tags:
-            continue  # stopped by a shutdown (mxsync's SIGTERM): not the EPN's failure
-        failures += 1
-    last = records[0]
-    ended = last.end_time
-    ended_at = datetime.fromtimestamp(ended, timezone.utc) if ended else None
-    if INTERRUPTED_TAG in last.dagster_run.tags:
-        failures = 0  # retry at once after a shutdown
-    return RunHistory(LastRun.FAILED, last.dagster_run.run_id, ended_at, failures)
+@dataclass
+class SensorCursor:
+    """The sensor's memory, kept by Dagster between ticks (small: no visit data)."""
+
+    refreshed_at: float | None = None  # last successful portal + host refresh (epoch seconds)
+    listed_at: float | None = None  # last listing of the SFTP host alone
+    failures: int = 0  # refreshes failed in a row
+    retry_at: float | None = None  # not before this after a failure
+
+    @classmethod
+    def parse(cls, text: str | None) -> "SensorCursor":
+        try:
+            data = json.loads(text) if text else {}
+            return cls(**{k: data[k] for k in ("refreshed_at", "listed_at", "failures", "retry_at") if k in data})
+        except (ValueError, TypeError):
+            return cls()  # an old or foreign cursor: start afresh (a refresh now)
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class Facts:
+    """What the portal and the SFTP host last said."""
+
+    visits: list
+    on_sftp: list[str]
+    refreshed_at: float
+
+
+# Kept in the process that evaluates the sensor (the code server lives across
+# ticks); when it is missing, e.g. after a reload, the next tick refreshes.
+_facts: dict[str, Facts] = {}
+
+
+def refresh_retry_delay(failures: int, settings: Settings) -> float:
+    """1, 2, 4 ... minutes after a failed refresh, never more than the sync interval."""
+    return min(60.0 * 2 ** min(max(failures - 1, 0), 16), float(settings.sync_interval_seconds))
+
+
+def _bounded(call, budget: float, what: str):
+    """Run `call` in a thread and give up after `budget` seconds (a hung host must not
+    blow the sensor's deadline; the call's own timeouts end it later)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epn-sensor-refresh")
+    try:
+        return pool.submit(call).result(timeout=budget)
+    except FuturesTimeout:
+        raise TimeoutError(f"{what} did not answer within {budget:g} s") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _fetch_visits(settings: Settings, portal: PortalResource, log, now: datetime):
+    since, until = visit_window(now, settings.visit_day_range)
+    # Short timeouts: the whole tick must fit Dagster's 60 s deadline (and
+    # _bounded gives up before it); the sensor's own retries come 1, 2, 4 ... minutes later.
+    quick = settings.model_copy(update={"portal_timeout_seconds": min(settings.portal_timeout_seconds, 10)})
+    with PortalClient.from_settings(quick, logger=log) as client:
+        return client.visits(since, until)
+
+
+def _list_host(sftp: SftpResource, log) -> list[str]:
+    client = sftp.client(logger=log)
+    client.endpoint = replace(client.endpoint, connect_timeout_seconds=10)
+    return client.list_epns(io_timeout_seconds=20)
+
+
+def gather_facts(
+    settings: Settings, portal: PortalResource, sftp: SftpResource, log, cursor: SensorCursor | None,
+    now: datetime,
+) -> tuple[Facts | None, str | None]:
+    """Refresh from the portal and the host when due, else reuse what they last said.
+
+    Returns (facts, None), or (None, skip reason) after a failed refresh, with
+    `cursor` updated either way. Without a cursor (mxsync), always refresh."""
+    key = str(settings.ignore)  # one entry per config (tests run several in one process)
+    facts = _facts.get(key)
+    stamp = now.timestamp()
+    if cursor is not None and facts is not None and cursor.refreshed_at == facts.refreshed_at:
+        due = stamp - facts.refreshed_at >= settings.sync_interval_seconds
+        if not due:
+            # Only the host, and only when an ended visit is still waiting for its folder.
+            waiting = _waiting_for_folder(facts, settings, now)
+            if waiting and stamp - (cursor.listed_at or 0) >= MIN_REFRESH_SECONDS:
+                try:
+                    facts.on_sftp = _bounded(lambda: _list_host(sftp, log), REFRESH_BUDGET_SECONDS, "the SFTP host")
+                    cursor.listed_at = stamp
+                except (RsyncError, TimeoutError) as exc:
+                    log.warning(f"epn_sensor: listing the SFTP host for {', '.join(waiting[:5])} failed: {exc}")
+            return facts, None
+    if cursor is not None and cursor.retry_at and stamp < cursor.retry_at:
+        when = datetime.fromtimestamp(cursor.retry_at, timezone.utc).isoformat(timespec="seconds")
+        return None, f"waiting after {cursor.failures} failed refresh(es); next try at {when}"
+    try:
+        visits = _bounded(lambda: _fetch_visits(settings, portal, log, now), REFRESH_BUDGET_SECONDS, "the portal")
+        on_sftp = _bounded(lambda: _list_host(sftp, log), REFRESH_BUDGET_SECONDS, "the SFTP host")
+    except (PortalError, RsyncError, TimeoutError) as exc:
+        what = "portal" if isinstance(exc, PortalError) or "portal" in str(exc) else "SFTP host"
+        if cursor is None:
+            return None, f"{what} unavailable, nothing changed; the next cycle tries again: {exc}"
+        cursor.failures += 1
+        cursor.retry_at = stamp + refresh_retry_delay(cursor.failures, settings)
+        when = datetime.fromtimestamp(cursor.retry_at, timezone.utc).isoformat(timespec="seconds")
+        return None, f"{what} unavailable, nothing changed; trying again at {when} (failure {cursor.failures}): {exc}"
+    facts = Facts(visits, on_sftp, stamp)
+    _facts[key] = facts
+    if cursor is not None:
+        cursor.refreshed_at = cursor.listed_at = stamp
+        cursor.failures, cursor.retry_at = 0, None
+    return facts, None
+
+
+def _waiting_for_folder(facts: Facts, settings: Settings, now: datetime) -> list[str]:
+    on_sftp = set(facts.on_sftp)
+    return sorted({
+        v.epn for v in facts.visits
+        if v.has_ended(now) and v.epn not in on_sftp and is_valid_epn(v.epn)
+        and project_for(v.epn, settings.epn_cap_map) is not None
+    })
+
+
+# -- what the runs say ---------------------------------------------------------------
 
 
 def alert_state(instance: dg.DagsterInstance) -> tuple[set[str], str]:
     """EPNs in alert runs still queued or running, and the id of the last failed alert run."""
     in_flight: set[str] = set()
-    for run in instance.get_runs(dg.RunsFilter(job_name=ALERT_JOB, statuses=list(_IN_FLIGHT))):
+    for run in instance.get_runs(dg.RunsFilter(job_name=ALERT_JOB, statuses=list(IN_FLIGHT))):
         ops = (run.run_config or {}).get("ops", {})
         in_flight.update(ops.get("send_unknown_epn_alert_op", {}).get("config", {}).get("epns", []))
-    failed = instance.get_runs(dg.RunsFilter(job_name=ALERT_JOB, statuses=list(_FAILED)), limit=1)
+    failed = instance.get_runs(dg.RunsFilter(job_name=ALERT_JOB, statuses=list(_FAILED_RUN)), limit=1)
     return in_flight, failed[0].run_id if failed else "none"
+
+
+def repatriation_history(
+    instance: dg.DagsterInstance, candidates: Iterable[str], flights: InFlight
+) -> dict[str, RunHistory]:
+    """Each candidate EPN's repatriation state: in flight (any run: sensor, mxsync, UI, CLI),
+    or its latest ended attempt and its run of failures."""
+    history: dict[str, RunHistory] = {}
+    for epn in candidates:
+        if epn in flights.epns:
+            history[epn] = RunHistory(LastRun.IN_FLIGHT, flights.epns[epn])
+            continue
+        found = epn_history(instance, epn)
+        if found is not None:
+            history[epn] = found
+    return history
 
 
 def _digest(items: Iterable[str]) -> str:
@@ -114,19 +232,27 @@ def plan_tick(
     portal: PortalResource,
     sftp: SftpResource,
     log,
+    cursor: SensorCursor | None = None,
 ) -> tuple[CyclePlan | None, dg.SensorResult | dg.SkipReason]:
     """Gather the facts, decide with `plan_cycle`, and phrase the decision as the
-    sensor's result. Shared by `epn_sensor` and `run_cycle` (mxsync, the demo)."""
+    sensor's result. Shared by `epn_sensor` and `run_cycle` (mxsync, the demo).
+
+    With a `cursor` (the sensor), the portal and host are asked only when a
+    refresh is due and their last answers are reused in between; `cursor` is
+    updated in place."""
     now = datetime.now(timezone.utc)
-    since, until = visit_window(now, settings.visit_day_range)
-    try:
-        visits = portal.visits(since, until, logger=log)
-    except PortalError as exc:
-        return None, dg.SkipReason(f"portal unavailable, nothing changed; next tick tries again: {exc}")
-    try:
-        on_sftp = sftp.client(logger=log).list_epns()
-    except RsyncError as exc:
-        return None, dg.SkipReason(f"SFTP host unavailable, nothing changed; next tick tries again: {exc}")
+    partitions = instance.get_dynamic_partitions(EPN_PARTITIONS_NAME)
+    flights = in_flight(instance, REPATRIATION_JOB, partitions)
+    lost = end_lost_runs(instance, flights, settings.stale_run_hours, now)
+    lost_text = "".join(f"; ended run {run_id} as failed: {why}" for run_id, why in lost.items())
+    for run_id, why in lost.items():
+        log.warning(f"epn_sensor: ended run {run_id} as failed: {why}; its EPNs will be retried")
+    if lost:
+        flights = in_flight(instance, REPATRIATION_JOB, partitions)
+
+    facts, skipped = gather_facts(settings, portal, sftp, log, cursor, now)
+    if facts is None:
+        return None, dg.SkipReason(f"{skipped}{lost_text}")
     try:
         repatriated = read_epns(settings.ignore)
         alerted = read_epns(settings.alerted_path, key=ALERTED_KEY)
@@ -136,11 +262,16 @@ def plan_tick(
     sync_pool_limit(instance, settings.max_tasks)
     dry_run = not settings.execute
     alert_in_flight, last_failed_alert = alert_state(instance)
-    history = repatriation_history(instance, {e for e in on_sftp if e not in repatriated})
+    repatriated_set = set(repatriated)
+    candidates = {
+        e for e in facts.on_sftp
+        if e not in repatriated_set and is_valid_epn(e) and project_for(e, settings.epn_cap_map) is not None
+    }
+    history = repatriation_history(instance, candidates, flights)
     plan = plan_cycle(
-        visits=visits,
-        on_sftp=on_sftp,
-        known_partitions=instance.get_dynamic_partitions(EPN_PARTITIONS_NAME),
+        visits=facts.visits,
+        on_sftp=facts.on_sftp,
+        known_partitions=partitions,
         repatriated=repatriated,
         alerted=alerted,
         epn_cap_map=settings.epn_cap_map,
@@ -150,12 +281,15 @@ def plan_tick(
         alert_in_flight=alert_in_flight,
         retry_base=timedelta(minutes=settings.retry_backoff_minutes),
     )
+    for epn in sorted(e for e in flights.epns if e in candidates):
+        plan.in_flight.append(epn)
     if not (plan.repatriate or plan.alert or plan.new_partitions):
-        return plan, dg.SkipReason(f"nothing to do: {plan.summary()}{_held_text(plan.held_back)}")
-    log.info(f"epn_sensor: {plan.summary()}{_held_text(plan.held_back)}")
+        return plan, dg.SkipReason(f"nothing to do: {plan.summary()}{_held_text(plan.held_back)}{lost_text}")
+    log.info(f"epn_sensor: {plan.summary()}{_held_text(plan.held_back)}{lost_text}")
     new_partitions = [epn_partitions.build_add_request(plan.new_partitions)] if plan.new_partitions else []
+    batches = plan_batches(plan.repatriate, settings.max_tasks, settings.max_epns_per_run)
     return plan, dg.SensorResult(
-        run_requests=repatriation_requests(plan.repatriate, dry_run, history)
+        run_requests=repatriation_requests(batches, dry_run, history)
         + alert_requests(plan.alert, last_failed_alert),
         dynamic_partitions_requests=new_partitions,
     )
@@ -174,13 +308,23 @@ def build_epn_sensor(interval_seconds: int) -> dg.SensorDefinition:
         sftp: SftpResource,
         assyncy_config: AssyncyConfigResource,
     ) -> dg.SensorResult | dg.SkipReason:
-        """Every tick: ask the portal for recent visits and list the SFTP host; add each new
-        EPN as a partition; request a repatriation run for each mapped EPN whose visit has
-        ended and whose data is not home yet; request one alert run for new unmapped EPNs."""
+        """Every 30 s: end runs whose worker died; refresh from the portal and the SFTP host
+        when due (every sync-frequency-hours, and 1, 2, 4 ... minutes after a failure);
+        add each new EPN as a partition; request batch runs for the mapped EPNs whose
+        visit has ended and whose data is not home yet; request one alert run for new
+        unmapped EPNs."""
         settings = assyncy_config.settings()  # read afresh: a broken config.yml fails the tick visibly
-        _, result = plan_tick(context.instance, settings, portal, sftp, context.log)
+        cursor = SensorCursor.parse(context.cursor)
+        _, result = plan_tick(context.instance, settings, portal, sftp, context.log, cursor)
         _log_to_sync_file(settings, result)
-        return result
+        if isinstance(result, dg.SkipReason):
+            context.update_cursor(cursor.dumps())
+            return result
+        return dg.SensorResult(
+            run_requests=result.run_requests,
+            dynamic_partitions_requests=result.dynamic_partitions_requests,
+            cursor=cursor.dumps(),
+        )
 
     return epn_sensor
 
@@ -217,19 +361,32 @@ def _held_text(held: Mapping[str, str], limit: int = 10) -> str:
     return f" (held back: {shown}{more})"
 
 
-def repatriation_requests(epns: Iterable[str], dry_run: bool, history: Mapping[str, RunHistory]) -> list[dg.RunRequest]:
+def plan_batches(epns: list[str], max_tasks: int, per_run: int) -> list[list[str]]:
+    """Share the due EPNs out over runs: at least `max-tasks` runs when there are enough
+    EPNs (so every rsync slot has work), at most `max-epns-per-run` EPNs in each."""
+    if not epns:
+        return []
+    size = max(1, min(per_run, math.ceil(len(epns) / max_tasks)))
+    return [epns[i : i + size] for i in range(0, len(epns), size)]
+
+
+def repatriation_requests(
+    batches: list[list[str]], dry_run: bool, history: Mapping[str, RunHistory]
+) -> list[dg.RunRequest]:
     mode = "dry-run" if dry_run else "execute"
-    return [
-        dg.RunRequest(
-            # The key changes only when the EPN's run history does: a re-evaluated
-            # tick cannot launch the same EPN twice, and a retry after a failure gets a new key.
-            run_key=f"repatriate:{epn}:{mode}:{history[epn].run_id if epn in history else 'first'}",
+    requests = []
+    for batch in batches:
+        # The key changes only when one of its EPNs' run history does: a re-evaluated
+        # tick cannot launch the same batch twice, and a retry after a failure gets a new key.
+        attempts = [f"{epn}@{history[epn].run_id if epn in history else 'first'}" for epn in batch]
+        requests.append(dg.RunRequest(
+            run_key=f"repatriate:{mode}:{_digest(attempts)}",
             job_name=REPATRIATION_JOB,
-            partition_key=epn,
-            tags={KIND_TAG: "repatriation", "assyncy/mode": mode},
-        )
-        for epn in epns
-    ]
+            run_config=dg.RunConfig(ops={"repatriate_epns": RepatriationConfig(epns=batch)}),
+            tags={KIND_TAG: "repatriation", "assyncy/mode": mode, "assyncy/epn_count": str(len(batch)),
+                  **outcome_tags(batch, Outcome.QUEUED)},
+        ))
+    return requests
 
 
 def alert_requests(epns: list[str], last_failed_alert: str) -> list[dg.RunRequest]:

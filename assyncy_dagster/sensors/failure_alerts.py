@@ -8,6 +8,7 @@ from ..alerts import build_message, render_failure_alert
 from ..jobs import REPATRIATION_JOB
 from ..resources.settings import AssyncyConfigResource
 from ..resources.smtp import SmtpResource
+from ..run_records import Outcome, tagged_epns
 
 _REPATRIATION_ASSETS = {dg.AssetKey("epn_data"), dg.AssetKey("portal_visits")}
 
@@ -49,7 +50,9 @@ def repatriation_failure_alert(
     if not is_repatriation(context.instance, run):
         return
     settings = assyncy_config.settings()
-    epn = run.tags.get("dagster/partition", "(unknown EPN)")
+    unfinished = [epn for epn, outcome in tagged_epns(run.tags).items()
+                  if outcome not in (Outcome.HOME.value, Outcome.DRY_RUN.value)]
+    epn = ", ".join(unfinished) or run.tags.get("dagster/partition", "(unknown EPN)")
     url = f"{settings.dagster_ui_url.rstrip('/')}/runs/{run.run_id}" if settings.dagster_ui_url else None
     error = step_failure_message(context.get_step_failure_events()) or context.failure_event.message
     rendered = render_failure_alert(epn, error or "the run failed", run.run_id, url)

@@ -1,0 +1,214 @@
+"""What the Dagster instance says about each EPN's repatriation runs.
+
+A run may carry many EPNs (a batch from `epn_sensor` or `mxsync`, a backfill
+range from the UI), so each EPN's own outcome is kept as a run tag,
+`assyncy/epn/<epn>`: `queued` when the sensor asks for it, `running` when the
+step starts, then `home`, `dry-run` or `failed`. The run that does the work
+also names its worker process (`assyncy/worker`), so that a worker killed
+outright (SIGKILL, OOM, host crash), which Dagster's default run launcher
+cannot see, is noticed and its run ended.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from .planning import LastRun, RunHistory
+
+EPN_TAG_PREFIX = "assyncy/epn/"
+WORKER_TAG = "assyncy/worker"
+INTERRUPTED_TAG = "assyncy/interrupted"
+LOST_TAG = "assyncy/worker-lost"
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+EPN_DATA = dg.AssetKey("epn_data")
+
+IN_FLIGHT = (
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+)
+ENDED_BADLY = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+class Outcome(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    HOME = "home"
+    DRY_RUN = "dry-run"
+    FAILED = "failed"
+
+
+def epn_tag(epn: str) -> str:
+    return EPN_TAG_PREFIX + epn
+
+
+def outcome_tags(epns: Iterable[str], outcome: Outcome) -> dict[str, str]:
+    return {epn_tag(epn): outcome.value for epn in epns}
+
+
+def tagged_epns(tags: Mapping[str, str]) -> dict[str, str]:
+    """EPN -> outcome, from a run's `assyncy/epn/<epn>` tags."""
+    return {k[len(EPN_TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(EPN_TAG_PREFIX)}
+
+
+# -- the worker process ---------------------------------------------------------
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (from /proc), or None when it is gone.
+
+    A pid alone is not an identity: after a crash the number may be reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
+        return None
+    if fields and fields[0] == b"Z":
+        return None  # a zombie has finished; its parent just has not reaped it
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+def this_worker() -> str:
+    """`host:pid:start` of this process, for the run's WORKER_TAG."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or '?'}"
+
+
+def worker_is_gone(worker: str) -> bool:
+    """Whether the worker named by a WORKER_TAG is known dead. Only a worker on this
+    host can be checked; one elsewhere (a Celery data mover) is left to run monitoring."""
+    host, _, rest = worker.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    return _start_ticks(int(pid_text)) != start
+
+
+# -- which EPNs a run carries --------------------------------------------------
+
+
+def touches_epn_data(run: dg.DagsterRun, repatriation_job: str) -> bool:
+    """A run of the batch job, or any run (UI, CLI) that materialises epn_data."""
+    if run.job_name == repatriation_job:
+        return True
+    return EPN_DATA in set(run.asset_selection or ())
+
+
+def run_epns(run: dg.DagsterRun, partition_order: Sequence[str]) -> set[str]:
+    """The EPNs a run repatriates: its EPN tags, else its partition or partition range."""
+    epns = set(tagged_epns(run.tags))
+    if epns:
+        return epns
+    if PARTITION_TAG in run.tags:
+        return {run.tags[PARTITION_TAG]}
+    start, end = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
+    if start and end and start in partition_order and end in partition_order:
+        i, j = partition_order.index(start), partition_order.index(end)
+        return set(partition_order[i : j + 1])
+    return set()
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """Repatriation runs not yet ended, and what they carry."""
+
+    epns: dict[str, str]  # EPN -> run id
+    runs: list[dg.RunRecord]
+
+
+def in_flight(instance: dg.DagsterInstance, repatriation_job: str, partition_order: Sequence[str]) -> InFlight:
+    records = instance.get_run_records(dg.RunsFilter(statuses=list(IN_FLIGHT)))
+    epns: dict[str, str] = {}
+    runs = []
+    for record in records:
+        run = record.dagster_run
+        if not touches_epn_data(run, repatriation_job):
+            continue
+        runs.append(record)
+        for epn in run_epns(run, partition_order):
+            epns.setdefault(epn, run.run_id)
+    return InFlight(epns, runs)
+
+
+def end_lost_runs(instance: dg.DagsterInstance, flights: InFlight, stale_after_hours: float,
+                  now: datetime | None = None) -> dict[str, str]:
+    """End runs whose worker died or that ran past `stale_after_hours`; free their pool slots.
+
+    Returns run id -> why, for the sensor's report. Their EPNs then count as
+    failed, so they are retried with the usual backoff."""
+    now = now or datetime.now(timezone.utc)
+    ended: dict[str, str] = {}
+    for record in flights.runs:
+        run = record.dagster_run
+        worker = run.tags.get(WORKER_TAG)
+        started = record.start_time
+        why = None
+        if run.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING) and worker \
+                and worker_is_gone(worker):
+            why = f"its worker process ({worker.rsplit(':', 1)[0]}) is gone: killed or crashed"
+        elif started and now.timestamp() - started > stale_after_hours * 3600:
+            why = f"in flight for more than stale-run-hours ({stale_after_hours:g} h)"
+            try:
+                instance.run_launcher.terminate(run.run_id)
+            except Exception:  # noqa: BLE001 - a launcher that cannot reach the worker; we end the run anyway
+                pass
+        if why is None:
+            continue
+        fresh = instance.get_run_by_id(run.run_id)
+        if fresh is None or fresh.status not in IN_FLIGHT:
+            continue
+        instance.add_run_tags(run.run_id, {LOST_TAG: why})
+        instance.report_run_failed(fresh, message=f"assyncy: run ended as failed: {why}")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        ended[run.run_id] = why
+    return ended
+
+
+# -- the history of one EPN ------------------------------------------------------
+
+
+def epn_history(instance: dg.DagsterInstance, epn: str, limit: int = 20) -> RunHistory | None:
+    """The latest ended repatriation of `epn` and how many failed in a row, or None if never tried.
+
+    A run's own tag for the EPN decides; an EPN left `queued` or `running` in a run that
+    failed or was cancelled (terminated, worker killed) failed with it, unless a
+    shutdown interrupted it (INTERRUPTED_TAG: retried at once)."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={epn_tag(epn): [o.value for o in Outcome]}), limit=limit
+    )
+    attempts: list[tuple[dg.RunRecord, LastRun, bool]] = []
+    for record in records:
+        run = record.dagster_run
+        if run.status in IN_FLIGHT:
+            return RunHistory(LastRun.IN_FLIGHT, run.run_id)
+        outcome = run.tags.get(epn_tag(epn))
+        if outcome in (Outcome.HOME.value, Outcome.DRY_RUN.value):
+            attempts.append((record, LastRun.SUCCEEDED, False))
+        elif outcome == Outcome.FAILED.value or run.status in ENDED_BADLY:
+            attempts.append((record, LastRun.FAILED, INTERRUPTED_TAG in run.tags))
+        else:
+            attempts.append((record, LastRun.SUCCEEDED, False))
+    if not attempts:
+        return None
+    last, status, interrupted = attempts[0]
+    if status is LastRun.SUCCEEDED:
+        return RunHistory(LastRun.SUCCEEDED, last.dagster_run.run_id)
+    failures = 0
+    for _, each, was_interrupted in attempts:
+        if each is not LastRun.FAILED:
+            break
+        if not was_interrupted:
+            failures += 1
+    ended_at = datetime.fromtimestamp(last.end_time, timezone.utc) if last.end_time else None
+    return RunHistory(LastRun.FAILED, last.dagster_run.run_id, ended_at, 0 if interrupted else failures)
