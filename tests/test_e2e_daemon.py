@@ -61,7 +61,9 @@ def dagster_daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
 
 
 def test_daemon_repatriates_due_epns_alerts_and_stops_cleanly(stack, tmp_path):
-    stack.configure(**{"max-tasks": 1, "dagster-ui-url": "http://127.0.0.1:3000", "timezone": far_from_the_digest()})
+    # One EPN per run here, so that several runs compete for the pool of one.
+    stack.configure(**{"max-tasks": 1, "max-epns-per-run": 1, "dagster-ui-url": "http://127.0.0.1:3000",
+                       "timezone": far_from_the_digest()})
     stack.lay_out("12282a", "12282b", "13001a", "13001b", "14500a", "14777a")
     unreadable = stack.source / "13001a" / "frames" / "img_0002.cbf"
     unreadable.chmod(0o600)  # root's file: the SFTP account cannot read it, rsync fails (exit 23)
@@ -88,7 +90,7 @@ def test_daemon_repatriates_due_epns_alerts_and_stops_cleanly(stack, tmp_path):
         assert "EPN 12282a: verified" in sync_log  # and the runs' own lines
         assert "demo-password" not in sync_log
 
-        windows = step_windows(stack.instance, "epn_data")
+        windows = step_windows(stack.instance, "repatriate_epns")
         assert len(windows) >= 3
         for (_, end), (start, _) in zip(windows, windows[1:], strict=False):
             assert start >= end - 0.05, f"rsync pool of 1 let transfers overlap: {windows}"

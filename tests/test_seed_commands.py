@@ -9,6 +9,8 @@ import dagster as dg
 import pytest
 from helpers import live_processes_mentioning, running, transfer_started, wait_for
 
+from assyncy_dagster.run_records import tagged_epns
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
@@ -33,7 +35,14 @@ def test_mxsync_once_execute_repatriates_exactly_the_due_epns(stack):
     assert stack.smtp.messages == [], "alerts are epnalert's job, as before"
     with dg.DagsterInstance.get() as instance:  # DAGSTER_HOME is set: the runs show in the UI
         runs = instance.get_runs(dg.RunsFilter(job_name="repatriate_epn"))
-        assert sorted(r.tags["dagster/partition"] for r in runs) == DUE
+        outcomes = {epn: o for r in runs for epn, o in tagged_epns(r.tags).items()}
+        assert outcomes == {epn: "home" for epn in DUE}
+        assert len(runs) < len(DUE), "one batch per rsync slot, not one run per EPN"
+        for epn in DUE:  # and still each EPN's own record
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("epn_data"), asset_partitions=[epn]), limit=1
+            ).records
+            assert records and records[0].asset_materialization.partition == epn
 
 
 def test_mxsync_without_execute_is_a_dry_run_that_writes_nothing(stack):

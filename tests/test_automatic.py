@@ -1,0 +1,161 @@
+"""The automatic path's rules: batches, when the portal is asked, retries after
+outages, and runs whose worker died."""
+
+import subprocess
+import time
+
+import dagster as dg
+
+from assyncy_dagster.config import load_settings
+from assyncy_dagster.definitions import build_definitions, build_resources
+from assyncy_dagster.jobs import REPATRIATION_JOB
+from assyncy_dagster.run_records import (
+    WORKER_TAG,
+    _start_ticks,
+    end_lost_runs,
+    epn_history,
+    in_flight,
+    outcome_tags,
+    Outcome,
+    worker_is_gone,
+)
+from assyncy_dagster.planning import LastRun
+from assyncy_dagster.sensors.epn_sensor import (
+    SensorCursor,
+    plan_batches,
+    refresh_retry_delay,
+)
+
+
+def ticker(stack):
+    """Evaluate epn_sensor as the daemon does, carrying its cursor from tick to tick."""
+    state = {"cursor": None}
+
+    def tick():
+        defs = build_definitions(str(stack.config_path))
+        sensor = defs.get_sensor_def("epn_sensor")
+        resources = build_resources(stack.config_path, stack.settings())
+        with dg.build_sensor_context(instance=stack.instance, resources=resources, cursor=state["cursor"]) as context:
+            result = sensor(context)
+            state["cursor"] = result.cursor if isinstance(result, dg.SensorResult) else context.cursor
+        if isinstance(result, dg.SensorResult):
+            for request in result.dynamic_partitions_requests or []:
+                stack.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        return result
+
+    return tick, state
+
+
+def test_batches_give_every_rsync_slot_work_and_stay_bounded():
+    epns = [f"{12000 + i}a" for i in range(7)]
+    assert plan_batches(epns, max_tasks=2, per_run=20) == [epns[:4], epns[4:]]
+    assert plan_batches(epns, max_tasks=2, per_run=3) == [epns[:3], epns[3:6], epns[6:]]
+    assert plan_batches(epns[:1], max_tasks=4, per_run=20) == [epns[:1]]
+    assert plan_batches([], max_tasks=2, per_run=20) == []
+
+
+def test_refresh_after_a_failure_waits_1_2_4_minutes_up_to_the_sync_interval(tmp_path, stack):
+    settings = stack.settings().model_copy(update={"sync_frequency_hours": 0.1})  # 6 minutes
+    assert [refresh_retry_delay(n, settings) for n in (1, 2, 3, 4, 5)] == [60, 120, 240, 360, 360]
+
+
+def test_cursor_survives_garbage():
+    assert SensorCursor.parse("not json") == SensorCursor()
+    cursor = SensorCursor(refreshed_at=5.0, failures=2, retry_at=7.0)
+    assert SensorCursor.parse(cursor.dumps()) == cursor
+
+
+def test_between_refreshes_the_sensor_does_not_ask_the_portal(stack):
+    stack.lay_out("12282a")
+    tick, _ = ticker(stack)
+    tick()
+    asked = stack.portal.stats()["visits_requests"]
+    assert asked > 0
+    for _ in range(3):
+        tick()
+    assert stack.portal.stats()["visits_requests"] == asked
+
+
+def test_a_failed_refresh_is_retried_after_a_minute_and_says_when(stack):
+    stack.lay_out("12282a")
+    tick, state = ticker(stack)
+    stack.portal.set_faults(down=True)
+    first = tick()
+    assert isinstance(first, dg.SkipReason)
+    assert "portal unavailable" in first.skip_message and "trying again at" in first.skip_message
+    cursor = SensorCursor.parse(state["cursor"])
+    assert cursor.failures == 1 and 55 <= cursor.retry_at - time.time() <= 61
+    stack.portal.set_faults(down=False)
+    waiting = tick()
+    assert isinstance(waiting, dg.SkipReason) and "next try at" in waiting.skip_message
+    # When the minute is up, the next tick refreshes and requests the EPN.
+    state["cursor"] = SensorCursor(failures=1, retry_at=time.time() - 1).dumps()
+    result = tick()
+    assert isinstance(result, dg.SensorResult)
+    assert [r.run_config["ops"]["repatriate_epns"]["config"]["epns"] for r in result.run_requests
+            if r.job_name == REPATRIATION_JOB] == [["12282a"]]
+    assert SensorCursor.parse(state["cursor"]).failures == 0
+
+
+def test_a_visit_that_ends_is_requested_without_asking_the_portal_again(stack):
+    stack.lay_out("13001b")  # its demo visit is still running
+    tick, _ = ticker(stack)
+    tick()
+    asked = stack.portal.stats()["visits_requests"]
+    from assyncy_dagster.sensors import epn_sensor
+
+    facts = epn_sensor._facts[str(stack.settings().ignore)]
+    for visit in facts.visits:  # as if the clock had moved past the visit's end
+        if visit.epn == "13001b":
+            object.__setattr__(visit, "end_time", visit.start_time)
+    result = tick()
+    assert stack.portal.stats()["visits_requests"] == asked
+    assert isinstance(result, dg.SensorResult)
+    assert [e for r in result.run_requests if r.job_name == REPATRIATION_JOB
+            for e in r.run_config["ops"]["repatriate_epns"]["config"]["epns"]] == ["13001b"]
+
+
+def test_a_worker_process_is_known_dead_only_when_it_is():
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        import socket
+
+        worker = f"{socket.gethostname()}:{proc.pid}:{_start_ticks(proc.pid)}"
+        assert not worker_is_gone(worker)
+        assert worker_is_gone(f"{socket.gethostname()}:{proc.pid}:1")  # same pid, another process
+        assert not worker_is_gone(f"another-host:{proc.pid}:1")  # cannot tell: left to run monitoring
+    finally:
+        proc.kill()
+        proc.wait()
+    assert worker_is_gone(worker)
+
+
+def test_a_run_whose_worker_died_is_ended_as_failed_and_frees_its_rsync_slot(stack):
+    stack.instance.event_log_storage.set_concurrency_slots("rsync", 1)
+    job = build_definitions(str(stack.config_path)).resolve_job_def(REPATRIATION_JOB)
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    import socket
+
+    dead = f"{socket.gethostname()}:{proc.pid}:0"
+    run = stack.instance.create_run_for_job(
+        job_def=job, run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+        tags={WORKER_TAG: dead, **outcome_tags(["12282a"], Outcome.RUNNING)}, status=dg.DagsterRunStatus.STARTED,
+    )
+    stack.instance.event_log_storage.claim_concurrency_slot("rsync", run.run_id, "repatriate_epns")
+    assert stack.instance.event_log_storage.get_concurrency_info("rsync").active_slot_count == 1
+
+    flights = in_flight(stack.instance, REPATRIATION_JOB, [])
+    assert flights.epns == {"12282a": run.run_id}
+    ended = end_lost_runs(stack.instance, flights, stale_after_hours=24)
+    assert "worker process" in ended[run.run_id]
+    assert stack.instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert stack.instance.event_log_storage.get_concurrency_info("rsync").active_slot_count == 0
+    history = epn_history(stack.instance, "12282a")
+    assert history.status is LastRun.FAILED and history.consecutive_failures == 1
+
+
+def test_settings_take_batch_and_stale_limits(stack):
+    stack.configure(**{"max-epns-per-run": 5, "stale-run-hours": 2})
+    settings = load_settings(stack.config_path)
+    assert (settings.max_epns_per_run, settings.stale_run_hours) == (5, 2)
