@@ -133,3 +133,37 @@ def test_rsync_failure_fails_the_run_and_marks_nothing(stack):
     assert not result.success
     assert "rsync" in failure_text(result).lower() or "exit" in failure_text(result).lower()
     assert stack.ignored() == []
+
+
+def test_a_backfill_range_records_each_epn_on_its_own_and_one_failure_spares_the_others(stack):
+    """What a UI backfill runs (BackfillPolicy: up to 20 partitions per run): one run, each
+    EPN its own materialisation and check result; a failing EPN does not stop the others."""
+    from assyncy_dagster.assets.epn_data import epn_data, epn_data_matches_source
+    from assyncy_dagster.assets.visits import portal_visits
+    from assyncy_dagster.definitions import build_resources
+
+    stack.lay_out("12282a", "12282b", "13001a")
+    (stack.source / "12282b" / "frames" / "img_0001.cbf").chmod(0o600)  # unreadable by the SFTP account
+    stack.instance.add_dynamic_partitions("epn", ["12282a", "12282b", "13001a"])
+    result = dg.materialize(
+        [portal_visits, epn_data, epn_data_matches_source],
+        instance=stack.instance,
+        resources=build_resources(stack.config_path, stack.settings()),
+        tags={"dagster/asset_partition_range_start": "12282a", "dagster/asset_partition_range_end": "13001a"},
+        raise_on_error=False,
+    )
+    assert not result.success  # the run shows that something failed ...
+    assert "12282b" in failure_text(result) and "1 of 3" in failure_text(result)
+    assert sorted(stack.ignored()) == ["12282a", "13001a"]  # ... and the others are home
+    materialized = {
+        e.event_specific_data.materialization.partition
+        for e in result.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")
+    }
+    assert materialized == {"12282a", "13001a"}
+    checks = {c.partition: c.passed for c in check_results(result)}
+    assert checks == {"12282a": True, "13001a": True}
+    run = stack.instance.get_run_by_id(result.run_id)
+    assert {k: v for k, v in run.tags.items() if k.startswith("assyncy/epn/")} == {
+        "assyncy/epn/12282a": "home", "assyncy/epn/12282b": "failed", "assyncy/epn/13001a": "home",
+    }
