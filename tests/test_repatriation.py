@@ -167,3 +167,16 @@ def test_a_backfill_range_records_each_epn_on_its_own_and_one_failure_spares_the
     assert {k: v for k, v in run.tags.items() if k.startswith("assyncy/epn/")} == {
         "assyncy/epn/12282a": "home", "assyncy/epn/12282b": "failed", "assyncy/epn/13001a": "home",
     }
+
+
+def test_an_epn_another_run_is_transferring_is_not_started_twice(stack):
+    stack.lay_out("12282a")
+    job = build_definitions(str(stack.config_path)).resolve_job_def("repatriate_epn")
+    other = stack.instance.create_run_for_job(
+        job_def=job, run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+        tags={"assyncy/epn/12282a": "running"}, status=dg.DagsterRunStatus.STARTED,
+    )
+    result = stack.materialize("12282a")
+    assert not result.success
+    assert f"run {other.run_id} is transferring it right now" in failure_text(result)
+    assert files_under(stack.destination("ny79", "12282a")) == set()

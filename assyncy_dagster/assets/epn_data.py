@@ -23,7 +23,7 @@ from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.sftp import SftpResource
 from ..rsync import RsyncError, SftpClient, TransferStats, compare_manifests, local_manifest
-from ..run_records import WORKER_TAG, Outcome, outcome_tags, this_worker
+from ..run_records import WORKER_TAG, Outcome, epn_tag, outcome_tags, this_worker
 from ..state import add_epns
 from .visits import PORTAL_VISITS, visit_metadata
 
@@ -158,7 +158,7 @@ def repatriate(
     EPN's outcome (see run_records). Raises dg.Failure at the end naming every
     EPN that failed, so the run shows as failed while the others are home."""
     instance, run_id = context.instance, context.run_id
-    instance.add_run_tags(run_id, {WORKER_TAG: this_worker(), **outcome_tags(epns, Outcome.RUNNING)})
+    instance.add_run_tags(run_id, {WORKER_TAG: this_worker(), **outcome_tags(epns, Outcome.QUEUED)})
     since, until = visit_window(datetime.now(timezone.utc), settings.visit_day_range)
     try:
         by_epn = visits_by_epn(v for v in portal.visits(since, until, logger=context.log) if v.epn in set(epns))
@@ -173,6 +173,10 @@ def repatriate(
         if report_visits and visits:
             yield dg.AssetMaterialization(asset_key=PORTAL_VISITS, partition=epn, metadata=visit_metadata(visits))
         try:
+            other = _transferring_elsewhere(instance, epn, run_id)
+            if other:
+                raise EpnFailed(f"EPN {epn}: not started: run {other} is transferring it right now")
+            instance.add_run_tags(run_id, outcome_tags([epn], Outcome.RUNNING))
             yield from _bring_home(context, epn, settings, client, visits,
                                    dry_run=dry_run, allow_running_visit=allow_running_visit)
         except EpnFailed as exc:
@@ -189,6 +193,15 @@ def repatriate(
                 failures.values()
             )
         raise dg.Failure(description=description, metadata={"errors": dg.MetadataValue.json(failures)})
+
+
+def _transferring_elsewhere(instance: dg.DagsterInstance, epn: str, run_id: str) -> str | None:
+    """Another started run in the middle of this EPN (e.g. one launched from the UI while a
+    sensor batch waited): two rsyncs into one destination must never run at once."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={epn_tag(epn): Outcome.RUNNING.value}, statuses=[dg.DagsterRunStatus.STARTED]), limit=5
+    )
+    return next((r.dagster_run.run_id for r in records if r.dagster_run.run_id != run_id), None)
 
 
 def dry_run_for(settings: Settings, execute: bool | None) -> bool:
