@@ -159,3 +159,19 @@ def test_settings_take_batch_and_stale_limits(stack):
     stack.configure(**{"max-epns-per-run": 5, "stale-run-hours": 2})
     settings = load_settings(stack.config_path)
     assert (settings.max_epns_per_run, settings.stale_run_hours) == (5, 2)
+
+
+def test_a_hung_portal_gives_a_skip_reason_within_the_tick_budget(stack, monkeypatch):
+    from assyncy_dagster.sensors import epn_sensor
+
+    monkeypatch.setattr(epn_sensor, "REFRESH_BUDGET_SECONDS", 2)  # 40 s in production, inside Dagster's 60 s
+    stack.lay_out("12282a")
+    stack.portal.set_faults(delay_seconds=30)
+    tick, state = ticker(stack)
+    started = time.monotonic()
+    result = tick()
+    assert time.monotonic() - started < 6
+    assert isinstance(result, dg.SkipReason)
+    assert "the portal did not answer within 2 s" in result.skip_message
+    assert SensorCursor.parse(state["cursor"]).failures == 1
+    stack.portal.set_faults(delay_seconds=0)

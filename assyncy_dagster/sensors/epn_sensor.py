@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -112,14 +113,21 @@ def refresh_retry_delay(failures: int, settings: Settings) -> float:
     return min(60.0 * 2 ** min(max(failures - 1, 0), 16), float(settings.sync_interval_seconds))
 
 
-def _bounded(call, budget: float, what: str):
-    """Run `call` in a thread and give up after `budget` seconds (a hung host must not
-    blow the sensor's deadline; the call's own timeouts end it later)."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epn-sensor-refresh")
+def _bounded(calls: dict, budget: float) -> dict:
+    """Run each named call in its own thread, all at once, and give up on any that has
+    not answered after `budget` seconds in all (a hung host must not blow the sensor's
+    deadline; the call's own timeouts end its thread later). Raises the first error."""
+    pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="epn-sensor-refresh")
     try:
-        return pool.submit(call).result(timeout=budget)
-    except FuturesTimeout:
-        raise TimeoutError(f"{what} did not answer within {budget:g} s") from None
+        futures = {what: pool.submit(call) for what, call in calls.items()}
+        deadline = time.monotonic() + budget
+        results = {}
+        for what, future in futures.items():
+            try:
+                results[what] = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FuturesTimeout:
+                raise TimeoutError(f"the {what} did not answer within {budget:g} s") from None
+        return results
     finally:
         pool.shutdown(wait=False)
 
@@ -157,7 +165,8 @@ def gather_facts(
             waiting = _waiting_for_folder(facts, settings, now)
             if waiting and stamp - (cursor.listed_at or 0) >= MIN_REFRESH_SECONDS:
                 try:
-                    facts.on_sftp = _bounded(lambda: _list_host(sftp, log), REFRESH_BUDGET_SECONDS, "the SFTP host")
+                    facts.on_sftp = _bounded({"SFTP host": lambda: _list_host(sftp, log)},
+                                             REFRESH_BUDGET_SECONDS)["SFTP host"]
                     cursor.listed_at = stamp
                 except (RsyncError, TimeoutError) as exc:
                     log.warning(f"epn_sensor: listing the SFTP host for {', '.join(waiting[:5])} failed: {exc}")
@@ -166,10 +175,13 @@ def gather_facts(
         when = datetime.fromtimestamp(cursor.retry_at, timezone.utc).isoformat(timespec="seconds")
         return None, f"waiting after {cursor.failures} failed refresh(es); next try at {when}"
     try:
-        visits = _bounded(lambda: _fetch_visits(settings, portal, log, now), REFRESH_BUDGET_SECONDS, "the portal")
-        on_sftp = _bounded(lambda: _list_host(sftp, log), REFRESH_BUDGET_SECONDS, "the SFTP host")
+        answers = _bounded({
+            "portal": lambda: _fetch_visits(settings, portal, log, now),
+            "SFTP host": lambda: _list_host(sftp, log),
+        }, REFRESH_BUDGET_SECONDS)
+        visits, on_sftp = answers["portal"], answers["SFTP host"]
     except (PortalError, RsyncError, TimeoutError) as exc:
-        what = "portal" if isinstance(exc, PortalError) or "portal" in str(exc) else "SFTP host"
+        what = "portal" if isinstance(exc, PortalError) or "the portal" in str(exc) else "SFTP host"
         if cursor is None:
             return None, f"{what} unavailable, nothing changed; the next cycle tries again: {exc}"
         cursor.failures += 1
@@ -186,9 +198,10 @@ def gather_facts(
 
 def _waiting_for_folder(facts: Facts, settings: Settings, now: datetime) -> list[str]:
     on_sftp = set(facts.on_sftp)
+    recent = now - timedelta(days=1)  # older visits wait for the next full refresh
     return sorted({
         v.epn for v in facts.visits
-        if v.has_ended(now) and v.epn not in on_sftp and is_valid_epn(v.epn)
+        if v.has_ended(now) and v.end_time >= recent and v.epn not in on_sftp and is_valid_epn(v.epn)
         and project_for(v.epn, settings.epn_cap_map) is not None
     })
 
