@@ -69,9 +69,16 @@ def destination_for(epn: str, epn_cap_map: Mapping[str, str], root: Path) -> Pat
     if not is_valid_project(project):
         raise InvalidEpnError(f"epn_cap_map maps {base_number(epn)!r} to unsafe project folder {project!r}")
     root = Path(root).resolve()
-    destination = (root / project / epn / "data").resolve()
+    expected = root / project / epn / "data"
+    destination = expected.resolve()
     if not destination.is_relative_to(root) or destination == root:
         raise InvalidEpnError(f"destination for EPN {epn} escapes {root}: {destination}")
+    if destination != expected:
+        # e.g. a project folder linked to another project's: the data would land in the wrong project.
+        raise InvalidEpnError(
+            f"destination for EPN {epn} is {expected}, but a symlink under it leads to {destination}; "
+            f"replace the link with a real folder"
+        )
     return destination
 
 

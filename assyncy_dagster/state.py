@@ -70,8 +70,12 @@ def read_epns(path: Path, key: str = IGNORE_KEY) -> set[str]:
 
 
 def add_epns(path: Path, epns: Iterable[str], key: str = IGNORE_KEY) -> list[str]:
-    """Add EPNs to the list under `key` atomically; return the ones that were new."""
-    path = Path(path)
+    """Add EPNs to the list under `key` atomically; return the ones that were new.
+
+    A state file that is a symlink (an admin's link to a shared copy) is updated
+    through the link: the link is resolved once and the new file is renamed into
+    place beside its target, so the link stays and points at the new content."""
+    path = Path(os.path.realpath(path))
     wanted = list(dict.fromkeys(epns))
     with _locked(path):
         data, current = _read(path, key)

@@ -82,6 +82,20 @@ def test_destination_through_a_symlinked_project_cannot_escape_root(tmp_path):
         destination_for("12282a", MAP, root)
 
 
+def test_a_project_folder_linked_to_another_project_inside_root_is_refused(tmp_path):
+    root = tmp_path / "root"
+    (root / "ab12").mkdir(parents=True)
+    (root / "ny79").symlink_to(root / "ab12")  # 12282a's data would land in ab12's folder
+    with pytest.raises(InvalidEpnError, match="symlink"):
+        destination_for("12282a", MAP, root)
+
+
+def test_a_symlinked_destination_root_itself_is_fine(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "scratch").symlink_to(tmp_path / "real")
+    assert destination_for("12282a", MAP, tmp_path / "scratch") == tmp_path / "real" / "ny79" / "12282a" / "data"
+
+
 def test_source_path_has_trailing_slash_so_rsync_copies_contents():
     assert source_path_for("12282a", "/data/mx/") == "/data/mx/12282a/"
     with pytest.raises(InvalidEpnError):

@@ -25,6 +25,19 @@ def test_entries_are_kept_sorted_in_the_seed_shape(tmp_path):
     assert data == {"comment": "kept by hand", IGNORE_KEY: ["900a", "12282a", "12282b"]}
 
 
+def test_a_symlinked_state_file_is_updated_through_its_link(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    target = shared / "ignore.yml"
+    target.write_text("---\npreviouslySynched:\n- 12282a\n")
+    link = tmp_path / "ignore.yml"
+    link.symlink_to(target)
+    assert add_epns(link, ["12282b"]) == ["12282b"]
+    assert link.is_symlink(), "the admin's link must stay a link"
+    assert yaml.safe_load(target.read_text())[IGNORE_KEY] == ["12282a", "12282b"]
+    assert read_epns(link) == {"12282a", "12282b"}
+
+
 def test_concurrent_writers_lose_nothing(tmp_path):
     path = tmp_path / "ignore.yml"
     ctx = multiprocessing.get_context("fork")
