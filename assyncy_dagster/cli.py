@@ -69,6 +69,8 @@ def check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(f"config is invalid:\n{exc}")
     print(yaml.safe_dump(settings.masked(), sort_keys=False, default_flow_style=False), end="")
+    for warning in settings.insecure_warnings():
+        print(f"WARNING: {warning}", file=sys.stderr)
     problems = environment_problems(settings)
     if problems:
         return _fail("problems:\n" + "\n".join(f"- {p}" for p in problems))
@@ -126,6 +128,8 @@ def _settings_and_logging(config: str | None, component: str) -> Settings:
         configure_logging(settings, component)
     except (ConfigError, LogSetupError) as exc:
         raise SystemExit(_fail(f"{component}: {exc}"))
+    for warning in settings.insecure_warnings():
+        logging.getLogger(f"assyncy.{component}").warning(f"{component}: {warning}")
     return settings
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .epn import is_valid_base_number, is_valid_project
 
@@ -112,6 +112,46 @@ class Settings(BaseModel):
     timezone: str | None = None
     max_epns_per_run: int = Field(default=20, ge=1, le=500)
     stale_run_hours: float = Field(default=24, gt=0)
+    smtp_allow_plaintext_login: bool = False
+    portal_allow_insecure: bool = False
+
+    def __repr_args__(self):  # never print the SMTP password by accident (Equipment masks its own)
+        for name, value in super().__repr_args__():
+            yield name, (MASK if name == "smtp_password" and value else value)
+
+    @model_validator(mode="after")
+    def _secrets_travel_encrypted(self) -> "Settings":
+        problems = []
+        if self.smtp_username and not self.smtp_starttls and not self.smtp_allow_plaintext_login:
+            problems.append(
+                "smtp-username: logging in without TLS would send the SMTP password in clear; "
+                "set smtp-starttls: true (or, on a trusted network only, smtp-allow-plaintext-login: true)"
+            )
+        if not self.portal_allow_insecure:
+            if not self.base_url.lower().startswith("https://"):
+                problems.append(
+                    f"base-url: {self.base_url!r} is not https://: the portal passwords would travel in clear "
+                    "(for a local stand-in only, set portal-allow-insecure: true)"
+                )
+            if not self.verify_tls:
+                problems.append(
+                    "verify-tls: false lets anyone on the path pose as the portal and take its passwords "
+                    "(for a local stand-in only, also set portal-allow-insecure: true)"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def insecure_warnings(self) -> list[str]:
+        """What an admin allowed that weakens security; said at every start."""
+        warnings = []
+        if self.portal_allow_insecure and not self.base_url.lower().startswith("https://"):
+            warnings.append(f"portal-allow-insecure: the portal is reached over plain HTTP ({self.base_url})")
+        if self.portal_allow_insecure and not self.verify_tls:
+            warnings.append("portal-allow-insecure: the portal's TLS certificate is not verified (verify-tls: false)")
+        if self.smtp_allow_plaintext_login and self.smtp_username and not self.smtp_starttls:
+            warnings.append("smtp-allow-plaintext-login: the SMTP password is sent without TLS")
+        return warnings
 
     @field_validator("timezone")
     @classmethod
@@ -313,7 +353,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
-            if error["loc"] == ("epn_cap_map",) and error["type"] == "value_error":
+            if error["loc"] in (("epn_cap_map",), ()) and error["type"] == "value_error":
                 problems.extend(_describe(error).splitlines())
                 continue
             problems.append(f"{_format_loc(error['loc'])}: {_describe(error)}")

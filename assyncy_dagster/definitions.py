@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import dagster as dg
@@ -32,6 +33,8 @@ def build_definitions(config_path: str | None = None, *, execute: bool | None = 
     """
     path = config_path_from_env(config_path).absolute()
     settings = load_settings(path)
+    for warning in settings.insecure_warnings():  # at every start of the daemon, the UI, the CLI
+        logging.getLogger("assyncy").warning(warning)
     return dg.Definitions(
         assets=[portal_visits, epn_data],
         asset_checks=[epn_data_matches_source],

@@ -363,7 +363,11 @@ class PortalClient:
                 self.logger.warning(f"{where}: {action} failed ({cause}); retry {attempt} of {self.retries} in {delay:g} s")
                 time.sleep(delay)
             try:
-                response = self.session.request(method, url, timeout=self.timeout, verify=self.verify, **kwargs)
+                # Never follow a redirect: requests would re-send the password form (307/308)
+                # or the access token in the query to wherever the answer points.
+                response = self.session.request(
+                    method, url, timeout=self.timeout, verify=self.verify, allow_redirects=False, **kwargs
+                )
             except requests.Timeout:
                 cause = f"no answer within {self.timeout:g} s"
                 continue
@@ -382,6 +386,13 @@ class PortalClient:
             if response.status_code in _RETRY_STATUSES:
                 cause = f"HTTP {response.status_code}{self._meta_suffix(response)}"
                 continue
+            if response.is_redirect or 300 <= response.status_code < 400:
+                target = str(response.headers.get("Location", "?")).split("?", 1)[0]
+                raise PortalError(
+                    f"{self._portal()}: {where}: {action}: the portal answered HTTP {response.status_code}, "
+                    f"redirecting to {self._scrub(target)}; credentials are never sent on to another address: "
+                    "set base-url in config.yml to the address the portal answers at"
+                )
             return response
         raise PortalError(
             f"{self._portal()}: {where}: could not {action} after {attempts} attempt"

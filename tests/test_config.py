@@ -121,3 +121,30 @@ def test_no_config_path_and_no_env_is_clear(monkeypatch):
     monkeypatch.delenv("ASSYNCY_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="ASSYNCY_CONFIG"):
         load_settings(None)
+
+
+def test_settings_repr_masks_the_smtp_password(tmp_path):
+    data = seed_data() | {"smtp-username": "mailer", "smtp-password": "smtp-S3cret", "smtp-starttls": True}
+    settings = load_settings(write(tmp_path, data))
+    assert "smtp-S3cret" not in repr(settings) and "smtp-S3cret" not in str(settings)
+    assert MASK in repr(settings)
+
+
+def test_smtp_login_without_tls_is_refused_unless_allowed(tmp_path):
+    data = seed_data() | {"smtp-username": "mailer", "smtp-password": "pw"}
+    [problem] = problems_of(write(tmp_path, data))
+    assert "smtp-username" in problem and "smtp-starttls: true" in problem
+    allowed = load_settings(write(tmp_path, data | {"smtp-allow-plaintext-login": True}))
+    assert allowed.insecure_warnings() == ["smtp-allow-plaintext-login: the SMTP password is sent without TLS"]
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [({"base-url": "http://portal.example.edu"}, "base-url"), ({"verify-tls": False}, "verify-tls")],
+)
+def test_an_insecure_portal_is_refused_unless_allowed(tmp_path, change, key):
+    data = seed_data() | change
+    [problem] = problems_of(write(tmp_path, data))
+    assert problem.startswith(f"config.yml: {key}") or f": {key}" in problem
+    allowed = load_settings(write(tmp_path, data | {"portal-allow-insecure": True}))
+    assert len(allowed.insecure_warnings()) == 1

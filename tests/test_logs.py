@@ -41,6 +41,7 @@ def write_config(tmp_path: Path, log_level: str = "logging.INFO", log_dir: Path 
     ]
     data["smtp-username"] = "assyncy"
     data["smtp-password"] = SMTP_PASSWORD
+    data["smtp-starttls"] = True
     data["log-level"] = log_level
     log_dir = log_dir or tmp_path / "var" / "log"
     data["log-files"] = {name: str(log_dir / f"{name}.log") for name in ("sync", "epnalert", "email")}

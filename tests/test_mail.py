@@ -172,7 +172,8 @@ def test_smtp_resource_sends_through_the_configured_server(tmp_path):
     with SmtpSink(auth=(USER, PASSWORD)) as sink:
         path = write_config(
             tmp_path,
-            **{"epnalert-email-smtp": f"{sink.host}:{sink.port}", "smtp-username": USER, "smtp-password": PASSWORD},
+            **{"epnalert-email-smtp": f"{sink.host}:{sink.port}", "smtp-username": USER, "smtp-password": PASSWORD,
+               "smtp-allow-plaintext-login": True},  # the local sink offers no TLS
         )
         resource = SmtpResource(config_path=str(path))
 

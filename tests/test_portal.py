@@ -418,6 +418,7 @@ def write_config(folder: Path, base_url: str) -> Path:
         "host: sftp.example.edu",
         "destination-root-path: scratch",
         "portal-retries: 1",
+        "portal-allow-insecure: true",
     ]
     path = folder / "config.yml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -431,3 +432,49 @@ def test_portal_resource_reads_credentials_from_config_file(portal_sim, tmp_path
 
     assert [v.epn for v in visits] == ["12282a", "12282b", "13001a", "13001b"]
     assert resource.client().retries == 1
+
+
+def test_a_redirect_is_never_followed_with_the_credentials():
+    """A 307/308 would make requests re-send the password form to the new address."""
+    import http.server
+    import threading
+
+    received: list[str] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    elsewhere = http.server.HTTPServer(("127.0.0.1", 0), Elsewhere)
+
+    class Redirecting(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_port}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    redirecting = http.server.HTTPServer(("127.0.0.1", 0), Redirecting)
+    servers = [elsewhere, redirecting]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = PortalClient(f"http://127.0.0.1:{redirecting.server_port}", equipment_for(), retries=0)
+        with pytest.raises(PortalError, match="HTTP 307, redirecting to") as caught:
+            client.visits(*last_days())
+        assert "never sent on" in str(caught.value)
+        assert received == [], "the password form reached the redirect's target"
+        for equipment in equipment_for():
+            assert equipment.password not in str(caught.value)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

@@ -73,6 +73,7 @@ def write_config(
         "ignore": str(folder / "ignore.yml"),
         "equipment": DEMO_EQUIPMENT,
         "base-url": portal_url,
+        "portal-allow-insecure": True,  # the local stand-in speaks plain HTTP
         "beamline": "mx",
         "epnalert-email-to": "helpdesk@example.edu",
         "epnalert-email-from": "assyncy@example.edu",
