@@ -195,6 +195,9 @@ def _install_urllib3_redaction() -> None:
 # -- client -----------------------------------------------------------------
 
 
+_REPORTED_REJECTIONS: set[tuple[str, str]] = set()
+
+
 class PortalClient:
     """Asks the portal for visits, one equipment account at a time, and merges the answers.
 
@@ -231,6 +234,8 @@ class PortalClient:
         self.session = session or requests.Session()
         self._tokens: dict[int, str] = {}
         self._lock = threading.Lock()
+        # Visits skipped as malformed in the last answers: EPN (or "equipment N visit #i") -> why.
+        self.rejected: dict[str, str] = {}
         _install_urllib3_redaction()
 
     @classmethod
@@ -417,10 +422,24 @@ class PortalClient:
             )
         visits = []
         for index, raw in enumerate(raw_visits):
-            visit = self._parse_visit(equipment_id, index, raw)
+            try:
+                visit = self._parse_visit(equipment_id, index, raw)
+            except PortalDataError as exc:
+                # One malformed visit must not stop every other EPN from syncing: skip it alone.
+                epn = raw.get("epn") if isinstance(raw, dict) and is_valid_epn(raw.get("epn")) else None
+                self._reject(epn or f"equipment {equipment_id} visit #{index}", str(exc))
+                continue
             if visit is not None:
                 visits.append(visit)
         return visits
+
+    def _reject(self, key: str, reason: str) -> None:
+        """Record a skipped visit in `rejected`; log it once per process, not at every tick."""
+        reason = self._scrub(reason)
+        self.rejected[key] = reason
+        if (key, reason) not in _REPORTED_REJECTIONS:
+            _REPORTED_REJECTIONS.add((key, reason))
+            self.logger.warning(f"skipping a malformed visit ({key}); every other visit is used: {reason}")
 
     def _parse_visit(self, equipment_id: int, index: int, raw: Any) -> Visit | None:
         where = f"{self._portal()}: equipment {equipment_id}: visit #{index}"

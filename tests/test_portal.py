@@ -275,31 +275,58 @@ def test_visit_with_non_text_epn_is_dropped(make_portal_sim):
     assert len(client_for(sim).visits(*last_days())) == 4
 
 
-def test_visit_missing_a_required_field_raises_naming_equipment_and_index(make_portal_sim):
+def rejected_alone(sim, caplog) -> tuple[list[str], dict[str, str]]:
+    client = client_for(sim)
+    with caplog.at_level(logging.WARNING):
+        epns = sorted(v.epn for v in client.visits(*last_days()))
+    return epns, client.rejected
+
+
+def test_visit_missing_a_required_field_is_skipped_alone_naming_equipment_and_index(make_portal_sim, caplog):
     data = portal_data()
     del data["equipment"][1]["visits"][1]["start_time"]
     sim = make_portal_sim(data, strict=False)
+    epns, rejected = rejected_alone(sim, caplog)
+    assert len(epns) == 3  # the other visits, on both beamlines, still count
+    [(key, why)] = rejected.items()
+    assert "equipment 24: visit #1 lacks start_time" in why
+    assert "lacks start_time" in caplog.text
 
-    with pytest.raises(PortalDataError, match=r"equipment 24: visit #1 lacks start_time"):
-        client_for(sim).visits(*last_days())
 
-
-def test_visit_with_unparseable_time_raises_naming_equipment_and_index(make_portal_sim):
+def test_visit_with_unparseable_time_is_skipped_alone(make_portal_sim, caplog):
     data = portal_data()
     data["equipment"][0]["visits"][0]["end_time"] = "tomorrow-ish"
     sim = make_portal_sim(data, strict=False)
+    epns, rejected = rejected_alone(sim, caplog)
+    assert "12282a" not in epns and len(epns) == 3
+    assert "end_time 'tomorrow-ish'" in rejected["12282a"]
 
-    with pytest.raises(PortalDataError, match=r"equipment 23: visit #0 \(EPN 12282a\): end_time 'tomorrow-ish'"):
-        client_for(sim).visits(*last_days())
 
-
-def test_visit_with_time_lacking_utc_offset_raises(make_portal_sim):
+@pytest.mark.parametrize(
+    "field, value, why",
+    [
+        ("start_time", "2026-11-01T09:00:00", "is not an ISO 8601 time with UTC offset"),
+        ("end_time", None, "lacks end_time"),
+        ("principal_scientist", "Dr Who", "principal_scientist is a str"),
+    ],
+)
+def test_a_malformed_visit_never_stops_the_others(make_portal_sim, caplog, field, value, why):
     data = portal_data()
-    data["equipment"][0]["visits"][0]["start_time"] = "2026-11-01T09:00:00"
+    data["equipment"][0]["visits"][0][field] = value
     sim = make_portal_sim(data, strict=False)
+    epns, rejected = rejected_alone(sim, caplog)
+    assert epns == ["12282b", "13001a", "13001b"]
+    assert why in rejected["12282a"]
 
-    with pytest.raises(PortalDataError, match="start_time '2026-11-01T09:00:00' is not an ISO 8601 time with UTC offset"):
-        client_for(sim).visits(*last_days())
+
+def test_a_malformed_visit_is_logged_once_not_at_every_tick(make_portal_sim, caplog):
+    data = portal_data()
+    data["equipment"][0]["visits"][0]["end_time"] = "soon, honestly"
+    sim = make_portal_sim(data, strict=False)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            client_for(sim).visits(*last_days())
+    assert caplog.text.count("soon, honestly") == 1
 
 
 # -- secrets ---------------------------------------------------------------------------
