@@ -66,6 +66,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 from .epn import base_number, validate_epn
 
@@ -237,8 +239,9 @@ def template_variables(
 
 def _environment(folder: Path, *, html: bool) -> jinja2.Environment:
     # autoescape=True rather than select_autoescape: admins name templates *.j2,
-    # which extension-based selection would leave unescaped.
-    return jinja2.Environment(
+    # which extension-based selection would leave unescaped. Sandboxed: a template
+    # is data, and must never reach Python (`cycler.__init__.__globals__.os` ...).
+    return SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(str(folder)),
         autoescape=html,
         undefined=jinja2.StrictUndefined,
@@ -278,7 +281,9 @@ def _render(folder: Path, name: str, variables: dict[str, Any], *, html: bool, s
     except Exception as exc:  # any failure inside an admin's template is a template problem
         filename, lineno = _template_line(exc, folder)
         problem = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else str(exc)
-        if isinstance(exc, jinja2.UndefinedError):
+        if isinstance(exc, SecurityError):
+            problem = f"refused by the template sandbox: {problem} (templates may only format the alert's variables)"
+        elif isinstance(exc, jinja2.UndefinedError):
             problem = f"{problem} (available variables: {', '.join(sorted(variables))})"
         raise TemplateError(filename or template.filename or str(path), problem, lineno) from None
 
@@ -408,8 +413,8 @@ def render_failure_alert(epn: str, error: str, run_id: str, run_url: str | None 
         # Only web links become hrefs: a javascript: URL stays text.
         "link": bool(run_url) and _one_line(run_url).lower().startswith(("http://", "https://")),
     }
-    text_env = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    html_env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    text_env = SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    html_env = SandboxedEnvironment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return RenderedEmail(
         subject=f"Repatriation of EPN {epn} failed",
         text=text_env.from_string(_FAILURE_TEXT).render(**variables),

@@ -172,6 +172,26 @@ def test_syntax_error_is_a_template_error_naming_file_and_line(tmp_path):
     assert caught.value.lineno is not None
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{{ cycler.__init__.__globals__.os.popen("touch PWNED").read() }}',
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ epn_details.__class__.__init__.__globals__ }}",
+    ],
+)
+def test_a_template_that_reaches_for_python_fails_to_render_and_runs_nothing(tmp_path, monkeypatch, payload):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.j2").write_text("Hello\n" + payload + "\n")
+    (tmp_path / "h.j2").write_text("<p>{{ epn_details }}</p>\n")
+
+    with pytest.raises(TemplateError) as caught:
+        render_unknown_epn_alert(tmp_path, "t.j2", "h.j2", [AlertEntry("12282a")])
+
+    assert "refused by the template sandbox" in str(caught.value) and "t.j2" in str(caught.value)
+    assert not (tmp_path / "PWNED").exists()
+
+
 def test_check_templates_accepts_the_shipped_templates():
     assert check_templates(ETC, TEXT, HTML) == []
 
