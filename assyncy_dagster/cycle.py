@@ -129,9 +129,7 @@ class Workers:
         self._signalled: set[subprocess.Popen] = set()
         self.stopping = threading.Event()
 
-    def run(
-        self, config_path: Path, execute: bool | None, request: dg.RunRequest, instance: dg.DagsterInstance
-    ) -> list[RunOutcome]:
+    def run(self, config_path: Path, request: dg.RunRequest, instance: dg.DagsterInstance) -> list[RunOutcome]:
         epns = _request_epns(request)
         if self.stopping.is_set():
             return [RunOutcome(request.job_name, epn, "", False, "not started: stopping") for epn in epns]
@@ -151,8 +149,6 @@ class Workers:
             "--run-id",
             run_id,
         ]
-        if execute is not None:
-            argv += ["--execute" if execute else "--dry-run"]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         with self._lock:
             self._procs.add(proc)
@@ -204,8 +200,11 @@ def run_cycle(
     overrides config.yml's `execute`, as mxsync --execute does."""
     logger = logger or log
     path = Path(config_path).absolute()
-    resources = build_resources(path, load_settings(path), execute=execute)
-    settings = resources["assyncy_config"].settings()  # with the `execute` override
+    defs = build_definitions(path)  # also makes `path` this process's and its workers' config.yml
+    resources = build_resources()
+    settings = load_settings(path)
+    if execute is not None:  # mxsync --execute; the batches' run config carries the mode
+        settings = settings.model_copy(update={"execute": execute})
     plan, result = plan_tick(instance, settings, resources["portal"], resources["sftp"], logger)
     held_back = plan.held_back if plan else {}
     if isinstance(result, dg.SkipReason):
@@ -222,13 +221,12 @@ def run_cycle(
     alert_requests = [r for r in requests if r.job_name == ALERT_JOB] if alerts else []
     workers = workers or Workers()
     with ThreadPoolExecutor(max_workers=settings.max_tasks, thread_name_prefix="repatriate") as pool:
-        for outcomes in pool.map(lambda r: workers.run(path, execute, r, instance), repatriations):
+        for outcomes in pool.map(lambda r: workers.run(path, r, instance), repatriations):
             for outcome in outcomes:
                 _log_outcome(logger, outcome)
                 report.runs.append(outcome)
     if workers.stopping.is_set():
         return report
-    defs = build_definitions(str(path), execute=execute) if alert_requests else None
     for request in alert_requests:
         for outcome in execute_request(defs, instance, request):
             _log_outcome(logger, outcome)

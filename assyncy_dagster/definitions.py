@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import dagster as dg
 
 from .assets.epn_data import epn_data, epn_data_matches_source
 from .assets.visits import portal_visits
-from .config import Settings, config_path_from_env, load_settings
+from .config import CONFIG_ENV, config_path_from_env, load_settings
 from .jobs import (
     build_digest_schedule,
     repatriation_job,
@@ -17,22 +18,25 @@ from .jobs import (
     verification_job,
 )
 from .resources.portal import PortalResource
-from .resources.settings import AssyncyConfigResource
+from .resources.settings import AssyncyConfigResource, NoStorageIOManager
 from .resources.sftp import SftpResource
 from .resources.smtp import SmtpResource
 from .sensors.epn_sensor import build_epn_sensor, sensor_interval_seconds
 from .sensors.failure_alerts import repatriation_failure_alert
 
 
-def build_definitions(config_path: str | None = None, *, execute: bool | None = None) -> dg.Definitions:
+def build_definitions(config_path: str | os.PathLike[str] | None = None) -> dg.Definitions:
     """Wire assets, jobs, sensors and resources for one config.yml.
 
-    A missing or invalid config raises ConfigError listing every problem, the
-    same text `assyncy check-config` prints. `execute` overrides the file's
-    `execute` (mxsync --execute).
+    The config file is $ASSYNCY_CONFIG; `config_path` (mxsync --config, the
+    demo) sets that variable for this process and the run workers it starts,
+    so that resources read it from one place at every use. A missing or
+    invalid config raises ConfigError listing every problem, the same text
+    `assyncy check-config` prints.
     """
-    path = config_path_from_env(config_path).absolute()
-    settings = load_settings(path)
+    if config_path is not None:
+        os.environ[CONFIG_ENV] = str(Path(config_path).absolute())
+    settings = load_settings(config_path_from_env(None))
     for warning in settings.insecure_warnings():  # at every start of the daemon, the UI, the CLI
         logging.getLogger("assyncy").warning(warning)
     return dg.Definitions(
@@ -41,7 +45,7 @@ def build_definitions(config_path: str | None = None, *, execute: bool | None = 
         jobs=[repatriation_job, verification_job, unknown_epn_alert_job],
         sensors=[build_epn_sensor(sensor_interval_seconds(settings)), repatriation_failure_alert],
         schedules=[build_digest_schedule(settings.schedule_timezone)],
-        resources=build_resources(path, settings, execute=execute),
+        resources=build_resources(),
         # The heavy work is rsync's, in its own process; running the steps inside
         # the run's process saves a Python start-up per step and still honours the
         # rsync pool.
@@ -49,13 +53,18 @@ def build_definitions(config_path: str | None = None, *, execute: bool | None = 
     )
 
 
-def build_resources(path: Path, settings: Settings, *, execute: bool | None = None) -> dict[str, object]:
-    """The outside world, wired once: portal, SFTP/rsync endpoint, SMTP and config.yml itself."""
+def build_resources() -> dict[str, object]:
+    """The outside world: portal, SFTP/rsync endpoint, SMTP and config.yml itself.
+
+    None of them has a setting that can be changed at launch time (the UI's
+    launchpad, GraphQL): each reads config.yml ($ASSYNCY_CONFIG) at use, and
+    the IO manager stores nothing (see NoStorageIOManager)."""
     return {
-        "assyncy_config": AssyncyConfigResource(config_path=str(path), execute=execute),
-        "portal": PortalResource(config_path=str(path)),
-        "sftp": SftpResource.from_settings(settings),
-        "smtp": SmtpResource(config_path=str(path)),
+        "assyncy_config": AssyncyConfigResource(),
+        "portal": PortalResource(),
+        "sftp": SftpResource(),
+        "smtp": SmtpResource(),
+        "io_manager": NoStorageIOManager(),
     }
 
 

@@ -22,9 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="{}")
     parser.add_argument("--tags", default="{}")
     parser.add_argument("--run-id", required=True)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--execute", dest="execute", action="store_true", default=None)
-    mode.add_argument("--dry-run", dest="execute", action="store_false")
     args = parser.parse_args(argv)
     if os.environ.get("ASSYNCY_QUIET_PREVIEWS"):
         quiet_dagster_previews()
@@ -37,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     with dg.DagsterInstance.get() as instance:
         try:
             outcomes = execute_request(
-                build_definitions(args.config, execute=args.execute), instance, request, run_id=args.run_id
+                build_definitions(args.config), instance, request, run_id=args.run_id
             )
         except KeyboardInterrupt:
             outcomes = [RunOutcome(args.job, epn, args.run_id, False, "interrupted") for epn in epns]

@@ -78,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             home = tmp_path / "dagster_home"
             home.mkdir()
             os.environ["DAGSTER_HOME"] = str(home)
+            os.environ["ASSYNCY_CONFIG"] = str(config)
             with dg.DagsterInstance.get() as instance:
                 instance.add_dynamic_partitions(EPN_PARTITIONS_NAME, epns)
-                resources = build_resources(config, settings)
+                resources = build_resources()
                 rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 started = time.perf_counter()
                 # What epn_sensor does in a tick: read config.yml, then gather and decide.

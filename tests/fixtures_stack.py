@@ -92,7 +92,7 @@ class Stack:
             [portal_visits, epn_data, epn_data_matches_source],
             partition_key=epn,
             instance=self.instance,
-            resources=build_resources(self.config_path, settings),
+            resources=build_resources(),
             run_config=run_config,
             raise_on_error=False,
         )

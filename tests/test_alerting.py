@@ -85,7 +85,7 @@ def test_failed_repatriation_emails_the_helpdesk_with_a_link(stack):
         dagster_event=failure[0].event_log_entry.dagster_event,
         dagster_instance=stack.instance,
         dagster_run=run,
-        resources=build_resources(stack.config_path, stack.settings()),
+        resources=build_resources(),
     ).for_run_failure()
     repatriation_failure_alert(context)
     [message] = stack.smtp.wait_for(1)

@@ -34,7 +34,7 @@ def ticker(stack):
     def tick():
         defs = build_definitions(str(stack.config_path))
         sensor = defs.get_sensor_def("epn_sensor")
-        resources = build_resources(stack.config_path, stack.settings())
+        resources = build_resources()
         with dg.build_sensor_context(instance=stack.instance, resources=resources, cursor=state["cursor"]) as context:
             result = sensor(context)
             state["cursor"] = result.cursor if isinstance(result, dg.SensorResult) else context.cursor

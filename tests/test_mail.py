@@ -168,14 +168,15 @@ def test_mailer_from_settings_uses_the_configured_server(tmp_path):
     )
 
 
-def test_smtp_resource_sends_through_the_configured_server(tmp_path):
+def test_smtp_resource_sends_through_the_configured_server(tmp_path, monkeypatch):
     with SmtpSink(auth=(USER, PASSWORD)) as sink:
         path = write_config(
             tmp_path,
             **{"epnalert-email-smtp": f"{sink.host}:{sink.port}", "smtp-username": USER, "smtp-password": PASSWORD,
                "smtp-allow-plaintext-login": True},  # the local sink offers no TLS
         )
-        resource = SmtpResource(config_path=str(path))
+        monkeypatch.setenv("ASSYNCY_CONFIG", str(path))
+        resource = SmtpResource()
 
         resource.send(resource.compose(render_failure_alert("12282a", "boom", "run-1", None)))
 

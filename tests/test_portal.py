@@ -452,8 +452,9 @@ def write_config(folder: Path, base_url: str) -> Path:
     return path
 
 
-def test_portal_resource_reads_credentials_from_config_file(portal_sim, tmp_path):
-    resource = PortalResource(config_path=str(write_config(tmp_path, portal_sim.url)))
+def test_portal_resource_reads_credentials_from_config_file(portal_sim, tmp_path, monkeypatch):
+    monkeypatch.setenv("ASSYNCY_CONFIG", str(write_config(tmp_path, portal_sim.url)))
+    resource = PortalResource()
 
     visits = resource.visits(*last_days())
 

@@ -148,7 +148,7 @@ def test_a_backfill_range_records_each_epn_on_its_own_and_one_failure_spares_the
     result = dg.materialize(
         [portal_visits, epn_data, epn_data_matches_source],
         instance=stack.instance,
-        resources=build_resources(stack.config_path, stack.settings()),
+        resources=build_resources(),
         tags={"dagster/asset_partition_range_start": "12282a", "dagster/asset_partition_range_end": "13001a"},
         raise_on_error=False,
     )

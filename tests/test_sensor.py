@@ -15,7 +15,7 @@ def tick(stack):
     """Evaluate epn_sensor as the daemon would, and apply its partition requests."""
     defs = build_definitions(str(stack.config_path))
     sensor = defs.get_sensor_def("epn_sensor")
-    resources = build_resources(stack.config_path, stack.settings())
+    resources = build_resources()
     with dg.build_sensor_context(instance=stack.instance, resources=resources) as context:
         result = sensor(context)
     if isinstance(result, dg.SensorResult):

@@ -231,20 +231,24 @@ def test_sftp_account_is_read_only(sftp_source, epn_tree, tmp_path):
     assert not (folder / "upload.cbf").exists()
 
 
-def test_missing_key_file_is_named_before_connecting(sftp_source, tmp_path):
-    resource = SftpResource(host=sftp_source.sshd.host, port=sftp_source.sshd.port, user=sftp_source.sshd.user,
-                            key_file=str(tmp_path / "no_such_key"), source_root=sftp_source.endpoint.source_root)
+def test_missing_key_file_is_named_before_connecting(stack, tmp_path):
+    stack.configure(**{"key-file": str(tmp_path / "no_such_key")})
     with pytest.raises(SshConfigError, match="no_such_key"):
-        resource.client()
+        SftpResource().client()
 
 
-def test_resource_lists_epns_through_the_real_host(sftp_source):
-    epn = sftp_source.new_epn()
-    make_source_tree(sftp_source.root, epn, {"a.cbf": 10})
-    ep = sftp_source.endpoint
-    resource = SftpResource(host=ep.host, port=ep.port, user=ep.user, key_file=str(ep.key_file),
-                            known_hosts_file=str(ep.known_hosts_file), source_root=ep.source_root)
-    assert resource.client().list_epns() == [epn]
+def test_resource_lists_epns_through_the_real_host(stack):
+    stack.lay_out("12282a", "14500a")
+    assert SftpResource().client().list_epns() == ["12282a", "14500a"]
+
+
+def test_an_edit_to_the_host_settings_applies_at_the_next_use(stack):
+    stack.lay_out("12282a")
+    resource = SftpResource()
+    assert resource.client().list_epns() == ["12282a"]
+    stack.configure(**{"ssh-port": 1})  # nothing listens there
+    with pytest.raises(RsyncError):
+        resource.client().list_epns()
 
 
 # -- interruptions ----------------------------------------------------------------

@@ -6,10 +6,10 @@ import logging
 from datetime import datetime
 
 import dagster as dg
-from pydantic import Field
 
-from ..config import Settings, load_settings
+from ..config import Settings
 from ..portal import PortalClient, Visit
+from .settings import current_settings
 
 
 class PortalResource(dg.ConfigurableResource):
@@ -17,18 +17,15 @@ class PortalResource(dg.ConfigurableResource):
 
     Each `equipment` entry of config.yml is one beamline account; `visits`
     asks every one of them and returns their visits merged, sorted by start
-    time. Credentials are read from config.yml at every use, so an edit takes
-    effect at the next run; they never enter Dagster's config, the UI or the
-    run logs. A portal that cannot be reached or answers nonsense raises
-    `PortalError` naming the beamline and the cause, never "no visits".
+    time. The address and credentials are read from config.yml at every use,
+    so an edit takes effect at the next run; none of them can be set at launch
+    time, and they never enter Dagster's config, the UI or the run logs. A
+    portal that cannot be reached or answers nonsense raises `PortalError`
+    naming the beamline and the cause, never "no visits".
     """
 
-    config_path: str = Field(
-        description="Path of config.yml; portal credentials are read from it at use, never stored by Dagster."
-    )
-
     def settings(self) -> Settings:
-        return load_settings(self.config_path)
+        return current_settings()
 
     def client(self, logger: logging.Logger | None = None) -> PortalClient:
         """A client for the portal and accounts config.yml names, logging to `logger` (e.g. `context.log`)."""

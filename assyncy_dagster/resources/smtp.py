@@ -6,27 +6,26 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 
 import dagster as dg
-from pydantic import Field
 
 from ..alerts import RenderedEmail, build_message
-from ..config import Settings, load_settings
+from ..config import Settings
 from ..mail import Mailer
+from .settings import current_settings
 
 
 class SmtpResource(dg.ConfigurableResource):
     """The SMTP server that carries the EPN alerts (`epnalert-email-smtp` in config.yml).
 
     Server, STARTTLS, login and the sender and recipients are read from
-    config.yml at every use, so an edit takes effect at the next run. The SMTP
+    config.yml at every use, so an edit takes effect at the next run; none can
+    be set at launch time. The SMTP
     password stays in config.yml (or the environment variable it names) and
     never enters Dagster's config, the UI or the run logs. A failed delivery
     raises `MailError` naming the server and the cause.
     """
 
-    config_path: str = Field(description="Path of config.yml; the SMTP password is read from it at use, never stored by Dagster.")
-
     def settings(self) -> Settings:
-        return load_settings(self.config_path)
+        return current_settings()
 
     def mailer(self) -> Mailer:
         """A mailer for the server config.yml names."""

@@ -395,7 +395,8 @@ def repatriation_requests(
         requests.append(dg.RunRequest(
             run_key=f"repatriate:{mode}:{_digest(attempts)}",
             job_name=REPATRIATION_JOB,
-            run_config=dg.RunConfig(ops={"repatriate_epns": RepatriationConfig(epns=batch)}),
+            # The mode is decided here, with the plan (mxsync --execute overrides config.yml's `execute`).
+            run_config=dg.RunConfig(ops={"repatriate_epns": RepatriationConfig(epns=batch, execute=not dry_run)}),
             tags={KIND_TAG: "repatriation", "assyncy/mode": mode, "assyncy/epn_count": str(len(batch)),
                   **outcome_tags(batch, Outcome.QUEUED)},
         ))
