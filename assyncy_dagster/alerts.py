@@ -59,7 +59,7 @@ import os
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from pathlib import Path
@@ -230,7 +230,7 @@ def template_variables(
         "unknown_epn_list": unknown,
         "unknown_epn_rows": rows_of(unknown),
         "digest": digest,
-        "generated_at": generated_at or datetime.now(timezone.utc).astimezone(),
+        "generated_at": generated_at or datetime.now(UTC).astimezone(),
     }
 
 

@@ -120,7 +120,7 @@ class Settings(BaseModel):
             yield name, (MASK if name == "smtp_password" and value else value)
 
     @model_validator(mode="after")
-    def _secrets_travel_encrypted(self) -> "Settings":
+    def _secrets_travel_encrypted(self) -> Settings:
         problems = []
         if self.smtp_username and not self.smtp_starttls and not self.smtp_allow_plaintext_login:
             problems.append(
@@ -167,8 +167,7 @@ class Settings(BaseModel):
     @classmethod
     def _log_level(cls, value: Any) -> str:
         text = str(value).strip()
-        if text.startswith("logging."):
-            text = text[len("logging.") :]
+        text = text.removeprefix("logging.")
         if text.upper() not in _LOG_LEVELS:
             raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)} (or logging.DEBUG form), got {value!r}")
         return text.upper()

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 import threading
-import warnings
 import uuid
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .alerts import AlertEntry, TemplateError, build_message, render_unknown_epn_alert
 from .config import Settings
@@ -42,7 +42,7 @@ def send_unknown_epn_alert(
     if not epns:
         logger.info("no unmapped EPNs: nothing to send")
         return []
-    since, until = visit_window(datetime.now(timezone.utc), settings.visit_day_range)
+    since, until = visit_window(datetime.now(UTC), settings.visit_day_range)
     by_epn = visits_by_epn(portal.visits(since, until))
     entries = [AlertEntry(epn=e, visits=tuple(by_epn.get(e, ()))) for e in epns]
     rendered = render_unknown_epn_alert(

@@ -3,9 +3,8 @@
 import dagster as dg
 from pydantic import Field
 
-from .assets.epn_data import EpnDataConfig, dry_run_for, epn_data, repatriate
+from .assets.epn_data import EpnDataConfig, epn_data, repatriate_as_configured
 from .assets.visits import portal_visits
-from .epn import InvalidEpnError, validate_epn
 from .epnalert import ALERT_ERRORS, send_unknown_epn_alert, unmapped_epns_on_host
 from .partitions import epn_partitions
 from .resources.portal import PortalResource
@@ -37,16 +36,8 @@ def repatriate_epns_op(
     sftp: SftpResource,
     assyncy_config: AssyncyConfigResource,
 ):
-    try:
-        epns = list(dict.fromkeys(validate_epn(epn) for epn in config.epns))
-    except InvalidEpnError as exc:
-        raise dg.Failure(description=str(exc)) from None
-    settings = assyncy_config.settings()
-    yield from repatriate(
-        context, epns, settings=settings, portal=portal, sftp=sftp,
-        dry_run=dry_run_for(settings, config.execute), allow_running_visit=config.allow_running_visit,
-        report_visits=True,
-    )
+    yield from repatriate_as_configured(context, config.epns, config, portal, sftp, assyncy_config,
+                                        report_visits=True)
     yield dg.Output(None)
 
 

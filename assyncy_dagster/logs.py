@@ -33,8 +33,8 @@ __all__ = [
     "BACKUP_COUNT",
     "COMPONENTS",
     "LOG_FORMAT",
-    "LogSetupError",
     "MAX_BYTES",
+    "LogSetupError",
     "RunLogFileHandler",
     "SecretMaskingFilter",
     "SharedRotatingFileHandler",
@@ -343,7 +343,7 @@ class RunLogFileHandler(logging.Handler):
                 logger.setLevel(level)
         _mask_first(masking)
 
-    def setFormatter(self, fmt: logging.Formatter | None) -> None:  # noqa: N802 - logging's name
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
         # dictConfig sets a `formatter:` given in dagster.yaml here; the files use it.
         super().setFormatter(fmt)
         for target in self._targets.values():

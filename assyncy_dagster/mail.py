@@ -101,7 +101,7 @@ class Mailer:
             smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         except ConnectionRefusedError:
             raise self._fail("connection refused; check epnalert-email-smtp in config.yml and that the server runs") from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise self._fail(f"no answer within {self.timeout:g} s (smtp-timeout-seconds)") from None
         except socket.gaierror as exc:
             raise self._fail(f"cannot resolve host name ({exc.strerror}); check epnalert-email-smtp in config.yml") from None
@@ -168,7 +168,7 @@ class Mailer:
             if isinstance(exc.__context__, TimeoutError):
                 raise self._fail(f"no answer within {self.timeout:g} s (smtp-timeout-seconds)") from None
             raise self._fail(f"connection lost ({exc})") from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise self._fail(f"no answer within {self.timeout:g} s (smtp-timeout-seconds)") from None
         except smtplib.SMTPException as exc:
             raise self._fail(str(exc)) from None

@@ -144,7 +144,7 @@ def _aware(value: datetime, name: str) -> datetime:
     return value
 
 
-def visit_window(now: datetime, day_range: int | float) -> tuple[datetime, datetime]:
+def visit_window(now: datetime, day_range: float) -> tuple[datetime, datetime]:
     """The (since, until) window of the last `day_range` days up to `now` (config `visit-day-range`)."""
     return now - timedelta(days=day_range), now
 

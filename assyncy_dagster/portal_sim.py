@@ -57,7 +57,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,7 @@ class SimulatorDataError(ValueError):
 
 def _zone(name: str | None) -> tzinfo:
     if not name or name.upper() == "UTC":
-        return timezone.utc
+        return UTC
     try:
         from zoneinfo import ZoneInfo
 
@@ -105,7 +105,7 @@ def resolve_time(value: Any, now: datetime) -> datetime | None:
     match = _RELATIVE.fullmatch(text)
     if match:
         # Count in UTC: elapsed time, not wall-clock time across a daylight-saving change.
-        moment = now.astimezone(timezone.utc)
+        moment = now.astimezone(UTC)
         for sign, amount, unit in _RELATIVE_TERM.findall(match.group(1)):
             delta = timedelta(**{_UNITS[unit]: float(amount)})
             moment = moment + delta if sign == "+" else moment - delta
@@ -141,7 +141,7 @@ def load_data(source: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str]
 class _Visit:
     """A visit ready to serve: its instants for filtering and its JSON, encoded once."""
 
-    __slots__ = ("start", "end", "epn", "allocation_id", "equipment_id", "encoded")
+    __slots__ = ("allocation_id", "encoded", "end", "epn", "equipment_id", "start")
 
     def __init__(self, start, end, epn, allocation_id, equipment_id, encoded):
         self.start, self.end, self.epn = start, end, epn
@@ -154,7 +154,7 @@ class _Visit:
 
 
 class _Equipment:
-    __slots__ = ("id", "name", "account", "visits")
+    __slots__ = ("account", "id", "name", "visits")
 
     def __init__(self, id, name, account, visits):
         self.id, self.name, self.account, self.visits = id, name, account, visits
@@ -255,18 +255,18 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle on, the second waits for a delayed ACK (40 ms).
     disable_nagle_algorithm = True
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self.server.simulator._handle(self, "GET")  # type: ignore[attr-defined]
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.server.simulator._handle(self, "POST")  # type: ignore[attr-defined]
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self.server.simulator._handle(self, "PUT")  # type: ignore[attr-defined]
 
     do_DELETE = do_PUT
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         simulator = self.server.simulator  # type: ignore[attr-defined]
         if not simulator.quiet:
             line = format % args

@@ -406,19 +406,19 @@ class TransferStats:
 
 _NUM = r"([\d,]+(?:\.\d+)?)"
 _STATS_FIELDS: dict[str, re.Pattern[str]] = {
-    "total_files": re.compile(rf"^Number of files:\s+{_NUM}", re.M),
-    "created_files": re.compile(rf"^Number of created files:\s+{_NUM}", re.M),
-    "deleted_files": re.compile(rf"^Number of deleted files:\s+{_NUM}", re.M),
-    "files_transferred": re.compile(rf"^Number of regular files transferred:\s+{_NUM}", re.M),
-    "total_size": re.compile(rf"^Total file size:\s+{_NUM}", re.M),
-    "bytes_transferred": re.compile(rf"^Total transferred file size:\s+{_NUM}", re.M),
-    "literal_data": re.compile(rf"^Literal data:\s+{_NUM}", re.M),
-    "matched_data": re.compile(rf"^Matched data:\s+{_NUM}", re.M),
-    "file_list_size": re.compile(rf"^File list size:\s+{_NUM}", re.M),
-    "bytes_sent": re.compile(rf"^Total bytes sent:\s+{_NUM}", re.M),
-    "bytes_received": re.compile(rf"^Total bytes received:\s+{_NUM}", re.M),
+    "total_files": re.compile(rf"^Number of files:\s+{_NUM}", re.MULTILINE),
+    "created_files": re.compile(rf"^Number of created files:\s+{_NUM}", re.MULTILINE),
+    "deleted_files": re.compile(rf"^Number of deleted files:\s+{_NUM}", re.MULTILINE),
+    "files_transferred": re.compile(rf"^Number of regular files transferred:\s+{_NUM}", re.MULTILINE),
+    "total_size": re.compile(rf"^Total file size:\s+{_NUM}", re.MULTILINE),
+    "bytes_transferred": re.compile(rf"^Total transferred file size:\s+{_NUM}", re.MULTILINE),
+    "literal_data": re.compile(rf"^Literal data:\s+{_NUM}", re.MULTILINE),
+    "matched_data": re.compile(rf"^Matched data:\s+{_NUM}", re.MULTILINE),
+    "file_list_size": re.compile(rf"^File list size:\s+{_NUM}", re.MULTILINE),
+    "bytes_sent": re.compile(rf"^Total bytes sent:\s+{_NUM}", re.MULTILINE),
+    "bytes_received": re.compile(rf"^Total bytes received:\s+{_NUM}", re.MULTILINE),
 }
-_FILE_KINDS = re.compile(r"^Number of files:.*?\((?P<kinds>[^)]*)\)", re.M)
+_FILE_KINDS = re.compile(r"^Number of files:.*?\((?P<kinds>[^)]*)\)", re.MULTILINE)
 
 
 def has_stats(text: str) -> bool:
@@ -629,7 +629,7 @@ def terminate_all_transfers(grace: float = TERMINATE_GRACE_SECONDS) -> int:
 class _Tail:
     """Splits a byte stream into records at `\\r`/`\\n`, keeping only the last `limit` lines."""
 
-    __slots__ = ("pending", "lines", "on_record")
+    __slots__ = ("lines", "on_record", "pending")
 
     def __init__(self, limit: int, on_record: Callable[[str], bool] | None = None):
         self.pending = b""

@@ -16,7 +16,7 @@ import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -147,7 +147,7 @@ def end_lost_runs(instance: dg.DagsterInstance, flights: InFlight, stale_after_h
 
     Returns run id -> why, for the sensor's report. Their EPNs then count as
     failed, so they are retried with the usual backoff."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     ended: dict[str, str] = {}
     for record in flights.runs:
         run = record.dagster_run
@@ -210,5 +210,5 @@ def epn_history(instance: dg.DagsterInstance, epn: str, limit: int = 20) -> RunH
             break
         if not was_interrupted:
             failures += 1
-    ended_at = datetime.fromtimestamp(last.end_time, timezone.utc) if last.end_time else None
+    ended_at = datetime.fromtimestamp(last.end_time, UTC) if last.end_time else None
     return RunHistory(LastRun.FAILED, last.dagster_run.run_id, ended_at, 0 if interrupted else failures)

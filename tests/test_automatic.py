@@ -9,17 +9,17 @@ import dagster as dg
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.definitions import build_definitions, build_resources
 from assyncy_dagster.jobs import REPATRIATION_JOB
+from assyncy_dagster.planning import LastRun
 from assyncy_dagster.run_records import (
     WORKER_TAG,
+    Outcome,
     _start_ticks,
     end_lost_runs,
     epn_history,
     in_flight,
     outcome_tags,
-    Outcome,
     worker_is_gone,
 )
-from assyncy_dagster.planning import LastRun
 from assyncy_dagster.sensors.epn_sensor import (
     SensorCursor,
     plan_batches,

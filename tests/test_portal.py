@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from assyncy_dagster.portal import (
 )
 from assyncy_dagster.resources.portal import PortalResource
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def last_days(days: int = 30) -> tuple[datetime, datetime]:
@@ -470,7 +470,7 @@ def test_a_redirect_is_never_followed_with_the_credentials():
     received: list[str] = []
 
     class Elsewhere(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
             self.send_response(200)
             self.end_headers()
@@ -481,7 +481,7 @@ def test_a_redirect_is_never_followed_with_the_credentials():
     elsewhere = http.server.HTTPServer(("127.0.0.1", 0), Elsewhere)
 
     class Redirecting(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             self.send_response(307)
             self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_port}{self.path}")
             self.send_header("Content-Length", "0")

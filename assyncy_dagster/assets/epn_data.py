@@ -9,7 +9,7 @@ is recorded for it alone and the step goes on with the next one.
 
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -95,7 +95,7 @@ def _bring_home(
             f"EPN {epn}: the portal has no visit for it in the last {settings.visit_day_range} days "
             "(check the EPN, or raise visit-day-range in config.yml)"
         )
-    running = [v for v in visits if not v.has_ended(datetime.now(timezone.utc))]
+    running = [v for v in visits if not v.has_ended(datetime.now(UTC))]
     if running and not allow_running_visit:
         ends = max(v.end_time for v in running).isoformat()
         raise EpnFailed(
@@ -159,7 +159,7 @@ def repatriate(
     EPN that failed, so the run shows as failed while the others are home."""
     instance, run_id = context.instance, context.run_id
     instance.add_run_tags(run_id, {WORKER_TAG: this_worker(), **outcome_tags(epns, Outcome.QUEUED)})
-    since, until = visit_window(datetime.now(timezone.utc), settings.visit_day_range)
+    since, until = visit_window(datetime.now(UTC), settings.visit_day_range)
     try:
         by_epn = visits_by_epn(v for v in portal.visits(since, until, logger=context.log) if v.epn in set(epns))
         client = sftp.client(logger=context.log)
@@ -204,6 +204,24 @@ def _transferring_elsewhere(instance: dg.DagsterInstance, epn: str, run_id: str)
     return next((r.dagster_run.run_id for r in records if r.dagster_run.run_id != run_id), None)
 
 
+def repatriate_as_configured(
+    context, epns: Sequence[str], config: EpnDataConfig, portal: PortalResource, sftp: SftpResource,
+    assyncy_config: AssyncyConfigResource, *, report_visits: bool,
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """`repatriate` with the run's choices (EpnDataConfig), after checking every EPN name:
+    a partition key or a run-config entry reaches paths and commands."""
+    try:
+        checked = list(dict.fromkeys(validate_epn(epn) for epn in epns))
+    except InvalidEpnError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    settings = assyncy_config.settings()
+    yield from repatriate(
+        context, checked, settings=settings, portal=portal, sftp=sftp,
+        dry_run=dry_run_for(settings, config.execute), allow_running_visit=config.allow_running_visit,
+        report_visits=report_visits,
+    )
+
+
 def dry_run_for(settings: Settings, execute: bool | None) -> bool:
     return not (settings.execute if execute is None else execute)
 
@@ -235,16 +253,8 @@ def epn_data(
     (`execute: false`) writes nothing and says so in its metadata. A backfill
     runs up to 20 EPNs per run, one after another, each recorded on its own.
     """
-    try:
-        epns = [validate_epn(key) for key in context.partition_keys]
-    except InvalidEpnError as exc:
-        raise dg.Failure(description=str(exc)) from None
-    settings = assyncy_config.settings()
-    yield from repatriate(
-        context, epns, settings=settings, portal=portal, sftp=sftp,
-        dry_run=dry_run_for(settings, config.execute), allow_running_visit=config.allow_running_visit,
-        report_visits=False,
-    )
+    yield from repatriate_as_configured(context, context.partition_keys, config, portal, sftp, assyncy_config,
+                                        report_visits=False)
 
 
 def _latest_was_dry_run(instance: dg.DagsterInstance, epn: str) -> bool:

@@ -1,6 +1,6 @@
 """portal_visits: what the synchrotron's portal says about one EPN's beamtime."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -48,7 +48,7 @@ def portal_visits(
     except InvalidEpnError as exc:
         raise dg.Failure(description=str(exc)) from None
     settings = assyncy_config.settings()
-    since, until = visit_window(datetime.now(timezone.utc), settings.visit_day_range)
+    since, until = visit_window(datetime.now(UTC), settings.visit_day_range)
     try:
         found = visits_by_epn(v for v in portal.visits(since, until, logger=context.log) if v.epn in set(epns))
     except PortalError as exc:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -172,7 +172,7 @@ def gather_facts(
                     log.warning(f"epn_sensor: listing the SFTP host for {', '.join(waiting[:5])} failed: {exc}")
             return facts, None
     if cursor is not None and cursor.retry_at and stamp < cursor.retry_at:
-        when = datetime.fromtimestamp(cursor.retry_at, timezone.utc).isoformat(timespec="seconds")
+        when = datetime.fromtimestamp(cursor.retry_at, UTC).isoformat(timespec="seconds")
         return None, f"waiting after {cursor.failures} failed refresh(es); next try at {when}"
     try:
         answers = _bounded({
@@ -186,7 +186,7 @@ def gather_facts(
             return None, f"{what} unavailable, nothing changed; the next cycle tries again: {exc}"
         cursor.failures += 1
         cursor.retry_at = stamp + refresh_retry_delay(cursor.failures, settings)
-        when = datetime.fromtimestamp(cursor.retry_at, timezone.utc).isoformat(timespec="seconds")
+        when = datetime.fromtimestamp(cursor.retry_at, UTC).isoformat(timespec="seconds")
         return None, f"{what} unavailable, nothing changed; trying again at {when} (failure {cursor.failures}): {exc}"
     facts = Facts(visits, on_sftp, stamp)
     _facts[key] = facts
@@ -253,7 +253,7 @@ def plan_tick(
     With a `cursor` (the sensor), the portal and host are asked only when a
     refresh is due and their last answers are reused in between; `cursor` is
     updated in place."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     partitions = instance.get_dynamic_partitions(EPN_PARTITIONS_NAME)
     flights = in_flight(instance, REPATRIATION_JOB, partitions)
     lost = end_lost_runs(instance, flights, settings.stale_run_hours, now)
