@@ -110,7 +110,7 @@ class Settings(BaseModel):
     retry_backoff_minutes: float = Field(default=30, gt=0)
     rsync_bwlimit_kib: int | None = Field(default=None, gt=0)
     timezone: str | None = None
-    max_epns_per_run: int = Field(default=20, ge=1, le=500)
+    max_epns_per_run: int = Field(default=50, ge=1, le=500)
     stale_run_hours: float = Field(default=24, gt=0)
     smtp_allow_plaintext_login: bool = False
     portal_allow_insecure: bool = False

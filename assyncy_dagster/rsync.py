@@ -28,7 +28,11 @@ Why the flags are what they are (`transfer_command`):
   `--dry-run` creates nothing at all.
 * `--info=progress2 --no-h --stats`: one overall progress record (ending in
   `\\r`) instead of a line per file, plain numbers, and the totals we report.
-  No `--out-format`: with 100,000 frames that would be 100,000 lines to read.
+* `-ii --out-format=%i|%l|%n`: one line per file the transfer considered,
+  changed or not, with its size at the source. That is the source manifest the
+  `matches_source` check compares the destination with, taken from the
+  transfer itself instead of a second listing over a second ssh connection
+  (which cost as much as the transfer of a small EPN).
 * `--timeout`: a stalled remote (hung file system at the facility) fails with
   exit code 30 instead of hanging the run forever.
 """
@@ -58,6 +62,9 @@ log = logging.getLogger("assyncy.rsync")
 RSYNC = "rsync"
 SSH = "ssh"
 PARTIAL_DIR = ".rsync-partial"
+ITEMIZE = ("-ii", "--out-format=%i|%l|%n")
+# `%i` is 11 characters (e.g. `>f+++++++++`, `.f         `); a regular file's has `f` second.
+_ITEMIZED = re.compile(r"^([<>ch.*][fdLDS].{9})\|(\d+)\|(.+)$")
 KEPT_HIDDEN_NAME = ".info"
 # Each pair of items is one rsync filter; the order matters (first match wins).
 TRANSFER_FILTERS: tuple[str, ...] = ("--include", KEPT_HIDDEN_NAME, "--exclude", ".*")
@@ -295,6 +302,7 @@ def transfer_command(
         "--mkpath",
         "--info=progress2",
         "--no-h",
+        *ITEMIZE,
         f"--timeout={int(io_timeout_seconds)}",
     ]
     if dry_run:
@@ -519,6 +527,16 @@ class RsyncResult:
     duration_seconds: float
     last_progress: ProgressUpdate | None = None
     argv: list[str] = field(default_factory=list, repr=False)
+    # Relative path -> size at the source of every regular file the transfer covered.
+    manifest: dict[str, int] | None = None
+
+
+def parse_itemized_line(line: str) -> tuple[str, int] | None:
+    """(path, size) from one `-ii --out-format=%i|%l|%n` line of a regular file, else None."""
+    match = _ITEMIZED.match(line)
+    if match is None or match.group(1)[1] != "f":
+        return None
+    return _unescape_name(match.group(3)), int(match.group(2))
 
 
 # Live rsync process groups, so a signal handler can stop every transfer at once.
@@ -988,9 +1006,19 @@ class SftpClient:
         if self.bwlimit_kib:
             extra_args = (*extra_args, f"--bwlimit={int(self.bwlimit_kib)}")
         argv = transfer_command(self.endpoint, epn, destination, dry_run=dry_run, extra_args=extra_args)
-        return self._run(
+        manifest: dict[str, int] = {}
+
+        def collect(line: str) -> None:
+            item = parse_itemized_line(line)
+            if item is not None:
+                manifest[item[0]] = item[1]
+
+        result = self._run(
             argv,
             description=f"{'dry-run ' if dry_run else ''}transfer of EPN {epn}",
             on_progress=on_progress,
             progress_interval=self.progress_interval,
+            on_line=collect,
         )
+        result.manifest = manifest
+        return result

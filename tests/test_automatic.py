@@ -2,6 +2,7 @@
 outages, and runs whose worker died."""
 
 import subprocess
+from pathlib import Path
 import time
 
 import dagster as dg
@@ -175,3 +176,18 @@ def test_a_hung_portal_gives_a_skip_reason_within_the_tick_budget(stack, monkeyp
     assert "the portal did not answer within 2 s" in result.skip_message
     assert SensorCursor.parse(state["cursor"]).failures == 1
     stack.portal.set_faults(delay_seconds=0)
+
+
+def test_a_new_code_server_process_does_not_ask_the_portal_again(stack):
+    """The daemon replaces its code server about every minute; what the portal said survives it."""
+    from assyncy_dagster.sensors import epn_sensor
+
+    stack.lay_out("12282a", "13001b")
+    tick, _ = ticker(stack)
+    tick()
+    asked = stack.portal.stats()["visits_requests"]
+    epn_sensor._facts.clear()  # as in a fresh process
+    tick()
+    assert stack.portal.stats()["visits_requests"] == asked
+    saved = (Path(stack.instance.storage_directory()) / epn_sensor.FACTS_FILE).read_text()
+    assert "12282a" in saved and "@" not in saved, "only EPNs and times are kept, no names or addresses"

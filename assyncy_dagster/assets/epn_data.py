@@ -32,7 +32,8 @@ CHECK_NAME = "matches_source"
 DRY_RUN_MODE = "DRY-RUN: nothing copied"
 # A UI backfill of many EPNs runs this many per run: one process start-up and
 # code load for them all, and still several runs to share out over `max-tasks`.
-BACKFILL_EPNS_PER_RUN = 20
+BACKFILL_EPNS_PER_RUN = 50
+PROGRESS_AFTER_SECONDS = 5.0
 
 
 class EpnDataConfig(dg.Config):
@@ -64,12 +65,17 @@ def _check_evaluation(epn: str, passed: bool, *, description: str | None = None,
     )
 
 
-def verify(epn: str, client: SftpClient, destination: Path) -> tuple[bool, str, dict]:
-    """Compare the destination with the source listing: (passed, description, metadata)."""
-    try:
-        expected = client.source_manifest(epn)
-    except RsyncError as exc:
-        raise EpnFailed(f"EPN {epn}: cannot list the source to verify: {exc}") from None
+def verify(epn: str, client: SftpClient, destination: Path,
+           expected: dict[str, int] | None = None) -> tuple[bool, str, dict]:
+    """Compare the destination with the source manifest: (passed, description, metadata).
+
+    `expected` is the manifest a transfer just reported (every file it covered,
+    with its size at the source); without it the source is listed afresh."""
+    if expected is None:
+        try:
+            expected = client.source_manifest(epn)
+        except RsyncError as exc:
+            raise EpnFailed(f"EPN {epn}: cannot list the source to verify: {exc}") from None
     diff = compare_manifests(expected, local_manifest(destination))
     metadata = {
         "source_files": len(expected),
@@ -104,11 +110,16 @@ def _bring_home(
         )
 
     mode = DRY_RUN_MODE if dry_run else "real transfer"
-    context.log.info(f"EPN {epn}: {mode} to {destination}")
     started = time.monotonic()
+
+    def log_progress(update) -> None:
+        # Every event costs a database write: a transfer that ends within the first
+        # progress interval is summed up by the line after it instead.
+        if time.monotonic() - started >= PROGRESS_AFTER_SECONDS:
+            context.log.info(f"EPN {epn}: {update}")
+
     try:
-        result = client.transfer(epn, destination, dry_run=dry_run,
-                                 on_progress=lambda update: context.log.info(f"EPN {epn}: {update}"))
+        result = client.transfer(epn, destination, dry_run=dry_run, on_progress=log_progress)
     except RsyncError as exc:
         raise EpnFailed(f"EPN {epn}: {exc}") from None
     duration = time.monotonic() - started
@@ -132,13 +143,16 @@ def _bring_home(
     files = local_manifest(destination)
     metadata.update({"files_at_destination": len(files), "bytes_at_destination": sum(files.values())})
     yield dg.AssetMaterialization(asset_key=EPN_DATA, partition=epn, metadata=metadata)
-    passed, summary, check_metadata = verify(epn, client, destination)
+    passed, summary, check_metadata = verify(epn, client, destination, result.manifest)
     yield _check_evaluation(epn, passed, description=summary, metadata=check_metadata)
     if not passed:
         context.log.error(f"EPN {epn}: destination does not match the source: {summary}")
         raise EpnFailed(f"EPN {epn}: destination does not match the source after the transfer: {summary}")
-    if add_epns(Path(settings.ignore), [epn]):
-        context.log.info(f"EPN {epn}: verified; recorded as repatriated in {settings.ignore}")
+    recorded = add_epns(Path(settings.ignore), [epn])
+    context.log.info(
+        f"EPN {epn}: {stats.files_transferred} file(s), {stats.bytes_transferred} bytes copied to {destination} "
+        f"in {duration:.1f} s; verified" + (f"; recorded as repatriated in {settings.ignore}" if recorded else "")
+    )
 
 
 def repatriate(
@@ -251,7 +265,7 @@ def epn_data(
     Only a real transfer that the `matches_source` check then verifies counts:
     only then is the EPN appended to ignore.yml (`previouslySynched`). A dry-run
     (`execute: false`) writes nothing and says so in its metadata. A backfill
-    runs up to 20 EPNs per run, one after another, each recorded on its own.
+    runs up to 50 EPNs per run, one after another, each recorded on its own.
     """
     yield from repatriate_as_configured(context, context.partition_keys, config, portal, sftp, assyncy_config,
                                         report_visits=False)

@@ -30,7 +30,7 @@ PORTAL_VISITS = dg.AssetKey("portal_visits")
     partitions_def=epn_partitions,
     group_name="repatriation",
     kinds={"python"},
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=20),  # as epn_data's, so they share runs
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=50),  # as epn_data's, so they share runs
 )
 def portal_visits(
     context: dg.AssetExecutionContext, portal: PortalResource, assyncy_config: AssyncyConfigResource

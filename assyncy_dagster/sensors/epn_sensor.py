@@ -1,16 +1,19 @@
 """epn_sensor: watches the portal and the SFTP host for EPNs to bring home."""
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 
@@ -28,7 +31,7 @@ from ..jobs import (
 from ..logs import LogSetupError, configure_logging
 from ..partitions import EPN_PARTITIONS_NAME, epn_partitions
 from ..planning import CyclePlan, LastRun, RunHistory, plan_cycle
-from ..portal import PortalClient, PortalError, visit_window
+from ..portal import PortalClient, PortalError, Visit, visit_window
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.sftp import SftpResource
@@ -103,9 +106,45 @@ class Facts:
     refreshed_at: float
 
 
-# Kept in the process that evaluates the sensor (the code server lives across
-# ticks); when it is missing, e.g. after a reload, the next tick refreshes.
+# Kept in the process that evaluates the sensor, and in a file of the instance's
+# storage: the daemon replaces its code server every minute or so, and a new
+# process must not ask the portal again just because it forgot.
 _facts: dict[str, Facts] = {}
+FACTS_FILE = "epn_sensor_facts.json"
+
+
+def _save_facts(path: Path, facts: Facts) -> None:
+    """Only what planning needs (EPN, times, equipment): no names or e-mail addresses."""
+    data = {
+        "refreshed_at": facts.refreshed_at,
+        "on_sftp": facts.on_sftp,
+        "visits": [
+            {"id": v.id, "epn": v.epn, "start_time": v.start_time.isoformat(), "end_time": v.end_time.isoformat(),
+             "equipment_id": v.equipment_id}
+            for v in facts.visits
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _load_facts(path: Path, refreshed_at: float | None) -> Facts | None:
+    try:
+        data = json.loads(path.read_text())
+        if refreshed_at is None or data.get("refreshed_at") != refreshed_at:
+            return None
+        visits = [Visit.from_dict({**v, "principal_scientist": None, "data_scientists": []}) for v in data["visits"]]
+        return Facts(visits, list(data["on_sftp"]), data["refreshed_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or unreadable: refresh
 
 
 def refresh_retry_delay(failures: int, settings: Settings) -> float:
@@ -149,7 +188,7 @@ def _list_host(sftp: SftpResource, log) -> list[str]:
 
 def gather_facts(
     settings: Settings, portal: PortalResource, sftp: SftpResource, log, cursor: SensorCursor | None,
-    now: datetime,
+    now: datetime, cache_file: Path | None = None,
 ) -> tuple[Facts | None, str | None]:
     """Refresh from the portal and the host when due, else reuse what they last said.
 
@@ -157,6 +196,10 @@ def gather_facts(
     `cursor` updated either way. Without a cursor (mxsync), always refresh."""
     key = str(settings.ignore)  # one entry per config (tests run several in one process)
     facts = _facts.get(key)
+    if cursor is not None and cache_file is not None and (facts is None or facts.refreshed_at != cursor.refreshed_at):
+        facts = _load_facts(cache_file, cursor.refreshed_at)
+        if facts is not None:
+            _facts[key] = facts
     stamp = now.timestamp()
     if cursor is not None and facts is not None and cursor.refreshed_at == facts.refreshed_at:
         due = stamp - facts.refreshed_at >= settings.sync_interval_seconds
@@ -168,6 +211,8 @@ def gather_facts(
                     facts.on_sftp = _bounded({"SFTP host": lambda: _list_host(sftp, log)},
                                              REFRESH_BUDGET_SECONDS)["SFTP host"]
                     cursor.listed_at = stamp
+                    if cache_file is not None:
+                        _save_facts(cache_file, facts)
                 except (RsyncError, TimeoutError) as exc:
                     log.warning(f"epn_sensor: listing the SFTP host for {', '.join(waiting[:5])} failed: {exc}")
             return facts, None
@@ -190,6 +235,8 @@ def gather_facts(
         return None, f"{what} unavailable, nothing changed; trying again at {when} (failure {cursor.failures}): {exc}"
     facts = Facts(visits, on_sftp, stamp)
     _facts[key] = facts
+    if cache_file is not None:
+        _save_facts(cache_file, facts)
     if cursor is not None:
         cursor.refreshed_at = cursor.listed_at = stamp
         cursor.failures, cursor.retry_at = 0, None
@@ -263,7 +310,8 @@ def plan_tick(
     if lost:
         flights = in_flight(instance, REPATRIATION_JOB, partitions)
 
-    facts, skipped = gather_facts(settings, portal, sftp, log, cursor, now)
+    cache_file = Path(instance.storage_directory()) / FACTS_FILE if cursor is not None else None
+    facts, skipped = gather_facts(settings, portal, sftp, log, cursor, now, cache_file)
     if facts is None:
         return None, dg.SkipReason(f"{skipped}{lost_text}")
     try:
