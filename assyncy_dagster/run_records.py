@@ -47,6 +47,7 @@ class Outcome(str, enum.Enum):
     HOME = "home"
     DRY_RUN = "dry-run"
     FAILED = "failed"
+    SKIPPED = "skipped"  # another run was transferring it: not an attempt of this run
 
 
 def epn_tag(epn: str) -> str:
@@ -172,6 +173,14 @@ def end_lost_runs(instance: dg.DagsterInstance, flights: InFlight, stale_after_h
         instance.report_run_failed(fresh, message=f"assyncy: run ended as failed: {why}")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         ended[run.run_id] = why
+    # A run that Dagster itself saw end (e.g. its code server noticed the worker die)
+    # can still hold its rsync slot until run monitoring's next pass; free it now.
+    storage = instance.event_log_storage
+    holders = storage.get_concurrency_run_ids()
+    if holders:
+        for record in instance.get_run_records(dg.RunsFilter(run_ids=list(holders))):
+            if record.dagster_run.status not in IN_FLIGHT:
+                storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
     return ended
 
 
@@ -193,6 +202,8 @@ def epn_history(instance: dg.DagsterInstance, epn: str, limit: int = 20) -> RunH
         if run.status in IN_FLIGHT:
             return RunHistory(LastRun.IN_FLIGHT, run.run_id)
         outcome = run.tags.get(epn_tag(epn))
+        if outcome == Outcome.SKIPPED.value:
+            continue
         if outcome in (Outcome.HOME.value, Outcome.DRY_RUN.value):
             attempts.append((record, LastRun.SUCCEEDED, False))
         elif outcome == Outcome.FAILED.value or run.status in ENDED_BADLY:

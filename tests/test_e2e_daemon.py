@@ -86,7 +86,7 @@ def test_daemon_repatriates_due_epns_alerts_and_stops_cleanly(stack, tmp_path):
         assert "13001a" not in stack.ignored()
 
         sync_log = Path(stack.settings().log_files.sync).read_text()
-        assert "epn_sensor: requested" in sync_log  # the sensor's ticks, as mxsync's cycles were
+        assert "requested 1 run(s): repatriate_epn" in sync_log  # the sensor's ticks, as mxsync's cycles were
         assert "EPN 12282a: verified" in sync_log  # and the runs' own lines
         assert "demo-password" not in sync_log
 

@@ -186,10 +186,13 @@ def repatriate(
         visits = by_epn.get(epn, [])
         if report_visits and visits:
             yield dg.AssetMaterialization(asset_key=PORTAL_VISITS, partition=epn, metadata=visit_metadata(visits))
+        other = _transferring_elsewhere(instance, epn, run_id)
+        if other:
+            # Not this EPN's failure, and no second rsync into the same destination.
+            context.log.warning(f"EPN {epn}: not started: run {other} is transferring it right now")
+            instance.add_run_tags(run_id, outcome_tags([epn], Outcome.SKIPPED))
+            continue
         try:
-            other = _transferring_elsewhere(instance, epn, run_id)
-            if other:
-                raise EpnFailed(f"EPN {epn}: not started: run {other} is transferring it right now")
             instance.add_run_tags(run_id, outcome_tags([epn], Outcome.RUNNING))
             yield from _bring_home(context, epn, settings, client, visits,
                                    dry_run=dry_run, allow_running_visit=allow_running_visit)

@@ -376,8 +376,8 @@ def build_epn_sensor(interval_seconds: int) -> dg.SensorDefinition:
         unmapped EPNs."""
         settings = assyncy_config.settings()  # read afresh: a broken config.yml fails the tick visibly
         cursor = SensorCursor.parse(context.cursor)
-        _, result = plan_tick(context.instance, settings, portal, sftp, context.log, cursor)
-        _log_to_sync_file(settings, result)
+        plan, result = plan_tick(context.instance, settings, portal, sftp, context.log, cursor)
+        _log_to_sync_file(settings, result, plan)
         if isinstance(result, dg.SkipReason):
             context.update_cursor(cursor.dumps())
             return result
@@ -393,7 +393,7 @@ def build_epn_sensor(interval_seconds: int) -> dg.SensorDefinition:
 _configured_logging: tuple | None = None
 
 
-def _log_to_sync_file(settings: Settings, result: dg.SensorResult | dg.SkipReason) -> None:
+def _log_to_sync_file(settings: Settings, result: dg.SensorResult | dg.SkipReason, plan: CyclePlan | None) -> None:
     """Put each tick's outcome in `log-files.sync` too, where mxsync's cycles went.
 
     Dagster keeps sensor logs with the tick; the admin's log file is set up once
@@ -410,8 +410,16 @@ def _log_to_sync_file(settings: Settings, result: dg.SensorResult | dg.SkipReaso
     if isinstance(result, dg.SkipReason):
         log.info(f"epn_sensor: {result.skip_message}")
     else:
-        runs = ", ".join(r.partition_key or r.job_name for r in result.run_requests)
-        log.info(f"epn_sensor: requested {len(result.run_requests)} run(s): {runs}")
+        runs = "; ".join(_describe_request(r) for r in result.run_requests) or "none"
+        summary = f"{plan.summary()}{_held_text(plan.held_back)}; " if plan else ""
+        log.info(f"epn_sensor: {summary}requested {len(result.run_requests)} run(s): {runs}")
+
+
+def _describe_request(request: dg.RunRequest) -> str:
+    ops = (request.run_config or {}).get("ops", {})
+    epns = ops.get("repatriate_epns", {}).get("config", {}).get("epns") or ops.get(
+        "send_unknown_epn_alert_op", {}).get("config", {}).get("epns") or []
+    return f"{request.job_name} {', '.join(epns)}".strip()
 
 
 def _held_text(held: Mapping[str, str], limit: int = 10) -> str:
