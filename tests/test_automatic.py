@@ -1,9 +1,11 @@
 """The automatic path's rules: batches, when the portal is asked, retries after
 outages, and runs whose worker died."""
 
+import logging
 import subprocess
 from pathlib import Path
 import time
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -191,3 +193,31 @@ def test_a_new_code_server_process_does_not_ask_the_portal_again(stack):
     assert stack.portal.stats()["visits_requests"] == asked
     saved = (Path(stack.instance.storage_directory()) / epn_sensor.FACTS_FILE).read_text()
     assert "12282a" in saved and "@" not in saved, "only EPNs and times are kept, no names or addresses"
+
+
+def test_a_malformed_visit_is_held_back_by_name_while_the_others_are_requested(stack):
+    from assyncy_dagster.portal import PortalClient, visit_window
+
+    stack.lay_out("12282a", "13001a")
+    settings = stack.settings()
+    with PortalClient.from_settings(settings) as client:  # equipment 23's answer, as the portal gives it
+        visits = [v.to_dict() for v in client.visits(*visit_window(datetime.now(UTC), 30)) if v.equipment_id == 23]
+    for visit in visits:
+        if visit["epn"] == "13001a":
+            visit["end_time"] = None
+    stack.portal.set_faults(body_next=1, body={"data": {"visits": visits}}, path="equipment/23/visits")
+    tick, state = ticker(stack)
+    result = tick()
+    assert isinstance(result, dg.SensorResult)
+    requested = [e for r in result.run_requests if r.job_name == REPATRIATION_JOB
+                 for e in r.run_config["ops"]["repatriate_epns"]["config"]["epns"]]
+    assert requested == ["12282a"]
+    # The next tick decides from the same answer, and still names the skipped visit.
+    from assyncy_dagster.resources.portal import PortalResource
+    from assyncy_dagster.resources.sftp import SftpResource
+    from assyncy_dagster.sensors.epn_sensor import plan_tick
+
+    cursor = SensorCursor.parse(state["cursor"])
+    plan, _ = plan_tick(stack.instance, settings, PortalResource(), SftpResource(), logging.getLogger("test"), cursor)
+    assert plan.held_back["13001a"].startswith("the portal sent a malformed visit, skipped")
+    assert "end_time" in plan.held_back["13001a"]

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -104,6 +104,7 @@ class Facts:
     visits: list
     on_sftp: list[str]
     refreshed_at: float
+    rejected: dict[str, str] = field(default_factory=dict)  # malformed visits the portal sent: key -> why
 
 
 # Kept in the process that evaluates the sensor, and in a file of the instance's
@@ -118,6 +119,7 @@ def _save_facts(path: Path, facts: Facts) -> None:
     data = {
         "refreshed_at": facts.refreshed_at,
         "on_sftp": facts.on_sftp,
+        "rejected": facts.rejected,
         "visits": [
             {"id": v.id, "epn": v.epn, "start_time": v.start_time.isoformat(), "end_time": v.end_time.isoformat(),
              "equipment_id": v.equipment_id}
@@ -142,7 +144,7 @@ def _load_facts(path: Path, refreshed_at: float | None) -> Facts | None:
         if refreshed_at is None or data.get("refreshed_at") != refreshed_at:
             return None
         visits = [Visit.from_dict({**v, "principal_scientist": None, "data_scientists": []}) for v in data["visits"]]
-        return Facts(visits, list(data["on_sftp"]), data["refreshed_at"])
+        return Facts(visits, list(data["on_sftp"]), data["refreshed_at"], dict(data.get("rejected") or {}))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing or unreadable: refresh
 
@@ -177,7 +179,7 @@ def _fetch_visits(settings: Settings, portal: PortalResource, log, now: datetime
     # _bounded gives up before it); the sensor's own retries come 1, 2, 4 ... minutes later.
     quick = settings.model_copy(update={"portal_timeout_seconds": min(settings.portal_timeout_seconds, 10)})
     with PortalClient.from_settings(quick, logger=log) as client:
-        return client.visits(since, until)
+        return client.visits(since, until), dict(client.rejected)
 
 
 def _list_host(sftp: SftpResource, log) -> list[str]:
@@ -224,7 +226,7 @@ def gather_facts(
             "portal": lambda: _fetch_visits(settings, portal, log, now),
             "SFTP host": lambda: _list_host(sftp, log),
         }, REFRESH_BUDGET_SECONDS)
-        visits, on_sftp = answers["portal"], answers["SFTP host"]
+        (visits, rejected), on_sftp = answers["portal"], answers["SFTP host"]
     except (PortalError, RsyncError, TimeoutError) as exc:
         what = "portal" if isinstance(exc, PortalError) or "the portal" in str(exc) else "SFTP host"
         if cursor is None:
@@ -233,7 +235,7 @@ def gather_facts(
         cursor.retry_at = stamp + refresh_retry_delay(cursor.failures, settings)
         when = datetime.fromtimestamp(cursor.retry_at, UTC).isoformat(timespec="seconds")
         return None, f"{what} unavailable, nothing changed; trying again at {when} (failure {cursor.failures}): {exc}"
-    facts = Facts(visits, on_sftp, stamp)
+    facts = Facts(visits, on_sftp, stamp, rejected)
     _facts[key] = facts
     if cache_file is not None:
         _save_facts(cache_file, facts)
@@ -344,6 +346,10 @@ def plan_tick(
     )
     for epn in sorted(e for e in flights.epns if e in candidates):
         plan.in_flight.append(epn)
+    for key, why in facts.rejected.items():
+        # Named at every tick (the portal client logs it once): the operator's to chase.
+        if key not in repatriated_set and key not in plan.repatriate:  # more telling than "no visit"
+            plan.held_back[key] = f"the portal sent a malformed visit, skipped: {why}"
     if not (plan.repatriate or plan.alert or plan.new_partitions):
         return plan, dg.SkipReason(f"nothing to do: {plan.summary()}{_held_text(plan.held_back)}{lost_text}")
     log.info(f"epn_sensor: {plan.summary()}{_held_text(plan.held_back)}{lost_text}")
