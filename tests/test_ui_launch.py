@@ -77,3 +77,64 @@ def test_a_launch_that_overrides_a_path_or_host_is_refused(stack, tmp_path):
                     answer = launch(job, {"resources": {resource: {"config": {field: value}}}})
                     assert answer["__typename"] == "RunConfigValidationInvalid", (resource, field, job, answer)
                     assert field in " ".join(e["message"] for e in answer["errors"])
+
+
+BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def test_a_ui_backfill_of_many_epns_runs_them_in_batches_each_recorded(stack, tmp_path):
+    """The Materialize dialog's backfill (GraphQL launchPartitionBackfill) gets the batch
+    path: one run for the three EPNs, and each EPN its own materialisation and check."""
+    import dagster as dg
+    import yaml
+    from test_e2e_daemon import dagster_daemon, far_from_the_digest
+
+    epns = ["12282a", "12282b", "13001a"]
+    stack.configure(timezone=far_from_the_digest())
+    stack.lay_out(*epns)
+    stack.instance.add_dynamic_partitions("epn", epns)
+    # Already recorded as home, so the sensor leaves them alone: this is a repair from the UI.
+    stack.settings().ignore.write_text(yaml.safe_dump({"previouslySynched": epns}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/graphql"
+    log = tmp_path / "webserver.log"
+    argv = [str(BIN / "dagster-webserver"), "-m", "assyncy_dagster.definitions", "-h", "127.0.0.1", "-p", str(port)]
+    with open(log, "w") as out, running(argv, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ)) as web, \
+            dagster_daemon(tmp_path) as (daemon, daemon_log):
+
+        def answers() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(answers, 90, "the webserver", proc=web, log=log)
+        params = {"partitionNames": epns, "assetSelection": [{"path": ["epn_data"]}], "fromFailure": False}
+        body = requests.post(url, json={"query": BACKFILL, "variables": {"params": params}}, timeout=60).json()
+        answer = body["data"]["launchPartitionBackfill"]
+        assert answer["__typename"] == "LaunchBackfillSuccess", answer
+        backfill = answer["backfillId"]
+
+        def backfill_runs():
+            return stack.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill}))
+
+        wait_for(lambda: backfill_runs() and all(r.status == dg.DagsterRunStatus.SUCCESS for r in backfill_runs()),
+                 150, "the backfill's runs to succeed", proc=daemon, log=daemon_log)
+    assert len(backfill_runs()) == 1, "three EPNs, one run"
+    for epn in epns:
+        records = stack.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("epn_data"), asset_partitions=[epn]), limit=5
+        ).records
+        assert len(records) == 1 and records[0].asset_materialization.partition == epn
+        assert records[0].asset_materialization.metadata["destination"].value.endswith(f"{epn}/data")
+    check = dg.AssetCheckKey(dg.AssetKey("epn_data"), "matches_source")
+    history = stack.instance.event_log_storage.get_asset_check_execution_history(check, limit=10)
+    assert sorted(h.evaluation.partition for h in history if h.evaluation and h.evaluation.passed) == epns
