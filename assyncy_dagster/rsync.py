@@ -8,7 +8,8 @@ Why the flags are what they are (`transfer_command`):
 
 * `-r -t --perms --chmod=Dg+s,ug+w,o-wx,ug+X --size-only --include .info
   --exclude .*` are the flags HPC ASSyncy meant to pass (its `-stats` typo
-  turned them into `-a`). `--size-only` because the beamline never rewrites a
+  turned them into `-a`), plus `Fug-st` in `--chmod`: a setuid, setgid or
+  sticky bit on a source file never arrives (`--perms` would copy it). `--size-only` because the beamline never rewrites a
   frame in place, and comparing checksums of terabytes would take days. The
   manifest check (`compare_manifests`) then catches missing and truncated
   files; a frame rewritten at the same size is invisible to both, by design.
@@ -68,7 +69,7 @@ _ITEMIZED = re.compile(r"^([<>ch.*][fdLDS].{9})\|(\d+)\|(.+)$")
 KEPT_HIDDEN_NAME = ".info"
 # Each pair of items is one rsync filter; the order matters (first match wins).
 TRANSFER_FILTERS: tuple[str, ...] = ("--include", KEPT_HIDDEN_NAME, "--exclude", ".*")
-CHMOD = "--chmod=Dg+s,ug+w,o-wx,ug+X"
+CHMOD = "--chmod=Dg+s,ug+w,o-wx,ug+X,Fug-st"
 DEFAULT_IO_TIMEOUT_SECONDS = 600
 # How long rsync gets to save its partial file after SIGTERM before SIGKILL.
 TERMINATE_GRACE_SECONDS = 5.0
@@ -529,6 +530,11 @@ class RsyncResult:
     argv: list[str] = field(default_factory=list, repr=False)
     # Relative path -> size at the source of every regular file the transfer covered.
     manifest: dict[str, int] | None = None
+    # Source entries rsync passed over as not regular files (symlinks, devices), relative paths.
+    skipped: list[str] = field(default_factory=list)
+
+
+_SKIPPED_NON_REGULAR = re.compile(r'^skipping non-regular file "(.+)"$')
 
 
 def parse_itemized_line(line: str) -> tuple[str, int] | None:
@@ -771,6 +777,7 @@ def run_rsync(
     on_progress: Callable[[ProgressUpdate], None] | None = None,
     progress_interval: float = 5.0,
     on_line: Callable[[str], None] | None = None,
+    on_stderr_line: Callable[[str], None] | None = None,
     description: str = "",
     endpoint: SshEndpoint | None = None,
     check: bool = True,
@@ -812,6 +819,8 @@ def run_rsync(
     def on_stderr_record(record: str) -> bool:
         if _HOST_KEY_PATTERNS.search(record):
             host_key_problem[0] = True
+        if on_stderr_line is not None:
+            on_stderr_line(record)
         return False
 
     stdout = _Tail(_STDOUT_TAIL_LINES, on_stdout_record)
@@ -1007,11 +1016,16 @@ class SftpClient:
             extra_args = (*extra_args, f"--bwlimit={int(self.bwlimit_kib)}")
         argv = transfer_command(self.endpoint, epn, destination, dry_run=dry_run, extra_args=extra_args)
         manifest: dict[str, int] = {}
+        skipped: list[str] = []
 
         def collect(line: str) -> None:
             item = parse_itemized_line(line)
             if item is not None:
                 manifest[item[0]] = item[1]
+                return
+            passed_over = _SKIPPED_NON_REGULAR.match(line)
+            if passed_over:
+                skipped.append(_unescape_name(passed_over.group(1)))
 
         result = self._run(
             argv,
@@ -1019,6 +1033,8 @@ class SftpClient:
             on_progress=on_progress,
             progress_interval=self.progress_interval,
             on_line=collect,
+            on_stderr_line=collect,
         )
         result.manifest = manifest
+        result.skipped = skipped
         return result

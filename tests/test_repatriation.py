@@ -185,3 +185,31 @@ def test_an_epn_another_run_is_transferring_is_not_started_twice(stack):
     assert files_under(stack.destination("ny79", "12282a")) == set()
     run = stack.instance.get_run_by_id(result.run_id)
     assert run.tags["assyncy/epn/12282a"] == "skipped"
+
+
+def test_an_epn_whose_source_holds_no_files_is_never_recorded(stack):
+    (stack.source / "12282a").mkdir(parents=True)
+    os.chmod(stack.source / "12282a", 0o755)
+    result = stack.materialize("12282a")
+    assert not result.success
+    assert "holds no files" in failure_text(result)
+    assert stack.ignored() == []
+
+
+def test_a_symlink_in_the_source_is_named_and_the_epn_not_recorded(stack):
+    stack.lay_out("12282a")
+    (stack.source / "12282a" / "frames" / "latest.cbf").symlink_to("img_0001.cbf")
+    result = stack.materialize("12282a")
+    assert not result.success
+    assert "symlink" in failure_text(result) and "frames/latest.cbf" in failure_text(result)
+    assert stack.ignored() == []
+
+
+def test_setuid_and_setgid_bits_never_arrive(stack):
+    stack.lay_out("12282a")
+    frame = stack.source / "12282a" / "frames" / "img_0001.cbf"
+    frame.chmod(0o7755)
+    result = stack.materialize("12282a")
+    assert result.success
+    mode = (stack.destination("ny79", "12282a") / "frames" / "img_0001.cbf").stat().st_mode
+    assert not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX), oct(mode)

@@ -140,6 +140,15 @@ def _bring_home(
         yield _check_evaluation(epn, False, severity=dg.AssetCheckSeverity.WARN,
                                 description="dry-run: nothing was copied, so nothing was verified")
         return
+    if result.skipped:
+        # rsync passes symlinks over with exit 0: the data they stand for would be silently missing.
+        shown = ", ".join(result.skipped[:10]) + (f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else "")
+        raise EpnFailed(
+            f"EPN {epn}: the source holds {len(result.skipped)} symlink(s) or other non-regular file(s) that are "
+            f"not copied: {shown}; not recorded. Ask the facility to replace them with the files they point to."
+        )
+    if not result.manifest:
+        raise EpnFailed(f"EPN {epn}: the source folder holds no files (yet); not recorded, tried again later")
     files = local_manifest(destination)
     metadata.update({"files_at_destination": len(files), "bytes_at_destination": sum(files.values())})
     yield dg.AssetMaterialization(asset_key=EPN_DATA, partition=epn, metadata=metadata)
