@@ -66,7 +66,7 @@ def _check_evaluation(epn: str, passed: bool, *, description: str | None = None,
 
 
 def verify(epn: str, client: SftpClient, destination: Path,
-           expected: dict[str, int] | None = None) -> tuple[bool, str, dict]:
+           expected: dict[str, int] | None = None, actual: dict[str, int] | None = None) -> tuple[bool, str, dict]:
     """Compare the destination with the source manifest: (passed, description, metadata).
 
     `expected` is the manifest a transfer just reported (every file it covered,
@@ -76,7 +76,7 @@ def verify(epn: str, client: SftpClient, destination: Path,
             expected = client.source_manifest(epn)
         except RsyncError as exc:
             raise EpnFailed(f"EPN {epn}: cannot list the source to verify: {exc}") from None
-    diff = compare_manifests(expected, local_manifest(destination))
+    diff = compare_manifests(expected, local_manifest(destination) if actual is None else actual)
     metadata = {
         "source_files": len(expected),
         "source_bytes": sum(expected.values()),
@@ -152,7 +152,7 @@ def _bring_home(
     files = local_manifest(destination)
     metadata.update({"files_at_destination": len(files), "bytes_at_destination": sum(files.values())})
     yield dg.AssetMaterialization(asset_key=EPN_DATA, partition=epn, metadata=metadata)
-    passed, summary, check_metadata = verify(epn, client, destination, result.manifest)
+    passed, summary, check_metadata = verify(epn, client, destination, result.manifest, files)
     yield _check_evaluation(epn, passed, description=summary, metadata=check_metadata)
     if not passed:
         context.log.error(f"EPN {epn}: destination does not match the source: {summary}")
