@@ -23,7 +23,7 @@ from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.sftp import SftpResource
 from ..rsync import RsyncError, SftpClient, TransferStats, compare_manifests, local_manifest
-from ..run_records import WORKER_TAG, Outcome, epn_tag, outcome_tags, this_worker
+from ..run_records import WORKER_TAG, Outcome, epn_tag, outcome_tags, this_worker, worker_is_gone
 from ..state import add_epns
 from .visits import PORTAL_VISITS, visit_metadata
 
@@ -227,7 +227,12 @@ def _transferring_elsewhere(instance: dg.DagsterInstance, epn: str, run_id: str)
     records = instance.get_run_records(
         dg.RunsFilter(tags={epn_tag(epn): Outcome.RUNNING.value}, statuses=[dg.DagsterRunStatus.STARTED]), limit=5
     )
-    return next((r.dagster_run.run_id for r in records if r.dagster_run.run_id != run_id), None)
+    for record in records:
+        run = record.dagster_run
+        worker = run.tags.get(WORKER_TAG)
+        if run.run_id != run_id and not (worker and worker_is_gone(worker)):  # a dead worker transfers nothing
+            return run.run_id
+    return None
 
 
 def repatriate_as_configured(

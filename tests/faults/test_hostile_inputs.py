@@ -1,0 +1,237 @@
+"""Hostile inputs from every side: EPN names in portal visits, in run config and as
+folder names on the SFTP host, project names in epn_cap_map (and a project folder
+that is a symlink), HTML, Jinja and shell syntax in scientists' names, unicode,
+and a portal answer of 20 000 visits.
+
+Figures: the number of hostile inputs, writes outside the destination root
+(a snapshot of the test's tree outside it, before and after), commands run
+(`touch` payloads whose file must never appear), and unescaped HTML in the e-mail.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from faultkit import figure, requested_epns, ticker, tree_snapshot
+
+from assyncy_dagster.config import ConfigError, load_settings
+from assyncy_dagster.cycle import run_cycle
+from assyncy_dagster.definitions import build_definitions
+from assyncy_dagster.epn import InvalidEpnError, destination_for
+from assyncy_dagster.jobs import ALERT_JOB, REPATRIATION_JOB
+from assyncy_dagster.portal_sim import PortalSimulator
+from assyncy_dagster.testing.sshd import make_source_tree
+from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
+
+MARK = Path("/tmp") / f"assyncy-PWNED-{os.getpid()}"
+
+
+def _payloads(tag: str) -> list[str]:
+    """Shell payloads that would create a marker file if anything ran them through a shell."""
+    touch = f"touch {MARK}-{tag}"
+    return [f"$({touch})", f"`{touch}`", f"; {touch};", f"| {touch}", f"&& {touch}", f"\n{touch}\n"]
+
+
+HOSTILE_EPNS = [
+    "../12282a", "12282a/../../escape", "/etc/passwd", "12282a/..", "..", ".", "",
+    "12282a;touch", "-e", "--rsync-path=touch", "--server", "12282a\n", "12282a\x00", "12282A",
+    "１２２８２a", "12282ä", "12282a ", " 12282a", "12282a*", "12282a?", "12282\u200ba", "1" * 13 + "a",
+    "12282" + "a" * 5, "{{7*7}}a", "{% raw %}", "<script>alert(1)</script>", "12282a'", '12282a"',
+    *_payloads("epn"),
+]
+# As folder names on the SFTP host (a folder name cannot hold "/" or NUL).
+HOSTILE_FOLDERS = [e for e in HOSTILE_EPNS if e and "/" not in e and "\x00" not in e and e not in (".", "..")]
+HOSTILE_PROJECTS = [
+    "../escape", "..", "a/../../b", "/abs", "a/b", "", ".hidden", "ny79\n", "prøject", "-rf", "x" * 65,
+    "{{7*7}}", "<b>x</b>", *_payloads("project"),
+]
+HOSTILE_NAMES = [  # scientists' names: the HTML part must show them as text
+    "<script>alert('x')</script>", "<img src=x onerror=alert(1)>", '"><a href="javascript:alert(1)">',
+    "{{ 7*7 }}", "{% for x in range(3) %}JINJA{% endfor %}", "{{ config.__class__ }}",
+    "Siobhán Ó'Brien 李小龍 🚀", "Ana & Luis", *_payloads("name"),
+]
+
+
+def _person(first, last, email="someone@example.edu"):
+    return {"first_names": first, "last_name": last, "email": email}
+
+
+def _marks() -> list[str]:
+    return sorted(str(p) for p in Path("/tmp").glob(f"{MARK.name}*"))
+
+
+def _outside(stack) -> dict:
+    """The test's own tree outside the destination root and the files the product is meant to write."""
+    snap = tree_snapshot(stack.root, skip=stack.destination_root)
+    allowed = ("dagster_home", "etc/log", "etc/ignore.yml", "etc/alerted.yml", "etc/config.yml", "etc/.")
+    return {k: v for k, v in snap.items() if not k.startswith(allowed)}
+
+
+@pytest.mark.slow
+def test_hostile_names_write_nothing_outside_the_root_run_nothing_and_are_escaped(stack):
+    visits = [{"id": 1, "epn": "12282a", "start_time": "now-9d", "end_time": "now-8d",
+               "principal_scientist": _person("Jane", "Citizen"), "data_scientists": []}]
+    for i, epn in enumerate(HOSTILE_EPNS):
+        visits.append({"id": 100 + i, "epn": epn, "start_time": "now-9d", "end_time": "now-8d",
+                       "principal_scientist": _person("Eve", "Hostile"), "data_scientists": []})
+    unmapped = [f"{14500 + i}a" for i in range(len(HOSTILE_NAMES))]
+    for i, (epn, name) in enumerate(zip(unmapped, HOSTILE_NAMES)):
+        visits.append({"id": 500 + i, "epn": epn, "start_time": "now-9d", "end_time": "now-8d",
+                       "principal_scientist": _person(name, name, f"x{i}@example.edu"),
+                       "data_scientists": [_person(name, "Smith", f'"><b>{i}</b>@example.edu')]})
+    data = {"equipment": [{**DEMO_EQUIPMENT[0], "visits": visits}, {**DEMO_EQUIPMENT[1], "visits": []}]}
+    with PortalSimulator(data, strict=False) as portal:  # strict would refuse the empty EPN itself
+        stack.configure(**{"base-url": portal.url})
+        stack.lay_out("12282a", *unmapped, frames=1, size=1024)
+        for name in HOSTILE_FOLDERS:  # hostile folder names on the SFTP host, each holding a file
+            make_source_tree(stack.source, name, {"frames/img_0001.cbf": b"hostile"})
+        outside_link = stack.root / "elsewhere"
+        outside_link.mkdir()
+        before, marks_before = _outside(stack), _marks()
+        started = time.monotonic()
+
+        # 1. The whole watch cycle: sensor rules, the repatriation worker, the alert e-mail.
+        report = run_cycle(stack.config_path, stack.instance)
+        assert report.skipped is None, report.skipped
+        home = sorted(r.partition for r in report.by_job(REPATRIATION_JOB) if r.success)
+        assert home == ["12282a"], report.runs
+        assert [r.success for r in report.by_job(ALERT_JOB)] == [True], report.runs
+        partitions = set(stack.instance.get_dynamic_partitions("epn"))
+        bad_partitions = sorted(p for p in partitions if p in HOSTILE_EPNS)
+        [message] = stack.smtp.wait_for(1)
+
+        # 2. Each hostile EPN handed straight to the batch job (run config from the UI or an API call).
+        job = build_definitions(str(stack.config_path)).resolve_job_def(REPATRIATION_JOB)
+        accepted = []
+        for epn in HOSTILE_EPNS:
+            result = job.execute_in_process(
+                run_config={"ops": {"repatriate_epns": {"config": {"epns": [epn], "execute": True}}}},
+                instance=stack.instance, raise_on_error=False)
+            if result.success:
+                accepted.append(epn)
+
+        # 3. Hostile project names: refused by config.yml's rules, and by the destination rule itself.
+        config_accepted, destination_accepted = [], []
+        good = yaml.safe_load(stack.config_path.read_text())
+        for project in HOSTILE_PROJECTS:
+            stack.config_path.write_text(yaml.safe_dump({**good, "epn_cap_map": {"12282": project}}))
+            try:
+                load_settings(stack.config_path)
+                config_accepted.append(project)
+            except ConfigError:
+                pass
+            try:
+                destination_for("12282a", {"12282": project}, stack.destination_root)
+                destination_accepted.append(project)
+            except InvalidEpnError:
+                pass
+        stack.config_path.write_text(yaml.safe_dump(good))
+
+        # 4. A project folder that is a symlink to a place outside the root: 12282b must not go there.
+        stack.lay_out("12282b", frames=1, size=1024)
+        stack.instance.add_dynamic_partitions("epn", ["12282b"])
+        (stack.destination_root / "evil").symlink_to(outside_link)
+        stack.configure(**{"base-url": portal.url, "epn_cap_map": {"12282": "evil", "13001": "ab12"}})
+        visits.append({"id": 2, "epn": "12282b", "start_time": "now-9d", "end_time": "now-8d",
+                       "principal_scientist": None, "data_scientists": []})
+        linked = job.execute_in_process(
+            run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282b"], "execute": True}}}},
+            instance=stack.instance, raise_on_error=False)
+        took = time.monotonic() - started
+
+    after, marks_after = _outside(stack), _marks()
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    commands_run = sorted(set(marks_after) - set(marks_before))
+    inside = sorted(str(p.relative_to(stack.destination_root)) for p in stack.destination_root.rglob("*")
+                    if p.is_file() and ".rsync-partial" not in p.parts)
+    html = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    raw_html_hits = [n for n in HOSTILE_NAMES if ("<" in n or '"' in n) and n in html]
+    literal = ["{{ 7*7 }}", "{% for x in range(3) %}JINJA{% endfor %}", "{{ config.__class__ }}"]
+    jinja_ran = any("JINJAJINJA" in body or any(t not in body for t in literal) for body in (text, html))
+    count = len(HOSTILE_EPNS) + len(HOSTILE_FOLDERS) + len(HOSTILE_PROJECTS) + len(HOSTILE_NAMES) + 1
+    figure(f"hostile inputs: {count} inputs ({len(HOSTILE_EPNS)} EPN names in visits and run config, "
+           f"{len(HOSTILE_FOLDERS)} folder names, {len(HOSTILE_PROJECTS)} project names, {len(HOSTILE_NAMES)} "
+           f"scientist names, 1 symlinked project); {len(changed)} writes outside the destination root, "
+           f"{len(commands_run)} commands run, {len(raw_html_hits)} unescaped HTML names, "
+           f"template syntax evaluated: {jinja_ran}, {len(accepted)} hostile EPNs accepted by the job, "
+           f"{len(config_accepted)} hostile projects accepted; {took:.0f} s")
+    assert changed == [], changed
+    assert commands_run == []
+    assert bad_partitions == [], "a hostile name became a partition"
+    assert accepted == []
+    assert config_accepted == [] and destination_accepted == []
+    assert not linked.success, "data went through a symlinked project folder"
+    assert not any(outside_link.iterdir())
+    assert all(p.startswith("ny79/12282a/data/") for p in inside), inside
+    assert raw_html_hits == [] and "&lt;script&gt;" in html
+    assert not jinja_ran
+    for epn in unmapped:
+        assert epn in text
+    assert "Siobhán Ó'Brien 李小龍 🚀" in text
+
+
+@pytest.mark.slow
+def test_a_portal_answer_of_20000_visits(stack):
+    visits = [{"id": i, "epn": f"{20000 + i}a", "start_time": "now-9d", "end_time": "now-8d",
+               "principal_scientist": _person("A" * 50, "B" * 50), "data_scientists": [_person("C", "D")] * 3}
+              for i in range(20000)]
+    visits.append({"id": 99999, "epn": "12282a", "start_time": "now-9d", "end_time": "now-8d",
+                   "principal_scientist": None, "data_scientists": []})
+    data = {"equipment": [{**DEMO_EQUIPMENT[0], "visits": visits}, {**DEMO_EQUIPMENT[1], "visits": []}]}
+    with PortalSimulator(data) as portal:
+        stack.configure(**{"base-url": portal.url, "portal-timeout-seconds": 20})
+        stack.lay_out("12282a", "20001a", frames=1, size=1024)
+        before = _outside(stack)
+        tick, _ = ticker(stack)
+        started = time.monotonic()
+        result = tick()
+        took = time.monotonic() - started
+        again = time.monotonic()
+        tick()
+        took_again = time.monotonic() - again
+    after = _outside(stack)
+    partitions = len(stack.instance.get_dynamic_partitions("epn"))
+    figure(f"hostile inputs: portal answer of {len(visits)} visits: first tick {took:.1f} s "
+           f"(adds {partitions} partitions), next tick {took_again:.1f} s; "
+           f"requested {requested_epns(result)}, {len([k for k in set(before) | set(after) if before.get(k) != after.get(k)])} writes outside the root")
+    assert isinstance(result, dg.SensorResult)
+    assert requested_epns(result) == ["12282a"]
+    assert took < 40, "a tick must fit the sensor deadline"
+    assert before == after
+
+
+def test_a_hostile_file_name_in_a_failure_email_is_escaped(stack):
+    """A source folder whose file names are HTML and template syntax: the repatriation fails
+    naming them (symlinks are refused), and the failure e-mail shows them as text."""
+    names = ["<img src=x onerror=alert(1)>", "{{ 7*7 }}", "{% for x in range(3) %}JINJA{% endfor %}"]
+    stack.lay_out("12282a", frames=1, size=1024)
+    for name in names:
+        (stack.source / "12282a" / "frames" / name).symlink_to("img_0001.cbf")
+    result = stack.materialize("12282a")
+    assert not result.success
+    run = stack.instance.get_run_by_id(result.run_id)
+    failure = stack.instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    from assyncy_dagster.definitions import build_resources
+    from assyncy_dagster.sensors.failure_alerts import repatriation_failure_alert
+
+    context = dg.build_run_status_sensor_context(
+        sensor_name="repatriation_failure_alert", dagster_event=failure[0].event_log_entry.dagster_event,
+        dagster_instance=stack.instance, dagster_run=run, resources=build_resources()).for_run_failure()
+    repatriation_failure_alert(context)
+    [message] = stack.smtp.wait_for(1)
+    html = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    named = [n for n in names if n in text]
+    raw = "<img src=x" in html
+    evaluated = "JINJAJINJA" in text or "JINJAJINJA" in html
+    figure(f"hostile inputs: failure e-mail for {len(names)} hostile file names: {len(named)} named as text, "
+           f"unescaped HTML: {raw}, template syntax evaluated: {evaluated}")
+    assert not raw and "&lt;img src=x" in html
+    assert not evaluated
+    assert stack.ignored() == []
