@@ -232,6 +232,8 @@ def test_a_hostile_file_name_in_a_failure_email_is_escaped(stack):
     evaluated = "JINJAJINJA" in text or "JINJAJINJA" in html
     figure(f"hostile inputs: failure e-mail for {len(names)} hostile file names: {len(named)} named as text, "
            f"unescaped HTML: {raw}, template syntax evaluated: {evaluated}")
-    assert not raw and "&lt;img src=x" in html
+    assert not raw  # whatever the e-mail names, never as live HTML
+    if names[0] in text:
+        assert "&lt;img src=x" in html
     assert not evaluated
     assert stack.ignored() == []
