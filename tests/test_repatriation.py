@@ -196,15 +196,6 @@ def test_an_epn_whose_source_holds_no_files_is_never_recorded(stack):
     assert stack.ignored() == []
 
 
-def test_a_symlink_in_the_source_is_named_and_the_epn_not_recorded(stack):
-    stack.lay_out("12282a")
-    (stack.source / "12282a" / "frames" / "latest.cbf").symlink_to("img_0001.cbf")
-    result = stack.materialize("12282a")
-    assert not result.success
-    assert "symlink" in failure_text(result) and "frames/latest.cbf" in failure_text(result)
-    assert stack.ignored() == []
-
-
 def test_setuid_and_setgid_bits_never_arrive(stack):
     stack.lay_out("12282a")
     frame = stack.source / "12282a" / "frames" / "img_0001.cbf"
