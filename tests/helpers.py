@@ -8,7 +8,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import psutil
+
+from assyncy_dagster.definitions import build_definitions, build_resources
 
 
 def wait_for(predicate, timeout: float, what: str, *, proc: subprocess.Popen | None = None,
@@ -65,3 +68,23 @@ def group_alive(pgid: int) -> bool:
         except (ProcessLookupError, psutil.NoSuchProcess):
             continue
     return False
+
+
+def ticker(stack):
+    """Evaluate epn_sensor as the daemon does, carrying its cursor from tick to tick;
+    returns (tick, state) with the cursor in state["cursor"]."""
+    state = {"cursor": None}
+
+    def tick():
+        defs = build_definitions(str(stack.config_path))
+        sensor = defs.get_sensor_def("epn_sensor")
+        resources = build_resources()
+        with dg.build_sensor_context(instance=stack.instance, resources=resources, cursor=state["cursor"]) as context:
+            result = sensor(context)
+            state["cursor"] = result.cursor if isinstance(result, dg.SensorResult) else context.cursor
+        if isinstance(result, dg.SensorResult):
+            for request in result.dynamic_partitions_requests or []:
+                stack.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        return result
+
+    return tick, state

@@ -3,14 +3,15 @@ outages, and runs whose worker died."""
 
 import logging
 import subprocess
-from pathlib import Path
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
+from helpers import ticker
 
 from assyncy_dagster.config import load_settings
-from assyncy_dagster.definitions import build_definitions, build_resources
+from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.jobs import REPATRIATION_JOB
 from assyncy_dagster.planning import LastRun
 from assyncy_dagster.run_records import (
@@ -28,25 +29,6 @@ from assyncy_dagster.sensors.epn_sensor import (
     plan_batches,
     refresh_retry_delay,
 )
-
-
-def ticker(stack):
-    """Evaluate epn_sensor as the daemon does, carrying its cursor from tick to tick."""
-    state = {"cursor": None}
-
-    def tick():
-        defs = build_definitions(str(stack.config_path))
-        sensor = defs.get_sensor_def("epn_sensor")
-        resources = build_resources()
-        with dg.build_sensor_context(instance=stack.instance, resources=resources, cursor=state["cursor"]) as context:
-            result = sensor(context)
-            state["cursor"] = result.cursor if isinstance(result, dg.SensorResult) else context.cursor
-        if isinstance(result, dg.SensorResult):
-            for request in result.dynamic_partitions_requests or []:
-                stack.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        return result
-
-    return tick, state
 
 
 def test_batches_give_every_rsync_slot_work_and_stay_bounded():

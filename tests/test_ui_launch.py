@@ -1,10 +1,12 @@
 """Through the real webserver's GraphQL API (what the UI's launchpad sends), nothing
 that names a file, a folder, a host or a key can be set at launch time."""
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,9 +45,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_a_launch_that_overrides_a_path_or_host_is_refused(stack, tmp_path):
+@contextlib.contextmanager
+def webserver(tmp_path: Path) -> Iterator[str]:
+    """The real dagster-webserver on this test's instance, on a free loopback port; yields
+    its GraphQL URL once it answers, and is killed with its process group afterwards."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}/graphql"
     log = tmp_path / "webserver.log"
     argv = [str(BIN / "dagster-webserver"), "-m", "assyncy_dagster.definitions", "-h", "127.0.0.1", "-p", str(port)]
     with open(log, "w") as out, running(argv, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ)) as web:
@@ -57,6 +61,12 @@ def test_a_launch_that_overrides_a_path_or_host_is_refused(stack, tmp_path):
                 return False
 
         wait_for(answers, 90, "the webserver", proc=web, log=log)
+        yield f"http://127.0.0.1:{port}/graphql"
+
+
+def test_a_launch_that_overrides_a_path_or_host_is_refused(stack, tmp_path):
+    with webserver(tmp_path) as url:
+
         [repo] = requests.post(url, json={"query": LOCATIONS}, timeout=30).json()["data"]["repositoriesOrError"]["nodes"]
 
         def launch(job: str, run_config: dict) -> dict:
@@ -103,20 +113,8 @@ def test_a_ui_backfill_of_many_epns_runs_them_in_batches_each_recorded(stack, tm
     stack.instance.add_dynamic_partitions("epn", epns)
     # Already recorded as home, so the sensor leaves them alone: this is a repair from the UI.
     stack.settings().ignore.write_text(yaml.safe_dump({"previouslySynched": epns}))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/graphql"
-    log = tmp_path / "webserver.log"
-    argv = [str(BIN / "dagster-webserver"), "-m", "assyncy_dagster.definitions", "-h", "127.0.0.1", "-p", str(port)]
-    with open(log, "w") as out, running(argv, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ)) as web, \
-            dagster_daemon(tmp_path) as (daemon, daemon_log):
+    with webserver(tmp_path) as url, dagster_daemon(tmp_path) as (daemon, daemon_log):
 
-        def answers() -> bool:
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok
-            except requests.RequestException:
-                return False
-
-        wait_for(answers, 90, "the webserver", proc=web, log=log)
         params = {"partitionNames": epns, "assetSelection": [{"path": ["epn_data"]}], "fromFailure": False}
         body = requests.post(url, json={"query": BACKFILL, "variables": {"params": params}}, timeout=60).json()
         answer = body["data"]["launchPartitionBackfill"]

@@ -11,14 +11,6 @@ from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 
 
-def partition_epn(context: dg.AssetExecutionContext) -> str:
-    """The run's EPN, checked: a partition key reaches paths and commands."""
-    try:
-        return validate_epn(context.partition_key)
-    except InvalidEpnError as exc:
-        raise dg.Failure(description=str(exc)) from None
-
-
 def _person(person) -> str:
     return f"{person.full_name} <{person.email}>" if person else "(none)"
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+from helpers import ticker  # noqa: F401 (re-exported for the fault tests)
 
-from assyncy_dagster.definitions import build_definitions, build_resources
 from assyncy_dagster.jobs import ALERT_JOB, REPATRIATION_JOB
 
 BIN = Path(sys.executable).parent
@@ -27,26 +27,6 @@ def figure(text: str) -> None:
     if path:  # one line per figure, also from xdist workers
         with open(path, "a") as out:
             out.write(text + "\n")
-
-
-def ticker(stack):
-    """Evaluate epn_sensor as the daemon does, carrying its cursor from tick to tick
-    (the same as tests/test_automatic.py's)."""
-    state = {"cursor": None}
-
-    def tick():
-        defs = build_definitions(str(stack.config_path))
-        sensor = defs.get_sensor_def("epn_sensor")
-        resources = build_resources()
-        with dg.build_sensor_context(instance=stack.instance, resources=resources, cursor=state["cursor"]) as context:
-            result = sensor(context)
-            state["cursor"] = result.cursor if isinstance(result, dg.SensorResult) else context.cursor
-        if isinstance(result, dg.SensorResult):
-            for request in result.dynamic_partitions_requests or []:
-                stack.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        return result
-
-    return tick, state
 
 
 def requested_epns(result) -> list[str]:
