@@ -154,7 +154,7 @@ def _dagster_home():
 
 def mxsync(args: argparse.Namespace) -> int:
     from .cycle import Workers, run_cycle
-    from .rsync import terminate_all_transfers
+    from .transfer import terminate_all_transfers
 
     settings = _settings_and_logging(args.config, "sync")
     log = logging.getLogger("assyncy.sync")
@@ -193,12 +193,12 @@ def epnalert(args: argparse.Namespace) -> int:
     from .epnalert import ALERT_ERRORS, send_unknown_epn_alert, unmapped_epns_on_host
     from .mail import Mailer
     from .portal import PortalClient
-    from .rsync import SftpClient, SshEndpoint
+    from .transfer import RsyncClient, SshEndpoint
 
     settings = _settings_and_logging(args.config, "epnalert")
     log = logging.getLogger("assyncy.epnalert")
     try:
-        epns = unmapped_epns_on_host(settings, SftpClient(SshEndpoint.from_settings(settings), logger=log))
+        epns = unmapped_epns_on_host(settings, RsyncClient(SshEndpoint.from_settings(settings), logger=log))
         with PortalClient.from_settings(settings, logger=log) as portal:
             sent = send_unknown_epn_alert(
                 settings, portal, Mailer.from_settings(settings), epns, digest=True, logger=log

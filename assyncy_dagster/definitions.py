@@ -19,8 +19,8 @@ from .jobs import (
 )
 from .resources.portal import PortalResource
 from .resources.settings import AssyncyConfigResource, NoStorageIOManager
-from .resources.sftp import SftpResource
 from .resources.smtp import SmtpResource
+from .resources.ssh_source import SshSourceResource
 from .sensors.epn_sensor import build_epn_sensor, sensor_interval_seconds
 from .sensors.failure_alerts import repatriation_failure_alert
 
@@ -62,7 +62,7 @@ def build_resources() -> dict[str, object]:
     return {
         "assyncy_config": AssyncyConfigResource(),
         "portal": PortalResource(),
-        "sftp": SftpResource(),
+        "sftp": SshSourceResource(),
         "smtp": SmtpResource(),
         "io_manager": NoStorageIOManager(),
     }

@@ -12,8 +12,8 @@ from .config import Settings
 from .epn import project_for, validate_epn
 from .mail import Mailer, MailError
 from .portal import PortalClient, PortalError, visit_window, visits_by_epn
-from .rsync import RsyncError, SftpClient
 from .state import ALERTED_KEY, add_epns
+from .transfer import RsyncClient, RsyncError
 
 log = logging.getLogger("assyncy.epnalert")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("assyncy.epnalert")
 ALERT_ERRORS = (PortalError, RsyncError, MailError, TemplateError)
 
 
-def unmapped_epns_on_host(settings: Settings, sftp: SftpClient) -> list[str]:
+def unmapped_epns_on_host(settings: Settings, sftp: RsyncClient) -> list[str]:
     """Every EPN folder on the SFTP host whose base number is not in epn_cap_map."""
     return sorted(e for e in sftp.list_epns() if project_for(e, settings.epn_cap_map) is None)
 

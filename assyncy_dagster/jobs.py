@@ -9,8 +9,8 @@ from .epnalert import ALERT_ERRORS, send_unknown_epn_alert, unmapped_epns_on_hos
 from .partitions import epn_partitions
 from .resources.portal import PortalResource
 from .resources.settings import AssyncyConfigResource
-from .resources.sftp import SftpResource
 from .resources.smtp import SmtpResource
+from .resources.ssh_source import SshSourceResource
 
 KIND_TAG = "assyncy/kind"
 REPATRIATION_JOB = "repatriate_epn"
@@ -33,7 +33,7 @@ def repatriate_epns_op(
     context: dg.OpExecutionContext,
     config: RepatriationConfig,
     portal: PortalResource,
-    sftp: SftpResource,
+    sftp: SshSourceResource,
     assyncy_config: AssyncyConfigResource,
 ):
     yield from repatriate_as_configured(context, config.epns, config, portal, sftp, assyncy_config,
@@ -76,7 +76,7 @@ def send_unknown_epn_alert_op(
     config: UnknownEpnAlertConfig,
     portal: PortalResource,
     smtp: SmtpResource,
-    sftp: SftpResource,
+    sftp: SshSourceResource,
     assyncy_config: AssyncyConfigResource,
 ) -> list[str]:
     settings = assyncy_config.settings()

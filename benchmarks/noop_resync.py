@@ -1,8 +1,8 @@
-"""A no-op re-sync of 10,000 small files: SftpClient.transfer against bare rsync, side by side.
+"""A no-op re-sync of 10,000 small files: RsyncClient.transfer against bare rsync, side by side.
 
 Starts its own sshd (real OpenSSH + rrsync on 127.0.0.1), lays out one EPN of
 `--files` small frames, copies it once, then alternates re-syncs that find
-nothing to copy: our `SftpClient.transfer` and `rsync` run bare with the very
+nothing to copy: our `RsyncClient.transfer` and `rsync` run bare with the very
 same argv. Prints the seconds of each run, the medians, and the median of the
 per-round ratios (each round's pair shares the machine's load). Target: <= 1.2.
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from side_by_side import alternate, contenders, report
 
-from assyncy_dagster.rsync import SftpClient
 from assyncy_dagster.testing.sshd import LocalSshd, make_source_tree
+from assyncy_dagster.transfer import RsyncClient
 
 TARGET_RATIO = 1.2
 EPN = "99998a"
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                              {f"run_{i // 100:03d}/img_{i:05d}.cbf": 512 for i in range(args.files)})
             endpoint = sshd.endpoint()
             destination = scratch / "ny79" / EPN / "data"
-            first = SftpClient(endpoint).transfer(EPN, destination, dry_run=False)
+            first = RsyncClient(endpoint).transfer(EPN, destination, dry_run=False)
             assert first.stats is not None and first.stats.files_transferred == args.files, first.stats
 
             def nothing_copied(result) -> None:

@@ -13,15 +13,15 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from assyncy_dagster.rsync import SftpClient, SshEndpoint, transfer_command
+from assyncy_dagster.transfer import RsyncClient, SshEndpoint, transfer_command
 
-OURS = "SftpClient.transfer"
+OURS = "RsyncClient.transfer"
 BARE = "bare rsync"
 
 
 def contenders(endpoint: SshEndpoint, epn: str, destination, check: Callable | None = None):
     """The two ways to copy `epn`: the code epn_data runs, and rsync with the very same argv."""
-    client = SftpClient(endpoint)
+    client = RsyncClient(endpoint)
     bare_argv = transfer_command(endpoint, epn, destination, dry_run=False)
 
     def ours() -> None:

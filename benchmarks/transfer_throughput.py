@@ -1,8 +1,8 @@
-"""Throughput of SftpClient.transfer (the code epn_data runs) against bare rsync, side by side.
+"""Throughput of RsyncClient.transfer (the code epn_data runs) against bare rsync, side by side.
 
 Starts its own sshd (real OpenSSH + rrsync on 127.0.0.1), lays out one EPN of
 `--size-mib` MiB in `--files` frames, then alternates the two ways of copying
-it into a fresh destination: our `SftpClient.transfer` (progress parsing,
+it into a fresh destination: our `RsyncClient.transfer` (progress parsing,
 process-group handling) and `rsync` run bare with the very same argv. Prints
 MiB/s of each run, the medians, and the median of the per-round ratios
 (each round's pair shares the machine's load of the moment). Target: >= 0.97.

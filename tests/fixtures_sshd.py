@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from assyncy_dagster.rsync import SftpClient, SshEndpoint
 from assyncy_dagster.testing.sshd import LocalSshd, missing_binaries
+from assyncy_dagster.transfer import RsyncClient, SshEndpoint
 
 __all__ = ["sshd", "sftp_source", "SftpSource"]
 
@@ -47,8 +47,8 @@ class SftpSource:
         """An EPN name no other test uses (so a leftover process of another test never matches it)."""
         return f"{self.prefix}{next(_epn_numbers):04d}{letter}"
 
-    def client(self, **kwargs: object) -> SftpClient:
-        return SftpClient(self.endpoint, **kwargs)  # type: ignore[arg-type]
+    def client(self, **kwargs: object) -> RsyncClient:
+        return RsyncClient(self.endpoint, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Small helpers shared by the end-to-end tests."""
+"""Small helpers shared by the tests."""
 
 import contextlib
 import os
@@ -12,6 +12,7 @@ import dagster as dg
 import psutil
 
 from assyncy_dagster.definitions import build_definitions, build_resources
+from assyncy_dagster.transfer import SshEndpoint
 
 
 def wait_for(predicate, timeout: float, what: str, *, proc: subprocess.Popen | None = None,
@@ -88,3 +89,17 @@ def ticker(stack):
         return result
 
     return tick, state
+
+
+def endpoint(**overrides: object) -> SshEndpoint:
+    """An endpoint as config.yml would describe the facility's, with `overrides` applied."""
+    values: dict[str, object] = dict(
+        host="sftp.synchrotron.org.au",
+        port=2222,
+        user="help@massive.org.au",
+        key_file=Path("/etc/assyncy/id_ed25519"),
+        known_hosts_file=Path("/etc/assyncy/known_hosts"),
+        source_root="/data/mx",
+    )
+    values.update(overrides)
+    return SshEndpoint(**values)  # type: ignore[arg-type]

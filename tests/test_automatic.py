@@ -196,10 +196,10 @@ def test_a_malformed_visit_is_held_back_by_name_while_the_others_are_requested(s
     assert requested == ["12282a"]
     # The next tick decides from the same answer, and still names the skipped visit.
     from assyncy_dagster.resources.portal import PortalResource
-    from assyncy_dagster.resources.sftp import SftpResource
+    from assyncy_dagster.resources.ssh_source import SshSourceResource
     from assyncy_dagster.sensors.epn_sensor import plan_tick
 
     cursor = SensorCursor.parse(state["cursor"])
-    plan, _ = plan_tick(stack.instance, settings, PortalResource(), SftpResource(), logging.getLogger("test"), cursor)
+    plan, _ = plan_tick(stack.instance, settings, PortalResource(), SshSourceResource(), logging.getLogger("test"), cursor)
     assert plan.held_back["13001a"].startswith("the portal sent a malformed visit, skipped")
     assert "end_time" in plan.held_back["13001a"]

@@ -21,10 +21,10 @@ from ..partitions import epn_partitions
 from ..portal import PortalError, Visit, visit_window, visits_by_epn
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
-from ..resources.sftp import SftpResource
-from ..rsync import RsyncError, SftpClient, TransferStats, compare_manifests, local_manifest
+from ..resources.ssh_source import SshSourceResource
 from ..run_records import WORKER_TAG, Outcome, epn_tag, outcome_tags, this_worker, worker_is_gone
 from ..state import add_epns
+from ..transfer import RsyncClient, RsyncError, TransferStats, compare_manifests, local_manifest
 from .visits import PORTAL_VISITS, visit_metadata
 
 EPN_DATA = dg.AssetKey("epn_data")
@@ -65,7 +65,7 @@ def _check_evaluation(epn: str, passed: bool, *, description: str | None = None,
     )
 
 
-def verify(epn: str, client: SftpClient, destination: Path,
+def verify(epn: str, client: RsyncClient, destination: Path,
            expected: dict[str, int] | None = None, actual: dict[str, int] | None = None) -> tuple[bool, str, dict]:
     """Compare the destination with the source manifest: (passed, description, metadata).
 
@@ -87,7 +87,7 @@ def verify(epn: str, client: SftpClient, destination: Path,
 
 
 def _bring_home(
-    context, epn: str, settings: Settings, client: SftpClient, visits: list[Visit], *,
+    context, epn: str, settings: Settings, client: RsyncClient, visits: list[Visit], *,
     dry_run: bool, allow_running_visit: bool,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Transfer and verify one EPN, yielding its materialisation and check result.
@@ -170,7 +170,7 @@ def repatriate(
     *,
     settings: Settings,
     portal: PortalResource,
-    sftp: SftpResource,
+    sftp: SshSourceResource,
     dry_run: bool,
     allow_running_visit: bool,
     report_visits: bool,
@@ -236,7 +236,7 @@ def _transferring_elsewhere(instance: dg.DagsterInstance, epn: str, run_id: str)
 
 
 def repatriate_as_configured(
-    context, epns: Sequence[str], config: EpnDataConfig, portal: PortalResource, sftp: SftpResource,
+    context, epns: Sequence[str], config: EpnDataConfig, portal: PortalResource, sftp: SshSourceResource,
     assyncy_config: AssyncyConfigResource, *, report_visits: bool,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """`repatriate` with the run's choices (EpnDataConfig), after checking every EPN name:
@@ -273,7 +273,7 @@ def epn_data(
     context: dg.AssetExecutionContext,
     config: EpnDataConfig,
     portal: PortalResource,
-    sftp: SftpResource,
+    sftp: SshSourceResource,
     assyncy_config: AssyncyConfigResource,
 ):
     """The EPN's data at `<destination-root-path>/<project>/<epn>/data/`, pulled from the
@@ -310,7 +310,7 @@ def _latest_was_dry_run(instance: dg.DagsterInstance, epn: str) -> bool:
 )
 def epn_data_matches_source(
     context: dg.AssetCheckExecutionContext,
-    sftp: SftpResource,
+    sftp: SshSourceResource,
     assyncy_config: AssyncyConfigResource,
 ) -> dg.AssetCheckResult:
     """Run on its own (the `verify_epn_data` job); a transfer step reports it itself."""

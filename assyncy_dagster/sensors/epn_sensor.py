@@ -34,10 +34,10 @@ from ..planning import CyclePlan, LastRun, RunHistory, plan_cycle
 from ..portal import PortalClient, PortalError, Visit, visit_window
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
-from ..resources.sftp import SftpResource
-from ..rsync import RsyncError
+from ..resources.ssh_source import SshSourceResource
 from ..run_records import IN_FLIGHT, InFlight, Outcome, end_lost_runs, epn_history, in_flight, outcome_tags
 from ..state import ALERTED_KEY, StateFileError, read_epns
+from ..transfer import RsyncError
 
 INTERVAL_ENV = "ASSYNCY_SENSOR_INTERVAL_SECONDS"
 RSYNC_POOL = "rsync"
@@ -182,14 +182,14 @@ def _fetch_visits(settings: Settings, portal: PortalResource, log, now: datetime
         return client.visits(since, until), dict(client.rejected)
 
 
-def _list_host(sftp: SftpResource, log) -> list[str]:
+def _list_host(sftp: SshSourceResource, log) -> list[str]:
     client = sftp.client(logger=log)
     client.endpoint = replace(client.endpoint, connect_timeout_seconds=10)
     return client.list_epns(io_timeout_seconds=20)
 
 
 def gather_facts(
-    settings: Settings, portal: PortalResource, sftp: SftpResource, log, cursor: SensorCursor | None,
+    settings: Settings, portal: PortalResource, sftp: SshSourceResource, log, cursor: SensorCursor | None,
     now: datetime, cache_file: Path | None = None,
 ) -> tuple[Facts | None, str | None]:
     """Refresh from the portal and the host when due, else reuse what they last said.
@@ -292,7 +292,7 @@ def plan_tick(
     instance: dg.DagsterInstance,
     settings: Settings,
     portal: PortalResource,
-    sftp: SftpResource,
+    sftp: SshSourceResource,
     log,
     cursor: SensorCursor | None = None,
 ) -> tuple[CyclePlan | None, dg.SensorResult | dg.SkipReason]:
@@ -372,7 +372,7 @@ def build_epn_sensor(interval_seconds: int) -> dg.SensorDefinition:
     def epn_sensor(
         context: dg.SensorEvaluationContext,
         portal: PortalResource,
-        sftp: SftpResource,
+        sftp: SshSourceResource,
         assyncy_config: AssyncyConfigResource,
     ) -> dg.SensorResult | dg.SkipReason:
         """Every 30 s: end runs whose worker died; refresh from the portal and the SFTP host

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ..rsync import SshEndpoint, list_command
+from ..transfer import SshEndpoint, list_command
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.jobs import REPATRIATION_JOB
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.resources.portal import PortalResource
-from assyncy_dagster.resources.sftp import SftpResource
+from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.run_records import IN_FLIGHT, WORKER_TAG, Outcome, end_lost_runs, in_flight, outcome_tags
 from assyncy_dagster.sensors.epn_sensor import SensorCursor, plan_tick
 
@@ -199,7 +199,7 @@ def test_kill_loop_never_leaves_a_partial_file_a_record_a_process_or_a_slot(stac
     # One epn_sensor tick: its sweep leaves no run in flight and no slot claimed; the EPNs wait for their retry.
     tick, state = ticker(stack)
     tick()
-    plan, _ = plan_tick(stack.instance, stack.settings(), PortalResource(), SftpResource(),
+    plan, _ = plan_tick(stack.instance, stack.settings(), PortalResource(), SshSourceResource(),
                         logging.getLogger("test"), SensorCursor.parse(state["cursor"]))
     slots = stack.instance.event_log_storage.get_concurrency_info("rsync").active_slot_count
     in_flight_now = stack.instance.get_runs(dg.RunsFilter(statuses=list(IN_FLIGHT)))

@@ -7,11 +7,11 @@ from typing import Any
 
 import dagster as dg
 
-from ..rsync import SftpClient, SshConfigError, SshEndpoint
+from ..transfer import RsyncClient, SshConfigError, SshEndpoint
 from .settings import current_settings
 
 
-class SftpResource(dg.ConfigurableResource):
+class SshSourceResource(dg.ConfigurableResource):
     """The SFTP host that serves each EPN's data (`host`, `ssh-port`, `key-file` in config.yml).
 
     Data moves with rsync over ssh, key-only and non-interactive, with the host
@@ -21,6 +21,9 @@ class SftpResource(dg.ConfigurableResource):
     Only the *path* of the private key is configured: the key itself is read
     by ssh alone, never by this code, the UI or the run logs. A missing key
     file fails at use with an error naming it.
+
+    It is bound under the resource key `sftp` because config.yml's keys
+    (`sftp-username`) and the facility call this host "the SFTP host".
     """
 
     def endpoint(self) -> SshEndpoint:
@@ -29,12 +32,12 @@ class SftpResource(dg.ConfigurableResource):
         endpoint.check_files()
         return endpoint
 
-    def client(self, logger: logging.Logger | Any | None = None) -> SftpClient:
+    def client(self, logger: logging.Logger | Any | None = None) -> RsyncClient:
         """A client that lists and copies EPN folders, logging to `logger` (e.g. `context.log`)."""
         settings = current_settings()
         endpoint = SshEndpoint.from_settings(settings)
         endpoint.check_files()
-        return SftpClient(endpoint, logger=logger, bwlimit_kib=settings.rsync_bwlimit_kib)
+        return RsyncClient(endpoint, logger=logger, bwlimit_kib=settings.rsync_bwlimit_kib)
 
 
-__all__ = ["SftpResource", "SshConfigError"]
+__all__ = ["SshConfigError", "SshSourceResource"]

@@ -1,0 +1,86 @@
+"""What a destination holds, and how it differs from what the source holds.
+
+`local_manifest` applies the transfer's own filter (`--include .info
+--exclude .*`) to the destination, so the two manifests compare like with like.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .commands import KEPT_HIDDEN_NAME
+
+
+def is_transferred_name(name: str) -> bool:
+    """Whether rsync's `--include .info --exclude .*` lets a file or folder of this basename through."""
+    return not name.startswith(".") or name == KEPT_HIDDEN_NAME
+
+
+def local_manifest(destination: Path) -> dict[str, int]:
+    """Relative path -> size of every regular file under `destination` that a transfer could have put there.
+
+    Same filter as the transfer: any path component starting with `.` hides
+    the file, except one named exactly `.info` (so `.rsync-partial/` and rsync
+    temp files never count). Symlinks are not followed. A missing destination
+    is an empty manifest.
+    """
+    manifest: dict[str, int] = {}
+    stack: list[tuple[str, str]] = [(os.fspath(destination), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            it = os.scandir(folder)
+        except FileNotFoundError:
+            continue
+        with it:
+            for entry in it:
+                if not is_transferred_name(entry.name):
+                    continue
+                relative = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, relative + "/"))
+                elif entry.is_file(follow_symlinks=False):
+                    manifest[relative] = entry.stat(follow_symlinks=False).st_size
+    return manifest
+
+
+@dataclass
+class ManifestDiff:
+    """How a destination differs from the source: what is missing or has the wrong size (and what is extra)."""
+
+    missing: list[str]
+    size_mismatch: list[tuple[str, int, int]]
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every source file is in the destination with the same size (extra files are fine)."""
+        return not self.missing and not self.size_mismatch
+
+    def summary(self, limit: int = 20) -> str:
+        """A readable report: counts, then at most `limit` examples of each problem."""
+        if self.ok:
+            head = "destination matches the source"
+            return head + (f" ({len(self.extra)} extra file(s) in the destination)" if self.extra else "")
+        lines = [f"{len(self.missing)} missing, {len(self.size_mismatch)} with a different size"
+                 + (f", {len(self.extra)} extra" if self.extra else "")]
+        for path in self.missing[:limit]:
+            lines.append(f"  missing: {path}")
+        if len(self.missing) > limit:
+            lines.append(f"  ... and {len(self.missing) - limit} more missing")
+        for path, expected, actual in self.size_mismatch[:limit]:
+            lines.append(f"  size differs: {path} (source {expected} bytes, destination {actual} bytes)")
+        if len(self.size_mismatch) > limit:
+            lines.append(f"  ... and {len(self.size_mismatch) - limit} more with a different size")
+        return "\n".join(lines)
+
+
+def compare_manifests(expected: Mapping[str, int], actual: Mapping[str, int]) -> ManifestDiff:
+    """Compare the source manifest with the destination's."""
+    missing = sorted(p for p in expected if p not in actual)
+    mismatch = sorted((p, size, actual[p]) for p, size in expected.items() if p in actual and actual[p] != size)
+    extra = sorted(p for p in actual if p not in expected)
+    return ManifestDiff(missing=missing, size_mismatch=mismatch, extra=extra)

@@ -1,0 +1,213 @@
+"""Reading rsync's output: `--list-only` listings, the `--stats` block, progress2 records, itemized lines.
+
+Pure functions of text, so they test in microseconds. Names arrive as rsync
+prints them under `LC_ALL=C`: every unprintable or non-ASCII byte escaped as
+`\\#ooo`, which `unescape_name` undoes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ListingEntry:
+    """One line of `rsync --list-only`: a path relative to the listed folder."""
+
+    path: str
+    size: int
+    is_dir: bool
+    is_symlink: bool = False
+
+    @property
+    def is_file(self) -> bool:
+        return not self.is_dir and not self.is_symlink
+
+
+_LISTING_LINE = re.compile(
+    r"^(?P<mode>[dlcbps-][rwxsStT-]{9})[.+@]?\s+(?P<size>[\d,.]+)\s+"
+    r"\d{4}/\d{2}/\d{2}\s+\d{2}:\d{2}:\d{2}\s(?P<name>.+)$"
+)
+_ESCAPE = re.compile(r"\\#([0-7]{3})")
+
+
+def unescape_name(name: str) -> str:
+    """Undo rsync's `\\#ooo` escaping of unprintable bytes (a newline in a name is `\\#012`)."""
+    if "\\#" not in name:
+        return name
+    raw = bytearray()
+    pos = 0
+    for match in _ESCAPE.finditer(name):
+        raw += name[pos:match.start()].encode("utf-8", "surrogateescape")
+        raw.append(int(match.group(1), 8) & 0xFF)
+        pos = match.end()
+    raw += name[pos:].encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _number(text: str) -> int:
+    return int(text.replace(",", "").split(".")[0] or 0)
+
+
+def parse_listing_line(line: str) -> ListingEntry | None:
+    """One listing line as an entry; None for the `.` entry, special files and non-listing lines."""
+    match = _LISTING_LINE.match(line.rstrip("\r\n"))
+    if match is None:
+        return None
+    kind = match.group("mode")[0]
+    if kind not in "-dl":
+        return None  # devices, fifos, sockets: never data
+    name = unescape_name(match.group("name"))
+    is_symlink = kind == "l"
+    if is_symlink and " -> " in name:
+        name = name.split(" -> ", 1)[0]
+    if name in (".", "./"):
+        return None
+    return ListingEntry(path=name.rstrip("/"), size=_number(match.group("size")), is_dir=kind == "d",
+                        is_symlink=is_symlink)
+
+
+def parse_listing(text: str) -> list[ListingEntry]:
+    """Entries of an `rsync --list-only` listing (names with spaces kept whole; symlinks marked)."""
+    entries = []
+    for line in text.splitlines():
+        entry = parse_listing_line(line)
+        if entry is not None:
+            entries.append(entry)
+    return entries
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    """The totals of rsync's `--stats` block (zeros where the block did not say)."""
+
+    files_transferred: int = 0
+    bytes_transferred: int = 0
+    total_files: int = 0
+    total_regular_files: int = 0
+    total_dirs: int = 0
+    created_files: int = 0
+    deleted_files: int = 0
+    total_size: int = 0
+    literal_data: int = 0
+    matched_data: int = 0
+    file_list_size: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+_NUM = r"([\d,]+(?:\.\d+)?)"
+_STATS_FIELDS: dict[str, re.Pattern[str]] = {
+    "total_files": re.compile(rf"^Number of files:\s+{_NUM}", re.MULTILINE),
+    "created_files": re.compile(rf"^Number of created files:\s+{_NUM}", re.MULTILINE),
+    "deleted_files": re.compile(rf"^Number of deleted files:\s+{_NUM}", re.MULTILINE),
+    "files_transferred": re.compile(rf"^Number of regular files transferred:\s+{_NUM}", re.MULTILINE),
+    "total_size": re.compile(rf"^Total file size:\s+{_NUM}", re.MULTILINE),
+    "bytes_transferred": re.compile(rf"^Total transferred file size:\s+{_NUM}", re.MULTILINE),
+    "literal_data": re.compile(rf"^Literal data:\s+{_NUM}", re.MULTILINE),
+    "matched_data": re.compile(rf"^Matched data:\s+{_NUM}", re.MULTILINE),
+    "file_list_size": re.compile(rf"^File list size:\s+{_NUM}", re.MULTILINE),
+    "bytes_sent": re.compile(rf"^Total bytes sent:\s+{_NUM}", re.MULTILINE),
+    "bytes_received": re.compile(rf"^Total bytes received:\s+{_NUM}", re.MULTILINE),
+}
+_FILE_KINDS = re.compile(r"^Number of files:.*?\((?P<kinds>[^)]*)\)", re.MULTILINE)
+
+
+def has_stats(text: str) -> bool:
+    return _STATS_FIELDS["total_files"].search(text) is not None
+
+
+def parse_stats(text: str) -> TransferStats:
+    """Parse rsync's `--stats` block; numbers with or without digit grouping (`--no-h`)."""
+    values: dict[str, int] = {}
+    for name, pattern in _STATS_FIELDS.items():
+        match = pattern.search(text)
+        if match:
+            values[name] = _number(match.group(1))
+    kinds = _FILE_KINDS.search(text)
+    if kinds:
+        for key, number in re.findall(r"(\w+):\s*([\d,]+)", kinds.group("kinds")):
+            if key == "reg":
+                values["total_regular_files"] = _number(number)
+            elif key == "dir":
+                values["total_dirs"] = _number(number)
+    return TransferStats(**values)
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    """One `--info=progress2` record: overall progress of a running transfer."""
+
+    bytes_transferred: int
+    percent: int
+    rate_bytes_per_second: float
+    time_text: str  # rsync's ETA while running, elapsed time on the last record
+    files_transferred: int | None = None
+    files_to_check: int | None = None
+    files_total: int | None = None
+    listing_complete: bool = True  # False while rsync still scans folders (ir-chk)
+
+    @property
+    def files_checked(self) -> int | None:
+        if self.files_total is None or self.files_to_check is None:
+            return None
+        return self.files_total - self.files_to_check
+
+    def __str__(self) -> str:
+        """One log line: `42% 1.3 GiB at 151.2 MiB/s, 120 files transferred, 300/900 checked, 0:00:09`."""
+        text = f"{self.percent}% {_human(self.bytes_transferred)} at {_human(self.rate_bytes_per_second)}/s"
+        if self.files_transferred is not None:
+            text += f", {self.files_transferred} files transferred"
+        if self.files_checked is not None:
+            scanning = "" if self.listing_complete else " (still listing)"
+            text += f", {self.files_checked}/{self.files_total} checked{scanning}"
+        return f"{text}, {self.time_text}"
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+_PROGRESS = re.compile(
+    r"^\s*(?P<bytes>[\d,]+)\s+(?P<pct>\d+)%\s+(?P<rate>[\d.,]+)(?P<unit>[kMGTP]?B)/s\s+(?P<time>\d+:\d{2}:\d{2})"
+    r"(?:\s+\(xfr#(?P<xfr>\d+),\s*(?P<chk>ir|to)-chk=(?P<todo>\d+)/(?P<total>\d+)\))?"
+)
+_RATE_UNITS = {"B": 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40, "PB": 1 << 50}
+
+
+def parse_progress(record: str) -> ProgressUpdate | None:
+    """Parse one progress2 record (the text between `\\r`s), or None if it is not one."""
+    match = _PROGRESS.match(record)
+    if match is None:
+        return None
+    xfr = match.group("xfr")
+    return ProgressUpdate(
+        bytes_transferred=_number(match.group("bytes")),
+        percent=int(match.group("pct")),
+        rate_bytes_per_second=float(match.group("rate").replace(",", "")) * _RATE_UNITS[match.group("unit")],
+        time_text=match.group("time"),
+        files_transferred=int(xfr) if xfr is not None else None,
+        files_to_check=int(match.group("todo")) if xfr is not None else None,
+        files_total=int(match.group("total")) if xfr is not None else None,
+        listing_complete=match.group("chk") != "ir",
+    )
+
+
+# One line per file of `-ii --out-format=%i|%l|%n` (`commands.ITEMIZE`).
+# `%i` is 11 characters (e.g. `>f+++++++++`, `.f         `); a regular file's has `f` second.
+_ITEMIZED = re.compile(r"^([<>ch.*][fdLDS].{9})\|(\d+)\|(.+)$")
+# What rsync prints (on stdout or stderr) for a source symlink or device it does not copy.
+SKIPPED_NON_REGULAR = re.compile(r'^skipping non-regular file "(.+)"$')
+
+
+def parse_itemized_line(line: str) -> tuple[str, int] | None:
+    """(path, size) from one `-ii --out-format=%i|%l|%n` line of a regular file, else None."""
+    match = _ITEMIZED.match(line)
+    if match is None or match.group(1)[1] != "f":
+        return None
+    return unescape_name(match.group(3)), int(match.group(2))

@@ -1,0 +1,343 @@
+"""Running rsync: in its own process group, its output streamed, and never left behind.
+
+The only module of the package with global state: the registry of live rsync
+process groups, so that `terminate_all_transfers` (a service shutdown) can
+stop every transfer at once from any thread or a signal handler.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .endpoint import SshEndpoint
+from .errors import HOST_KEY_PATTERNS, RsyncError, error_for, redact
+from .parsing import ProgressUpdate, TransferStats, has_stats, parse_progress, parse_stats
+
+# How long rsync gets to save its partial file after SIGTERM before SIGKILL.
+TERMINATE_GRACE_SECONDS = 5.0
+_READ_CHUNK = 1 << 16
+_MAX_PENDING = 1 << 16  # longest unterminated output record we keep
+_STDOUT_TAIL_LINES = 200
+_STDERR_TAIL_LINES = 60
+
+
+@dataclass
+class RsyncResult:
+    """What a finished rsync run left: exit code, `--stats` totals (None without a stats block), output tails."""
+
+    exit_code: int
+    stats: TransferStats | None
+    stdout_tail: str
+    stderr: str
+    duration_seconds: float
+    last_progress: ProgressUpdate | None = None
+    argv: list[str] = field(default_factory=list, repr=False)
+    # Relative path -> size at the source of every regular file the transfer covered.
+    manifest: dict[str, int] | None = None
+    # Source entries rsync passed over as not regular files (symlinks, devices), relative paths.
+    skipped: list[str] = field(default_factory=list)
+
+
+# Live rsync process groups, so a signal handler can stop every transfer at once.
+# Re-entrant: a signal handler calling terminate_all_transfers may interrupt
+# the main thread while it holds the lock.
+_live_lock = threading.RLock()
+_live: dict[int, subprocess.Popen[bytes]] = {}
+_terminated: set[int] = set()
+
+
+def live_transfer_pids() -> list[int]:
+    """Process-group ids of the rsync runs in progress."""
+    with _live_lock:
+        return list(_live)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is still in process group `pgid`."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg also reaches zombies: when rsync's leader dies first, its receiver
+    # fork is reparented to init, which may reap it seconds later. A zombie is
+    # already dead (its partial file saved), so only count the living.
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2:].split()  # the command name may hold spaces and parentheses
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while _group_alive(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return True
+
+
+def _kill_process_group(proc: subprocess.Popen[bytes], grace: float = TERMINATE_GRACE_SECONDS) -> None:
+    """SIGTERM rsync's group (rsync then saves its partial file), SIGKILL what is left after `grace`.
+
+    A second interruption while waiting (another Ctrl-C) skips the grace but
+    still kills and reaps the group before it propagates.
+    """
+    pgid = proc.pid
+    try:
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(pgid, signal.SIGKILL)
+            proc.wait()
+        # The leader is gone; its forks and ssh may still be finishing up.
+        if not _wait_group_gone(pgid, grace):
+            _signal_group(pgid, signal.SIGKILL)
+            _wait_group_gone(pgid, grace)
+    except BaseException:
+        _signal_group(pgid, signal.SIGKILL)
+        proc.wait()
+        raise
+
+
+def terminate_all_transfers(grace: float = TERMINATE_GRACE_SECONDS) -> int:
+    """Stop every running rsync (SIGTERM, then SIGKILL after `grace`); returns how many were running.
+
+    Safe from any thread, and from a signal handler in the main thread. Each
+    interrupted `run_rsync` raises TransferTerminated in its own thread.
+    """
+    with _live_lock:
+        pgids = list(_live)
+        _terminated.update(pgids)
+    for pgid in pgids:
+        _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for pgid in pgids:
+        if not _wait_group_gone(pgid, max(0.0, deadline - time.monotonic())):
+            _signal_group(pgid, signal.SIGKILL)
+    for pgid in pgids:
+        _wait_group_gone(pgid, grace)
+    return len(pgids)
+
+
+class _Tail:
+    """Splits a byte stream into records at `\\r`/`\\n`, keeping only the last `limit` lines."""
+
+    __slots__ = ("lines", "on_record", "pending")
+
+    def __init__(self, limit: int, on_record: Callable[[str], bool] | None = None):
+        self.pending = b""
+        self.lines: deque[str] = deque(maxlen=limit)
+        # Returns True when it consumed the record (a progress record is not a line to keep).
+        self.on_record = on_record
+
+    def feed(self, data: bytes) -> None:
+        data = self.pending + data
+        last = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        if last < 0:
+            self.pending = data[-_MAX_PENDING:]
+            return
+        self.pending = data[last + 1:][-_MAX_PENDING:]
+        self._records(data[: last + 1])
+
+    def _records(self, block: bytes) -> None:
+        text = block.decode("utf-8", "replace")
+        on_record = self.on_record
+        append = self.lines.append
+        for record in re.split(r"[\r\n]", text):
+            if not record:
+                continue
+            if on_record is not None and on_record(record):
+                continue
+            append(record)
+
+    def close(self) -> None:
+        if self.pending:
+            self._records(self.pending + b"\n")
+            self.pending = b""
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+
+def _pump(proc: subprocess.Popen[bytes], stdout: _Tail, stderr: _Tail) -> int:
+    """Read rsync's stdout and stderr in large chunks until both close; return its exit code."""
+    streams = {proc.stdout.fileno(): stdout, proc.stderr.fileno(): stderr}  # type: ignore[union-attr]
+    with selectors.DefaultSelector() as selector:
+        for fd in streams:
+            os.set_blocking(fd, False)
+            selector.register(fd, selectors.EVENT_READ)
+        exited_at: float | None = None
+        while streams:
+            for key, _ in selector.select(timeout=1.0):
+                try:
+                    data = os.read(key.fd, _READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                if data:
+                    streams[key.fd].feed(data)
+                else:
+                    selector.unregister(key.fd)
+                    del streams[key.fd]
+            if streams and proc.poll() is not None:
+                # A grandchild that kept our pipes open must not hang us once rsync is done.
+                exited_at = exited_at or time.monotonic()
+                if time.monotonic() - exited_at > 5.0:
+                    break
+    exit_code = proc.wait()
+    stdout.close()
+    stderr.close()
+    return exit_code
+
+
+def _die_with_parent(argv: list[str]) -> list[str]:
+    """Prefix `setpriv --pdeathsig TERM` (util-linux) so rsync stops if this process is killed outright.
+
+    The `except BaseException` in run_rsync covers every death Python sees; a
+    SIGKILL or an OOM kill of the step process it does not, and rsync, in its
+    own session, would go on writing into the destination while a retry starts
+    another. The death signal goes to rsync when the thread that started it
+    ends, and that thread waits in run_rsync for as long as rsync runs.
+    setpriv then execs rsync, so the process group and pid stay rsync's.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not sys.platform.startswith("linux"):
+        return argv
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
+
+
+def run_rsync(
+    argv: Sequence[str],
+    *,
+    on_progress: Callable[[ProgressUpdate], None] | None = None,
+    progress_interval: float = 5.0,
+    on_line: Callable[[str], None] | None = None,
+    on_stderr_line: Callable[[str], None] | None = None,
+    description: str = "",
+    endpoint: SshEndpoint | None = None,
+    check: bool = True,
+) -> RsyncResult:
+    """Run rsync in its own process group, stream its output, and never leave it behind.
+
+    `on_progress` gets at most one progress2 record per `progress_interval`
+    seconds, plus the last one. `on_line` gets every other complete stdout line
+    (listings); only the last lines are kept otherwise. On any exception,
+    KeyboardInterrupt and Dagster's interruption included, the whole group
+    (rsync, its forks and ssh) is terminated before the exception propagates.
+    With `check`, a non-zero exit raises RsyncError (HostKeyError,
+    TransferTerminated where they apply).
+    """
+    argv = [str(a) for a in argv]
+    started = time.monotonic()
+    last_progress: list[ProgressUpdate | None] = [None]
+    reported: list[ProgressUpdate | None] = [None]
+    next_report = [0.0]
+
+    def on_stdout_record(record: str) -> bool:
+        if "%" in record:
+            update = parse_progress(record)
+            if update is not None:
+                last_progress[0] = update
+                if on_progress is not None:
+                    now = time.monotonic()
+                    if now >= next_report[0]:
+                        next_report[0] = now + progress_interval
+                        reported[0] = update
+                        on_progress(update)
+                return True
+        if on_line is not None:
+            on_line(record)
+        return False
+
+    host_key_problem = [False]
+
+    def on_stderr_record(record: str) -> bool:
+        if HOST_KEY_PATTERNS.search(record):
+            host_key_problem[0] = True
+        if on_stderr_line is not None:
+            on_stderr_line(record)
+        return False
+
+    stdout = _Tail(_STDOUT_TAIL_LINES, on_stdout_record)
+    stderr = _Tail(_STDERR_TAIL_LINES, on_stderr_record)
+    env = dict(os.environ)
+    env["LC_ALL"] = "C"  # rsync then escapes every non-ASCII byte in names, the same way everywhere
+
+    if shutil.which(argv[0]) is None:
+        raise RsyncError(f"{argv[0]} is not installed or not on PATH: install rsync and openssh-client",
+                         exit_code=127)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with _live_lock:
+            proc = subprocess.Popen(
+                _die_with_parent(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True, env=env, bufsize=0,
+            )
+            _live[proc.pid] = proc
+        exit_code = _pump(proc, stdout, stderr)
+        if on_progress is not None and last_progress[0] is not None and last_progress[0] is not reported[0]:
+            on_progress(last_progress[0])
+    except BaseException:
+        if proc is not None:
+            _kill_process_group(proc)
+        raise
+    finally:
+        if proc is not None:
+            with _live_lock:
+                _live.pop(proc.pid, None)
+                terminated = proc.pid in _terminated
+                _terminated.discard(proc.pid)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+
+    stdout_text = stdout.text()
+    result = RsyncResult(
+        exit_code=exit_code,
+        stats=parse_stats(stdout_text) if has_stats(stdout_text) else None,
+        stdout_tail=stdout_text,
+        stderr="\n".join(redact(stderr.lines)),
+        duration_seconds=time.monotonic() - started,
+        last_progress=last_progress[0],
+        argv=argv,
+    )
+    if check and exit_code != 0:
+        raise error_for(exit_code, list(stderr.lines), description=description,
+                         host_key_problem=host_key_problem[0], terminated=terminated, endpoint=endpoint,
+                         result=result)
+    return result

@@ -1,0 +1,168 @@
+"""Interrupted transfers through a real sshd + rrsync + rsync (transfer/process.py): nothing is left running,
+and the next run completes the file."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import psutil
+import pytest
+
+from assyncy_dagster.testing.sshd import make_source_tree
+from assyncy_dagster.transfer import PARTIAL_DIR, ProgressUpdate, TransferTerminated, terminate_all_transfers
+
+BIG = "frames/big.cbf"
+BIG_SIZE = 16 << 20
+# 4 MiB/s makes the 16 MiB file take ~4 s, so it is still in flight when rsync first reports progress (~1 s).
+SLOW = ["--bwlimit=4m"]
+
+
+def living_processes() -> list[psutil.Process]:
+    # Zombies are dead already; init reaps orphaned ones in its own time.
+    return [p for p in psutil.process_iter(["pid", "cmdline", "username", "status"])
+            if p.info["status"] != psutil.STATUS_ZOMBIE and p.pid != os.getpid()]
+
+
+def processes_mentioning(*needles: str) -> list[str]:
+    return [f"{p.pid}: {' '.join(p.info['cmdline'])}" for p in living_processes()
+            if any(needle in " ".join(p.info["cmdline"] or []) for needle in needles)]
+
+
+def processes_of(user: str) -> list[str]:
+    return [f"{p.pid}: {' '.join(p.info['cmdline'] or [])}" for p in living_processes() if p.info["username"] == user]
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def assert_nothing_left_running(sftp_source, epn: str, destination: Path) -> None:
+    """No rsync or ssh of ours is alive once the call returned, and the server side follows within seconds."""
+    assert processes_mentioning(str(destination), epn) == []
+    if sftp_source.sshd.user != psutil.Process().username():
+        try:
+            wait_until(lambda: not processes_of(sftp_source.sshd.user), what="the server side to exit")
+        except AssertionError:
+            raise AssertionError(f"still running as {sftp_source.sshd.user}: {processes_of(sftp_source.sshd.user)}") from None
+
+
+class Stop(Exception):
+    pass
+
+
+def big_tree(sftp_source) -> tuple[str, Path]:
+    epn = sftp_source.new_epn()
+    return epn, make_source_tree(sftp_source.root, epn, {BIG: BIG_SIZE, "frames/img_0001.cbf": 1_000})
+
+
+def raise_once_bytes_flow(exc: BaseException):
+    def on_progress(update: ProgressUpdate) -> None:
+        if update.bytes_transferred > 1_000:  # the big file is in flight
+            raise exc
+    return on_progress
+
+
+def test_interrupted_file_is_kept_aside_and_resumed_byte_identical(sftp_source, tmp_path):
+    epn, folder = big_tree(sftp_source)
+    destination = tmp_path / "data"
+    client = sftp_source.client(progress_interval=0)
+    with pytest.raises(Stop):
+        client.transfer(epn, destination, dry_run=False, on_progress=raise_once_bytes_flow(Stop()), extra_args=SLOW)
+    assert not (destination / BIG).exists()
+    partial = destination / "frames" / PARTIAL_DIR / "big.cbf"
+    assert 0 < partial.stat().st_size < BIG_SIZE
+    client.transfer(epn, destination, dry_run=False)
+    assert filecmp.cmp(folder / BIG, destination / BIG, shallow=False)
+    assert not (destination / "frames" / PARTIAL_DIR).exists()
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, dg.DagsterExecutionInterruptedError],
+                         ids=["ctrl-c", "dagster-run-terminated"])
+def test_interruption_mid_transfer_leaves_no_process_and_rerun_completes(sftp_source, tmp_path, interruption):
+    epn, folder = big_tree(sftp_source)
+    destination = tmp_path / "data"
+    client = sftp_source.client(progress_interval=0)
+    with pytest.raises(interruption):
+        client.transfer(epn, destination, dry_run=False, on_progress=raise_once_bytes_flow(interruption()),
+                        extra_args=SLOW)
+    assert_nothing_left_running(sftp_source, epn, destination)
+    assert not (destination / BIG).exists()
+    client.transfer(epn, destination, dry_run=False)
+    assert filecmp.cmp(folder / BIG, destination / BIG, shallow=False)
+
+
+def test_terminate_all_transfers_from_another_thread_stops_the_transfer(sftp_source, tmp_path):
+    epn, folder = big_tree(sftp_source)
+    destination = tmp_path / "data"
+    stopped: list[int] = []
+
+    def stop_when_bytes_arrive() -> None:
+        # rsync writes the file in flight to a hidden temp file beside its final name.
+        wait_until(lambda: any(p.stat().st_size > 0 for p in (destination / "frames").glob(".big.cbf.*"))
+                   if (destination / "frames").is_dir() else False, what="bytes of the big file")
+        stopped.append(terminate_all_transfers())
+
+    watcher = threading.Thread(target=stop_when_bytes_arrive, daemon=True)
+    watcher.start()
+    client = sftp_source.client()
+    with pytest.raises(TransferTerminated, match=f"EPN {epn}"):
+        client.transfer(epn, destination, dry_run=False, extra_args=SLOW)
+    watcher.join(timeout=10)
+    assert stopped == [1]
+    assert_nothing_left_running(sftp_source, epn, destination)
+    assert not (destination / BIG).exists()
+    client.transfer(epn, destination, dry_run=False)
+    assert filecmp.cmp(folder / BIG, destination / BIG, shallow=False)
+
+
+KILLED_OUTRIGHT = """
+import sys
+from pathlib import Path
+from assyncy_dagster.transfer import RsyncClient, SshEndpoint
+
+host, port, user, key, known_hosts, root, epn, destination, *extra = sys.argv[1:]
+endpoint = SshEndpoint(host, int(port), user, Path(key), Path(known_hosts), root)
+
+def announce(update):
+    if update.bytes_transferred > 1_000:
+        print("flowing", flush=True)
+
+RsyncClient(endpoint, progress_interval=0).transfer(epn, Path(destination), dry_run=False, on_progress=announce,
+                                                    extra_args=extra)
+"""
+
+
+def test_transfer_stops_when_its_process_is_killed_outright(sftp_source, tmp_path):
+    """A SIGKILL (or the OOM killer) gives Python no chance to clean up; rsync must still not outlive it."""
+    epn, folder = big_tree(sftp_source)
+    destination = tmp_path / "data"
+    ep = sftp_source.endpoint
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_OUTRIGHT, ep.host, str(ep.port), ep.user, str(ep.key_file),
+         str(ep.known_hosts_file), ep.source_root, epn, str(destination), *SLOW],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "flowing"
+        assert processes_mentioning(str(destination)), "rsync should be running before the kill"
+    finally:
+        child.kill()
+        child.wait()
+    wait_until(lambda: not processes_mentioning(str(destination), epn), what="rsync to follow its parent")
+    assert not (destination / BIG).exists()
+    sftp_source.client().transfer(epn, destination, dry_run=False)
+    assert filecmp.cmp(folder / BIG, destination / BIG, shallow=False)
