@@ -114,6 +114,10 @@ class Settings(BaseModel):
     stale_run_hours: float = Field(default=24, gt=0)
     smtp_allow_plaintext_login: bool = False
     portal_allow_insecure: bool = False
+    transfer_streams: int = Field(default=1, ge=1, le=16)
+    transfer_streams_min_mib: float = Field(default=1024, ge=0)
+    resync_days: float = Field(default=7, ge=0)
+    create_project_folders: bool = False
 
     def __repr_args__(self):  # never print the SMTP password by accident (Equipment masks its own)
         for name, value in super().__repr_args__():

@@ -21,6 +21,7 @@ class LastRun(enum.Enum):
     IN_FLIGHT = "in flight"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    EMPTY = "empty"  # the source folder held no files
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class CyclePlan:
     alert: list[str] = field(default_factory=list)
     held_back: dict[str, str] = field(default_factory=dict)
     in_flight: list[str] = field(default_factory=list)
+    # Recorded EPNs planned again because their source changed: EPN -> what changed.
+    changed: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         parts = [
@@ -50,7 +53,10 @@ class CyclePlan:
         ]
         if self.in_flight:
             parts.append(f"{len(self.in_flight)} in flight")
-        return ", ".join(parts)
+        text = ", ".join(parts)
+        if self.changed:
+            text += "; re-syncing " + "; ".join(f"{epn} ({why})" for epn, why in list(self.changed.items())[:10])
+        return text
 
 
 def retry_delay(consecutive_failures: int, base: timedelta, cap: timedelta = timedelta(hours=24)) -> timedelta:
@@ -128,6 +134,11 @@ def _hold_reason(
         # (do not repeat it every cycle) or was removed by an admin to force a re-sync.
         return "" if dry_run else None
     wait = retry_delay(last.consecutive_failures, retry_base)
+    if last.ended_at is not None and now < last.ended_at + wait and last.status is LastRun.EMPTY:
+        return (
+            f"its folder on the SFTP host held no files at the last {last.consecutive_failures} look(s); "
+            f"looking again after {(last.ended_at + wait).isoformat(timespec='seconds')}"
+        )
     if last.ended_at is not None and now < last.ended_at + wait:
         return (
             f"last {last.consecutive_failures} run(s) failed; retrying after "

@@ -3,7 +3,8 @@
 A run may carry many EPNs (a batch from `epn_sensor` or `mxsync`, a backfill
 range from the UI), so each EPN's own outcome is kept as a run tag,
 `assyncy/epn/<epn>`: `queued` when the sensor asks for it, `running` when the
-step starts, then `home`, `dry-run` or `failed`. The run that does the work
+step starts, then `home`, `dry-run`, `failed` or `empty` (nothing to fetch yet:
+held back, not failed). The run that does the work
 also names its worker process (`assyncy/worker`), so that a worker killed
 outright (SIGKILL, OOM, host crash), which Dagster's default run launcher
 cannot see, is noticed and its run ended.
@@ -48,6 +49,7 @@ class Outcome(str, enum.Enum):
     DRY_RUN = "dry-run"
     FAILED = "failed"
     SKIPPED = "skipped"  # another run was transferring it: not an attempt of this run
+    EMPTY = "empty"  # the source folder held no files: held back, looked at again after the backoff
 
 
 def epn_tag(epn: str) -> str:
@@ -206,6 +208,8 @@ def epn_history(instance: dg.DagsterInstance, epn: str, limit: int = 20) -> RunH
             continue
         if outcome in (Outcome.HOME.value, Outcome.DRY_RUN.value):
             attempts.append((record, LastRun.SUCCEEDED, False))
+        elif outcome == Outcome.EMPTY.value:
+            attempts.append((record, LastRun.EMPTY, False))
         elif outcome == Outcome.FAILED.value or run.status in ENDED_BADLY:
             attempts.append((record, LastRun.FAILED, INTERRUPTED_TAG in run.tags))
         else:
@@ -217,9 +221,24 @@ def epn_history(instance: dg.DagsterInstance, epn: str, limit: int = 20) -> RunH
         return RunHistory(LastRun.SUCCEEDED, last.dagster_run.run_id)
     failures = 0
     for _, each, was_interrupted in attempts:
-        if each is not LastRun.FAILED:
+        if each is not status:
             break
         if not was_interrupted:
             failures += 1
     ended_at = datetime.fromtimestamp(last.end_time, UTC) if last.end_time else None
-    return RunHistory(LastRun.FAILED, last.dagster_run.run_id, ended_at, 0 if interrupted else failures)
+    return RunHistory(status, last.dagster_run.run_id, ended_at, 0 if interrupted else failures)
+
+
+def last_verified(instance: dg.DagsterInstance, epn: str) -> dict | None:
+    """What the EPN's last verified sync recorded about its source (`source_files`,
+    `source_bytes`, `source_digest`) and when (`timestamp`), or None if it has none.
+
+    A dry-run records no digest; only a real, verified transfer does."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=EPN_DATA, asset_partitions=[epn]), limit=5
+    ).records
+    for record in records:
+        meta = {k: getattr(v, "value", v) for k, v in record.asset_materialization.metadata.items()}
+        if meta.get("verified") and meta.get("source_digest"):
+            return {**meta, "timestamp": record.timestamp}
+    return None

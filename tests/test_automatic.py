@@ -203,3 +203,46 @@ def test_a_malformed_visit_is_held_back_by_name_while_the_others_are_requested(s
     plan, _ = plan_tick(stack.instance, settings, PortalResource(), SshSourceResource(), logging.getLogger("test"), cursor)
     assert plan.held_back["13001a"].startswith("the portal sent a malformed visit, skipped")
     assert "end_time" in plan.held_back["13001a"]
+
+
+def test_data_written_after_the_sync_is_fetched_within_resync_days(stack):
+    stack.configure(**{"resync-days": 30})  # the demo visit of 12282a ended 20 days ago
+    stack.lay_out("12282a")
+    assert stack.materialize("12282a").success and stack.ignored() == ["12282a"]
+    tick, state = ticker(stack)
+    first = tick()
+    assert not [r for r in getattr(first, "run_requests", []) or [] if r.job_name == REPATRIATION_JOB]
+
+    late = stack.source / "12282a" / "processing" / "autoproc.mtz"  # auto-processing, after the visit
+    late.write_bytes(b"m" * 5000)
+    state["cursor"] = SensorCursor().dumps()  # the next full refresh (every sync-frequency-hours)
+    asked = stack.portal.stats()["visits_requests"]
+    result = tick()
+    assert stack.portal.stats()["visits_requests"] > asked
+    [request] = [r for r in result.run_requests if r.job_name == REPATRIATION_JOB]
+    assert request.run_config["ops"]["repatriate_epns"]["config"]["epns"] == ["12282a"]
+    log = (stack.settings().log_files.sync).read_text()
+    assert "re-syncing 12282a (source changed since its verified sync" in log and "+1 file(s), +5000 bytes" in log
+
+    job = build_definitions(str(stack.config_path)).resolve_job_def(REPATRIATION_JOB)
+    run = job.execute_in_process(instance=stack.instance, run_config=request.run_config, tags=request.tags)
+    assert run.success
+    assert (stack.destination("ny79", "12282a") / "processing" / "autoproc.mtz").read_bytes() == late.read_bytes()
+    [materialization] = [e.event_specific_data.materialization for e in run.get_asset_materialization_events()
+                         if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")]
+    assert "+1 file(s), +5000 bytes" in materialization.metadata["change"].value
+
+    # Fetched: the next ticks, refresh or not, leave it alone.
+    assert not [r for r in getattr(tick(), "run_requests", []) or [] if r.job_name == REPATRIATION_JOB]
+    state["cursor"] = SensorCursor().dumps()
+    assert not [r for r in getattr(tick(), "run_requests", []) or [] if r.job_name == REPATRIATION_JOB]
+
+
+def test_past_resync_days_a_recorded_epn_is_not_listed_again(stack):
+    stack.configure(**{"resync-days": 7})  # 12282a ended 20 days ago
+    stack.lay_out("12282a")
+    assert stack.materialize("12282a").success
+    (stack.source / "12282a" / "processing" / "autoproc.mtz").write_bytes(b"m" * 5000)
+    tick, _ = ticker(stack)
+    result = tick()
+    assert not [r for r in getattr(result, "run_requests", []) or [] if r.job_name == REPATRIATION_JOB]

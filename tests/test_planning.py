@@ -91,6 +91,18 @@ def test_failed_repatriation_waits_with_growing_backoff():
     assert retry_delay(30, base) == timedelta(hours=24)
 
 
+def test_an_empty_source_folder_is_held_back_with_its_reason_then_looked_at_again():
+    empty = lambda n, minutes_ago: {
+        "12282a": RunHistory(LastRun.EMPTY, "r1", NOW - timedelta(minutes=minutes_ago), n)
+    }
+    base = timedelta(minutes=30)
+    held = plan(history=empty(1, 10), retry_base=base)
+    assert held.repatriate == []
+    assert "held no files" in held.held_back["12282a"] and "looking again after" in held.held_back["12282a"]
+    assert plan(history=empty(1, 31), retry_base=base).repatriate == ["12282a"]
+    assert plan(history=empty(2, 31), retry_base=base).repatriate == []  # the second look waits an hour
+
+
 def test_hostile_names_never_reach_the_plan():
     result = plan(on_sftp=["12282a", "../x", "1;rm"], visits=[visit("12282a")])
     assert result.new_partitions == ["12282a"]

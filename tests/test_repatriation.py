@@ -6,6 +6,8 @@ import stat
 import dagster as dg
 
 from assyncy_dagster.definitions import build_definitions
+from assyncy_dagster.planning import LastRun
+from assyncy_dagster.run_records import epn_history
 from assyncy_dagster.sensors.failure_alerts import step_failure_message
 
 CHECK = dg.AssetCheckKey(dg.AssetKey("epn_data"), "matches_source")
@@ -37,7 +39,8 @@ def test_dry_run_writes_nothing_and_is_labelled(stack):
     stack.lay_out("12282a")
     result = stack.materialize("12282a")
     assert result.success
-    assert not any(stack.destination_root.rglob("*")), "a dry-run wrote under the destination"
+    # The project folders exist beforehand (as on a real site); nothing appears inside them.
+    assert not any(stack.destination_root.rglob("*/*")), "a dry-run wrote under the destination"
     meta = epn_data_metadata(result)
     assert meta["dry_run"] is True and meta["mode"].startswith("DRY-RUN")
     assert meta["files_transferred"] == 5  # 3 frames, the log, .info
@@ -107,7 +110,7 @@ def test_unmapped_epn_is_refused(stack):
     result = stack.materialize("14500a")
     assert not result.success
     assert "not mapped" in failure_text(result) and "14500" in failure_text(result)
-    assert not stack.destination_root.exists() or not any(stack.destination_root.rglob("*"))
+    assert not any(stack.destination_root.rglob("*/*"))
 
 
 def test_running_visit_is_refused_unless_allowed(stack):
@@ -187,13 +190,23 @@ def test_an_epn_another_run_is_transferring_is_not_started_twice(stack):
     assert run.tags["assyncy/epn/12282a"] == "skipped"
 
 
-def test_an_epn_whose_source_holds_no_files_is_never_recorded(stack):
-    (stack.source / "12282a").mkdir(parents=True)
-    os.chmod(stack.source / "12282a", 0o755)
+def test_an_epn_whose_source_holds_no_files_is_held_back_never_recorded(stack):
+    (stack.source / "12282a" / "frames").mkdir(parents=True)  # folders made at visit start, no data yet
+    for folder in (stack.source / "12282a", stack.source / "12282a" / "frames"):
+        os.chmod(folder, 0o755)
     result = stack.materialize("12282a")
-    assert not result.success
-    assert "holds no files" in failure_text(result)
+    # Not a failure (no failure e-mail for data that is simply not there yet) and nothing recorded.
+    assert result.success
+    assert not [e for e in result.get_asset_materialization_events()
+                if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")]
     assert stack.ignored() == []
+    run = stack.instance.get_run_by_id(result.run_id)
+    assert run.tags["assyncy/epn/12282a"] == "empty"
+    warnings = [e.message for e in stack.instance.all_logs(result.run_id) if e.level >= 30]
+    assert any("holds no files" in m and "held back" in m for m in warnings), warnings
+    # The sensor then holds it back with the reason, and looks again after the backoff.
+    history = epn_history(stack.instance, "12282a")
+    assert history.status is LastRun.EMPTY and history.consecutive_failures == 1
 
 
 def test_setuid_and_setgid_bits_never_arrive(stack):

@@ -7,6 +7,7 @@ is recorded for it alone and the step goes on with the next one.
 """
 
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -16,15 +17,16 @@ import dagster as dg
 from pydantic import Field
 
 from ..config import Settings
-from ..epn import InvalidEpnError, UnmappedEpnError, destination_for, validate_epn
+from ..epn import InvalidEpnError, UnmappedEpnError, base_number, destination_for, validate_epn
 from ..partitions import epn_partitions
 from ..portal import PortalError, Visit, visit_window, visits_by_epn
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
-from ..run_records import WORKER_TAG, Outcome, epn_tag, outcome_tags, this_worker, worker_is_gone
+from ..run_records import WORKER_TAG, Outcome, epn_tag, last_verified, outcome_tags, this_worker, worker_is_gone
 from ..state import add_epns
 from ..transfer import RsyncClient, RsyncError, TransferStats, compare_manifests, local_manifest
+from ..transfer.manifests import is_unsafe_link, manifest_digest
 from .visits import PORTAL_VISITS, visit_metadata
 
 EPN_DATA = dg.AssetKey("epn_data")
@@ -53,6 +55,10 @@ class EpnFailed(Exception):
     """One EPN could not be brought home; the others in the step carry on."""
 
 
+class EpnEmpty(Exception):
+    """The EPN's folder holds no files (yet): nothing to record, held back, not a failure."""
+
+
 def _mib_per_second(size: int, seconds: float) -> float:
     return round(size / (1024 * 1024) / seconds, 2) if seconds > 0 else 0.0
 
@@ -65,25 +71,78 @@ def _check_evaluation(epn: str, passed: bool, *, description: str | None = None,
     )
 
 
-def verify(epn: str, client: RsyncClient, destination: Path,
-           expected: dict[str, int] | None = None, actual: dict[str, int] | None = None) -> tuple[bool, str, dict]:
+def verify(epn: str, client: RsyncClient, destination: Path, expected: dict[str, int] | None = None,
+           actual: dict[str, int] | None = None, expected_links: dict[str, str] | None = None,
+           actual_links: dict[str, str] | None = None) -> tuple[bool, str, dict]:
     """Compare the destination with the source manifest: (passed, description, metadata).
 
-    `expected` is the manifest a transfer just reported (every file it covered,
-    with its size at the source); without it the source is listed afresh."""
+    `expected` (and `expected_links`) are what a transfer just reported: every
+    file it covered with its size at the source, every symlink with its target;
+    without them the source is listed afresh. Likewise `actual`/`actual_links`
+    for the destination, walked here without them."""
     if expected is None:
+        expected_links = {}
         try:
-            expected = client.source_manifest(epn)
+            expected = client.source_manifest(epn, links=expected_links)
         except RsyncError as exc:
             raise EpnFailed(f"EPN {epn}: cannot list the source to verify: {exc}") from None
-    diff = compare_manifests(expected, local_manifest(destination) if actual is None else actual)
+    if actual is None:
+        actual_links = {}
+        actual = local_manifest(destination, actual_links)
+    diff = compare_manifests(expected, actual, expected_links or {}, actual_links or {})
     metadata = {
         "source_files": len(expected),
         "source_bytes": sum(expected.values()),
+        "source_symlinks": len(expected_links or {}),
         "missing": len(diff.missing),
         "size_mismatch": len(diff.size_mismatch),
+        "symlinks_missing": len(diff.missing_links),
     }
     return diff.ok, diff.summary(), metadata
+
+
+def _project_folder_problem(epn: str, destination: Path, settings: Settings) -> str | None:
+    """Why the EPN's project folder is missing, or None: a typo in epn_cap_map must not make a new project."""
+    project_folder = destination.parent.parent  # <root>/<project>/<epn>/data
+    if settings.create_project_folders or project_folder.is_dir():
+        return None
+    return (
+        f"EPN {epn}: the project folder {project_folder} does not exist under destination-root-path "
+        f"(epn_cap_map maps {base_number(epn)!r} to {project_folder.name!r}); "
+        "check epn_cap_map for a typo, create the folder, or set create-project-folders: true"
+    )
+
+
+def _unsafe_links(epn: str, links: dict[str, str], destination: Path, dry_run: bool) -> None:
+    """Refuse links that leave the EPN folder: their data cannot be fetched (see transfer/commands.py).
+    The links rsync just made are removed, so nothing at home points outside it either."""
+    unsafe = sorted(p for p, target in links.items() if is_unsafe_link(p, target))
+    if not unsafe:
+        return
+    if not dry_run:
+        for path in unsafe:
+            with contextlib.suppress(FileNotFoundError):
+                if (destination / path).is_symlink():
+                    (destination / path).unlink()
+    shown = ", ".join(f"{p} -> {links[p]}" for p in unsafe[:10]) + (
+        f" and {len(unsafe) - 10} more" if len(unsafe) > 10 else "")
+    raise EpnFailed(
+        f"EPN {epn}: the source holds {len(unsafe)} symlink(s) pointing outside the EPN folder, whose data the "
+        f"SFTP account cannot fetch: {shown}; not recorded. Ask the facility to replace them with the files "
+        "they point to."
+    )
+
+
+def _change_since(previous: dict | None, files: int, size: int, digest: str) -> str:
+    if previous is None:
+        return "first verified sync"
+    if previous.get("source_digest") == digest:
+        return "no change at the source since the last verified sync"
+    when = datetime.fromtimestamp(previous["timestamp"], UTC).isoformat(timespec="seconds")
+    return (
+        f"the source changed since the last verified sync ({when}): {files - int(previous.get('source_files', 0)):+d} "
+        f"file(s), {size - int(previous.get('source_bytes', 0)):+d} bytes"
+    )
 
 
 def _bring_home(
@@ -91,7 +150,7 @@ def _bring_home(
     dry_run: bool, allow_running_visit: bool,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Transfer and verify one EPN, yielding its materialisation and check result.
-    Raises EpnFailed when it cannot be brought home."""
+    Raises EpnFailed when it cannot be brought home, EpnEmpty when there is nothing to fetch."""
     try:
         destination = destination_for(validate_epn(epn), settings.epn_cap_map, settings.destination_root_path)
     except (UnmappedEpnError, InvalidEpnError) as exc:
@@ -108,6 +167,9 @@ def _bring_home(
             f"EPN {epn}: the visit has not ended (ends {ends}); its data may still grow. "
             "Set allow_running_visit: true in the run config to sync it anyway."
         )
+    problem = _project_folder_problem(epn, destination, settings)
+    if problem:
+        raise EpnFailed(problem)
 
     mode = DRY_RUN_MODE if dry_run else "real transfer"
     started = time.monotonic()
@@ -119,20 +181,39 @@ def _bring_home(
             context.log.info(f"EPN {epn}: {update}")
 
     try:
-        result = client.transfer(epn, destination, dry_run=dry_run, on_progress=log_progress)
+        result = client.transfer(epn, destination, dry_run=dry_run, on_progress=log_progress,
+                                 streams=settings.transfer_streams,
+                                 streams_min_mib=settings.transfer_streams_min_mib)
     except RsyncError as exc:
         raise EpnFailed(f"EPN {epn}: {exc}") from None
     duration = time.monotonic() - started
+    if not result.manifest and not result.links:
+        raise EpnEmpty(f"EPN {epn}: its folder on the SFTP host holds no files (yet); not recorded, "
+                       "held back and looked at again later")
+    _unsafe_links(epn, result.links, destination, dry_run)
+    if result.skipped:
+        # rsync passes devices and fifos over with exit 0: never data, but say so rather than guess.
+        shown = ", ".join(result.skipped[:10]) + (
+            f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else "")
+        raise EpnFailed(
+            f"EPN {epn}: the source holds {len(result.skipped)} special file(s) (devices, fifos, sockets) that "
+            f"are not copied: {shown}; not recorded. Ask the facility what they should be."
+        )
     stats = result.stats or TransferStats()
+    source_files, source_bytes = len(result.manifest or {}), sum((result.manifest or {}).values())
     metadata: dict[str, object] = {
         "mode": mode,
         "dry_run": dry_run,
         "destination": dg.MetadataValue.path(str(destination)),
         "rsync_exit_code": result.exit_code,
+        "streams": result.streams,
         "files_transferred": stats.files_transferred,
         "bytes_transferred": stats.bytes_transferred,
         "duration_seconds": round(duration, 3),
         "throughput_mib_per_second": _mib_per_second(stats.bytes_transferred, duration),
+        "source_files": source_files,
+        "source_bytes": source_bytes,
+        "source_symlinks": len(result.links),
     }
     if dry_run:
         context.log.warning(f"EPN {epn}: dry-run only (execute: false); nothing copied, not marked repatriated")
@@ -140,27 +221,28 @@ def _bring_home(
         yield _check_evaluation(epn, False, severity=dg.AssetCheckSeverity.WARN,
                                 description="dry-run: nothing was copied, so nothing was verified")
         return
-    if result.skipped:
-        # rsync passes symlinks over with exit 0: the data they stand for would be silently missing.
-        shown = ", ".join(result.skipped[:10]) + (f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else "")
-        raise EpnFailed(
-            f"EPN {epn}: the source holds {len(result.skipped)} symlink(s) or other non-regular file(s) that are "
-            f"not copied: {shown}; not recorded. Ask the facility to replace them with the files they point to."
-        )
-    if not result.manifest:
-        raise EpnFailed(f"EPN {epn}: the source folder holds no files (yet); not recorded, tried again later")
-    files = local_manifest(destination)
-    metadata.update({"files_at_destination": len(files), "bytes_at_destination": sum(files.values())})
+    links_here: dict[str, str] = {}
+    files = local_manifest(destination, links_here)
+    digest = manifest_digest(result.manifest or {})
+    passed, summary, check_metadata = verify(epn, client, destination, result.manifest, files,
+                                             result.links, links_here)
+    metadata.update({
+        "files_at_destination": len(files),
+        "bytes_at_destination": sum(files.values()),
+        "verified": passed,
+        "source_digest": digest,
+        "change": _change_since(last_verified(context.instance, epn), source_files, source_bytes, digest),
+    })
     yield dg.AssetMaterialization(asset_key=EPN_DATA, partition=epn, metadata=metadata)
-    passed, summary, check_metadata = verify(epn, client, destination, result.manifest, files)
     yield _check_evaluation(epn, passed, description=summary, metadata=check_metadata)
     if not passed:
         context.log.error(f"EPN {epn}: destination does not match the source: {summary}")
         raise EpnFailed(f"EPN {epn}: destination does not match the source after the transfer: {summary}")
     recorded = add_epns(Path(settings.ignore), [epn])
+    streams = f" over {result.streams} streams" if result.streams > 1 else ""
     context.log.info(
         f"EPN {epn}: {stats.files_transferred} file(s), {stats.bytes_transferred} bytes copied to {destination} "
-        f"in {duration:.1f} s; verified" + (f"; recorded as repatriated in {settings.ignore}" if recorded else "")
+        f"in {duration:.1f} s{streams}; verified" + (f"; recorded as repatriated in {settings.ignore}" if recorded else "")
     )
 
 
@@ -209,6 +291,10 @@ def repatriate(
             failures[epn] = str(exc)
             context.log.error(str(exc))
             instance.add_run_tags(run_id, outcome_tags([epn], Outcome.FAILED))
+            continue
+        except EpnEmpty as exc:
+            context.log.warning(str(exc))
+            instance.add_run_tags(run_id, outcome_tags([epn], Outcome.EMPTY))
             continue
         instance.add_run_tags(run_id, outcome_tags([epn], Outcome.DRY_RUN if dry_run else Outcome.HOME))
     if failures:

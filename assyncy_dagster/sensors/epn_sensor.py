@@ -35,9 +35,19 @@ from ..portal import PortalClient, PortalError, Visit, visit_window
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
-from ..run_records import IN_FLIGHT, InFlight, Outcome, end_lost_runs, epn_history, in_flight, outcome_tags
+from ..run_records import (
+    IN_FLIGHT,
+    InFlight,
+    Outcome,
+    end_lost_runs,
+    epn_history,
+    in_flight,
+    last_verified,
+    outcome_tags,
+)
 from ..state import ALERTED_KEY, StateFileError, read_epns
 from ..transfer import RsyncError
+from ..transfer.manifests import manifest_digest
 
 INTERVAL_ENV = "ASSYNCY_SENSOR_INTERVAL_SECONDS"
 RSYNC_POOL = "rsync"
@@ -105,6 +115,8 @@ class Facts:
     on_sftp: list[str]
     refreshed_at: float
     rejected: dict[str, str] = field(default_factory=dict)  # malformed visits the portal sent: key -> why
+    # Recorded EPNs whose source changed since their last verified sync: EPN -> what changed.
+    changed: dict[str, str] = field(default_factory=dict)
 
 
 # Kept in the process that evaluates the sensor, and in a file of the instance's
@@ -120,6 +132,7 @@ def _save_facts(path: Path, facts: Facts) -> None:
         "refreshed_at": facts.refreshed_at,
         "on_sftp": facts.on_sftp,
         "rejected": facts.rejected,
+        "changed": facts.changed,
         "visits": [
             {"id": v.id, "epn": v.epn, "start_time": v.start_time.isoformat(), "end_time": v.end_time.isoformat(),
              "equipment_id": v.equipment_id}
@@ -144,7 +157,8 @@ def _load_facts(path: Path, refreshed_at: float | None) -> Facts | None:
         if refreshed_at is None or data.get("refreshed_at") != refreshed_at:
             return None
         visits = [Visit.from_dict({**v, "principal_scientist": None, "data_scientists": []}) for v in data["visits"]]
-        return Facts(visits, list(data["on_sftp"]), data["refreshed_at"], dict(data.get("rejected") or {}))
+        return Facts(visits, list(data["on_sftp"]), data["refreshed_at"], dict(data.get("rejected") or {}),
+                     dict(data.get("changed") or {}))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing or unreadable: refresh
 
@@ -255,6 +269,66 @@ def _waiting_for_folder(facts: Facts, settings: Settings, now: datetime) -> list
     })
 
 
+def look_for_new_data(
+    instance: dg.DagsterInstance, settings: Settings, sftp: SshSourceResource, log, facts: Facts,
+    repatriated: set[str], now: datetime, budget: float,
+) -> None:
+    """At a full refresh: list the source of each recorded EPN whose visit ended within
+    `resync-days`, in one listing over one connection, and compare it with what its last
+    verified sync recorded (files, bytes, digest). Sets `facts.changed`: EPN -> what changed.
+
+    Data written after a visit ends (auto-processing, delayed copies) is then fetched
+    although the EPN is in ignore.yml. Costs one listing, never a transfer."""
+    if settings.resync_days <= 0:
+        facts.changed = {}
+        return
+    since = now - timedelta(days=settings.resync_days)
+    on_sftp = set(facts.on_sftp)
+    recent = sorted({
+        v.epn for v in facts.visits
+        if v.has_ended(now) and v.end_time >= since and v.epn in repatriated and v.epn in on_sftp
+        and is_valid_epn(v.epn) and project_for(v.epn, settings.epn_cap_map) is not None
+    })
+    recorded = {epn: found for epn in recent if (found := last_verified(instance, epn)) is not None}
+    facts.changed = {}  # what an earlier listing saw is stale once the facts are refreshed
+    if not recorded:
+        return
+    if budget < 5:
+        log.warning(f"epn_sensor: no time left in this tick to look for new data in {len(recorded)} EPN(s); "
+                    "the next refresh will")
+        return
+    try:
+        client = sftp.client(logger=log)
+        client.endpoint = replace(client.endpoint, connect_timeout_seconds=10)
+        listings = _bounded({"SFTP host": lambda: client.source_summaries(list(recorded), io_timeout_seconds=20)},
+                            budget)["SFTP host"]
+    except (RsyncError, TimeoutError) as exc:
+        log.warning(f"epn_sensor: looking for new data in {len(recorded)} recorded EPN(s) failed: {exc}")
+        return
+    changed = {}
+    for epn, files in listings.items():
+        before = recorded[epn]
+        if manifest_digest(files) == before["source_digest"]:
+            continue
+        size = sum(files.values())
+        when = datetime.fromtimestamp(before["timestamp"], UTC).isoformat(timespec="seconds")
+        changed[epn] = (f"source changed since its verified sync at {when}: "
+                        f"{len(files) - int(before.get('source_files', 0)):+d} file(s), "
+                        f"{size - int(before.get('source_bytes', 0)):+d} bytes")
+    facts.changed = changed
+
+
+def due_for_resync(instance: dg.DagsterInstance, facts: Facts) -> dict[str, str]:
+    """The changed EPNs whose last verified sync predates the listing that saw the change
+    (a re-sync since then has fetched it)."""
+    due = {}
+    for epn, why in facts.changed.items():
+        found = last_verified(instance, epn)
+        if found is not None and found["timestamp"] < facts.refreshed_at:
+            due[epn] = why
+    return due
+
+
 # -- what the runs say ---------------------------------------------------------------
 
 
@@ -303,6 +377,7 @@ def plan_tick(
     refresh is due and their last answers are reused in between; `cursor` is
     updated in place."""
     now = datetime.now(UTC)
+    tick_started = time.monotonic()
     partitions = instance.get_dynamic_partitions(EPN_PARTITIONS_NAME)
     flights = in_flight(instance, REPATRIATION_JOB, partitions)
     lost = end_lost_runs(instance, flights, settings.stale_run_hours, now)
@@ -325,6 +400,14 @@ def plan_tick(
     sync_pool_limit(instance, settings.max_tasks)
     dry_run = not settings.execute
     alert_in_flight, last_failed_alert = alert_state(instance)
+    if facts.refreshed_at == now.timestamp():  # refreshed this tick (always, for mxsync)
+        look_for_new_data(instance, settings, sftp, log, facts, set(repatriated), now,
+                          budget=REFRESH_BUDGET_SECONDS + 10 - (time.monotonic() - tick_started))
+        if cache_file is not None:
+            _save_facts(cache_file, facts)
+    resync = due_for_resync(instance, facts) if facts.changed else {}
+    # A recorded EPN whose source changed is due again, under the usual rules (backoff, in flight).
+    repatriated = [e for e in repatriated if e not in resync]
     repatriated_set = set(repatriated)
     candidates = {
         e for e in facts.on_sftp
@@ -346,6 +429,7 @@ def plan_tick(
     )
     for epn in sorted(e for e in flights.epns if e in candidates):
         plan.in_flight.append(epn)
+    plan.changed = {epn: why for epn, why in resync.items() if epn in plan.repatriate}
     for key, why in facts.rejected.items():
         # Named at every tick (the portal client logs it once): the operator's to chase.
         if key not in repatriated_set and key not in plan.repatriate:  # more telling than "no visit"

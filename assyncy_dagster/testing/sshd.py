@@ -159,7 +159,7 @@ class LocalSshd:
     """
 
     def __init__(self, *, user: str = DEFAULT_USER, workdir: Path | None = None,
-                 startup_timeout: float = 20.0):
+                 startup_timeout: float = 20.0, rate_limit_mib: float | None = None):
         self.host = "127.0.0.1"
         self.port = 0
         self._wanted_user = user
@@ -175,6 +175,8 @@ class LocalSshd:
         self.pid_file = self.workdir / "server" / "sshd.pid"
         self.authorized_keys_file = self.workdir / "server" / "authorized_keys"
         self.startup_timeout = startup_timeout
+        # Cap each ssh connection's data at this many MiB/s, as a WAN link caps each flow.
+        self.rate_limit_mib = rate_limit_mib
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- layout ---------------------------------------------------------------
@@ -267,11 +269,20 @@ class LocalSshd:
             "AllowAgentForwarding no",
             "MaxStartups 50:30:200",
             "LogLevel VERBOSE",
-            f"ForceCommand {RRSYNC} -ro {self.source_root}",
+            f"ForceCommand {self._forced_command()}",
         ]
         self.config_file.write_text("\n".join(lines) + "\n")
         host_pub = Path(f"{self.host_key_file}.pub").read_text().split()
         self.known_hosts_file.write_text(f"[{self.host}]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+
+    def _forced_command(self) -> str:
+        command = f"{RRSYNC} -ro {self.source_root}"
+        if self.rate_limit_mib is None:
+            return command
+        relay = self.workdir / "server" / "rate_relay.py"
+        shutil.copyfile(Path(__file__).with_name("rate_relay.py"), relay)
+        relay.chmod(0o644)  # read by the account's python3
+        return f"/usr/bin/python3 -I {relay} {float(self.rate_limit_mib)} {command}"
 
     # -- lifecycle ------------------------------------------------------------
 

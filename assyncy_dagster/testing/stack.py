@@ -61,11 +61,19 @@ def write_config(
     template_folder: Path = ETC,
     log_dir: Path | None = None,
     extra: Mapping[str, object] | None = None,
+    project_folders: bool = True,
 ) -> Path:
-    """Write a config.yml for the local stand-ins; returns its path."""
+    """Write a config.yml for the local stand-ins; returns its path.
+
+    With `project_folders`, each project of `epn_cap_map` gets its folder under
+    `destination_root`, as on a real site (epn_data never creates one unless
+    `create-project-folders: true`)."""
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     destination_root.mkdir(parents=True, exist_ok=True)
+    if project_folders:
+        for project in set(epn_cap_map.values()):
+            (destination_root / project).mkdir(exist_ok=True)
     log_dir = log_dir or folder / "log"
     data = {
         "comment": "generated for a local stand-in of the synchrotron",

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +18,13 @@ from .parsing import (
     SKIPPED_NON_REGULAR,
     ListingEntry,
     ProgressUpdate,
+    TransferStats,
     parse_itemized_line,
     parse_listing_line,
     unescape_name,
 )
-from .process import RsyncResult, run_rsync
+from .process import RsyncResult, run_rsync, terminate_transfers
+from .streams import StreamPlan, plan_streams
 
 # The name predates this package; log set-up and filters may refer to it.
 log = logging.getLogger("assyncy.rsync")
@@ -61,19 +67,44 @@ class RsyncClient:
                 self.log.warning("ignoring folder %s in %s: not an EPN name", repr(entry.path)[:80], root)
         return sorted(epns)
 
-    def source_manifest(self, epn: str) -> dict[str, int]:
-        """Relative path -> size of every regular file a transfer of `epn` copies (hidden skipped, `.info` kept)."""
+    def source_manifest(self, epn: str, links: dict[str, str] | None = None) -> dict[str, int]:
+        """Relative path -> size of every regular file a transfer of `epn` copies (hidden skipped,
+        `.info` kept); given a `links` dict, fills it with each symlink's path -> target."""
         manifest: dict[str, int] = {}
 
         def collect(line: str) -> None:
             entry = parse_listing_line(line)
-            if entry is not None and entry.is_file:
+            if entry is None:
+                return
+            if entry.is_file:
                 manifest[entry.path] = entry.size
+            elif entry.is_symlink and links is not None and entry.link_target is not None:
+                links[entry.path] = entry.link_target
 
         path = source_path_for(epn, self.endpoint.source_root)
         self._run(list_command(self.endpoint, path, recursive=True),
                   description=f"listing EPN {epn}", on_line=collect)
         return manifest
+
+    def source_summaries(self, epns: Sequence[str], io_timeout_seconds: int = 60) -> dict[str, dict[str, int]]:
+        """Each EPN's source manifest (relative path -> size, the transfer's filters), from one
+        listing of all of them over one ssh connection. Every EPN must be on the host."""
+        manifests: dict[str, dict[str, int]] = {epn: {} for epn in epns}
+        if not epns:
+            return manifests
+
+        def collect(line: str) -> None:
+            entry = parse_listing_line(line)
+            if entry is not None and entry.is_file:
+                epn, _, relative = entry.path.partition("/")
+                if relative and epn in manifests:
+                    manifests[epn][relative] = entry.size
+
+        paths = [source_path_for(epn, self.endpoint.source_root).rstrip("/") for epn in epns]
+        argv = list_command(self.endpoint, paths[0], recursive=True, io_timeout_seconds=io_timeout_seconds)
+        argv += [f":{path}" for path in paths[1:]]  # more folders from the same host, one connection
+        self._run(argv, description=f"listing {len(epns)} EPN(s) to look for new data", on_line=collect)
+        return manifests
 
     def transfer(
         self,
@@ -83,18 +114,38 @@ class RsyncClient:
         dry_run: bool,
         on_progress: Callable[[ProgressUpdate], None] | None = None,
         extra_args: Sequence[str] = (),
+        streams: int = 1,
+        streams_min_mib: float = 1024,
     ) -> RsyncResult:
-        """Copy EPN `epn` into `destination` (a dry run copies nothing); raises RsyncError on failure."""
+        """Copy EPN `epn` into `destination` (a dry run copies nothing); raises RsyncError on failure.
+
+        With `streams` > 1 the source is listed first, and an EPN of at least
+        `streams_min_mib` MiB is pulled by that many rsyncs at once (streams.py)."""
         if self.bwlimit_kib:
             extra_args = (*extra_args, f"--bwlimit={int(self.bwlimit_kib)}")
+        if streams > 1:
+            plan = plan_streams(self.source_manifest(epn), streams, streams_min_mib)
+            if plan is not None:
+                return self._transfer_streams(epn, destination, plan, dry_run=dry_run, on_progress=on_progress,
+                                              extra_args=extra_args)
+        return self._transfer_one(epn, destination, dry_run=dry_run, on_progress=on_progress, extra_args=extra_args)
+
+    def _transfer_one(
+        self, epn: str, destination: Path, *, dry_run: bool, on_progress: Callable[[ProgressUpdate], None] | None,
+        extra_args: Sequence[str], description: str = "", on_start: Callable[[int], None] | None = None,
+    ) -> RsyncResult:
         argv = transfer_command(self.endpoint, epn, destination, dry_run=dry_run, extra_args=extra_args)
         manifest: dict[str, int] = {}
+        links: dict[str, str] = {}
         skipped: list[str] = []
 
         def collect(line: str) -> None:
             item = parse_itemized_line(line)
             if item is not None:
-                manifest[item[0]] = item[1]
+                if item.link_target is None:
+                    manifest[item.path] = item.size
+                else:
+                    links[item.path] = item.link_target
                 return
             passed_over = SKIPPED_NON_REGULAR.match(line)
             if passed_over:
@@ -102,12 +153,120 @@ class RsyncClient:
 
         result = self._run(
             argv,
-            description=f"{'dry-run ' if dry_run else ''}transfer of EPN {epn}",
+            description=description or f"{'dry-run ' if dry_run else ''}transfer of EPN {epn}",
             on_progress=on_progress,
             progress_interval=self.progress_interval,
             on_line=collect,
             on_stderr_line=collect,
+            on_start=on_start,
         )
         result.manifest = manifest
+        result.links = links
         result.skipped = skipped
         return result
+
+    def _transfer_streams(
+        self, epn: str, destination: Path, plan: StreamPlan, *, dry_run: bool,
+        on_progress: Callable[[ProgressUpdate], None] | None, extra_args: Sequence[str],
+    ) -> RsyncResult:
+        """Pull each chunk of `plan` with its own rsync, all at once; one result for them all.
+
+        Each stream runs in its own thread (which also owns its rsync's death
+        signal, see process.py). Whatever interrupts this thread (Dagster's
+        termination, Ctrl-C) stops every stream before it propagates."""
+        total = sum(plan.chunk_bytes)
+        latest: dict[int, ProgressUpdate] = {}
+        lock = threading.Lock()
+        started = time.monotonic()
+        next_report = [0.0]
+
+        def progress_of(index: int) -> Callable[[ProgressUpdate], None]:
+            def update(each: ProgressUpdate) -> None:
+                with lock:
+                    latest[index] = each
+                    now = time.monotonic()
+                    if on_progress is None or now < next_report[0]:
+                        return
+                    next_report[0] = now + self.progress_interval
+                    done = sum(u.bytes_transferred for u in latest.values())
+                    summed = ProgressUpdate(
+                        bytes_transferred=done, percent=min(100, int(100 * done / total)) if total else 100,
+                        rate_bytes_per_second=sum(u.rate_bytes_per_second for u in latest.values()),
+                        time_text=_clock(now - started),
+                        files_transferred=sum(u.files_transferred or 0 for u in latest.values()),
+                    )
+                on_progress(summed)
+            return update
+
+        pgids: list[int] = []
+        stopping = threading.Event()
+
+        def stream_started(pgid: int) -> None:
+            with lock:
+                pgids.append(pgid)
+            if stopping.is_set():  # started just as the others were being stopped
+                terminate_transfers([pgid])
+
+        with tempfile.TemporaryDirectory(prefix="assyncy-streams-") as folder:
+            argvs = []
+            for index, chunk in enumerate(plan.chunks):
+                listing = Path(folder) / f"stream-{index}"
+                # NUL-separated (`--from0`): a name may hold any byte but NUL, newlines included.
+                listing.write_bytes(b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in chunk))
+                argvs.append((*extra_args, f"--files-from={listing}", "--from0"))
+            pool = ThreadPoolExecutor(max_workers=plan.streams, thread_name_prefix=f"rsync-{epn}")
+            try:
+                futures = [
+                    pool.submit(
+                        self._transfer_one, epn, destination, dry_run=dry_run, on_progress=progress_of(index),
+                        extra_args=args, on_start=stream_started,
+                        description=f"{'dry-run ' if dry_run else ''}transfer of EPN {epn} "
+                        f"(stream {index + 1} of {plan.streams})",
+                    )
+                    for index, args in enumerate(argvs)
+                ]
+                wait(futures)
+            except BaseException:
+                stopping.set()
+                with lock:
+                    running = list(pgids)
+                terminate_transfers(running)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+        results = [f.result() for f in futures]
+        return _combined(results, time.monotonic() - started, total)
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _combined(results: list[RsyncResult], duration: float, total: int) -> RsyncResult:
+    """One result for the streams of one transfer: totals summed, manifests merged."""
+    stats = [r.stats or TransferStats() for r in results]
+    summed = TransferStats(**{
+        name: sum(getattr(s, name) for s in stats) for name in TransferStats.__dataclass_fields__
+    })
+    manifest: dict[str, int] = {}
+    links: dict[str, str] = {}
+    for result in results:
+        manifest.update(result.manifest or {})
+        links.update(result.links)
+    return RsyncResult(
+        exit_code=0,
+        stats=summed,
+        stdout_tail="\n".join(r.stdout_tail for r in results),
+        stderr="\n".join(r.stderr for r in results if r.stderr),
+        duration_seconds=duration,
+        last_progress=None,
+        argv=results[0].argv,
+        manifest=manifest,
+        links=links,
+        skipped=[p for r in results for p in r.skipped],
+        streams=len(results),
+    )

@@ -21,12 +21,23 @@ Why the flags are what they are (`transfer_command`):
   flight rsync writes it to a hidden `.<name>.XXXXXX` temp file beside the
   final name; only a SIGKILL (after the SIGTERM grace) can leave that behind,
   and being hidden it is ignored by the manifests and replaced on the next run.
-* `--mkpath` creates `<root>/<project>/<epn>/` (rsync does not, otherwise);
-  `--dry-run` creates nothing at all.
+* `--mkpath` creates `<project>/<epn>/data/` under the destination root (rsync
+  does not, otherwise); `--dry-run` creates nothing at all. The project folder
+  itself must already exist unless `create-project-folders: true` (epn_data
+  checks before rsync starts), so a typo in `epn_cap_map` is an error, not a
+  new project.
+* `--links`: a symlink arrives as the same symlink. Without it rsync skips
+  every symlink with exit 0 and the data behind it is silently missing. A
+  link that stays inside the EPN folder works at home exactly as at the
+  facility, since what it points to comes home too. A link that leaves the
+  EPN folder (absolute, or `..` past its top) would point at nothing here,
+  and the facility's read-only account (rrsync) refuses `-L` and
+  `--copy-unsafe-links`, so its data cannot be fetched: the EPN then fails,
+  naming each such link (`unsafe_links`), and is not recorded.
 * `--info=progress2 --no-h --stats`: one overall progress record (ending in
   `\\r`) instead of a line per file, plain numbers, and the totals we report.
-* `-ii --out-format=%i|%l|%n`: one line per file the transfer considered,
-  changed or not, with its size at the source. That is the source manifest the
+* `-ii --out-format=%i|%l|%n%L`: one line per file and symlink the transfer
+  considered, changed or not, with its size at the source (a link's ` -> target`). That is the source manifest the
   `matches_source` check compares the destination with, taken from the
   transfer itself instead of a second listing over a second ssh connection
   (which cost as much as the transfer of a small EPN).
@@ -44,7 +55,7 @@ from .endpoint import SshEndpoint
 
 RSYNC = "rsync"
 PARTIAL_DIR = ".rsync-partial"
-ITEMIZE = ("-ii", "--out-format=%i|%l|%n")
+ITEMIZE = ("-ii", "--out-format=%i|%l|%n%L")
 KEPT_HIDDEN_NAME = ".info"
 # Each pair of items is one rsync filter; the order matters (first match wins).
 TRANSFER_FILTERS: tuple[str, ...] = ("--include", KEPT_HIDDEN_NAME, "--exclude", ".*")
@@ -67,6 +78,7 @@ def transfer_command(
     argv = [
         RSYNC,
         "-r", "-t",
+        "--links",
         "--stats",
         CHMOD,
         "--perms",
@@ -92,6 +104,6 @@ def list_command(endpoint: SshEndpoint, path: str, *, recursive: bool,
     """rsync with no destination: prints a listing of remote `path` (recursive: with the transfer's filters)."""
     argv = [RSYNC, "--list-only", "--no-h", f"--timeout={int(io_timeout_seconds)}"]
     if recursive:
-        argv += ["-r", *TRANSFER_FILTERS]
+        argv += ["-r", "--links", *TRANSFER_FILTERS]  # --links: list symlinks as the transfer sees them
     argv += ["-e", endpoint.rsync_shell(), endpoint.remote(path)]
     return argv

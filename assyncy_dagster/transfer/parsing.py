@@ -19,6 +19,7 @@ class ListingEntry:
     size: int
     is_dir: bool
     is_symlink: bool = False
+    link_target: str | None = None
 
     @property
     def is_file(self) -> bool:
@@ -60,12 +61,13 @@ def parse_listing_line(line: str) -> ListingEntry | None:
         return None  # devices, fifos, sockets: never data
     name = unescape_name(match.group("name"))
     is_symlink = kind == "l"
+    target = None
     if is_symlink and " -> " in name:
-        name = name.split(" -> ", 1)[0]
+        name, target = name.split(" -> ", 1)
     if name in (".", "./"):
         return None
     return ListingEntry(path=name.rstrip("/"), size=_number(match.group("size")), is_dir=kind == "d",
-                        is_symlink=is_symlink)
+                        is_symlink=is_symlink, link_target=target)
 
 
 def parse_listing(text: str) -> list[ListingEntry]:
@@ -198,16 +200,33 @@ def parse_progress(record: str) -> ProgressUpdate | None:
     )
 
 
-# One line per file of `-ii --out-format=%i|%l|%n` (`commands.ITEMIZE`).
-# `%i` is 11 characters (e.g. `>f+++++++++`, `.f         `); a regular file's has `f` second.
+# One line per file or symlink of `-ii --out-format=%i|%l|%n%L` (`commands.ITEMIZE`).
+# `%i` is 11 characters (e.g. `>f+++++++++`, `.f         `, `cL+++++++++`): the second is the kind.
 _ITEMIZED = re.compile(r"^([<>ch.*][fdLDS].{9})\|(\d+)\|(.+)$")
-# What rsync prints (on stdout or stderr) for a source symlink or device it does not copy.
+LINK_ARROW = " -> "
+# What rsync prints (on stdout or stderr) for a source device or fifo it does not copy.
 SKIPPED_NON_REGULAR = re.compile(r'^skipping non-regular file "(.+)"$')
 
 
-def parse_itemized_line(line: str) -> tuple[str, int] | None:
-    """(path, size) from one `-ii --out-format=%i|%l|%n` line of a regular file, else None."""
+@dataclass(frozen=True)
+class ItemizedEntry:
+    """One regular file or symlink a transfer covered: its path, size at the source, and a link's target."""
+
+    path: str
+    size: int
+    link_target: str | None = None
+
+
+def parse_itemized_line(line: str) -> ItemizedEntry | None:
+    """The entry of one itemized line of a regular file or a symlink, else None (folders, other output)."""
     match = _ITEMIZED.match(line)
-    if match is None or match.group(1)[1] != "f":
+    if match is None:
         return None
-    return unescape_name(match.group(3)), int(match.group(2))
+    kind = match.group(1)[1]
+    if kind == "f":
+        return ItemizedEntry(unescape_name(match.group(3)), int(match.group(2)))
+    if kind == "L" and LINK_ARROW in match.group(3):
+        # `%n%L` is `name -> target`; a name holding " -> " itself is cut at its first one.
+        name, target = match.group(3).split(LINK_ARROW, 1)
+        return ItemizedEntry(unescape_name(name), int(match.group(2)), unescape_name(target))
+    return None

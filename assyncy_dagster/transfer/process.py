@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .endpoint import SshEndpoint
@@ -45,8 +45,12 @@ class RsyncResult:
     argv: list[str] = field(default_factory=list, repr=False)
     # Relative path -> size at the source of every regular file the transfer covered.
     manifest: dict[str, int] | None = None
-    # Source entries rsync passed over as not regular files (symlinks, devices), relative paths.
+    # Relative path -> target of every symlink the transfer covered.
+    links: dict[str, str] = field(default_factory=dict)
+    # Source entries rsync passed over as not regular files (devices, fifos), relative paths.
     skipped: list[str] = field(default_factory=list)
+    # How many rsyncs ran at once for this transfer (see streams.py).
+    streams: int = 1
 
 
 # Live rsync process groups, so a signal handler can stop every transfer at once.
@@ -140,8 +144,13 @@ def terminate_all_transfers(grace: float = TERMINATE_GRACE_SECONDS) -> int:
     Safe from any thread, and from a signal handler in the main thread. Each
     interrupted `run_rsync` raises TransferTerminated in its own thread.
     """
+    return terminate_transfers(None, grace)
+
+
+def terminate_transfers(pgids: Iterable[int] | None, grace: float = TERMINATE_GRACE_SECONDS) -> int:
+    """Stop the running rsyncs of these process groups (all of them for None), as terminate_all_transfers."""
     with _live_lock:
-        pgids = list(_live)
+        pgids = list(_live) if pgids is None else [pgid for pgid in pgids if pgid in _live]
         _terminated.update(pgids)
     for pgid in pgids:
         _signal_group(pgid, signal.SIGTERM)
@@ -251,6 +260,7 @@ def run_rsync(
     description: str = "",
     endpoint: SshEndpoint | None = None,
     check: bool = True,
+    on_start: Callable[[int], None] | None = None,
 ) -> RsyncResult:
     """Run rsync in its own process group, stream its output, and never leave it behind.
 
@@ -260,7 +270,8 @@ def run_rsync(
     KeyboardInterrupt and Dagster's interruption included, the whole group
     (rsync, its forks and ssh) is terminated before the exception propagates.
     With `check`, a non-zero exit raises RsyncError (HostKeyError,
-    TransferTerminated where they apply).
+    TransferTerminated where they apply). `on_start` gets rsync's process
+    group id as soon as it runs (for `terminate_transfers`).
     """
     argv = [str(a) for a in argv]
     started = time.monotonic()
@@ -309,6 +320,8 @@ def run_rsync(
                 stderr=subprocess.PIPE, start_new_session=True, env=env, bufsize=0,
             )
             _live[proc.pid] = proc
+        if on_start is not None:
+            on_start(proc.pid)
         exit_code = _pump(proc, stdout, stderr)
         if on_progress is not None and last_progress[0] is not None and last_progress[0] is not reported[0]:
             on_progress(last_progress[0])

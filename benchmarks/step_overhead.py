@@ -1,0 +1,192 @@
+"""What a Dagster step adds to rsync: `dagster asset materialize` against bare rsync, alternating.
+
+Starts a real local sshd (OpenSSH + `rrsync -ro`, no rate limit), a portal
+simulator with an ended visit for each EPN, and a fresh DAGSTER_HOME holding a
+copy of `etc/dagster.yaml`. Then, in rounds that swap which side goes first:
+
+- ours: `dagster asset materialize -m assyncy_dagster.definitions --select epn_data
+  --partition EPN`, exactly as a user types it; the step's time is read from
+  the run's event log (STEP_START -> STEP_SUCCESS);
+- bare: rsync with the very argv `transfer_command` builds, timed around the process.
+
+Every round also materialises a tiny EPN (one 1 KiB file): the step's fixed
+cost (the portal call, run tags, one ssh connection). The *phase* of ours is
+step(EPN) - step(tiny), as the transfer-engine issue defines it. The stricter
+*marginal* ratio (step(EPN) - step(tiny)) / (bare(EPN) - bare(tiny)) is printed
+too: it also charges ours for the connection set-up bare pays.
+
+Scenarios (goal in brackets, on the median of the per-round ratios):
+  big     one 1 GiB EPN in 4 files, first copy: throughput ours/bare [>= 0.97]
+  noop    a 10,000-file EPN already home: phase ours/bare            [<= 1.1]
+  first   the same 10,000-file EPN into an empty destination         [<= 1.2]
+
+    .venv/bin/python benchmarks/step_overhead.py [--rounds 5] [--only big,noop,first]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+from daemon_bench import BIN, fresh_dagster_home, portal_data, visit
+
+from assyncy_dagster.config import load_settings
+from assyncy_dagster.epn import destination_for
+from assyncy_dagster.portal_sim import PortalSimulator
+from assyncy_dagster.testing.smtp_sink import SmtpSink
+from assyncy_dagster.testing.sshd import LocalSshd
+from assyncy_dagster.testing.stack import lay_out_epns, write_config
+from assyncy_dagster.transfer import SshEndpoint, transfer_command
+
+TINY, BIG, MANY = "30001a", "30002a", "30003a"
+PROJECT = "bench"
+GIB = 1 << 30
+GOALS = {"big": (0.97, True), "noop": (1.1, False), "first": (1.2, False)}
+
+
+def step_seconds(home: Path, run_id: str) -> float:
+    """STEP_START -> STEP_SUCCESS of the run's epn_data step, from the event log."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        events = instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START,
+                                                    dg.DagsterEventType.STEP_SUCCESS})
+    starts = [e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_START]
+    ends = [e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS]
+    if len(starts) != 1 or len(ends) != 1:
+        raise RuntimeError(f"run {run_id}: expected one step start and success, got {len(starts)}/{len(ends)}")
+    return ends[0] - starts[0]
+
+
+def materialize(home: Path, config: Path, epn: str) -> float:
+    """`dagster asset materialize` of one partition; the step's seconds."""
+    env = {**os.environ, "DAGSTER_HOME": str(home), "ASSYNCY_CONFIG": str(config)}
+    before = set()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        before = {r.dagster_run.run_id for r in instance.get_run_records()}
+    proc = subprocess.run(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "assyncy_dagster.definitions",
+         "--select", "epn_data", "--partition", epn],
+        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"dagster asset materialize {epn} failed:\n{proc.stderr[-3000:]}")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        new = [r.dagster_run for r in instance.get_run_records() if r.dagster_run.run_id not in before]
+    if len(new) != 1 or new[0].status != dg.DagsterRunStatus.SUCCESS:
+        raise RuntimeError(f"expected one successful run for {epn}, got {[(r.run_id, r.status) for r in new]}")
+    return step_seconds(home, new[0].run_id)
+
+
+def bare(argv: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                   check=True, start_new_session=True)
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per scenario, alternating order (default 5)")
+    parser.add_argument("--only", default="big,noop,first", help="scenarios to run (default big,noop,first)")
+    parser.add_argument("--files", type=int, default=10_000, help="files of the many-file EPN (default 10000)")
+    args = parser.parse_args(argv)
+    wanted = [s for s in args.only.split(",") if s]
+
+    work = Path(tempfile.mkdtemp(prefix="assyncy-step-"))
+    results: dict[str, dict[str, list[float]]] = {}
+    try:
+        with LocalSshd() as sshd, SmtpSink() as smtp, PortalSimulator(portal_data({
+            23: [visit(300000 + i, epn, "now-3d", "now-2d") for i, epn in enumerate((TINY, BIG, MANY))], 24: [],
+        })) as portal:
+            lay_out_epns(sshd, {
+                TINY: {"frame.cbf": 1024},
+                BIG: {f"frames/big_{i}.h5": GIB // 4 for i in range(4)},
+                MANY: {f"run_{i // 100:03d}/img_{i:05d}.cbf": 512 for i in range(args.files)},
+            })
+            config = write_config(
+                work / "etc" / "config.yml", portal_url=portal.url, sshd=sshd, smtp_port=smtp.port,
+                destination_root=work / "destination", epn_cap_map={"30001": PROJECT, "30002": PROJECT,
+                                                                      "30003": PROJECT},
+                execute=True, max_tasks=2,
+            )
+            settings = load_settings(config)
+            (work / "destination" / PROJECT).mkdir(parents=True, exist_ok=True)
+            home = fresh_dagster_home(work / "dagster_home")
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                instance.add_dynamic_partitions("epn", [TINY, BIG, MANY])
+            endpoint = SshEndpoint.from_settings(settings)
+
+            def destination(epn: str) -> Path:
+                return destination_for(epn, settings.epn_cap_map, settings.destination_root_path)
+
+            def argv_for(epn: str) -> list[str]:
+                return transfer_command(endpoint, epn, destination(epn), dry_run=False)
+
+            def clear(epn: str) -> None:
+                shutil.rmtree(destination(epn).parent, ignore_errors=True)
+                settings.ignore.write_text("---\npreviouslySynched: []\n")
+                os.sync()
+
+            materialize(home, config, TINY)  # warm the caches once: imports, sshd, page cache
+            print(f"work folder {work}; sshd on port {sshd.port}; {args.rounds} round(s) per scenario")
+            for scenario in wanted:
+                epn = {"big": BIG, "noop": MANY, "first": MANY}[scenario]
+                seen: dict[str, list[float]] = {"ours": [], "bare": [], "ours_tiny": [], "bare_tiny": []}
+                if scenario == "noop":
+                    clear(epn)
+                    bare(argv_for(epn))
+                for round_ in range(args.rounds):
+                    clear(TINY)
+                    seen["ours_tiny"].append(materialize(home, config, TINY))
+                    clear(TINY)
+                    seen["bare_tiny"].append(bare(argv_for(TINY)))
+                    for side in (("bare", "ours") if round_ % 2 == 0 else ("ours", "bare")):
+                        if scenario != "noop":
+                            clear(epn)
+                        seconds = bare(argv_for(epn)) if side == "bare" else materialize(home, config, epn)
+                        seen[side].append(seconds)
+                    print(f"{scenario} round {round_ + 1}: ours step {seen['ours'][-1]:.3f} s "
+                          f"(tiny step {seen['ours_tiny'][-1]:.3f} s), bare {seen['bare'][-1]:.3f} s "
+                          f"(tiny {seen['bare_tiny'][-1]:.3f} s)", flush=True)
+                results[scenario] = seen
+                clear(epn)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report(results)
+
+
+def report(results: dict[str, dict[str, list[float]]]) -> int:
+    failed = 0
+    print()
+    for scenario, seen in results.items():
+        goal, higher = GOALS[scenario]
+        rounds = list(zip(seen["ours"], seen["ours_tiny"], seen["bare"], seen["bare_tiny"], strict=True))
+        phase = [ours - tiny for ours, tiny, _, _ in rounds]
+        if scenario == "big":
+            paired = [b / p for p, (_, _, b, _) in zip(phase, rounds, strict=True)]  # throughput ours / bare
+            marginal = [(b - bt) / p for p, (_, _, b, bt) in zip(phase, rounds, strict=True)]
+            print(f"big: 1 GiB, ours {GIB / 2**20 / statistics.median(phase):.0f} MiB/s (phase "
+                  f"{statistics.median(phase):.2f} s), bare {GIB / 2**20 / statistics.median(seen['bare']):.0f} "
+                  f"MiB/s ({statistics.median(seen['bare']):.2f} s)")
+        else:
+            paired = [p / b for p, (_, _, b, _) in zip(phase, rounds, strict=True)]
+            marginal = [p / (b - bt) for p, (_, _, b, bt) in zip(phase, rounds, strict=True)]
+            print(f"{scenario}: ours phase {statistics.median(phase):.3f} s, bare {statistics.median(seen['bare']):.3f} s")
+        ratio = statistics.median(paired)
+        met = ratio >= goal if higher else ratio <= goal
+        failed += not met
+        print(f"  median per-round ratio ours/bare {ratio:.3f} (goal {'>=' if higher else '<='} {goal}): "
+              f"{'met' if met else 'MISSED'}; strict marginal ratio {statistics.median(marginal):.3f}; "
+              f"per round {', '.join(f'{r:.3f}' for r in paired)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
