@@ -118,6 +118,8 @@ class Settings(BaseModel):
     transfer_streams_min_mib: float = Field(default=1024, ge=0)
     resync_days: float = Field(default=7, ge=0)
     create_project_folders: bool = False
+    stuck_after_hours: float = Field(default=24, gt=0)
+    report_dir: Path | None = None
 
     def __repr_args__(self):  # never print the SMTP password by accident (Equipment masks its own)
         for name, value in super().__repr_args__():
@@ -226,6 +228,11 @@ class Settings(BaseModel):
         return int(self.epnalert_email_smtp.rpartition(":")[2]) if ":" in self.epnalert_email_smtp else 25
 
     @property
+    def report_path(self) -> Path:
+        """Where the repatriation report's CSV, PNG and HTML go: `report-dir`, else `<destination-root-path>/reports`."""
+        return self.report_dir or self.destination_root_path / "reports"
+
+    @property
     def alerted_path(self) -> Path:
         """State file of EPNs the helpdesk has been told about (beside ignore.yml by default)."""
         return self.alerted_file or self.ignore.with_name("alerted.yml")
@@ -271,7 +278,8 @@ def _host_timezone() -> str | None:
         return None
 
 
-_PATH_KEYS = ("ignore", "epnalert-template-folder", "key-file", "destination-root-path", "known-hosts-file", "alerted-file")
+_PATH_KEYS = ("ignore", "epnalert-template-folder", "key-file", "destination-root-path", "known-hosts-file", "alerted-file",
+              "report-dir")
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
