@@ -59,12 +59,13 @@ class CycleReport:
 
 
 def _epn_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
-    """Each EPN's epn_data materialisation metadata, by EPN."""
+    """Each EPN's epn_data metadata, by EPN: its materialisation's, or a dry-run's observation's."""
     found: dict[str, dict] = {}
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        if materialization and materialization.asset_key == EPN_DATA and materialization.partition:
-            found[materialization.partition] = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    events = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
+    events += [e.event_specific_data.asset_observation for e in result.get_asset_observation_events()]
+    for event in events:
+        if event and event.asset_key == EPN_DATA and event.partition:
+            found[event.partition] = {k: getattr(v, "value", v) for k, v in event.metadata.items()}
     return found
 
 
@@ -74,6 +75,9 @@ def _epn_errors(events: Iterable[dg.DagsterEvent]) -> dict[str, str]:
         if data and data.user_failure_data and "errors" in data.user_failure_data.metadata:
             return dict(data.user_failure_data.metadata["errors"].value)
     return {}
+
+
+_NOT_FAILED = (Outcome.HOME.value, Outcome.DRY_RUN.value, Outcome.EMPTY.value)
 
 
 def execute_request(
@@ -98,8 +102,9 @@ def execute_request(
     return [
         RunOutcome(
             job=request.job_name, partition=epn, run_id=result.run_id,
-            success=outcome in (Outcome.HOME.value, Outcome.DRY_RUN.value),
-            error="" if outcome in (Outcome.HOME.value, Outcome.DRY_RUN.value) else errors.get(epn, run_error),
+            # An empty source folder is held back, not failed: the EPN is looked at again later.
+            success=outcome in _NOT_FAILED,
+            error="" if outcome in _NOT_FAILED else errors.get(epn, run_error),
             metadata=metadata.get(epn, {}),
         )
         for epn, outcome in outcomes.items()

@@ -9,6 +9,9 @@ copy of `etc/dagster.yaml`. Then, in rounds that swap which side goes first:
   the run's event log (STEP_START -> STEP_SUCCESS);
 - bare: rsync with the very argv `transfer_command` builds, timed around the process.
 
+Each round runs the sides in ABBA order (BAAB the next round) and takes each
+side's mean, so that neither side always meets the slower position.
+
 Every round also materialises a tiny EPN (one 1 KiB file): the step's fixed
 cost (the portal call, run tags, one ssh connection). The *phase* of ours is
 step(EPN) - step(tiny), as the transfer-engine issue defines it. The stricter
@@ -96,10 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per scenario, alternating order (default 5)")
     parser.add_argument("--only", default="big,noop,first", help="scenarios to run (default big,noop,first)")
     parser.add_argument("--files", type=int, default=10_000, help="files of the many-file EPN (default 10000)")
+    parser.add_argument("--destination-dir", type=Path, default=None,
+                        help="put the destination root under this folder, e.g. /dev/shm (a separate file system "
+                        "from DAGSTER_HOME, as a data mover's destination usually is)")
+    parser.add_argument("--home-dir", type=Path, default=None,
+                        help="put DAGSTER_HOME (the SQLite storage) under this folder, e.g. /dev/shm, instead of "
+                        "beside the destination on the same file system")
     args = parser.parse_args(argv)
     wanted = [s for s in args.only.split(",") if s]
 
     work = Path(tempfile.mkdtemp(prefix="assyncy-step-"))
+    home = destination_root = None
     results: dict[str, dict[str, list[float]]] = {}
     try:
         with LocalSshd() as sshd, SmtpSink() as smtp, PortalSimulator(portal_data({
@@ -110,15 +120,19 @@ def main(argv: list[str] | None = None) -> int:
                 BIG: {f"frames/big_{i}.h5": GIB // 4 for i in range(4)},
                 MANY: {f"run_{i // 100:03d}/img_{i:05d}.cbf": 512 for i in range(args.files)},
             })
+            destination_root = Path(tempfile.mkdtemp(prefix="assyncy-step-dest-", dir=args.destination_dir)) \
+                if args.destination_dir else work / "destination"
             config = write_config(
                 work / "etc" / "config.yml", portal_url=portal.url, sshd=sshd, smtp_port=smtp.port,
-                destination_root=work / "destination", epn_cap_map={"30001": PROJECT, "30002": PROJECT,
+                destination_root=destination_root, epn_cap_map={"30001": PROJECT, "30002": PROJECT,
                                                                       "30003": PROJECT},
                 execute=True, max_tasks=2,
             )
             settings = load_settings(config)
-            (work / "destination" / PROJECT).mkdir(parents=True, exist_ok=True)
-            home = fresh_dagster_home(work / "dagster_home")
+            (destination_root / PROJECT).mkdir(parents=True, exist_ok=True)
+            home_parent = Path(tempfile.mkdtemp(prefix="assyncy-step-home-", dir=args.home_dir)) if args.home_dir \
+                else work
+            home = fresh_dagster_home(home_parent / "dagster_home")
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 instance.add_dynamic_partitions("epn", [TINY, BIG, MANY])
             endpoint = SshEndpoint.from_settings(settings)
@@ -135,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.sync()
 
             materialize(home, config, TINY)  # warm the caches once: imports, sshd, page cache
-            print(f"work folder {work}; sshd on port {sshd.port}; {args.rounds} round(s) per scenario")
+            print(f"work folder {work}; DAGSTER_HOME {home}; destination {destination_root}; sshd on port {sshd.port}; "
+                  f"{args.rounds} round(s) per scenario")
             for scenario in wanted:
                 epn = {"big": BIG, "noop": MANY, "first": MANY}[scenario]
                 seen: dict[str, list[float]] = {"ours": [], "bare": [], "ours_tiny": [], "bare_tiny": []}
@@ -147,11 +162,18 @@ def main(argv: list[str] | None = None) -> int:
                     seen["ours_tiny"].append(materialize(home, config, TINY))
                     clear(TINY)
                     seen["bare_tiny"].append(bare(argv_for(TINY)))
-                    for side in (("bare", "ours") if round_ % 2 == 0 else ("ours", "bare")):
+                    # ABBA within the round (BAAB the next): whichever position is slower on this
+                    # machine at the moment, each side gets one early and one late run; a side's
+                    # figure for the round is the mean of its two runs.
+                    pair: dict[str, list[float]] = {"ours": [], "bare": []}
+                    first, second = ("bare", "ours") if round_ % 2 == 0 else ("ours", "bare")
+                    for side in (first, second, second, first):
                         if scenario != "noop":
                             clear(epn)
                         seconds = bare(argv_for(epn)) if side == "bare" else materialize(home, config, epn)
-                        seen[side].append(seconds)
+                        pair[side].append(seconds)
+                    for side, runs in pair.items():
+                        seen[side].append(statistics.fmean(runs))
                     print(f"{scenario} round {round_ + 1}: ours step {seen['ours'][-1]:.3f} s "
                           f"(tiny step {seen['ours_tiny'][-1]:.3f} s), bare {seen['bare'][-1]:.3f} s "
                           f"(tiny {seen['bare_tiny'][-1]:.3f} s)", flush=True)
@@ -159,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                 clear(epn)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        for extra, asked in ((home, args.home_dir), (destination_root, args.destination_dir)):
+            if asked and extra is not None:
+                shutil.rmtree(extra if extra.name.startswith("assyncy-") else extra.parent, ignore_errors=True)
     return report(results)
 
 

@@ -34,18 +34,24 @@ def files_under(path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()} if path.exists() else set()
 
 
-def test_dry_run_writes_nothing_and_is_labelled(stack):
+def test_dry_run_writes_nothing_and_is_an_observation_never_a_materialisation(stack):
     stack.configure(execute=False)
     stack.lay_out("12282a")
     result = stack.materialize("12282a")
     assert result.success
     # The project folders exist beforehand (as on a real site); nothing appears inside them.
     assert not any(stack.destination_root.rglob("*/*")), "a dry-run wrote under the destination"
-    meta = epn_data_metadata(result)
+    # The UI must never show the partition as materialised (home) after a dry-run.
+    assert not [e for e in result.get_asset_materialization_events()
+                if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")]
+    assert stack.instance.get_materialized_partitions(dg.AssetKey("epn_data")) == set()
+    [observation] = [e.event_specific_data.asset_observation for e in result.get_asset_observation_events()
+                     if e.event_specific_data.asset_observation.asset_key == dg.AssetKey("epn_data")]
+    meta = {k: v.value for k, v in observation.metadata.items()}
+    assert observation.partition == "12282a"
     assert meta["dry_run"] is True and meta["mode"].startswith("DRY-RUN")
     assert meta["files_transferred"] == 5  # 3 frames, the log, .info
-    [check] = check_results(result)
-    assert check.passed is False and check.severity == dg.AssetCheckSeverity.WARN
+    assert check_results(result) == []  # nothing was copied, so nothing was verified
     assert stack.ignored() == []
 
 
@@ -103,6 +109,10 @@ def test_check_on_its_own_catches_a_file_deleted_from_the_destination(stack):
     [check] = check_results(result)
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert "frames/img_0003.cbf" in check.description
+    # In the UI, the failures are a table: path, problem, sizes.
+    rows = [record.data for record in check.metadata["problems"].records]
+    assert rows == [{"path": "frames/img_0003.cbf", "problem": "missing", "source_bytes": None,
+                     "destination_bytes": None}]
 
 
 def test_unmapped_epn_is_refused(stack):

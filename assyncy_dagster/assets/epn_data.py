@@ -36,6 +36,9 @@ DRY_RUN_MODE = "DRY-RUN: nothing copied"
 # code load for them all, and still several runs to share out over `max-tasks`.
 BACKFILL_EPNS_PER_RUN = 50
 PROGRESS_AFTER_SECONDS = 5.0
+OWNER = "team:research-data"
+# 2: symlinks kept and checked, source digest recorded, dry-runs are observations.
+CODE_VERSION = "2"
 
 
 class EpnDataConfig(dg.Config):
@@ -63,11 +66,11 @@ def _mib_per_second(size: int, seconds: float) -> float:
     return round(size / (1024 * 1024) / seconds, 2) if seconds > 0 else 0.0
 
 
-def _check_evaluation(epn: str, passed: bool, *, description: str | None = None, metadata=None,
-                      severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckEvaluation:
+def _check_evaluation(epn: str, passed: bool, *, description: str | None = None,
+                      metadata=None) -> dg.AssetCheckEvaluation:
     return dg.AssetCheckEvaluation(
         asset_key=EPN_DATA, check_name=CHECK_NAME, passed=passed, partition=epn,
-        description=description, metadata=metadata or {}, severity=severity,
+        description=description, metadata=metadata or {}, severity=dg.AssetCheckSeverity.ERROR,
     )
 
 
@@ -90,7 +93,7 @@ def verify(epn: str, client: RsyncClient, destination: Path, expected: dict[str,
         actual_links = {}
         actual = local_manifest(destination, actual_links)
     diff = compare_manifests(expected, actual, expected_links or {}, actual_links or {})
-    metadata = {
+    metadata: dict[str, object] = {
         "source_files": len(expected),
         "source_bytes": sum(expected.values()),
         "source_symlinks": len(expected_links or {}),
@@ -98,7 +101,25 @@ def verify(epn: str, client: RsyncClient, destination: Path, expected: dict[str,
         "size_mismatch": len(diff.size_mismatch),
         "symlinks_missing": len(diff.missing_links),
     }
+    if not diff.ok:
+        metadata["problems"] = _problem_table(diff)
     return diff.ok, diff.summary(), metadata
+
+
+def _problem_table(diff) -> dg.TableMetadataValue:
+    """The check's failures as a table in the UI: the first 100 missing or different files."""
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({"path": path, "problem": problem, "source_bytes": want, "destination_bytes": have})
+            for path, problem, want, have in diff.problems(100)
+        ],
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn("path", "string"),
+            dg.TableColumn("problem", "string"),
+            dg.TableColumn("source_bytes", "int"),
+            dg.TableColumn("destination_bytes", "int"),
+        ]),
+    )
 
 
 def _project_folder_problem(epn: str, destination: Path, settings: Settings) -> str | None:
@@ -216,10 +237,10 @@ def _bring_home(
         "source_symlinks": len(result.links),
     }
     if dry_run:
+        # An observation, not a materialisation: an `epn_data` materialisation always means
+        # data at the destination, so the UI never shows a dry-run's partition as home.
         context.log.warning(f"EPN {epn}: dry-run only (execute: false); nothing copied, not marked repatriated")
-        yield dg.AssetMaterialization(asset_key=EPN_DATA, partition=epn, metadata=metadata)
-        yield _check_evaluation(epn, False, severity=dg.AssetCheckSeverity.WARN,
-                                description="dry-run: nothing was copied, so nothing was verified")
+        yield dg.AssetObservation(asset_key=EPN_DATA, partition=epn, metadata=metadata)
         return
     links_here: dict[str, str] = {}
     files = local_manifest(destination, links_here)
@@ -348,6 +369,11 @@ def dry_run_for(settings: Settings, execute: bool | None) -> bool:
     group_name="repatriation",
     pool="rsync",
     kinds={"rsync"},
+    owners=[OWNER],
+    tags={"data": "raw-experiment", "source": "synchrotron"},
+    # Bump when what a materialisation means changes (flags, what is verified), so
+    # the UI shows which EPNs were brought home by an older version.
+    code_version=CODE_VERSION,
     deps=[PORTAL_VISITS],
     # Each EPN is reported as its own partition's materialisation below, never
     # one materialisation for a whole range; with no output, the separate
@@ -362,28 +388,20 @@ def epn_data(
     sftp: SshSourceResource,
     assyncy_config: AssyncyConfigResource,
 ):
-    """The EPN's data at `<destination-root-path>/<project>/<epn>/data/`, pulled from the
-    SFTP host with rsync over SSH.
+    """The experiment's files at home: `<destination-root-path>/<project>/<epn>/data/`,
+    pulled from the SFTP host with rsync over SSH.
 
-    Only a real transfer that the `matches_source` check then verifies counts:
-    only then is the EPN appended to ignore.yml (`previouslySynched`). A dry-run
-    (`execute: false`) writes nothing and says so in its metadata. A backfill
-    runs up to 50 EPNs per run, one after another, each recorded on its own.
+    A materialised partition means the EPN's data is at the destination. Only
+    when the `matches_source` check then passes is the EPN appended to
+    ignore.yml (`previouslySynched`) and never fetched again (except for data
+    that appears within `resync-days` of the visit's end). A dry-run
+    (`execute: false`) copies nothing and is recorded as an observation, never
+    a materialisation. A backfill runs up to 50 EPNs per run, one after
+    another, each recorded on its own; a failed or missing partition is
+    repaired by materialising it again.
     """
     yield from repatriate_as_configured(context, context.partition_keys, config, portal, sftp, assyncy_config,
                                         report_visits=False)
-
-
-def _latest_was_dry_run(instance: dg.DagsterInstance, epn: str) -> bool:
-    """Whether this partition's latest materialisation was a dry-run (read from its metadata,
-    so the check also runs on its own, e.g. to re-verify an EPN from the UI)."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=EPN_DATA, asset_partitions=[epn]), limit=1
-    ).records
-    if not records:
-        return False
-    value = records[0].asset_materialization.metadata.get("dry_run")
-    return bool(getattr(value, "value", value))
 
 
 @dg.asset_check(
@@ -392,7 +410,8 @@ def _latest_was_dry_run(instance: dg.DagsterInstance, epn: str) -> bool:
     blocking=True,
     partitions_def=epn_partitions,
     description="Every file the SFTP host holds for this EPN (hidden files excluded, .info kept) is at "
-    "the destination with the same size. Passing after a real transfer records the EPN in ignore.yml.",
+    "the destination with the same size, and every symlink with the same target. Passing after a real "
+    "transfer records the EPN in ignore.yml; failing lists the first 100 problems as a table.",
 )
 def epn_data_matches_source(
     context: dg.AssetCheckExecutionContext,
@@ -401,12 +420,6 @@ def epn_data_matches_source(
 ) -> dg.AssetCheckResult:
     """Run on its own (the `verify_epn_data` job); a transfer step reports it itself."""
     epn = validate_epn(context.partition_key)
-    if _latest_was_dry_run(context.instance, epn):
-        return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.WARN,
-            description="dry-run: nothing was copied, so nothing was verified",
-        )
     settings = assyncy_config.settings()
     destination = destination_for(epn, settings.epn_cap_map, settings.destination_root_path)
     try:

@@ -22,13 +22,15 @@ PORTAL_VISITS = dg.AssetKey("portal_visits")
     partitions_def=epn_partitions,
     group_name="repatriation",
     kinds={"python"},
+    owners=["team:research-data"],
+    tags={"source": "synchrotron-portal"},
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=50),  # as epn_data's, so they share runs
 )
 def portal_visits(
     context: dg.AssetExecutionContext, portal: PortalResource, assyncy_config: AssyncyConfigResource
 ) -> dg.MaterializeResult:
-    """The portal's visit record(s) for this EPN: when the beamtime ran, on which
-    equipment, and who the principal and data scientists are.
+    """Who and when: the portal's visit record(s) for this EPN, i.e. when the beamtime
+    ran, on which equipment, and who the principal and data scientists are.
 
     Looked up on every configured equipment within `visit-day-range` days.
     `epn_data` looks the visits up again when it runs, to decide whether each

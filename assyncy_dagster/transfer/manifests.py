@@ -88,6 +88,14 @@ class ManifestDiff:
         source symlink with the same target (extra files are fine)."""
         return not self.missing and not self.size_mismatch and not self.missing_links
 
+    def problems(self, limit: int = 100) -> list[tuple[str, str, int | None, int | None]]:
+        """The first `limit` problems as (path, problem, bytes at the source, bytes at the destination)."""
+        rows: list[tuple[str, str, int | None, int | None]] = []
+        rows += [(p, "missing", None, None) for p in self.missing[:limit]]
+        rows += [(p, "size differs", want, have) for p, want, have in self.size_mismatch[:limit]]
+        rows += [(p, "symlink missing or different", None, None) for p in self.missing_links[:limit]]
+        return rows[:limit]
+
     def summary(self, limit: int = 20) -> str:
         """A readable report: counts, then at most `limit` examples of each problem."""
         if self.ok:
