@@ -47,6 +47,23 @@ Templates may also use structured variables:
 * ``digest`` (True for a reminder listing every EPN still without an owner,
   False for an alert about new ones) and ``generated_at`` (an aware datetime).
 
+The daily digest also carries the stuck-EPN canary (see canary.py): EPNs due
+for longer than ``stuck-after-hours`` without coming home, and a portal or
+SFTP-host refresh failing for as long, each with its reason:
+
+* ``stuck``: one dict per entry, oldest first, with ``name`` (the EPN, or
+  ``portal`` / ``SFTP host``), ``since`` (an aware datetime in the digest's
+  time zone), ``since_text``, ``hours`` (whole hours since) and ``reason``;
+  ``stuck_text`` is the same, pre-formatted, one line each;
+  ``stuck_after_hours`` the setting;
+* ``digest_notes``: what the digest could not ask (the host, the portal).
+
+A template that names none of ``stuck``, ``stuck_text`` (or ``digest_notes``)
+gets a built-in section appended (before ``</body>`` in the HTML part), so an
+admin's own templates from HPC ASSyncy still report stuck EPNs. With stuck
+entries the subject becomes ``Unknown ownership of EPNs; stuck: 12282a, ...``;
+a digest goes out when either list holds something.
+
 Unlike HPC ASSyncy, the HTML part is rendered with autoescaping: a scientist
 called ``<script>`` arrives as text, not markup. Nothing from the portal is
 ever marked safe. Both environments use ``StrictUndefined``, so a misspelt
@@ -64,8 +81,10 @@ from email.message import EmailMessage
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import jinja2
+import jinja2.meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -112,6 +131,15 @@ class AlertEntry:
     def __post_init__(self) -> None:
         validate_epn(self.epn)
         object.__setattr__(self, "visits", tuple(self.visits))
+
+
+@dataclass(frozen=True)
+class StuckEntry:
+    """An EPN (or `portal` / `SFTP host`) stuck since `since` (aware), and why, for the digest."""
+
+    name: str
+    since: datetime
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -208,8 +236,25 @@ def _visit_details(epn: str, visit: dict[str, Any]) -> str:
     )
 
 
+def _stuck(entries: Sequence[StuckEntry], now: datetime, zone: str | None) -> list[dict[str, Any]]:
+    where = ZoneInfo(zone) if zone else UTC
+    found = []
+    for entry in entries:
+        since = entry.since.astimezone(where)
+        found.append({
+            "name": _one_line(entry.name),
+            "since": since,
+            "since_text": since.strftime("%Y-%m-%d %H:%M %Z"),
+            "hours": max(0, int((now - entry.since).total_seconds() // 3600)),
+            "reason": _one_line(entry.reason),
+        })
+    return found
+
+
 def template_variables(
-    entries: Sequence[AlertEntry], *, digest: bool = False, generated_at: datetime | None = None
+    entries: Sequence[AlertEntry], *, digest: bool = False, generated_at: datetime | None = None,
+    stuck: Sequence[StuckEntry] = (), notes: Sequence[str] = (), stuck_after_hours: float = 24,
+    zone: str | None = None,
 ) -> dict[str, Any]:
     """Everything the unknown-EPN templates may use (see the module docstring)."""
     ordered = sorted(entries, key=lambda e: e.epn)
@@ -223,14 +268,21 @@ def template_variables(
         epns.append({"epn": entry.epn, "base_number": base_number(entry.epn), "known": bool(visits), "visits": visits})
         details.extend(_visit_details(entry.epn, v) for v in visits)
     unknown = [e["epn"] for e in epns if not e["known"]]
+    generated_at = generated_at or datetime.now(UTC).astimezone()
+    stuck_list = _stuck(stuck, generated_at, zone)
     return {
+        "stuck": stuck_list,
+        "stuck_text": "\n".join(f"- {s['name']}, since {s['since_text']} ({s['hours']} h): {s['reason']}"
+                                for s in stuck_list),
+        "stuck_after_hours": f"{stuck_after_hours:g}",
+        "digest_notes": [_one_line(n) for n in notes],
         "epn_details": "".join(details),
         "unknown_epns": format_table(rows_of(unknown)),
         "epns": epns,
         "unknown_epn_list": unknown,
         "unknown_epn_rows": rows_of(unknown),
         "digest": digest,
-        "generated_at": generated_at or datetime.now(UTC).astimezone(),
+        "generated_at": generated_at,
     }
 
 
@@ -288,6 +340,63 @@ def _render(folder: Path, name: str, variables: dict[str, Any], *, html: bool, s
         raise TemplateError(filename or template.filename or str(path), problem, lineno) from None
 
 
+_CANARY_TEXT = """\
+{% if stuck %}
+Stuck for more than {{ stuck_after_hours }} h without coming home
+{{ stuck_text }}
+{% endif %}{% for note in digest_notes %}
+Note: {{ note }}
+{% endfor %}"""
+
+_CANARY_HTML = """\
+{% if stuck %}<h3>Stuck for more than {{ stuck_after_hours }} h without coming home</h3>
+<table><tr><th>EPN</th><th>since</th><th>reason</th></tr>
+{% for s in stuck %}<tr><td>{{ s.name }}</td><td>{{ s.since_text }} ({{ s.hours }} h)</td><td>{{ s.reason }}</td></tr>
+{% endfor %}</table>
+{% endif %}{% for note in digest_notes %}<p><strong>Note:</strong> {{ note }}</p>
+{% endfor %}"""
+
+
+def _names_used(folder: Path, name: str) -> set[str]:
+    """The variables a template (and the templates it includes or extends) refers to."""
+    env = _environment(folder, html=False)
+    seen: set[str] = set()
+    used: set[str] = set()
+    pending = [name]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            source = env.loader.get_source(env, current)[0]
+            ast = env.parse(source)
+        except (jinja2.TemplateError, OSError):
+            continue  # rendering has already said what is wrong with it
+        used |= jinja2.meta.find_undeclared_variables(ast)
+        pending.extend(t for t in jinja2.meta.find_referenced_templates(ast) if isinstance(t, str))
+    return used
+
+
+def _with_canary(body: str, folder: Path, name: str, variables: dict[str, Any], *, html: bool) -> str:
+    """`body` with the built-in stuck section appended, when its template shows neither the
+    stuck entries nor the notes (an admin's template from before the canary)."""
+    if not (variables["stuck"] or variables["digest_notes"]):
+        return body
+    used = _names_used(folder, name)
+    shown = dict(variables)
+    if used & {"stuck", "stuck_text"}:
+        shown["stuck"] = []
+    if "digest_notes" in used:
+        shown["digest_notes"] = []
+    if not (shown["stuck"] or shown["digest_notes"]):
+        return body
+    env = SandboxedEnvironment(autoescape=html, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    section = env.from_string(_CANARY_HTML if html else _CANARY_TEXT).render(**shown)
+    end = body.lower().rfind("</body>") if html else -1
+    return body[:end] + section + body[end:] if end >= 0 else body + section
+
+
 def render_unknown_epn_alert(
     template_folder: Path,
     text_template: str,
@@ -296,16 +405,29 @@ def render_unknown_epn_alert(
     *,
     digest: bool = False,
     generated_at: datetime | None = None,
+    stuck: Sequence[StuckEntry] = (),
+    notes: Sequence[str] = (),
+    stuck_after_hours: float = 24,
+    timezone: str | None = None,
 ) -> RenderedEmail:
-    """Render the "Unknown ownership of EPNs" e-mail for `entries` from the admin's templates.
+    """Render the "Unknown ownership of EPNs" e-mail for `entries` from the admin's templates,
+    with the digest's `stuck` entries and `notes` (shown in `timezone`).
 
     Raises TemplateError naming the file (and line) when a template is
     missing, broken, or uses a variable that does not exist.
     """
-    variables = template_variables(entries, digest=digest, generated_at=generated_at)
-    text = _render(Path(template_folder), text_template, variables, html=False, setting="epnalert-template-text")
-    html = _render(Path(template_folder), html_template, variables, html=True, setting="epnalert-template-html")
-    return RenderedEmail(subject=SUBJECT, text=text, html=html)
+    folder = Path(template_folder)
+    variables = template_variables(entries, digest=digest, generated_at=generated_at, stuck=stuck, notes=notes,
+                                   stuck_after_hours=stuck_after_hours, zone=timezone)
+    text = _render(folder, text_template, variables, html=False, setting="epnalert-template-text")
+    html = _render(folder, html_template, variables, html=True, setting="epnalert-template-html")
+    text = _with_canary(text, folder, text_template, variables, html=False)
+    html = _with_canary(html, folder, html_template, variables, html=True)
+    subject = SUBJECT
+    if stuck:
+        names = [s["name"] for s in variables["stuck"]]
+        subject += "; stuck: " + ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return RenderedEmail(subject=subject, text=text, html=html)
 
 
 def _sample_entries() -> list[AlertEntry]:
@@ -339,6 +461,15 @@ def _sample_entries() -> list[AlertEntry]:
     ]
 
 
+def _sample_canary() -> dict[str, Any]:
+    since = datetime.now(UTC) - timedelta(hours=30)
+    return {
+        "stuck": [StuckEntry("12282b", since, "failing: 2 run(s) failed in a row; last error: rsync exit 23"),
+                  StuckEntry("SFTP host", since, "SSH authentication failing at every refresh")],
+        "notes": ["The SFTP host could not be listed for unmapped EPNs: ssh: Permission denied"],
+    }
+
+
 def check_templates(template_folder: Path, text_template: str, html_template: str) -> list[str]:
     """Problems with the alert templates, one line each; empty when both render sample alerts."""
     folder = Path(template_folder)
@@ -351,7 +482,7 @@ def check_templates(template_folder: Path, text_template: str, html_template: st
     ):
         # Both a new-EPN alert and a digest, so that either branch of an {% if digest %} is tried.
         for digest in (False, True):
-            variables = template_variables(_sample_entries(), digest=digest)
+            variables = template_variables(_sample_entries(), digest=digest, **(_sample_canary() if digest else {}))
             try:
                 _render(folder, name, variables, html=html, setting=setting)
             except TemplateError as exc:

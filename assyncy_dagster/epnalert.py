@@ -7,9 +7,10 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from .alerts import AlertEntry, TemplateError, build_message, render_unknown_epn_alert
+from .alerts import AlertEntry, StuckEntry, TemplateError, build_message, render_unknown_epn_alert
 from .config import Settings
 from .epn import project_for, validate_epn
+from .logs import SecretMaskingFilter
 from .mail import Mailer, MailError
 from .portal import PortalClient, PortalError, visit_window, visits_by_epn
 from .state import ALERTED_KEY, add_epns
@@ -33,17 +34,33 @@ def send_unknown_epn_alert(
     epns: Sequence[str],
     *,
     digest: bool = False,
+    stuck: Sequence[StuckEntry] = (),
+    notes: Sequence[str] = (),
     logger: logging.Logger | None = None,
 ) -> list[str]:
     """E-mail one message about `epns` with their visit details; record them as
-    alerted (unless this is the digest) only after the server accepted it."""
+    alerted (unless this is the digest) only after the server accepted it.
+
+    The digest also lists `stuck` EPNs (see canary.py) and `notes` (what could
+    not be asked), and is sent when either list holds something. With stuck EPNs
+    to report, a portal that cannot be asked leaves the unmapped EPNs without
+    visit details, said in a note, rather than stopping the e-mail."""
     logger = logger or log
     epns = sorted({validate_epn(e) for e in epns})
-    if not epns:
+    if not epns and not stuck:
         logger.info("no unmapped EPNs: nothing to send")
         return []
-    since, until = visit_window(datetime.now(UTC), settings.visit_day_range)
-    by_epn = visits_by_epn(portal.visits(since, until))
+    notes = list(notes)
+    by_epn: dict = {}
+    if epns:
+        since, until = visit_window(datetime.now(UTC), settings.visit_day_range)
+        try:
+            by_epn = visits_by_epn(portal.visits(since, until))
+        except PortalError as exc:
+            if not stuck:
+                raise
+            masked = SecretMaskingFilter(settings.secrets()).mask(str(exc))
+            notes.append(f"The portal could not be asked for the unmapped EPNs' visits: {masked}")
     entries = [AlertEntry(epn=e, visits=tuple(by_epn.get(e, ()))) for e in epns]
     rendered = render_unknown_epn_alert(
         settings.epnalert_template_folder,
@@ -51,9 +68,15 @@ def send_unknown_epn_alert(
         settings.epnalert_template_html,
         entries,
         digest=digest,
+        stuck=stuck,
+        notes=notes,
+        stuck_after_hours=settings.stuck_after_hours,
+        timezone=settings.schedule_timezone,
     )
     mailer.send(build_message(rendered, settings.epnalert_email_from, settings.epnalert_email_to))
-    logger.info(f"sent '{rendered.subject}' about {len(epns)} EPN(s) to {settings.epnalert_email_to}: {', '.join(epns)}")
+    stuck_text = f" and {len(stuck)} stuck ({', '.join(e.name for e in stuck)})" if stuck else ""
+    logger.info(f"sent '{rendered.subject}' about {len(epns)} EPN(s){stuck_text} to {settings.epnalert_email_to}: "
+                f"{', '.join(epns)}")
     if not digest:
         add_epns(settings.alerted_path, epns, key=ALERTED_KEY)
     return epns

@@ -5,7 +5,8 @@ from pydantic import Field
 
 from .assets.epn_data import EpnDataConfig, epn_data, repatriate_as_configured
 from .assets.visits import portal_visits
-from .epnalert import ALERT_ERRORS, send_unknown_epn_alert, unmapped_epns_on_host
+from .canary import send_daily_digest
+from .epnalert import ALERT_ERRORS, send_unknown_epn_alert
 from .partitions import epn_partitions
 from .resources.portal import PortalResource
 from .resources.settings import AssyncyConfigResource
@@ -81,9 +82,11 @@ def send_unknown_epn_alert_op(
 ) -> list[str]:
     settings = assyncy_config.settings()
     try:
-        epns = unmapped_epns_on_host(settings, sftp.client(logger=context.log)) if config.digest else config.epns
+        if config.digest:  # every unmapped EPN on the host, and the stuck ones (canary.py)
+            return send_daily_digest(context.instance, settings, portal.client(logger=context.log), smtp.mailer(),
+                                     sftp.client(logger=context.log), logger=context.log)
         return send_unknown_epn_alert(
-            settings, portal.client(logger=context.log), smtp.mailer(), epns, digest=config.digest, logger=context.log
+            settings, portal.client(logger=context.log), smtp.mailer(), config.epns, logger=context.log
         )
     except ALERT_ERRORS as exc:
         # The EPNs stay un-alerted, so a later sensor tick asks again.
@@ -104,5 +107,6 @@ def build_digest_schedule(timezone: str) -> dg.ScheduleDefinition:
         execution_timezone=timezone,
         run_config=dg.RunConfig(ops={"send_unknown_epn_alert_op": UnknownEpnAlertConfig(digest=True)}),
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Daily digest of every EPN on the SFTP host that is still unmapped.",
+        description="Daily digest of every EPN on the SFTP host that is still unmapped, and of every EPN stuck "
+        "for more than stuck-after-hours, with its reason.",
     )

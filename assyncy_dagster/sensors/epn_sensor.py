@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ..canary import clear_refresh_failure, due_reasons, record_due, record_refresh_failure, refresh_failure_file
 from ..config import ConfigError, Settings
 from ..epn import is_valid_epn, project_for
 from ..jobs import (
@@ -94,12 +95,16 @@ class SensorCursor:
     listed_at: float | None = None  # last listing of the SFTP host alone
     failures: int = 0  # refreshes failed in a row
     retry_at: float | None = None  # not before this after a failure
+    # When the refreshes now failing in a row began (the canary reports it after
+    # stuck-after-hours; what failed is in canary.REFRESH_FAILURE_FILE).
+    failing_since: float | None = None
 
     @classmethod
     def parse(cls, text: str | None) -> "SensorCursor":
         try:
             data = json.loads(text) if text else {}
-            return cls(**{k: data[k] for k in ("refreshed_at", "listed_at", "failures", "retry_at") if k in data})
+            keys = ("refreshed_at", "listed_at", "failures", "retry_at", "failing_since")
+            return cls(**{k: data[k] for k in keys if k in data})
         except (ValueError, TypeError):
             return cls()  # an old or foreign cursor: start afresh (a refresh now)
 
@@ -204,12 +209,14 @@ def _list_host(sftp: SshSourceResource, log) -> list[str]:
 
 def gather_facts(
     settings: Settings, portal: PortalResource, sftp: SshSourceResource, log, cursor: SensorCursor | None,
-    now: datetime, cache_file: Path | None = None,
+    now: datetime, cache_file: Path | None = None, failure_file: Path | None = None,
 ) -> tuple[Facts | None, str | None]:
     """Refresh from the portal and the host when due, else reuse what they last said.
 
     Returns (facts, None), or (None, skip reason) after a failed refresh, with
-    `cursor` updated either way. Without a cursor (mxsync), always refresh."""
+    `cursor` updated either way. Without a cursor (mxsync), always refresh.
+    A failed refresh is noted in `failure_file` for the stuck canary, and
+    forgotten at the next good one."""
     key = str(settings.ignore)  # one entry per config (tests run several in one process)
     facts = _facts.get(key)
     if cursor is not None and cache_file is not None and (facts is None or facts.refreshed_at != cursor.refreshed_at):
@@ -243,6 +250,11 @@ def gather_facts(
         (visits, rejected), on_sftp = answers["portal"], answers["SFTP host"]
     except (PortalError, RsyncError, TimeoutError) as exc:
         what = "portal" if isinstance(exc, PortalError) or "the portal" in str(exc) else "SFTP host"
+        if failure_file is not None:
+            since = record_refresh_failure(failure_file, what, exc, now, settings,
+                                           since=cursor.failing_since if cursor is not None else None)
+            if cursor is not None:
+                cursor.failing_since = since
         if cursor is None:
             return None, f"{what} unavailable, nothing changed; the next cycle tries again: {exc}"
         cursor.failures += 1
@@ -250,12 +262,14 @@ def gather_facts(
         when = datetime.fromtimestamp(cursor.retry_at, UTC).isoformat(timespec="seconds")
         return None, f"{what} unavailable, nothing changed; trying again at {when} (failure {cursor.failures}): {exc}"
     facts = Facts(visits, on_sftp, stamp, rejected)
+    if failure_file is not None:
+        clear_refresh_failure(failure_file)
     _facts[key] = facts
     if cache_file is not None:
         _save_facts(cache_file, facts)
     if cursor is not None:
         cursor.refreshed_at = cursor.listed_at = stamp
-        cursor.failures, cursor.retry_at = 0, None
+        cursor.failures, cursor.retry_at, cursor.failing_since = 0, None, None
     return facts, None
 
 
@@ -388,7 +402,8 @@ def plan_tick(
         flights = in_flight(instance, REPATRIATION_JOB, partitions)
 
     cache_file = Path(instance.storage_directory()) / FACTS_FILE if cursor is not None else None
-    facts, skipped = gather_facts(settings, portal, sftp, log, cursor, now, cache_file)
+    facts, skipped = gather_facts(settings, portal, sftp, log, cursor, now, cache_file,
+                                  refresh_failure_file(instance))
     if facts is None:
         return None, dg.SkipReason(f"{skipped}{lost_text}")
     try:
@@ -434,6 +449,9 @@ def plan_tick(
         # Named at every tick (the portal client logs it once): the operator's to chase.
         if key not in repatriated_set and key not in plan.repatriate:  # more telling than "no visit"
             plan.held_back[key] = f"the portal sent a malformed visit, skipped: {why}"
+    # The stuck canary's clock, only from fresh facts (a failed refresh above keeps it as it was).
+    record_due(instance, due_reasons(plan, facts.visits, facts.on_sftp, repatriated_set | set(resync),
+                                     settings.epn_cap_map, now), now)
     if not (plan.repatriate or plan.alert or plan.new_partitions):
         return plan, dg.SkipReason(f"nothing to do: {plan.summary()}{_held_text(plan.held_back)}{lost_text}")
     log.info(f"epn_sensor: {plan.summary()}{_held_text(plan.held_back)}{lost_text}")

@@ -1,0 +1,326 @@
+"""The stuck-EPN canary: what has been due for longer than `stuck-after-hours`, and why.
+
+At each tick with fresh facts, `epn_sensor` (and each mxsync cycle) records which
+EPNs are due (visit ended, mapped, not in ignore.yml) and why they are not home
+yet (`record_due`): the clock lives in due.py, the tick's reason beside it. A
+failed portal or SFTP-host refresh is recorded too (`record_refresh_failure`),
+and cleared by the next good one. The 01:00 digest (`send_daily_digest`) lists
+what has been stuck longer than `stuck-after-hours`, each with its reason as the
+instance says it at that moment (in flight, failing with its last error, held
+back, never found on the host), each EPN at most once a day.
+
+Every file lives in the instance's storage folder, holds EPNs, times and short
+error texts with secrets masked, and is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from .alerts import StuckEntry
+from .config import Settings
+from .due import read_due_since, stuck_since, update_due_since
+from .epn import is_valid_epn, project_for
+from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
+from .logs import SecretMaskingFilter
+from .mail import Mailer
+from .partitions import EPN_PARTITIONS_NAME
+from .planning import CyclePlan, LastRun
+from .portal import PortalAuthError, PortalClient, Visit
+from .run_records import epn_history, in_flight
+from .transfer import RsyncClient, RsyncError
+from .transfer.errors import HostKeyError
+
+REASONS_FILE = "epn_due_reasons.json"
+REFRESH_FAILURE_FILE = "epn_sensor_refresh_failure.json"
+REPORTED_FILE = "stuck_reported.json"
+MAX_ERROR_CHARS = 300
+
+# What a due EPN waits for, as the tick saw it (the digest says more: see describe).
+REQUESTED = "a repatriation run was requested"
+NOT_ON_HOST = "never found on the SFTP host: no folder for it under source-root"
+IN_FLIGHT = "waiting on a run"
+
+_RUN_STATES = {
+    dg.DagsterRunStatus.QUEUED: "queued",
+    dg.DagsterRunStatus.NOT_STARTED: "starting",
+    dg.DagsterRunStatus.STARTING: "starting",
+    dg.DagsterRunStatus.STARTED: "running",
+    dg.DagsterRunStatus.CANCELING: "being cancelled",
+}
+_SSH_AUTH_WORDS = ("permission denied", "account has expired", "password has expired", "authentication")
+
+log = logging.getLogger("assyncy.sync")
+
+
+# -- at each tick: which EPNs are due, and why -----------------------------------------
+
+
+def ended_epns(visits: Iterable[Visit], now: datetime) -> set[str]:
+    """EPNs with at least one visit, every one of them ended (as planning holds a running one back)."""
+    running: set[str] = set()
+    seen: set[str] = set()
+    for visit in visits:
+        seen.add(visit.epn)
+        if not visit.has_ended(now):
+            running.add(visit.epn)
+    return seen - running
+
+
+def due_reasons(
+    plan: CyclePlan, visits: Iterable[Visit], on_sftp: Iterable[str], home: Iterable[str],
+    epn_cap_map: Mapping[str, str], now: datetime,
+) -> dict[str, str]:
+    """The EPNs due at this tick, EPN -> why it is not home yet: the plan's EPNs
+    (to repatriate, held back, in flight) that are valid, mapped, whose visit has
+    ended and that are not in ignore.yml (`home`)."""
+    ended, home, on_host = ended_epns(visits, now), set(home), set(on_sftp)
+    reasons: dict[str, str] = {}
+    for epn in plan.repatriate:
+        reasons[epn] = REQUESTED
+    for epn, why in plan.held_back.items():
+        reasons[epn] = why
+    for epn in plan.in_flight:
+        reasons[epn] = IN_FLIGHT
+    return {
+        epn: (why if epn in on_host else NOT_ON_HOST)
+        for epn, why in reasons.items()
+        if epn in ended and epn not in home and is_valid_epn(epn) and project_for(epn, epn_cap_map) is not None
+    }
+
+
+def record_due(instance: dg.DagsterInstance, reasons: Mapping[str, str], now: datetime) -> dict[str, float]:
+    """Start or keep each due EPN's clock (due.py) and keep its reason; writes only what changed."""
+    due = update_due_since(instance, reasons, now)
+    path = _path(instance, REASONS_FILE)
+    kept = {epn: reasons[epn] for epn in due}
+    if _read_json(path) != kept:
+        _write_json(path, kept)
+    return due
+
+
+def read_reasons(instance: dg.DagsterInstance) -> dict[str, str]:
+    data = _read_json(_path(instance, REASONS_FILE))
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+# -- a refresh that keeps failing (expired password, revoked key, changed host key) ----
+
+
+def failure_kind(what: str, exc: BaseException) -> str:
+    """What kind of refresh failure `exc` is, in the admin's words."""
+    if isinstance(exc, PortalAuthError):
+        return "portal authentication"
+    if isinstance(exc, HostKeyError):
+        return "SSH host key"
+    if isinstance(exc, RsyncError):
+        said = f"{exc}\n{exc.stderr_tail}".lower()
+        if exc.exit_code == 255 and any(word in said for word in _SSH_AUTH_WORDS):
+            return "SSH authentication"
+    if isinstance(exc, TimeoutError):
+        return f"{what} not answering"
+    return f"{what} unavailable"
+
+
+def short_error(text: str, settings: Settings) -> str:
+    """One line, secrets masked, at most MAX_ERROR_CHARS."""
+    line = " ".join(SecretMaskingFilter(settings.secrets()).mask(str(text)).split())
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 6].rstrip() + " [...]"
+
+
+def record_refresh_failure(
+    path: Path, what: str, exc: BaseException, now: datetime, settings: Settings, since: float | None = None,
+) -> float:
+    """Note a failed refresh: since when refreshes have failed (`since`, else the file's,
+    else now), what failed and the error. Returns since when."""
+    before = _read_json(path)
+    stamp = now.timestamp()
+    if since is None:
+        since = before.get("since") if isinstance(before, dict) and isinstance(before.get("since"), (int, float)) \
+            else stamp
+    _write_json(path, {"since": since, "last_failed_at": stamp, "what": what, "kind": failure_kind(what, exc),
+                       "error": short_error(str(exc), settings)})
+    return float(since)
+
+
+def clear_refresh_failure(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def refresh_failure_file(instance: dg.DagsterInstance) -> Path:
+    return _path(instance, REFRESH_FAILURE_FILE)
+
+
+# -- at the digest: what is stuck, and why ------------------------------------------------
+
+
+def describe(tick_reason: str, flight: tuple[str, str] | None, failing: tuple[int, str] | None) -> str:
+    """A stuck EPN's reason, from what the instance says now and what the last tick saw.
+
+    `flight` is (run id, its status) when a run carries the EPN; `failing` is
+    (failed runs in a row, the last one's error) when its last attempt failed."""
+    if flight is not None:
+        run_id, status = flight
+        return f"waiting on a run: run {run_id} is {status}"
+    if failing is not None:
+        count, error = failing
+        return f"failing: {count} run(s) failed in a row; last error: {error}"
+    if tick_reason == NOT_ON_HOST:
+        return NOT_ON_HOST
+    if tick_reason in (REQUESTED, IN_FLIGHT):
+        return f"waiting on a run: {REQUESTED}, none is queued or running"
+    return f"held back: {tick_reason}"
+
+
+def last_error(instance: dg.DagsterInstance, run_id: str, epn: str) -> str:
+    """The error a failed run gave for `epn`: its own line of a batch step's failure,
+    else the step's failure, else the run's (e.g. a worker that died)."""
+    records = instance.get_records_for_run(
+        run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+    ).records
+    run_message = None
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is None:
+            continue
+        if event.is_step_failure:
+            data = event.step_failure_data
+            failure = data.user_failure_data if data else None
+            if failure is not None:
+                errors = failure.metadata.get("errors")
+                value = getattr(errors, "value", None)
+                if isinstance(value, dict):
+                    if epn in value:
+                        return str(value[epn])
+                    continue  # other EPNs of the batch failed; this one went down with the run
+                if failure.description:
+                    return failure.description
+            if data and data.error:
+                return data.error.message.strip()
+        elif run_message is None:
+            run_message = record.event_log_entry.message or event.message
+    return run_message or f"run {run_id} failed (its log holds the error)"
+
+
+def stuck_report(instance: dg.DagsterInstance, settings: Settings, now: datetime) -> list[StuckEntry]:
+    """Every EPN due for longer than `stuck-after-hours`, oldest first, each with its reason,
+    then a portal or SFTP-host refresh failing for as long."""
+    from .jobs import REPATRIATION_JOB  # jobs.py imports this module for the digest
+
+    hours = settings.stuck_after_hours
+    stuck = stuck_since(read_due_since(instance), now, hours)
+    entries = []
+    if stuck:
+        reasons = read_reasons(instance)
+        flights = in_flight(instance, REPATRIATION_JOB, instance.get_dynamic_partitions(EPN_PARTITIONS_NAME))
+        for epn, since in sorted(stuck.items(), key=lambda item: (item[1], item[0])):
+            flight = None
+            if epn in flights.epns:
+                run = instance.get_run_by_id(flights.epns[epn])
+                flight = (flights.epns[epn], _RUN_STATES.get(run.status, "in flight") if run else "in flight")
+            failing = None
+            history = epn_history(instance, epn) if flight is None else None
+            if history is not None and history.status is LastRun.FAILED:
+                error = short_error(last_error(instance, history.run_id, epn), settings)
+                failing = (max(history.consecutive_failures, 1), error)
+            entries.append(StuckEntry(epn, datetime.fromtimestamp(since, UTC),
+                                      describe(reasons.get(epn, ""), flight, failing)))
+    failure = _read_json(refresh_failure_file(instance))
+    if isinstance(failure, dict) and isinstance(failure.get("since"), (int, float)):
+        since = float(failure["since"])
+        if since <= now.timestamp() - hours * 3600:
+            last = datetime.fromtimestamp(float(failure.get("last_failed_at") or since), UTC)
+            entries.append(StuckEntry(
+                str(failure.get("what") or "refresh"), datetime.fromtimestamp(since, UTC),
+                f"{failure.get('kind') or 'refresh'} failing at every refresh (last tried "
+                f"{last.isoformat(timespec='seconds')}): {failure.get('error') or '(no error text)'}",
+            ))
+    return entries
+
+
+# -- once a day -------------------------------------------------------------------------
+
+
+def unreported(entries: Sequence[StuckEntry], reported: Mapping[str, str], today: date) -> list[StuckEntry]:
+    """The entries not yet reported `today` (`reported`: name -> ISO date last reported)."""
+    return [e for e in entries if reported.get(e.name) != today.isoformat()]
+
+
+def read_reported(instance: dg.DagsterInstance) -> dict[str, str]:
+    data = _read_json(_path(instance, REPORTED_FILE))
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def mark_reported(instance: dg.DagsterInstance, names: Iterable[str], today: date) -> None:
+    """Remember that `names` were reported `today`; older days are forgotten."""
+    day = today.isoformat()
+    kept = {name: when for name, when in read_reported(instance).items() if when == day}
+    kept.update({name: day for name in names})
+    _write_json(_path(instance, REPORTED_FILE), kept)
+
+
+def send_daily_digest(
+    instance: dg.DagsterInstance, settings: Settings, portal: PortalClient, mailer: Mailer, sftp: RsyncClient,
+    *, logger: logging.Logger | None = None, now: datetime | None = None,
+) -> list[str]:
+    """The 01:00 digest: every unmapped EPN on the host, and every stuck one not yet
+    reported today. Sent when either list holds something. Returns the unmapped EPNs.
+
+    When stuck EPNs are to be reported, a host or portal that cannot be asked
+    (the very failure being reported, perhaps) does not stop the e-mail: it says so."""
+    logger = logger or log
+    now = now or datetime.now(UTC)
+    today = now.astimezone(ZoneInfo(settings.schedule_timezone)).date()
+    stuck = unreported(stuck_report(instance, settings, now), read_reported(instance), today)
+    notes = []
+    try:
+        epns = unmapped_epns_on_host(settings, sftp)
+    except RsyncError as exc:
+        if not stuck:
+            raise
+        epns = []
+        notes.append(f"The SFTP host could not be listed for unmapped EPNs: {short_error(str(exc), settings)}")
+    sent = send_unknown_epn_alert(settings, portal, mailer, epns, digest=True, stuck=stuck, notes=notes,
+                                  logger=logger)
+    if stuck:
+        mark_reported(instance, [e.name for e in stuck], today)
+        logger.info(f"digest reported {len(stuck)} stuck: {', '.join(e.name for e in stuck)}")
+    return sent
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+def _path(instance: dg.DagsterInstance, name: str) -> Path:
+    return Path(instance.storage_directory()) / name
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
