@@ -28,6 +28,7 @@ from .jobs import ALERT_JOB, REPATRIATION_JOB
 from .run_records import EPN_DATA, INTERRUPTED_TAG, Outcome, tagged_epns
 from .sensors.epn_sensor import plan_tick
 from .sensors.failure_alerts import step_failure_message
+from .sensors.report_refresh import REPORT_JOB
 
 log = logging.getLogger("assyncy.sync")
 WORKER_RESULT_PREFIX = "assyncy-run-outcome: "
@@ -236,7 +237,23 @@ def run_cycle(
         for outcome in execute_request(defs, instance, request):
             _log_outcome(logger, outcome)
             report.runs.append(outcome)
+    if repatriations and settings.execute:  # a dry-run writes nothing, the report's files included
+        refresh_report(defs, instance, logger)
     return report
+
+
+def refresh_report(defs: dg.Definitions, instance: dg.DagsterInstance, logger: logging.Logger) -> None:
+    """Rebuild repatriation_report after a cycle that brought EPNs home, as the daemon's
+    repatriation_report_refresh sensor does (mxsync runs without the daemon). A report that
+    cannot be built is logged; it is never the cycle's failure."""
+    result = defs.resolve_job_def(REPORT_JOB).execute_in_process(instance=instance, raise_on_error=False)
+    if not result.success:
+        logger.warning(f"repatriation report not rebuilt: {step_failure_message(result.all_events) or 'run failed'}")
+        return
+    [event] = result.get_asset_materialization_events()
+    meta = event.event_specific_data.materialization.metadata
+    logger.info(f"repatriation report: {meta['epns'].value} EPN(s), {meta['needing_attention'].value} needing "
+                f"attention: {meta['html'].value}")
 
 
 def _log_outcome(logger: logging.Logger, outcome: RunOutcome) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from .assets.epn_data import epn_data, epn_data_matches_source
+from .assets.report import repatriation_report
 from .assets.visits import portal_visits
 from .config import CONFIG_ENV, config_path_from_env, load_settings
 from .jobs import (
@@ -23,6 +24,7 @@ from .resources.smtp import SmtpResource
 from .resources.ssh_source import SshSourceResource
 from .sensors.epn_sensor import build_epn_sensor, sensor_interval_seconds
 from .sensors.failure_alerts import repatriation_failure_alert
+from .sensors.report_refresh import build_report_schedule, repatriation_report_job, repatriation_report_refresh
 
 
 def build_definitions(config_path: str | os.PathLike[str] | None = None) -> dg.Definitions:
@@ -40,11 +42,12 @@ def build_definitions(config_path: str | os.PathLike[str] | None = None) -> dg.D
     for warning in settings.insecure_warnings():  # at every start of the daemon, the UI, the CLI
         logging.getLogger("assyncy").warning(warning)
     return dg.Definitions(
-        assets=[portal_visits, epn_data],
+        assets=[portal_visits, epn_data, repatriation_report],
         asset_checks=[epn_data_matches_source],
-        jobs=[repatriation_job, verification_job, unknown_epn_alert_job],
-        sensors=[build_epn_sensor(sensor_interval_seconds(settings)), repatriation_failure_alert],
-        schedules=[build_digest_schedule(settings.schedule_timezone)],
+        jobs=[repatriation_job, verification_job, unknown_epn_alert_job, repatriation_report_job],
+        sensors=[build_epn_sensor(sensor_interval_seconds(settings)), repatriation_failure_alert,
+                 repatriation_report_refresh],
+        schedules=[build_digest_schedule(settings.schedule_timezone), build_report_schedule(settings.schedule_timezone)],
         resources=build_resources(),
         # The heavy work is rsync's, in its own process; running the steps inside
         # the run's process saves a Python start-up per step and still honours the

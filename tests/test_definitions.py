@@ -22,9 +22,14 @@ def test_sample_config_builds_the_whole_location(tmp_path):
     defs = build_definitions(str(tmp_path / "config.yml"))
     dg.Definitions.validate_loadable(defs)
     repo = defs.get_repository_def()
-    assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == {"portal_visits", "epn_data"}
-    assert {s.name for s in repo.sensor_defs} == {"epn_sensor", "repatriation_failure_alert"}
-    assert [s.name for s in repo.schedule_defs] == ["unknown_epn_digest"]
+    assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == {
+        "portal_visits", "epn_data", "repatriation_report"}
+    report = repo.asset_graph.get(dg.AssetKey("repatriation_report"))
+    assert report.parent_keys == {dg.AssetKey("epn_data")} and not report.is_partitioned
+    assert {s.name for s in repo.sensor_defs} == {"epn_sensor", "repatriation_failure_alert",
+                                                  "repatriation_report_refresh"}
+    assert {s.name for s in repo.schedule_defs} == {"unknown_epn_digest", "repatriation_report_daily"}
+    assert repo.has_job("repatriation_report_job")
     epn_sensor = repo.get_sensor_def("epn_sensor")
     assert epn_sensor.minimum_interval_seconds == 30  # looks often; refreshes every sync-frequency-hours
     assert epn_sensor.default_status == dg.DefaultSensorStatus.RUNNING
