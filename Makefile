@@ -3,15 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SYSTEM_PACKAGES := rsync openssh-server openssh-client postgresql
+# redis-server: the Celery broker and result backend of tests/test_scale_out.py.
+SYSTEM_PACKAGES := rsync openssh-server openssh-client postgresql redis-server
+# Debian's Chromium for tests/test_ui_browser.py (headless; nothing downloads a browser).
+BROWSER_PACKAGES := chromium
 
-.PHONY: setup system-packages demo test test-fast clean-demo
+.PHONY: setup system-packages browser-packages demo test test-fast clean-demo
 
 system-packages:
 	@if ! command -v rsync >/dev/null || [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null \
-		|| ! command -v ssh-keygen >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		|| ! command -v ssh-keygen >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| ! command -v redis-server >/dev/null; then \
 		echo "installing $(SYSTEM_PACKAGES) with apt"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
+
+browser-packages:
+	@if ! command -v chromium >/dev/null; then \
+		echo "installing $(BROWSER_PACKAGES) with apt"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; \
 	fi
 
 $(BIN)/python:
@@ -28,11 +38,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: system-packages $(VENV)/.installed
 
+# One watch cycle, then the Dagster UI with the stand-ins up until Ctrl-C.
+# `make demo DEMO_ARGS=--once` stops after the cycle.
 demo: setup
-	$(BIN)/python -m assyncy_dagster.demo
+	$(BIN)/python -m assyncy_dagster.demo $(DEMO_ARGS)
 
 # Two workers: most tests wait on real servers and subprocesses, not on the CPU.
-test: setup
+test: setup browser-packages
 	$(BIN)/pytest -q -p no:cacheprovider -n 2
 
 test-fast: setup

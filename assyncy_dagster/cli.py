@@ -1,4 +1,4 @@
-"""The `assyncy` command (check-config, portal-sim, add-epn) and the seed's
+"""The `assyncy` command (check-config, portal-sim, add-epn, demo) and the seed's
 `mxsync` and `epnalert` commands."""
 
 from __future__ import annotations
@@ -257,7 +257,23 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("epns", nargs="+", metavar="EPN")
     _config_argument(add)
     add.set_defaults(func=add_epn)
+
+    demo = commands.add_parser(
+        "demo", help="run against local stand-ins of the synchrotron, then keep the Dagster UI up (make demo)"
+    )
+    demo.add_argument("--once", action="store_true", help="run one watch cycle and exit (tests, CI)")
+    demo.add_argument("--port", type=int, default=3000,
+                      help="port of the Dagster UI on 127.0.0.1 (default 3000, or a free one when it is taken)")
+    demo.add_argument("--live-visit-seconds", type=float, default=60, metavar="S",
+                      help="the live visit (13001c) ends S seconds after the demo starts (default 60)")
+    demo.set_defaults(func=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
