@@ -7,14 +7,18 @@ step starts, then `home`, `dry-run`, `failed` or `empty` (nothing to fetch yet:
 held back, not failed). The run that does the work
 also names its worker process (`assyncy/worker`), so that a worker killed
 outright (SIGKILL, OOM, host crash), which Dagster's default run launcher
-cannot see, is noticed and its run ended.
+cannot see, is noticed and its run ended. A run on another host (a Celery
+worker of a scaled-out set-up) is checked through Celery: its task's worker
+node must still answer a ping.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import socket
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +31,11 @@ EPN_TAG_PREFIX = "assyncy/epn/"
 WORKER_TAG = "assyncy/worker"
 INTERRUPTED_TAG = "assyncy/interrupted"
 LOST_TAG = "assyncy/worker-lost"
+# Set by dagster-celery's CeleryRunLauncher: the Celery task that carries the run.
+CELERY_TASK_TAG = "dagster-celery/task_id"
+# When the run's Celery worker node first did not answer (epoch seconds; "" once it answers again).
+SILENT_TAG = "assyncy/worker-silent-since"
+PING_SECONDS = 2.0
 PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -152,6 +161,7 @@ def end_lost_runs(instance: dg.DagsterInstance, flights: InFlight, stale_after_h
     failed, so they are retried with the usual backoff."""
     now = now or datetime.now(UTC)
     ended: dict[str, str] = {}
+    elsewhere = celery_workers_gone(instance, flights.runs)
     for record in flights.runs:
         run = record.dagster_run
         worker = run.tags.get(WORKER_TAG)
@@ -160,12 +170,12 @@ def end_lost_runs(instance: dg.DagsterInstance, flights: InFlight, stale_after_h
         if run.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING) and worker \
                 and worker_is_gone(worker):
             why = f"its worker process ({worker.rsplit(':', 1)[0]}) is gone: killed or crashed"
+        elif run.run_id in elsewhere:
+            why = elsewhere[run.run_id]
+            _terminate(instance, run.run_id)  # in case the worker is only cut off, not dead
         elif started and now.timestamp() - started > stale_after_hours * 3600:
             why = f"in flight for more than stale-run-hours ({stale_after_hours:g} h)"
-            try:
-                instance.run_launcher.terminate(run.run_id)
-            except Exception:  # noqa: BLE001 - a launcher that cannot reach the worker; we end the run anyway
-                pass
+            _terminate(instance, run.run_id)
         if why is None:
             continue
         fresh = instance.get_run_by_id(run.run_id)
@@ -184,6 +194,84 @@ def end_lost_runs(instance: dg.DagsterInstance, flights: InFlight, stale_after_h
             if record.dagster_run.status not in IN_FLIGHT:
                 storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
     return ended
+
+
+def _terminate(instance: dg.DagsterInstance, run_id: str) -> None:
+    # A launcher that cannot reach the worker raises: the run is ended anyway.
+    with contextlib.suppress(Exception):
+        instance.run_launcher.terminate(run_id)
+
+
+def celery_workers_gone(instance: dg.DagsterInstance, records: Sequence[dg.RunRecord], app=None) -> dict[str, str]:
+    """Run id -> why, for started runs whose Celery worker (on another host) is gone.
+
+    The daemon's run monitoring asks Celery only for the task's state, and a worker
+    killed outright (SIGKILL of the whole worker, OOM of its cgroup, power loss)
+    leaves it STARTED for ever. So: a run whose task is STARTED on a worker node
+    that answered no ping at two checks in a row (two sensor ticks, 30 s apart in
+    production; the first is remembered in SILENT_TAG) is gone, and so is one whose
+    task FAILED (the worker saw its run's process die). Needs a result backend that
+    every process can read (Redis), not `rpc://`. Anything Celery cannot answer
+    (no Celery launcher, broker down) ends nothing. `app`: the Celery app to ask
+    (default: the instance's CeleryRunLauncher's)."""
+    candidates = [
+        r.dagster_run for r in records
+        if r.dagster_run.status == dg.DagsterRunStatus.STARTED and r.dagster_run.tags.get(CELERY_TASK_TAG)
+        and not _on_this_host(r.dagster_run.tags.get(WORKER_TAG, ""))
+    ]
+    if not candidates:
+        return {}
+    if app is None:
+        app = getattr(instance.run_launcher, "celery", None)
+        if app is None:
+            return {}
+    gone: dict[str, str] = {}
+    nodes: dict[str, str] = {}  # run id -> Celery node (name@host) running its task
+    try:
+        for run in candidates:
+            result = app.AsyncResult(run.tags[CELERY_TASK_TAG])
+            if result.state == "FAILURE":
+                gone[run.run_id] = f"its Celery task failed: {result.result!r}"[:300]
+            elif result.state == "STARTED" and isinstance(result.info, dict) and result.info.get("hostname"):
+                nodes[run.run_id] = str(result.info["hostname"])
+        silent = _silent_nodes(app, set(nodes.values()))
+    except Exception:  # noqa: BLE001 - the broker or backend is unreachable: run monitoring's bounds remain
+        return gone
+    stamp = time.time()
+    for run in candidates:
+        node = nodes.get(run.run_id)
+        if node is None:
+            continue
+        since = _stamp(run.tags.get(SILENT_TAG, ""))
+        if node not in silent:
+            if since is not None:
+                instance.add_run_tags(run.run_id, {SILENT_TAG: ""})
+        elif since is not None:
+            gone[run.run_id] = (f"its Celery worker {node} has not answered for {stamp - since:.0f} s: "
+                                "the worker or its host is gone")
+        else:
+            instance.add_run_tags(run.run_id, {SILENT_TAG: f"{stamp:.3f}"})
+    return gone
+
+
+def _stamp(text: str) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def _on_this_host(worker: str) -> bool:
+    return worker.partition(":")[0] == socket.gethostname()
+
+
+def _silent_nodes(app, nodes: set[str]) -> set[str]:
+    """The Celery nodes among `nodes` that do not answer a ping within PING_SECONDS."""
+    if not nodes:
+        return set()
+    replies = app.control.ping(destination=sorted(nodes), timeout=PING_SECONDS, limit=len(nodes))
+    answered = {name for reply in replies or [] for name in reply}
+    return nodes - answered
 
 
 # -- the history of one EPN ------------------------------------------------------

@@ -13,7 +13,7 @@ from dagster._core.instance.config import dagster_instance_config
 ETC = Path(__file__).resolve().parent.parent / "etc"
 SCALE_OUT = ETC / "scale-out"
 YAML_FILES = sorted([*ETC.rglob("*.yml"), *ETC.rglob("*.yaml")])
-BROKER = "pyamqp://assyncy:broker-secret@broker.example.edu:5672//"
+BROKER = "redis://:broker-secret@broker.example.edu:6379/0"
 
 
 def load(path: Path) -> dict:
@@ -32,6 +32,7 @@ def instance_env(monkeypatch):
     """The secrets the examples read from the environment."""
     monkeypatch.setenv("DAGSTER_PG_PASSWORD", "pg-secret")
     monkeypatch.setenv("ASSYNCY_CELERY_BROKER_URL", BROKER)
+    monkeypatch.setenv("ASSYNCY_CELERY_BACKEND_URL", BROKER)
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ETC)))
@@ -105,7 +106,10 @@ def test_celery_worker_config_is_valid_for_dagster_celery():
     cli = pytest.importorskip("dagster_celery.cli", reason="validates for real only with dagster-celery installed")
     config = cli.get_validated_config(str(SCALE_OUT / "celery.yaml"))
     assert config["broker"] == BROKER
+    assert config["backend"] == BROKER
+    # A busy worker never holds a run another host could start (see celery.yaml).
     assert config["config_source"]["worker_prefetch_multiplier"] == 1
+    assert config["config_source"]["task_acks_late"] is True
 
 
 def test_k8s_values_run_each_epn_in_a_job_with_the_code_location():

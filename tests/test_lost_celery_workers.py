@@ -1,0 +1,102 @@
+"""run_records.celery_workers_gone: how epn_sensor tells that a run's Celery worker on
+another host is gone (tests/test_scale_out.py does it for real with a SIGKILLed worker)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from types import SimpleNamespace
+
+import dagster as dg
+import pytest
+
+from assyncy_dagster.run_records import CELERY_TASK_TAG, SILENT_TAG, WORKER_TAG, celery_workers_gone
+
+NODE = "assyncy-mover1@mover1"
+
+
+class FakeCelery:
+    """What celery_workers_gone asks of a Celery app: task states and pings."""
+
+    def __init__(self, states: dict[str, tuple[str, object]], answering: set[str], broken: bool = False):
+        self.states = states
+        self.answering = answering
+        self.broken = broken
+        self.pings = 0
+        self.control = self
+
+    def AsyncResult(self, task_id: str):  # Celery's name
+        if self.broken:
+            raise ConnectionError("broker unreachable")
+        state, info = self.states.get(task_id, ("PENDING", None))
+        return SimpleNamespace(state=state, info=info, result=info)
+
+    def ping(self, destination, timeout, limit):
+        self.pings += 1
+        return [{node: {"ok": "pong"}} for node in destination if node in self.answering]
+
+
+@pytest.fixture
+def instance():
+    with dg.DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+def started_run(instance: dg.DagsterInstance, task_id: str, worker: str = "mover1:4242:99", **tags: str) -> str:
+    run_id = str(uuid.uuid4())
+    instance.add_run(dg.DagsterRun(job_name="repatriate_epn", run_id=run_id, status=dg.DagsterRunStatus.STARTED,
+                                   tags={CELERY_TASK_TAG: task_id, WORKER_TAG: worker, **tags}))
+    return run_id
+
+
+def records(instance: dg.DagsterInstance) -> list[dg.RunRecord]:
+    return list(instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])))
+
+
+def test_a_worker_that_stops_answering_is_gone_at_the_second_check_only(instance):
+    run_id = started_run(instance, "task-1")
+    app = FakeCelery({"task-1": ("STARTED", {"hostname": NODE, "pid": 4242})}, answering=set())
+
+    assert celery_workers_gone(instance, records(instance), app=app) == {}
+    assert instance.get_run_by_id(run_id).tags[SILENT_TAG]  # remembered for the next check
+    gone = celery_workers_gone(instance, records(instance), app=app)
+    assert list(gone) == [run_id]
+    assert NODE in gone[run_id] and "has not answered" in gone[run_id]
+
+
+def test_a_worker_that_answers_again_is_forgiven(instance):
+    run_id = started_run(instance, "task-1")
+    app = FakeCelery({"task-1": ("STARTED", {"hostname": NODE, "pid": 4242})}, answering=set())
+    celery_workers_gone(instance, records(instance), app=app)
+
+    app.answering = {NODE}
+    assert celery_workers_gone(instance, records(instance), app=app) == {}
+    assert instance.get_run_by_id(run_id).tags[SILENT_TAG] == ""
+    app.answering = set()
+    assert celery_workers_gone(instance, records(instance), app=app) == {}  # a first silence again
+
+
+def test_a_failed_celery_task_means_the_run_process_died(instance):
+    run_id = started_run(instance, "task-1")
+    app = FakeCelery({"task-1": ("FAILURE", RuntimeError("Worker exited prematurely: signal 9 (SIGKILL)"))},
+                     answering={NODE})
+    gone = celery_workers_gone(instance, records(instance), app=app)
+    assert "signal 9" in gone[run_id]
+
+
+def test_what_celery_cannot_tell_ends_nothing(instance):
+    # A task not yet STARTED (PENDING: with an rpc:// backend, always) and a run on this host
+    # (its worker pid is checked directly) are not pinged; an unreachable broker ends nothing.
+    started_run(instance, "task-pending")
+    started_run(instance, "task-here", worker=f"{socket.gethostname()}:1:1")
+    app = FakeCelery({"task-here": ("STARTED", {"hostname": NODE})}, answering=set())
+    for _ in range(2):
+        assert celery_workers_gone(instance, records(instance), app=app) == {}
+    assert app.pings == 0
+    broken = FakeCelery({}, answering=set(), broken=True)
+    assert celery_workers_gone(instance, records(instance), app=broken) == {}
+
+
+def test_without_a_celery_launcher_nothing_is_asked(instance):
+    started_run(instance, "task-1")
+    assert celery_workers_gone(instance, records(instance)) == {}  # the default run launcher has no Celery app
