@@ -43,9 +43,9 @@ setup: system-packages $(VENV)/.installed
 demo: setup
 	$(BIN)/python -m assyncy_dagster.demo $(DEMO_ARGS)
 
-# Two workers: most tests wait on real servers and subprocesses, not on the CPU.
+# Three workers on 2 cores: most tests wait on real servers and subprocesses, not on the CPU.
 test: setup browser-packages
-	$(BIN)/pytest -q -p no:cacheprovider -n 2
+	$(BIN)/pytest -q -p no:cacheprovider -n 3
 
 test-fast: setup
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 -m "not slow"
