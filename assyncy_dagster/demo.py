@@ -51,6 +51,7 @@ from .sensors.failure_alerts import step_failure_message
 from .testing.smtp_sink import SmtpSink
 from .testing.sshd import LocalSshd, _die_with_parent, missing_binaries
 from .testing.stack import DEMO_VISITS, ETC, lay_out_epns, mx_frames, write_config
+from .transfer.process import stop_group
 
 # The EPN whose visit is still on when the demo starts: the sensor brings it home in the UI.
 LIVE_EPN = "13001c"
@@ -185,34 +186,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
-    """Stop dagster dev as Ctrl-C in its terminal would (SIGINT to its process group),
-    give its webserver, daemon, code server and runs time to end, then kill what is left."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-    deadline = time.monotonic() + grace
-    try:
-        # Children (a run worker cleaning up its rsync) may outlive the leader by a moment.
-        while (proc.poll() is None or _alive(proc.pid)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 @contextlib.contextmanager
 def dagster_dev(home: Path, config: Path, port: int, log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """`dagster dev` on 127.0.0.1:`port` for the demo instance; yields its URL and process once it answers.
@@ -251,7 +224,7 @@ def dagster_dev(home: Path, config: Path, port: int, log_path: Path) -> Iterator
                 time.sleep(0.5)
             yield url, proc
         finally:
-            _stop_group(proc)
+            stop_group(proc, signal.SIGINT)  # as Ctrl-C in its terminal would
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
-import psutil
 from dagster._core.scheduler.instigation import InstigatorType
 
 # Importing the definitions (for the job's name) warns about beta/preview Dagster APIs; not our business here.
@@ -31,6 +29,7 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 from assyncy_dagster.jobs import REPATRIATION_JOB
 from assyncy_dagster.testing.stack import ETC
+from assyncy_dagster.transfer.process import stop_group
 
 BIN = Path(sys.executable).parent
 EPN_DATA = dg.AssetKey("epn_data")
@@ -66,35 +65,6 @@ def fresh_dagster_home(path: Path) -> Path:
     path.mkdir(parents=True)
     shutil.copy(ETC / "dagster.yaml", path / "dagster.yaml")
     return path
-
-
-def _group_alive(pgid: int) -> bool:
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
-    return False
-
-
-def stop_group(proc: subprocess.Popen, grace: float = 30.0) -> None:
-    """SIGTERM the process group led by `proc` (as systemd stops the daemon), SIGKILL what is left."""
-    pgid = proc.pid
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 10
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if proc.poll() is None or _group_alive(pgid):
-        print(f"  (the daemon's process group {pgid} outlived SIGTERM; sending SIGKILL)")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 @contextlib.contextmanager

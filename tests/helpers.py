@@ -60,17 +60,6 @@ def live_processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is left in the process group."""
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
-    return False
-
-
 def ticker(stack):
     """Evaluate epn_sensor as the daemon does, carrying its cursor from tick to tick;
     returns (tick, state) with the cursor in state["cursor"]."""

@@ -21,11 +21,12 @@ from pathlib import Path
 import dagster as dg
 import psutil
 import pytest
-from helpers import group_alive, live_processes_mentioning, running, transfer_started, wait_for
+from helpers import live_processes_mentioning, running, transfer_started, wait_for
 from test_e2e_daemon import dagster_daemon, far_from_the_digest
 
 from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
+from assyncy_dagster.transfer.process import group_alive
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,8 @@ repatriate them one at a time (max-tasks 1), a failure is e-mailed, and the
 unknown EPNs are alerted; then the daemon stops cleanly."""
 
 import contextlib
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +14,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import group_alive, live_processes_mentioning, running, wait_for
+from helpers import live_processes_mentioning, running, wait_for
+
+from assyncy_dagster.transfer.process import group_alive
 
 pytestmark = pytest.mark.slow
 

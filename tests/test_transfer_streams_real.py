@@ -3,10 +3,9 @@
 import filecmp
 import signal
 import subprocess
-import time
 
 import pytest
-from helpers import live_processes_mentioning, running, wait_for
+from helpers import live_processes_mentioning, running, transfer_started, wait_for
 from test_e2e_cli import BIN, MATERIALIZE, run
 from test_repatriation import epn_data_metadata, failure_text
 
@@ -69,7 +68,7 @@ def test_interrupting_a_four_stream_transfer_stops_every_stream_then_a_rerun_com
 
     with running([*MATERIALIZE, "12282a"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         wait_for(lambda: len(streams_running()) == 4, 120, "four rsync streams", proc=proc)
-        time.sleep(1)  # let them write
+        wait_for(lambda: transfer_started(dest), 60, "the streams to write", proc=proc)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     assert proc.returncode != 0

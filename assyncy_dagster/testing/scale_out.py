@@ -28,6 +28,7 @@ from typing import Self
 import psutil
 import yaml
 
+from ..transfer.process import stop_group
 from .postgres import PostgresServer
 from .stack import ETC
 
@@ -84,32 +85,6 @@ def own_host_names_work() -> bool:
         return False
     done = subprocess.run([unshare, "--uts", "--", "true"], check=False, capture_output=True)
     return done.returncode == 0
-
-
-def _group_alive(pgid: int) -> bool:
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
-    return False
-
-
-def stop_group(proc: subprocess.Popen, signum: int = signal.SIGTERM, grace: float = 20.0) -> None:
-    """Send `signum` to the process group led by `proc`, then SIGKILL whatever is left after `grace`."""
-    pgid = proc.pid
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signum)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
-    deadline = time.monotonic() + 5
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if proc.poll() is None or _group_alive(pgid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 @dataclass

@@ -67,7 +67,7 @@ def live_transfer_pids() -> list[int]:
         return list(_live)
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     """Whether any live (non-zombie) process is still in process group `pgid`."""
     try:
         os.killpg(pgid, 0)
@@ -103,10 +103,29 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def stop_group(proc: subprocess.Popen, signum: int = signal.SIGTERM, grace: float = 30.0) -> None:
+    """Send `signum` to the process group `proc` leads (a daemon, a worker, `dagster dev`),
+    wait up to `grace` for the group to empty, then SIGKILL whatever is left and reap `proc`.
+
+    For the servers the demo, the tests and the benchmarks start in sessions of their own."""
+    pgid = proc.pid
+    _signal_group(pgid, signum)
+    deadline = time.monotonic() + grace
+    try:
+        # Children (a run worker cleaning up its rsync) may outlive the leader by a moment.
+        while (proc.poll() is None or group_alive(pgid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+        pass
+    if proc.poll() is None or group_alive(pgid):
+        _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
+
+
 def _wait_group_gone(pgid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     delay = 0.005
-    while _group_alive(pgid):
+    while group_alive(pgid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(delay)
