@@ -1,4 +1,4 @@
-# Two entry points, both safe on a fresh machine: `make demo` and `make test`.
+# Entry points, all safe on a fresh machine: `make demo`, `make lint` and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ SYSTEM_PACKAGES := rsync openssh-server openssh-client postgresql redis-server
 # Debian's Chromium for tests/test_ui_browser.py (headless; nothing downloads a browser).
 BROWSER_PACKAGES := chromium
 
-.PHONY: setup system-packages browser-packages demo test test-fast clean-demo
+.PHONY: setup system-packages browser-packages demo lint test test-fast clean-demo
 
 system-packages:
 	@if ! command -v rsync >/dev/null || [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null \
@@ -30,9 +30,9 @@ $(BIN)/python:
 # uv installs the Dagster stack in seconds; plain pip is the fallback.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@if $(BIN)/pip install -q uv 2>/dev/null; then \
-		$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test,scale-out]'; \
+		$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test,scale-out,lint]'; \
 	else \
-		$(BIN)/pip install -q -e '.[test,scale-out]'; \
+		$(BIN)/pip install -q -e '.[test,scale-out,lint]'; \
 	fi
 	touch $@
 
@@ -42,6 +42,13 @@ setup: system-packages $(VENV)/.installed
 # `make demo DEMO_ARGS=--once` stops after the cycle.
 demo: setup
 	$(BIN)/python -m assyncy_dagster.demo $(DEMO_ARGS)
+
+# Style and types: ruff on all the Python (assyncy_dagster, tests, benchmarks), mypy on the package.
+# The rules and the checker's settings are in pyproject.toml.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy assyncy_dagster
 
 # Three workers on 2 cores: most tests wait on real servers and subprocesses, not on the CPU.
 test: setup browser-packages
