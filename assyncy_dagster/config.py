@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from .epn import is_valid_base_number, is_valid_project
 
@@ -221,15 +222,18 @@ class Settings(BaseModel):
 
     @property
     def smtp_host(self) -> str:
-        return self.epnalert_email_smtp.rpartition(":")[0] if ":" in self.epnalert_email_smtp else self.epnalert_email_smtp
+        host, colon, _ = self.epnalert_email_smtp.rpartition(":")
+        return host if colon else self.epnalert_email_smtp
 
     @property
     def smtp_port(self) -> int:
-        return int(self.epnalert_email_smtp.rpartition(":")[2]) if ":" in self.epnalert_email_smtp else 25
+        _, colon, port = self.epnalert_email_smtp.rpartition(":")
+        return int(port) if colon else 25
 
     @property
     def report_path(self) -> Path:
-        """Where the repatriation report's CSV, PNG and HTML go: `report-dir`, else `<destination-root-path>/reports`."""
+        """Where the repatriation report's CSV, PNG and HTML go: `report-dir`, else
+        `<destination-root-path>/reports`."""
         return self.report_dir or self.destination_root_path / "reports"
 
     @property
@@ -278,8 +282,8 @@ def _host_timezone() -> str | None:
         return None
 
 
-_PATH_KEYS = ("ignore", "epnalert-template-folder", "key-file", "destination-root-path", "known-hosts-file", "alerted-file",
-              "report-dir")
+_PATH_KEYS = ("ignore", "epnalert-template-folder", "key-file", "destination-root-path", "known-hosts-file",
+              "alerted-file", "report-dir")
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -322,7 +326,7 @@ def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
                 logs[key] = str((folder / Path(value).expanduser()).absolute())
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     kind = error["type"]
     if kind == "missing":
         return "missing"

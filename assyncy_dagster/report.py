@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
+from typing import Any
 
 from .epn import base_number, is_valid_epn
 
@@ -54,7 +55,8 @@ MEANING = {
     State.RUNNING: "the visit has not ended; its data may still grow",
     State.WAITING: "the visit has ended; the data is not home yet",
     State.HOME: "verified at the destination and recorded in ignore.yml",
-    State.PARTIAL: "recorded in ignore.yml, but the destination is missing or holds less than the verified sync counted",
+    State.PARTIAL: ("recorded in ignore.yml, but the destination is missing or holds less than the verified sync "
+                    "counted"),
     State.CHANGED: "recorded, but the source has grown since the verified sync; a re-sync is due",
     State.UNMAPPED: "its base number is not in epn_cap_map",
     State.FAILED: "the last attempt failed",
@@ -238,7 +240,8 @@ def report_row(facts: EpnFacts, now: datetime, tz: tzinfo | None = None) -> dict
     }
 
 
-def attention_order(rows: Iterable[Mapping[str, object]]) -> list[Mapping[str, object]]:
+# Keys typed Any: the rows are dicts keyed by str or a DataFrame's `to_dict("records")`, keyed by Hashable.
+def attention_order(rows: Iterable[Mapping[Any, object]]) -> list[Mapping[Any, object]]:
     """The rows that are not home, the most urgent state first, then the latest visit first."""
     rank = {state.value: i for i, state in enumerate(URGENCY)}
     needing = [r for r in rows if r["state"] != State.HOME.value]

@@ -43,7 +43,7 @@ def report_frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
     """The full report, one row per EPN, in the order of report.COLUMNS."""
     frame = pd.DataFrame(list(rows), columns=COLUMNS)
     for column in _COUNT_COLUMNS:
-        frame[column] = pd.array(frame[column], dtype="Int64")  # missing stays missing, not 0.0
+        frame[column] = frame[column].astype("Int64")  # missing stays missing, not 0.0
     unmapped_last = frame["project"] == ""
     return frame.assign(_last=unmapped_last).sort_values(["_last", "project", "epn"], ignore_index=True).drop(
         columns="_last")
@@ -138,7 +138,7 @@ def plot_png(weekly: Mapping[tuple[date, str], int], backlog: Mapping[date, int]
         for project in table.columns:
             heights = [v / scale for v in table[project]]
             bars.bar(positions, heights, width=0.8, bottom=bottom, label=project)
-            bottom = [b + h for b, h in zip(bottom, heights)]
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
         step = max(1, len(positions) // 12)  # at most a dozen labels
         bars.set_xticks(positions[::step], [f"week of {week.isoformat()}" for week in table.index[::step]])
         bars.set_ylabel(unit)

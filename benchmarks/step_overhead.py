@@ -203,7 +203,8 @@ def report(results: dict[str, dict[str, list[float]]]) -> int:
         else:
             paired = [p / b for p, (_, _, b, _) in zip(phase, rounds, strict=True)]
             marginal = [p / (b - bt) for p, (_, _, b, bt) in zip(phase, rounds, strict=True)]
-            print(f"{scenario}: ours phase {statistics.median(phase):.3f} s, bare {statistics.median(seen['bare']):.3f} s")
+            print(f"{scenario}: ours phase {statistics.median(phase):.3f} s, "
+                  f"bare {statistics.median(seen['bare']):.3f} s")
         ratio = statistics.median(paired)
         met = ratio >= goal if higher else ratio <= goal
         failed += not met

@@ -59,7 +59,8 @@ def portal_visits(
             )
         return dg.MaterializeResult(metadata=visit_metadata(found[epns[0]]))
     for epn, visits in found.items():
-        context.log.info(f"EPN {epn}: visit {visit_metadata(visits)['start'].value} to {visit_metadata(visits)['end'].value}")
+        metadata = visit_metadata(visits)
+        context.log.info(f"EPN {epn}: visit {metadata['start'].value} to {metadata['end'].value}")
     return dg.MaterializeResult(metadata={
         "epns": dg.MetadataValue.int(len(epns)),
         "epns_without_visit": dg.MetadataValue.text(", ".join(missing) or "none"),

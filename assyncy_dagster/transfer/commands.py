@@ -5,7 +5,8 @@ Why the flags are what they are (`transfer_command`):
 * `-r -t --perms --chmod=Dg+s,ug+w,o-wx,ug+X --size-only --include .info
   --exclude .*` are the flags HPC ASSyncy meant to pass (its `-stats` typo
   turned them into `-a`), plus `Fug-st` in `--chmod`: a setuid, setgid or
-  sticky bit on a source file never arrives (`--perms` would copy it). `--size-only` because the beamline never rewrites a
+  sticky bit on a source file never arrives (`--perms` would copy it).
+  `--size-only` because the beamline never rewrites a
   frame in place, and comparing checksums of terabytes would take days. The
   manifest check (`compare_manifests`) then catches missing and truncated
   files; a frame rewritten at the same size is invisible to both, by design.

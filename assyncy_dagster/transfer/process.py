@@ -7,6 +7,7 @@ stop every transfer at once from any thread or a signal handler.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -97,10 +98,8 @@ def group_alive(pgid: int) -> bool:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def stop_group(proc: subprocess.Popen, signum: int = signal.SIGTERM, grace: float = 30.0) -> None:
