@@ -1,7 +1,7 @@
 """The e-mails ASSyncy sends: the unknown-EPN alert and the failure alert.
 
 Pure logic, no Dagster imports: the epnalert asset, the CLI and the tests all
-render through here, and `mail.py` sends what this module builds.
+render through here; `mail.py` makes the rendered e-mail a message and sends it.
 
 The unknown-EPN alert keeps HPC ASSyncy's contract, so that an admin's own
 templates keep working:
@@ -77,8 +77,6 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from email.message import EmailMessage
-from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -89,6 +87,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from .epn import base_number, validate_epn
+from .mail import RenderedEmail
+from .portal import Person, Visit
 
 SUBJECT = "Unknown ownership of EPNs"
 EPNS_PER_ROW = 8
@@ -110,10 +110,6 @@ class TemplateError(Exception):
         self.problem = problem
         where = f"{template}, line {lineno}" if lineno else template
         super().__init__(f"{where}: {problem}")
-
-
-class AddressError(ValueError):
-    """A recipient or sender list that holds no usable e-mail address."""
 
 
 @dataclass(frozen=True)
@@ -140,15 +136,6 @@ class StuckEntry:
     name: str
     since: datetime
     reason: str
-
-
-@dataclass(frozen=True)
-class RenderedEmail:
-    """Subject and the two bodies of an e-mail, ready for `build_message`."""
-
-    subject: str
-    text: str
-    html: str
 
 
 # -- the seed's pre-formatted strings ---------------------------------------
@@ -431,32 +418,12 @@ def render_unknown_epn_alert(
 
 
 def _sample_entries() -> list[AlertEntry]:
-    @dataclass(frozen=True)
-    class SamplePerson:
-        first_names: str
-        last_name: str
-        email: str
-
-        @property
-        def full_name(self) -> str:
-            return f"{self.first_names} {self.last_name}"
-
-    @dataclass(frozen=True)
-    class SampleVisit:
-        id: int
-        epn: str
-        start_time: datetime
-        end_time: datetime
-        principal_scientist: Any
-        data_scientists: tuple[Any, ...]
-        equipment_id: int
-
     start = datetime(2026, 3, 1, 8, 0, tzinfo=timezone(timedelta(hours=11)))
-    jane = SamplePerson("Jane", "Doe", "jane.doe@example.edu")
-    ming = SamplePerson("Ming", "Li", "ming.li@example.edu")
+    jane = Person("Jane", "Doe", "jane.doe@example.edu")
+    ming = Person("Ming", "Li", "ming.li@example.edu")
     return [
-        AlertEntry("12282a", (SampleVisit(1, "12282a", start, start + timedelta(hours=24), jane, (jane, ming), 23),)),
-        AlertEntry("12300b", (SampleVisit(2, "12300b", start, start + timedelta(hours=8), None, (), 24),)),
+        AlertEntry("12282a", (Visit(1, "12282a", start, start + timedelta(hours=24), jane, (jane, ming), 23),)),
+        AlertEntry("12300b", (Visit(2, "12300b", start, start + timedelta(hours=8), None, (), 24),)),
         *(AlertEntry(f"{13000 + i}a") for i in range(10)),
     ]
 
@@ -551,41 +518,3 @@ def render_failure_alert(epn: str, error: str, run_id: str, run_url: str | None 
         text=text_env.from_string(_FAILURE_TEXT).render(**variables),
         html=html_env.from_string(_FAILURE_HTML).render(**variables),
     )
-
-
-# -- the message ----------------------------------------------------------------
-
-
-def parse_addresses(value: str | Sequence[str], what: str = "epnalert-email-to") -> list[str]:
-    """E-mail addresses from a comma-separated string or a list of them, formatted for a header."""
-    items = [value] if isinstance(value, str) else list(value)
-    addresses = []
-    for name, address in getaddresses([str(item) for item in items]):
-        if not address or "@" not in address:
-            raise AddressError(f"{what}: {', '.join(map(str, items))!r} holds an invalid e-mail address")
-        addresses.append(formataddr((name, address)))
-    if not addresses:
-        raise AddressError(f"{what}: no e-mail address given")
-    return addresses
-
-
-def build_message(rendered: RenderedEmail, sender: str, recipients: str | Sequence[str]) -> EmailMessage:
-    """A multipart/alternative message (text, then HTML) from `sender` to `recipients`.
-
-    `recipients` may be one comma-separated string, as `epnalert-email-to` is.
-    """
-    senders = parse_addresses(sender, "epnalert-email-from")
-    if len(senders) != 1:
-        raise AddressError(f"epnalert-email-from: expected one address, got {sender!r}")
-    from_address = senders[0]
-    to = parse_addresses(recipients)
-    message = EmailMessage()
-    message["Subject"] = _one_line(rendered.subject)
-    message["From"] = from_address
-    message["To"] = ", ".join(to)
-    message["Date"] = formatdate(localtime=True)
-    domain = getaddresses([from_address])[0][1].rpartition("@")[2] or None
-    message["Message-ID"] = make_msgid(domain=domain)
-    message.set_content(rendered.text)
-    message.add_alternative(rendered.html, subtype="html")
-    return message

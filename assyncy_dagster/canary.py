@@ -34,6 +34,7 @@ from .epn import is_valid_epn, project_for
 from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
 from .logs import SecretMaskingFilter
 from .mail import Mailer
+from .names import REPATRIATION_JOB
 from .partitions import EPN_PARTITIONS_NAME
 from .planning import CyclePlan, LastRun
 from .portal import PortalAuthError, PortalClient, Visit
@@ -216,8 +217,6 @@ def last_error(instance: dg.DagsterInstance, run_id: str, epn: str) -> str:
 def stuck_report(instance: dg.DagsterInstance, settings: Settings, now: datetime) -> list[StuckEntry]:
     """Every EPN due for longer than `stuck-after-hours`, oldest first, each with its reason,
     then a portal or SFTP-host refresh failing for as long."""
-    from .jobs import REPATRIATION_JOB  # jobs.py imports this module for the digest
-
     hours = settings.stuck_after_hours
     stuck = stuck_since(read_due_since(instance), now, hours)
     entries = []

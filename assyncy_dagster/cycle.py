@@ -1,4 +1,4 @@
-"""One watch cycle without the daemon: evaluate `epn_sensor`, then run what it asks for.
+"""One watch cycle without the daemon: plan a tick as `epn_sensor` does, then run what it asks for.
 
 `mxsync` and the demo use this, so they apply exactly the sensor's rules and
 record their runs in the same Dagster instance the UI shows.
@@ -24,11 +24,9 @@ import dagster as dg
 
 from .config import load_settings
 from .definitions import build_definitions, build_resources
-from .jobs import ALERT_JOB, REPATRIATION_JOB
-from .run_records import EPN_DATA, INTERRUPTED_TAG, Outcome, tagged_epns
-from .sensors.epn_sensor import plan_tick
-from .sensors.failure_alerts import step_failure_message
-from .sensors.report_refresh import REPORT_JOB
+from .names import ALERT_JOB, REPATRIATION_JOB, REPORT_JOB
+from .run_records import EPN_DATA, INTERRUPTED_TAG, Outcome, step_failure_message, tagged_epns
+from .tick import plan_tick
 
 log = logging.getLogger("assyncy.sync")
 WORKER_RESULT_PREFIX = "assyncy-run-outcome: "

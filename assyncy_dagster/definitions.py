@@ -14,7 +14,9 @@ from .assets.visits import portal_visits
 from .config import CONFIG_ENV, config_path_from_env, load_settings
 from .jobs import (
     build_digest_schedule,
+    build_report_schedule,
     repatriation_job,
+    repatriation_report_job,
     unknown_epn_alert_job,
     verification_job,
 )
@@ -24,7 +26,7 @@ from .resources.smtp import SmtpResource
 from .resources.ssh_source import SshSourceResource
 from .sensors.epn_sensor import build_epn_sensor, sensor_interval_seconds
 from .sensors.failure_alerts import repatriation_failure_alert
-from .sensors.report_refresh import build_report_schedule, repatriation_report_job, repatriation_report_refresh
+from .sensors.report_refresh import repatriation_report_refresh
 
 
 def build_definitions(config_path: str | os.PathLike[str] | None = None) -> dg.Definitions:

@@ -43,11 +43,9 @@ for _category in (dg.BetaWarning, dg.PreviewWarning):
     warnings.filterwarnings("ignore", category=_category)
 
 from .cycle import CycleReport, quiet_dagster_previews, run_cycle
-from .jobs import ALERT_JOB, REPATRIATION_JOB
+from .names import ALERT_JOB, INTERVAL_ENV, REPATRIATION_JOB
 from .portal_sim import PortalSimulator
-from .run_records import EPN_DATA, tagged_epns
-from .sensors.epn_sensor import INTERVAL_ENV
-from .sensors.failure_alerts import step_failure_message
+from .run_records import EPN_DATA, step_failure_message, tagged_epns
 from .testing.smtp_sink import SmtpSink
 from .testing.sshd import LocalSshd, _die_with_parent, missing_binaries
 from .testing.stack import DEMO_VISITS, ETC, lay_out_epns, mx_frames, write_config

@@ -7,11 +7,11 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from .alerts import AlertEntry, StuckEntry, TemplateError, build_message, render_unknown_epn_alert
+from .alerts import AlertEntry, StuckEntry, TemplateError, render_unknown_epn_alert
 from .config import Settings
 from .epn import project_for, validate_epn
 from .logs import SecretMaskingFilter
-from .mail import Mailer, MailError
+from .mail import Mailer, MailError, build_message
 from .portal import PortalClient, PortalError, visit_window, visits_by_epn
 from .state import ALERTED_KEY, add_epns
 from .transfer import RsyncClient, RsyncError

@@ -1,22 +1,20 @@
-"""The runs the sensor and the schedule launch."""
+"""The jobs the sensors and the schedules launch, and the two daily schedules."""
 
 import dagster as dg
 from pydantic import Field
 
 from .assets.epn_data import EpnDataConfig, epn_data, repatriate_as_configured
+from .assets.report import repatriation_report
 from .assets.visits import portal_visits
 from .canary import send_daily_digest
 from .epnalert import ALERT_ERRORS, send_unknown_epn_alert
+from .names import ALERT_JOB, KIND_TAG, REPATRIATION_JOB, REPORT_JOB, RSYNC_POOL, VERIFY_JOB
 from .partitions import epn_partitions
 from .resources.portal import PortalResource
 from .resources.settings import AssyncyConfigResource
 from .resources.smtp import SmtpResource
 from .resources.ssh_source import SshSourceResource
 
-KIND_TAG = "assyncy/kind"
-REPATRIATION_JOB = "repatriate_epn"
-ALERT_JOB = "unknown_epn_alert"
-VERIFY_JOB = "verify_epn_data"
 
 class RepatriationConfig(EpnDataConfig):
     """The EPNs of one batch; each is checked again (name, mapping, visit) before it reaches rsync."""
@@ -26,7 +24,7 @@ class RepatriationConfig(EpnDataConfig):
 
 @dg.op(
     name="repatriate_epns",
-    pool="rsync",
+    pool=RSYNC_POOL,
     description="Bring a batch of EPNs home: each one's portal_visits and epn_data materialisation and its "
     "matches_source result are recorded per partition, as if materialised one by one.",
 )
@@ -109,4 +107,25 @@ def build_digest_schedule(timezone: str) -> dg.ScheduleDefinition:
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Daily digest of every EPN on the SFTP host that is still unmapped, and of every EPN stuck "
         "for more than stuck-after-hours, with its reason.",
+    )
+
+
+repatriation_report_job = dg.define_asset_job(
+    REPORT_JOB,
+    selection=dg.AssetSelection.assets(repatriation_report),
+    tags={KIND_TAG: "report"},
+    description="Rebuild the repatriation report (what is home, what is not and why; the plot and the files).",
+)
+
+
+def build_report_schedule(timezone: str) -> dg.ScheduleDefinition:
+    """Daily at 00:30 in `timezone`: the report follows the clock (visits ending, EPNs becoming stuck)
+    even on a day without runs, and is fresh before the 01:00 digest."""
+    return dg.ScheduleDefinition(
+        name="repatriation_report_daily",
+        job=repatriation_report_job,
+        cron_schedule="30 0 * * *",
+        execution_timezone=timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Rebuild the repatriation report once a day, whatever ran.",
     )

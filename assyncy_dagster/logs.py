@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 from .config import MASK, ConfigError, Settings, load_settings
+from .names import ALERT_JOB
 
 __all__ = [
     "BACKUP_COUNT",
@@ -50,7 +51,6 @@ MAX_BYTES = 10 * 1024 * 1024
 BACKUP_COUNT = 5
 # The process id tells apart the lines of runs that write to one file at once.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
-ALERT_JOBS = ("unknown_epn_alert",)
 
 _TAG = "_assyncy_handler"
 _TOKEN_PATTERNS = (
@@ -322,7 +322,7 @@ class RunLogFileHandler(logging.Handler):
     Dagster's own capture, so that secrets stay out of the event log as well.
     """
 
-    def __init__(self, config: str | None = None, alert_jobs: Iterable[str] = ALERT_JOBS):
+    def __init__(self, config: str | None = None, alert_jobs: Iterable[str] = (ALERT_JOB,)):
         try:
             settings = load_settings(config)
         except ConfigError as exc:

@@ -1,6 +1,8 @@
-"""Sending e-mail over SMTP, with errors an admin can act on.
+"""E-mail: the message built from a rendered alert, and sent over SMTP with errors an admin can act on.
 
-`Mailer.send` either hands the message to the server or raises `MailError`
+`build_message` makes a multipart/alternative message (text, then HTML) with
+its From, To, Date and Message-ID headers, and refuses an address list that
+holds no usable address (`AddressError`). `Mailer.send` either hands the message to the server or raises `MailError`
 saying which server (host:port) and what went wrong: connection refused,
 timeout, unknown host, STARTTLS or login refused, sender or recipient
 refused, message refused. The SMTP password never appears in a message,
@@ -13,10 +15,62 @@ import logging
 import smtplib
 import socket
 import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any
+from email.utils import formataddr, formatdate, getaddresses, make_msgid
+
+from .config import Settings
 
 log = logging.getLogger("assyncy.mail")
+
+
+class AddressError(ValueError):
+    """A recipient or sender list that holds no usable e-mail address."""
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """Subject and the two bodies of an e-mail, ready for `build_message`."""
+
+    subject: str
+    text: str
+    html: str
+
+
+def parse_addresses(value: str | Sequence[str], what: str = "epnalert-email-to") -> list[str]:
+    """E-mail addresses from a comma-separated string or a list of them, formatted for a header."""
+    items = [value] if isinstance(value, str) else list(value)
+    addresses = []
+    for name, address in getaddresses([str(item) for item in items]):
+        if not address or "@" not in address:
+            raise AddressError(f"{what}: {', '.join(map(str, items))!r} holds an invalid e-mail address")
+        addresses.append(formataddr((name, address)))
+    if not addresses:
+        raise AddressError(f"{what}: no e-mail address given")
+    return addresses
+
+
+def build_message(rendered: RenderedEmail, sender: str, recipients: str | Sequence[str]) -> EmailMessage:
+    """A multipart/alternative message (text, then HTML) from `sender` to `recipients`.
+
+    `recipients` may be one comma-separated string, as `epnalert-email-to` is.
+    """
+    senders = parse_addresses(sender, "epnalert-email-from")
+    if len(senders) != 1:
+        raise AddressError(f"epnalert-email-from: expected one address, got {sender!r}")
+    from_address = senders[0]
+    to = parse_addresses(recipients)
+    message = EmailMessage()
+    message["Subject"] = " ".join(str(rendered.subject).split())  # a header is one line
+    message["From"] = from_address
+    message["To"] = ", ".join(to)
+    message["Date"] = formatdate(localtime=True)
+    domain = getaddresses([from_address])[0][1].rpartition("@")[2] or None
+    message["Message-ID"] = make_msgid(domain=domain)
+    message.set_content(rendered.text)
+    message.add_alternative(rendered.html, subtype="html")
+    return message
 
 
 class MailError(Exception):
@@ -60,7 +114,7 @@ class Mailer:
         self.timeout = float(timeout)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Mailer:
+    def from_settings(cls, settings: Settings) -> Mailer:
         """A mailer for the server config.yml names (`epnalert-email-smtp`, `smtp-*`)."""
         return cls(
             settings.smtp_host,

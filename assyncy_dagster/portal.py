@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import requests
 
+from .config import Settings
 from .epn import is_valid_epn
 
 TOKEN_PATH = "/api/v1/oauth/token"
@@ -239,7 +240,7 @@ class PortalClient:
         _install_urllib3_redaction()
 
     @classmethod
-    def from_settings(cls, settings: Any, logger: logging.Logger | None = None) -> PortalClient:
+    def from_settings(cls, settings: Settings, logger: logging.Logger | None = None) -> PortalClient:
         """A client for `base-url` and every `equipment` entry of config.yml."""
         return cls(
             settings.base_url,

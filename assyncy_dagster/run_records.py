@@ -330,3 +330,14 @@ def last_verified(instance: dg.DagsterInstance, epn: str) -> dict | None:
         if meta.get("verified") and meta.get("source_digest"):
             return {**meta, "timestamp": record.timestamp}
     return None
+
+
+def step_failure_message(events: Iterable[dg.DagsterEvent]) -> str | None:
+    """The first failing step's own message: a Failure's description, else the error."""
+    for event in events:
+        data = event.step_failure_data if event.is_step_failure else None
+        if data and data.user_failure_data and data.user_failure_data.description:
+            return data.user_failure_data.description
+        if data and data.error:
+            return data.error.message.strip()
+    return None

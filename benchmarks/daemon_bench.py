@@ -27,7 +27,7 @@ from dagster._core.scheduler.instigation import InstigatorType
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-from assyncy_dagster.jobs import REPATRIATION_JOB
+from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.testing.stack import ETC
 from assyncy_dagster.transfer.process import stop_group
 

@@ -52,8 +52,8 @@ from daemon_bench import (
 
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.epn import destination_for
+from assyncy_dagster.names import INTERVAL_ENV
 from assyncy_dagster.portal_sim import PortalSimulator
-from assyncy_dagster.sensors.epn_sensor import INTERVAL_ENV
 from assyncy_dagster.state import read_epns
 from assyncy_dagster.testing.smtp_sink import SmtpSink
 from assyncy_dagster.testing.sshd import LocalSshd

@@ -27,9 +27,9 @@ from assyncy_dagster.config import load_settings
 from assyncy_dagster.definitions import build_resources
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.portal_sim import equipment_credentials, generate_visits
-from assyncy_dagster.sensors.epn_sensor import plan_tick
 from assyncy_dagster.testing.sshd import LocalSshd
 from assyncy_dagster.testing.stack import ETC, write_config
+from assyncy_dagster.tick import plan_tick
 
 TARGET_SECONDS = 3.0
 TARGET_MB = 300

@@ -4,7 +4,7 @@ import dagster as dg
 
 from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.definitions import build_definitions, build_resources
-from assyncy_dagster.jobs import ALERT_JOB
+from assyncy_dagster.names import ALERT_JOB
 from assyncy_dagster.sensors.failure_alerts import repatriation_failure_alert
 from assyncy_dagster.state import ALERTED_KEY, read_epns
 

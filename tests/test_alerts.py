@@ -10,15 +10,13 @@ import pytest
 
 from assyncy_dagster.alerts import (
     SUBJECT,
-    AddressError,
     AlertEntry,
     TemplateError,
-    build_message,
     check_templates,
     render_failure_alert,
     render_unknown_epn_alert,
 )
-from assyncy_dagster.mail import Mailer
+from assyncy_dagster.mail import AddressError, Mailer, build_message
 from assyncy_dagster.portal import Person, Visit
 
 ETC = Path(__file__).resolve().parent.parent / "etc"

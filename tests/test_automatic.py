@@ -12,7 +12,8 @@ from helpers import ticker
 
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.definitions import build_definitions
-from assyncy_dagster.jobs import REPATRIATION_JOB
+from assyncy_dagster.facts import SensorCursor, refresh_retry_delay
+from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.planning import LastRun
 from assyncy_dagster.run_records import (
     WORKER_TAG,
@@ -24,11 +25,7 @@ from assyncy_dagster.run_records import (
     outcome_tags,
     worker_is_gone,
 )
-from assyncy_dagster.sensors.epn_sensor import (
-    SensorCursor,
-    plan_batches,
-    refresh_retry_delay,
-)
+from assyncy_dagster.tick import plan_batches
 
 
 def test_batches_give_every_rsync_slot_work_and_stay_bounded():
@@ -87,9 +84,9 @@ def test_a_visit_that_ends_is_requested_without_asking_the_portal_again(stack):
     tick, _ = ticker(stack)
     tick()
     asked = stack.portal.stats()["visits_requests"]
-    from assyncy_dagster.sensors import epn_sensor
+    from assyncy_dagster import facts as facts_module
 
-    facts = epn_sensor._facts[str(stack.settings().ignore)]
+    facts = facts_module._facts[str(stack.settings().ignore)]
     for visit in facts.visits:  # as if the clock had moved past the visit's end
         if visit.epn == "13001b":
             object.__setattr__(visit, "end_time", visit.start_time)
@@ -147,9 +144,9 @@ def test_settings_take_batch_and_stale_limits(stack):
 
 
 def test_a_hung_portal_gives_a_skip_reason_within_the_tick_budget(stack, monkeypatch):
-    from assyncy_dagster.sensors import epn_sensor
+    from assyncy_dagster import facts as facts_module
 
-    monkeypatch.setattr(epn_sensor, "REFRESH_BUDGET_SECONDS", 2)  # 40 s in production, inside Dagster's 60 s
+    monkeypatch.setattr(facts_module, "REFRESH_BUDGET_SECONDS", 2)  # 40 s in production, inside Dagster's 60 s
     stack.lay_out("12282a")
     stack.portal.set_faults(delay_seconds=30)
     tick, state = ticker(stack)
@@ -164,16 +161,16 @@ def test_a_hung_portal_gives_a_skip_reason_within_the_tick_budget(stack, monkeyp
 
 def test_a_new_code_server_process_does_not_ask_the_portal_again(stack):
     """The daemon replaces its code server about every minute; what the portal said survives it."""
-    from assyncy_dagster.sensors import epn_sensor
+    from assyncy_dagster import facts as facts_module
 
     stack.lay_out("12282a", "13001b")
     tick, _ = ticker(stack)
     tick()
     asked = stack.portal.stats()["visits_requests"]
-    epn_sensor._facts.clear()  # as in a fresh process
+    facts_module._facts.clear()  # as in a fresh process
     tick()
     assert stack.portal.stats()["visits_requests"] == asked
-    saved = (Path(stack.instance.storage_directory()) / epn_sensor.FACTS_FILE).read_text()
+    saved = (Path(stack.instance.storage_directory()) / facts_module.FACTS_FILE).read_text()
     assert "12282a" in saved and "@" not in saved, "only EPNs and times are kept, no names or addresses"
 
 
@@ -197,7 +194,7 @@ def test_a_malformed_visit_is_held_back_by_name_while_the_others_are_requested(s
     # The next tick decides from the same answer, and still names the skipped visit.
     from assyncy_dagster.resources.portal import PortalResource
     from assyncy_dagster.resources.ssh_source import SshSourceResource
-    from assyncy_dagster.sensors.epn_sensor import plan_tick
+    from assyncy_dagster.tick import plan_tick
 
     cursor = SensorCursor.parse(state["cursor"])
     plan, _ = plan_tick(stack.instance, settings, PortalResource(), SshSourceResource(), logging.getLogger("test"), cursor)

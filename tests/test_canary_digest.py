@@ -13,8 +13,8 @@ from assyncy_dagster.alerts import SUBJECT
 from assyncy_dagster.canary import refresh_failure_file
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.due import due_file, read_due_since
-from assyncy_dagster.jobs import ALERT_JOB
-from assyncy_dagster.sensors.epn_sensor import SensorCursor
+from assyncy_dagster.facts import SensorCursor
+from assyncy_dagster.names import ALERT_JOB
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from assyncy_dagster.alerts import build_message, render_failure_alert
+from assyncy_dagster.alerts import render_failure_alert
 from assyncy_dagster.config import load_settings
-from assyncy_dagster.mail import Mailer, MailError
+from assyncy_dagster.mail import Mailer, MailError, build_message
 from assyncy_dagster.resources.smtp import SmtpResource
 from assyncy_dagster.testing.smtp_sink import SmtpSink
 

@@ -14,7 +14,7 @@ import yaml
 
 from assyncy_dagster.assets.epn_data import CHECK_NAME
 from assyncy_dagster.cycle import run_cycle
-from assyncy_dagster.jobs import REPATRIATION_JOB
+from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.testing.smtp_sink import SmtpSink
 from assyncy_dagster.testing.stack import (

@@ -7,8 +7,7 @@ import dagster as dg
 
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.planning import LastRun
-from assyncy_dagster.run_records import epn_history
-from assyncy_dagster.sensors.failure_alerts import step_failure_message
+from assyncy_dagster.run_records import epn_history, step_failure_message
 
 CHECK = dg.AssetCheckKey(dg.AssetKey("epn_data"), "matches_source")
 

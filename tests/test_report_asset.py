@@ -8,7 +8,8 @@ import dagster as dg
 
 from assyncy_dagster.assets.report import repatriation_report
 from assyncy_dagster.definitions import build_definitions, build_resources
-from assyncy_dagster.sensors.report_refresh import REPORT_JOB, repatriation_report_refresh
+from assyncy_dagster.names import REPORT_JOB
+from assyncy_dagster.sensors.report_refresh import repatriation_report_refresh
 
 
 def materialize_report(stack) -> dict:

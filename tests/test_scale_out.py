@@ -27,9 +27,9 @@ from test_e2e_automatic import all_runs_ended, passed_checks, same_tree
 from test_e2e_daemon import far_from_the_digest
 
 from assyncy_dagster.config import Settings, load_settings
+from assyncy_dagster.names import RSYNC_POOL
 from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.run_records import CELERY_TASK_TAG, LOST_TAG, WORKER_TAG, epn_tag
-from assyncy_dagster.sensors.epn_sensor import RSYNC_POOL, plan_batches
 from assyncy_dagster.state import read_epns
 from assyncy_dagster.testing.scale_out import (
     ConcurrencyWatch,
@@ -40,6 +40,7 @@ from assyncy_dagster.testing.scale_out import (
 )
 from assyncy_dagster.testing.smtp_sink import SmtpSink
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT, lay_out_epns, mx_frames, write_config
+from assyncy_dagster.tick import plan_batches
 
 pytest.importorskip("dagster_celery", reason="needs the scale-out extra: pip install -e '.[scale-out]'")
 pytest.importorskip("redis", reason="needs the scale-out extra (the redis client): pip install -e '.[scale-out]'")

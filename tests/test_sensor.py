@@ -4,9 +4,8 @@ import dagster as dg
 import yaml
 
 from assyncy_dagster.definitions import build_definitions, build_resources
-from assyncy_dagster.jobs import ALERT_JOB, REPATRIATION_JOB
+from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB, RSYNC_POOL
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
-from assyncy_dagster.sensors.epn_sensor import RSYNC_POOL
 
 DEMO_EPNS = ("12282a", "12282b", "13001a", "13001b", "14500a", "14777a")
 

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from ..config import Settings
 from ..epn import InvalidEpnError, UnmappedEpnError, base_number, destination_for, validate_epn
+from ..names import RSYNC_POOL
 from ..partitions import epn_partitions
 from ..portal import PortalError, Visit, visit_window, visits_by_epn
 from ..resources.portal import PortalResource
@@ -367,7 +368,7 @@ def dry_run_for(settings: Settings, execute: bool | None) -> bool:
 @dg.asset(
     partitions_def=epn_partitions,
     group_name="repatriation",
-    pool="rsync",
+    pool=RSYNC_POOL,
     kinds={"rsync"},
     owners=[OWNER],
     tags={"data": "raw-experiment", "source": "synchrotron"},

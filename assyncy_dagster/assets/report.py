@@ -20,6 +20,7 @@ import dagster as dg
 from ..config import Settings
 from ..due import read_due_since, stuck_since
 from ..epn import InvalidEpnError, UnmappedEpnError, destination_for, is_valid_epn, project_for
+from ..facts import FACTS_FILE
 from ..planning import LastRun
 from ..portal import PortalError, Visit, visit_window, visits_by_epn
 from ..report import (
@@ -49,7 +50,6 @@ from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
 from ..run_records import EPN_DATA, LOST_TAG, epn_history, epn_tag, last_verified
-from ..sensors.epn_sensor import FACTS_FILE
 from ..state import StateFileError, read_epns
 from ..transfer import RsyncError, SshConfigError, local_manifest
 from .epn_data import OWNER, epn_data

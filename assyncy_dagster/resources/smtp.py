@@ -7,9 +7,8 @@ from email.message import EmailMessage
 
 import dagster as dg
 
-from ..alerts import RenderedEmail, build_message
 from ..config import Settings
-from ..mail import Mailer
+from ..mail import Mailer, RenderedEmail, build_message
 from .settings import current_settings
 
 

@@ -1,14 +1,13 @@
 """repatriation_failure_alert: e-mails the helpdesk when bringing an EPN home fails."""
 
-from collections.abc import Iterable
-
 import dagster as dg
 
-from ..alerts import build_message, render_failure_alert
-from ..jobs import REPATRIATION_JOB
+from ..alerts import render_failure_alert
+from ..mail import build_message
+from ..names import REPATRIATION_JOB
 from ..resources.settings import AssyncyConfigResource
 from ..resources.smtp import SmtpResource
-from ..run_records import Outcome, tagged_epns
+from ..run_records import Outcome, step_failure_message, tagged_epns
 
 _REPATRIATION_ASSETS = {dg.AssetKey("epn_data"), dg.AssetKey("portal_visits")}
 
@@ -25,17 +24,6 @@ def is_repatriation(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
         r.event_log_entry.dagster_event and r.event_log_entry.dagster_event.asset_key in _REPATRIATION_ASSETS
         for r in planned
     )
-
-
-def step_failure_message(events: Iterable[dg.DagsterEvent]) -> str | None:
-    """The first failing step's own message: a Failure's description, else the error."""
-    for event in events:
-        data = event.step_failure_data if event.is_step_failure else None
-        if data and data.user_failure_data and data.user_failure_data.description:
-            return data.user_failure_data.description
-        if data and data.error:
-            return data.error.message.strip()
-    return None
 
 
 @dg.run_failure_sensor(

@@ -5,8 +5,9 @@
 batches, a UI backfill, `dagster asset materialize`. Each tick that finds
 some asks for one report run covering them all, unless a report run is
 already waiting to start (it will see them too), so a burst of runs never
-piles up report runs. The daily schedule catches what no run changes: visits
-that end, EPNs that become stuck, data removed from the destination.
+piles up report runs. The daily schedule (`jobs.build_report_schedule`) catches
+what no run changes: visits that end, EPNs that become stuck, data removed from
+the destination.
 """
 
 import time
@@ -14,21 +15,13 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from ..assets.report import repatriation_report
-from ..jobs import KIND_TAG
+from ..jobs import repatriation_report_job
+from ..names import REPORT_JOB
 from .failure_alerts import is_repatriation
 
-REPORT_JOB = "repatriation_report_job"
 REFRESH_SECONDS = 60
 ENDED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 NOT_STARTED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
-
-repatriation_report_job = dg.define_asset_job(
-    REPORT_JOB,
-    selection=dg.AssetSelection.assets(repatriation_report),
-    tags={KIND_TAG: "report"},
-    description="Rebuild the repatriation report (what is home, what is not and why; the plot and the files).",
-)
 
 
 def ended_repatriations(instance: dg.DagsterInstance, after: float) -> list[dg.RunRecord]:
@@ -66,17 +59,4 @@ def repatriation_report_refresh(context: dg.SensorEvaluationContext) -> dg.RunRe
         # One report per newest ended run: a re-evaluated tick cannot ask twice.
         run_key=f"report-after:{newest.dagster_run.run_id}",
         tags={"assyncy/after_runs": str(len(ended))},
-    )
-
-
-def build_report_schedule(timezone: str) -> dg.ScheduleDefinition:
-    """Daily at 00:30 in `timezone`: the report follows the clock (visits ending, EPNs becoming stuck)
-    even on a day without runs, and is fresh before the 01:00 digest."""
-    return dg.ScheduleDefinition(
-        name="repatriation_report_daily",
-        job=repatriation_report_job,
-        cron_schedule="30 0 * * *",
-        execution_timezone=timezone,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Rebuild the repatriation report once a day, whatever ran.",
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 from helpers import ticker  # noqa: F401 (re-exported for the fault tests)
 
-from assyncy_dagster.jobs import ALERT_JOB, REPATRIATION_JOB
+from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB
 
 BIN = Path(sys.executable).parent
 RESULTS: list[str] = []  # every test's figure, repeated in the terminal summary (see conftest.py here)

@@ -23,7 +23,7 @@ from assyncy_dagster.config import ConfigError, load_settings
 from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.epn import InvalidEpnError, destination_for
-from assyncy_dagster.jobs import ALERT_JOB, REPATRIATION_JOB
+from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB
 from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.testing.sshd import make_source_tree
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT

@@ -37,12 +37,13 @@ from faultkit import BIN, figure, ticker, visible_files
 from helpers import live_processes_mentioning, wait_for
 
 from assyncy_dagster.definitions import build_definitions
-from assyncy_dagster.jobs import REPATRIATION_JOB
+from assyncy_dagster.facts import SensorCursor
+from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.run_records import IN_FLIGHT, WORKER_TAG, Outcome, end_lost_runs, in_flight, outcome_tags
-from assyncy_dagster.sensors.epn_sensor import SensorCursor, plan_tick
+from assyncy_dagster.tick import plan_tick
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

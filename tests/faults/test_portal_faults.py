@@ -15,8 +15,8 @@ import dagster as dg
 import pytest
 from faultkit import figure, requested_epns, ticker
 
+from assyncy_dagster.facts import SensorCursor
 from assyncy_dagster.portal import PortalClient, visit_window
-from assyncy_dagster.sensors.epn_sensor import SensorCursor
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
 
 FAST = {"portal-timeout-seconds": 1, "portal-retries": 0}
@@ -62,9 +62,9 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_a_portal_fault_skips_the_tick_by_name_and_forgets_nothing(stack, monkeypatch, fault):
-    from assyncy_dagster.sensors import epn_sensor
+    from assyncy_dagster import facts
 
-    monkeypatch.setattr(epn_sensor, "REFRESH_BUDGET_SECONDS", 2)  # 40 s in production
+    monkeypatch.setattr(facts, "REFRESH_BUDGET_SECONDS", 2)  # 40 s in production
     stack.configure(**FAST)
     stack.lay_out("12282a")
     breaks, mends, words = FAULTS[fault]

@@ -20,14 +20,13 @@ from urllib.parse import quote
 import dagster as dg
 import pytest
 import yaml
-from dagster._serdes import serialize_value
 from faultkit import figure, ticker
 
 from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.definitions import build_resources
-from assyncy_dagster.jobs import ALERT_JOB, REPATRIATION_JOB
+from assyncy_dagster.facts import SensorCursor
+from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB
 from assyncy_dagster.portal_sim import PortalSimulator
-from assyncy_dagster.sensors.epn_sensor import SensorCursor
 from assyncy_dagster.sensors.failure_alerts import repatriation_failure_alert
 from assyncy_dagster.testing.smtp_sink import SmtpSink
 from assyncy_dagster.testing.stack import DEMO_VISITS
@@ -123,16 +122,16 @@ def test_no_secret_reaches_logs_event_log_metadata_storage_or_mail(stack, monkey
     assert any(b"DEBUG" in v for k, v in places.items() if k.startswith("log file")), "DEBUG logging was on"
     runs = stack.instance.get_runs()
     for each in runs:
-        places[f"run {each.run_id} config+tags"] = (serialize_value(each.run_config) + repr(dict(each.tags))).encode()
+        places[f"run {each.run_id} config+tags"] = (dg.serialize_value(each.run_config) + repr(dict(each.tags))).encode()
         entries = stack.instance.all_logs(each.run_id)
-        places[f"run {each.run_id} event log"] = "\n".join(serialize_value(e) for e in entries).encode()
+        places[f"run {each.run_id} event log"] = "\n".join(dg.serialize_value(e) for e in entries).encode()
     for key in ("epn_data", "portal_visits"):
         records = stack.instance.fetch_materializations(dg.AssetKey(key), limit=1000).records
-        places[f"{key} materialisations"] = "\n".join(serialize_value(r) for r in records).encode()
+        places[f"{key} materialisations"] = "\n".join(dg.serialize_value(r) for r in records).encode()
     checks = stack.instance.event_log_storage.get_asset_check_execution_history(
         dg.AssetCheckKey(dg.AssetKey("epn_data"), "matches_source"), limit=1000)
     places["matches_source executions"] = "\n".join(
-        repr(c) + (serialize_value(c.event) if c.event else "") for c in checks).encode()
+        repr(c) + (dg.serialize_value(c.event) if c.event else "") for c in checks).encode()
     home = Path(stack.instance.root_directory)
     stored = 0
     for path in sorted(home.rglob("*")):

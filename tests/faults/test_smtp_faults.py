@@ -13,7 +13,7 @@ from collections import Counter
 from faultkit import figure
 
 from assyncy_dagster.cycle import run_cycle
-from assyncy_dagster.jobs import ALERT_JOB
+from assyncy_dagster.names import ALERT_JOB
 from assyncy_dagster.state import ALERTED_KEY, read_epns
 from assyncy_dagster.testing.smtp_sink import SmtpSink, _FreePortController, _Handler
 

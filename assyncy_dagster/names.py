@@ -1,0 +1,15 @@
+"""The names the modules agree on: jobs, the run-kind tag, the rsync pool, the sensor's interval override.
+
+No imports, so that any module can use them: logs.py is read by config-level
+code before any Dagster definition exists, and jobs.py imports the assets.
+"""
+
+KIND_TAG = "assyncy/kind"
+REPATRIATION_JOB = "repatriate_epn"
+ALERT_JOB = "unknown_epn_alert"
+VERIFY_JOB = "verify_epn_data"
+REPORT_JOB = "repatriation_report_job"
+# The concurrency pool that lets `max-tasks` transfers run at once, whoever launched them.
+RSYNC_POOL = "rsync"
+# Seconds between epn_sensor's evaluations instead of its 30 s (the demo, tests, benchmarks).
+INTERVAL_ENV = "ASSYNCY_SENSOR_INTERVAL_SECONDS"
