@@ -30,9 +30,9 @@ $(BIN)/python:
 # uv installs the Dagster stack in seconds; plain pip is the fallback.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@if $(BIN)/pip install -q uv 2>/dev/null; then \
-		$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test,scale-out,lint]'; \
+		$(BIN)/uv pip install -q --python $(BIN)/python -e '.[demo,test,scale-out,lint]'; \
 	else \
-		$(BIN)/pip install -q -e '.[test,scale-out,lint]'; \
+		$(BIN)/pip install -q -e '.[demo,test,scale-out,lint]'; \
 	fi
 	touch $@
 

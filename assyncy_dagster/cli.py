@@ -271,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run
-
+    try:
+        from .demo import run
+    except ModuleNotFoundError as exc:  # the stand-ins' dependencies come with the demo extra
+        return _fail(f"demo: {exc}")
     return run(args)
 
 

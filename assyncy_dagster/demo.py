@@ -155,7 +155,7 @@ def print_report(report: CycleReport, root: Path, mail_dir: Path, scratch: Path,
         print(
             "\nOpen the same instance in the Dagster UI (lineage, runs, partitions, check results):\n"
             f"  DAGSTER_HOME={root / 'dagster_home'} ASSYNCY_CONFIG={root / 'etc' / 'config.yml'} "
-            ".venv/bin/dagster dev -m assyncy_dagster.definitions\n"
+            f"{Path(sys.executable).parent / 'dagster'} dev -m assyncy_dagster.definitions\n"
             "(the demo's portal and SFTP stand-ins stop with this command, so new sensor ticks will skip;\n"
             " `make demo` without --once keeps them and the UI running.)"
         )
@@ -325,7 +325,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     missing = missing_binaries()
     if missing:
-        print(f"the demo needs {', '.join(missing)}: run `make demo`, which installs them", file=sys.stderr)
+        print(
+            f"the demo needs {', '.join(missing)}: `make demo` installs them in a checkout; elsewhere "
+            "`apt-get install rsync openssh-server openssh-client`",
+            file=sys.stderr,
+        )
         return 2
     root = Path.cwd() / "demo"
     mail_dir = _fresh(root / "mail")
@@ -333,14 +337,15 @@ def run(args: argparse.Namespace) -> int:
     etc = _fresh(root / "etc")
     home = root / "dagster_home"
     _prepare_dagster_home(home)
-    shutil.rmtree(root / "sshd", ignore_errors=True)
     shutil.rmtree(root / "log", ignore_errors=True)
     dagster_log = root / "log" / "dagster.log"
 
     try:
+        # The SFTP stand-in keeps its tree and keys in a folder of its own under /tmp, which its
+        # account can enter wherever the demo runs (a home or a private temp folder it may not).
         with PortalSimulator(demo_portal_data(args.live_visit_seconds)) as portal, SmtpSink(
             save_dir=mail_dir
-        ) as smtp, LocalSshd(workdir=root / "sshd") as sshd:
+        ) as smtp, LocalSshd() as sshd:
             lay_out_epns(sshd, DEMO_EPNS)
             config = write_config(
                 etc / "config.yml",

@@ -65,6 +65,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from .etc_files import etc_path
+
 DEFAULT_TOKEN_TTL = 3600
 DEFAULT_TIMEZONE = "Australia/Melbourne"
 ACCOUNT_FIELDS = ("username", "password", "client_name", "client_password")
@@ -786,7 +788,12 @@ def generate_visits(
 
 def add_portal_sim_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of `assyncy portal-sim`."""
-    parser.add_argument("--visits", required=True, metavar="FILE", help="YAML or JSON file of equipment accounts and visits (see etc/demo-visits.yml)")
+    parser.add_argument(
+        "--visits",
+        default=etc_path("demo-visits.yml"),
+        metavar="FILE",
+        help="YAML or JSON file of equipment accounts and visits (default: the demo's, etc/demo-visits.yml)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (default 0: any free port, printed at start)")
     parser.add_argument("--token-ttl", type=float, default=None, metavar="S", help="seconds an access token stays valid (default: the file's token-ttl-seconds, else 3600)")

@@ -27,8 +27,8 @@ from dagster._core.scheduler.instigation import InstigatorType
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
+from assyncy_dagster.etc_files import etc_path
 from assyncy_dagster.names import REPATRIATION_JOB
-from assyncy_dagster.testing.stack import ETC
 from assyncy_dagster.transfer.process import stop_group
 
 BIN = Path(sys.executable).parent
@@ -63,7 +63,7 @@ def portal_data(visits_by_equipment: dict[int, list[dict]]) -> dict:
 
 def fresh_dagster_home(path: Path) -> Path:
     path.mkdir(parents=True)
-    shutil.copy(ETC / "dagster.yaml", path / "dagster.yaml")
+    shutil.copy(etc_path("dagster.yaml"), path / "dagster.yaml")
     return path
 
 

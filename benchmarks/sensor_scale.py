@@ -25,10 +25,11 @@ import yaml
 
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.definitions import build_resources
+from assyncy_dagster.etc_files import etc_path
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.portal_sim import equipment_credentials, generate_visits
 from assyncy_dagster.testing.sshd import LocalSshd
-from assyncy_dagster.testing.stack import ETC, write_config
+from assyncy_dagster.testing.stack import write_config
 from assyncy_dagster.tick import plan_tick
 
 TARGET_SECONDS = 3.0
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 smtp_port=2525,
                 destination_root=tmp_path / "scratch",
                 epn_cap_map={epn.rstrip("abcd"): "proj" for epn in epns},
-                template_folder=ETC,
+                template_folder=etc_path(),
                 extra={"equipment": equipment_credentials(data), "visit-day-range": 200},
             )
             settings = load_settings(config)

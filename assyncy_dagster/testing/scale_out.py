@@ -28,11 +28,11 @@ from typing import Self
 import psutil
 import yaml
 
+from ..etc_files import etc_path
 from ..transfer.process import stop_group
 from .postgres import PostgresServer
-from .stack import ETC
 
-SCALE_OUT_ETC = ETC / "scale-out"
+SCALE_OUT_ETC = etc_path("scale-out")
 WORKER_UNIT = SCALE_OUT_ETC / "assyncy-celery-worker.service"
 BIN = Path(sys.executable).parent
 BROKER_ENV = "ASSYNCY_CELERY_BROKER_URL"

@@ -23,8 +23,13 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+try:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+except ModuleNotFoundError as exc:  # the stand-ins' one dependency beyond the base install
+    raise ModuleNotFoundError(
+        f"the local SMTP stand-in needs {exc.name}: pip install 'assyncy-dagster[demo]'", name=exc.name
+    ) from exc
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import yaml
 
+from ..etc_files import etc_path
 from .sshd import LocalSshd, make_source_tree
 
-ETC = Path(__file__).resolve().parent.parent.parent / "etc"
-DEMO_VISITS = ETC / "demo-visits.yml"
+ETC = etc_path()
+DEMO_VISITS = etc_path("demo-visits.yml")
 DEMO_CAP_MAP = {"12282": "ny79", "13001": "ab12"}
 DEMO_EQUIPMENT = [
     {
