@@ -15,13 +15,11 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from visit_data import generate_visits
+
 from assyncy_dagster.config import Equipment
 from assyncy_dagster.portal import PortalClient, visit_window
-from assyncy_dagster.portal_sim import (
-    PortalSimulator,
-    equipment_credentials,
-    generate_visits,
-)
+from assyncy_dagster.portal_sim import PortalSimulator, equipment_credentials
 
 TARGET_SECONDS = 2.0
 

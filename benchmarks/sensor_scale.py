@@ -22,12 +22,13 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
+from visit_data import generate_visits
 
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.definitions import build_resources
 from assyncy_dagster.etc_files import etc_path
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
-from assyncy_dagster.portal_sim import equipment_credentials, generate_visits
+from assyncy_dagster.portal_sim import equipment_credentials
 from assyncy_dagster.testing.sshd import LocalSshd
 from assyncy_dagster.testing.stack import write_config
 from assyncy_dagster.tick import plan_tick

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import select
 import signal
@@ -19,11 +20,15 @@ from assyncy_dagster.epn import base_number, is_valid_epn
 from assyncy_dagster.portal_sim import (
     PortalSimulator,
     SimulatorDataError,
-    generate_visits,
     resolve_time,
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# Many visits come from the benchmarks' generator (benchmarks/ is scripts, not a package).
+_visit_data = importlib.util.spec_from_file_location("visit_data", REPO / "benchmarks" / "visit_data.py")
+visit_data = importlib.util.module_from_spec(_visit_data)
+_visit_data.loader.exec_module(visit_data)
+generate_visits = visit_data.generate_visits
 DEMO_VISITS = REPO / "etc" / "demo-visits.yml"
 MX1, MX2 = PORTAL_DATA["equipment"]
 DEMO_ACCOUNT = {
