@@ -14,7 +14,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from .ports import free_port
 
 SERVICE_ACCOUNT = "postgres"  # Debian's postgresql package creates it; PostgreSQL refuses to run as root
 
@@ -63,12 +64,6 @@ def postgres_bin_dir() -> Path | None:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _as_account() -> dict:
@@ -143,7 +138,7 @@ def local_postgres() -> Iterator[PostgresServer]:
              "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-sync"],
             cwd=workdir,
         )
-        port = _free_port()
+        port = free_port()
         with open(log, "ab") as log_out:
             proc = subprocess.Popen(
                 [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),

@@ -20,17 +20,13 @@ import time
 from pathlib import Path
 from typing import Self
 
+from .ports import free_port
+
 REDIS_SERVER = "redis-server"
 
 
 class RedisUnavailable(RuntimeError):
     """redis-server is not installed or did not start; the message says which."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class LocalRedis:
@@ -57,7 +53,7 @@ class LocalRedis:
         if binary is None:
             raise RedisUnavailable("redis-server is not installed (apt-get install redis-server)")
         self.workdir = Path(tempfile.mkdtemp(prefix="assyncy-redis-"))
-        self.port = _free_port()
+        self.port = free_port()
         argv = [binary, "--bind", self.host, "--port", str(self.port), "--requirepass", self.password,
                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
                 "--logfile", str(self.log)]

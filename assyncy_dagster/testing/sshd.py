@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..transfer import SshEndpoint, list_command
+from .ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,6 @@ class SshdError(RuntimeError):
 
 class _PortTaken(Exception):
     pass
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _port_open(port: int) -> bool:
@@ -294,7 +289,7 @@ class LocalSshd:
         self.user = _ensure_account(self._wanted_user)
         self._prepare()
         for attempt in range(3):
-            self.port = _free_port()
+            self.port = free_port()
             self._write_config()
             check = subprocess.run([SSHD, "-t", "-f", str(self.config_file)], capture_output=True, text=True)
             if check.returncode != 0:
