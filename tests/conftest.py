@@ -1,6 +1,10 @@
-"""Fixtures for the real servers the tests talk to, and the "fault figures" section.
+"""What every test gets: the real servers' fixtures, fresh `assyncy` loggers, and the
+"fault figures" section at the end of the run.
 
-Each server fixture lives in its own `fixtures_*.py` module beside this file.
+The fixtures live in tests/support/fixtures/, one module per server, registered here with
+`pytest_plugins` (pytest reads it from this top-level conftest only). tests/ is a package,
+so they import as `tests.support...` with the repository's root on sys.path, in xdist's
+workers too.
 """
 
 import logging
@@ -9,12 +13,18 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fixtures_portal import *  # noqa: F401,F403
-from fixtures_postgres import *  # noqa: F401,F403
-from fixtures_redis import *  # noqa: F401,F403
-from fixtures_smtp import *  # noqa: F401,F403
-from fixtures_sshd import *  # noqa: F401,F403
-from fixtures_stack import *  # noqa: F401,F403
+
+from assyncy_dagster import logs
+
+pytest_plugins = [
+    "tests.support.fixtures.examples",
+    "tests.support.fixtures.portal",
+    "tests.support.fixtures.postgres",
+    "tests.support.fixtures.redis",
+    "tests.support.fixtures.smtp",
+    "tests.support.fixtures.sshd",
+    "tests.support.fixtures.stack",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -32,14 +42,15 @@ def _fresh_assyncy_loggers():
                 logger.filters.clear()
                 logger.setLevel(logging.NOTSET)
                 logger.propagate = True
+        logs._direct_files.clear()  # the files configure_logging opened in this process
 
     reset()
     yield
     reset()
 
 
-# -- the figures the fault suite (tests/faults/faultkit.figure) and the scale-out tests print ----
-# Here, not in tests/faults/conftest.py: under xdist only this conftest is loaded by the
+# -- the figures the fault suite and the scale-out tests print (tests/support/faultkit.figure) ----
+# Here, in the top-level conftest: under xdist only this conftest is loaded by the
 # controller, which prints the summary; the workers inherit the file's name.
 _FIGURES_ENV = "ASSYNCY_FAULT_FIGURES"
 

@@ -7,14 +7,10 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
-import assyncy_dagster
-
-# The checkout the package is installed from (editable).
-SOURCE = Path(assyncy_dagster.__file__).resolve().parent.parent
+from tests.support.helpers import REPO
 
 
 @pytest.mark.slow
@@ -22,14 +18,14 @@ def test_the_wheel_carries_etc_the_stand_ins_and_the_demo_extra(tmp_path):
     source = tmp_path / "source"
     # A copy, so that building leaves nothing in the checkout (build/, *.egg-info) that other runs share.
     shutil.copytree(
-        SOURCE / "assyncy_dagster",
+        REPO / "assyncy_dagster",
         source / "assyncy_dagster",
         symlinks=True,
         ignore=shutil.ignore_patterns("__pycache__"),
     )
-    shutil.copytree(SOURCE / "etc", source / "etc")
+    shutil.copytree(REPO / "etc", source / "etc")
     for name in ("pyproject.toml", "README.md"):
-        shutil.copy(SOURCE / name, source / name)
+        shutil.copy(REPO / name, source / name)
 
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "wheel"), str(source)],
@@ -42,7 +38,7 @@ def test_the_wheel_carries_etc_the_stand_ins_and_the_demo_extra(tmp_path):
         names = set(archive.namelist())
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     etc_files = {
-        f"assyncy_dagster/etc/{p.relative_to(SOURCE / 'etc')}" for p in (SOURCE / "etc").rglob("*") if p.is_file()
+        f"assyncy_dagster/etc/{p.relative_to(REPO / 'etc')}" for p in (REPO / "etc").rglob("*") if p.is_file()
     }
     assert {
         "assyncy_dagster/etc/dagster.yaml",

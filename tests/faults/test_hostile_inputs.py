@@ -17,7 +17,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from faultkit import figure, requested_epns, ticker, tree_snapshot
 
 from assyncy_dagster.config import ConfigError, load_settings
 from assyncy_dagster.cycle import run_cycle
@@ -27,6 +26,8 @@ from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB
 from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.testing.sshd import make_source_tree
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
+from tests.support.faultkit import figure, requested_epns, tree_snapshot
+from tests.support.helpers import person_data, ticker
 
 MARK = Path("/tmp") / f"assyncy-PWNED-{os.getpid()}"
 
@@ -57,10 +58,6 @@ HOSTILE_NAMES = [  # scientists' names: the HTML part must show them as text
 ]
 
 
-def _person(first, last, email="someone@example.edu"):
-    return {"first_names": first, "last_name": last, "email": email}
-
-
 def _marks() -> list[str]:
     return sorted(str(p) for p in Path("/tmp").glob(f"{MARK.name}*"))
 
@@ -75,15 +72,16 @@ def _outside(stack) -> dict:
 @pytest.mark.slow
 def test_hostile_names_write_nothing_outside_the_root_run_nothing_and_are_escaped(stack):
     visits = [{"id": 1, "epn": "12282a", "start_time": "now-9d", "end_time": "now-8d",
-               "principal_scientist": _person("Jane", "Citizen"), "data_scientists": []}]
+               "principal_scientist": person_data("Jane", "Citizen", "someone@example.edu"), "data_scientists": []}]
     for i, epn in enumerate(HOSTILE_EPNS):
         visits.append({"id": 100 + i, "epn": epn, "start_time": "now-9d", "end_time": "now-8d",
-                       "principal_scientist": _person("Eve", "Hostile"), "data_scientists": []})
+                       "principal_scientist": person_data("Eve", "Hostile", "someone@example.edu"),
+                       "data_scientists": []})
     unmapped = [f"{14500 + i}a" for i in range(len(HOSTILE_NAMES))]
     for i, (epn, name) in enumerate(zip(unmapped, HOSTILE_NAMES)):
         visits.append({"id": 500 + i, "epn": epn, "start_time": "now-9d", "end_time": "now-8d",
-                       "principal_scientist": _person(name, name, f"x{i}@example.edu"),
-                       "data_scientists": [_person(name, "Smith", f'"><b>{i}</b>@example.edu')]})
+                       "principal_scientist": person_data(name, name, f"x{i}@example.edu"),
+                       "data_scientists": [person_data(name, "Smith", f'"><b>{i}</b>@example.edu')]})
     data = {"equipment": [{**DEMO_EQUIPMENT[0], "visits": visits}, {**DEMO_EQUIPMENT[1], "visits": []}]}
     with PortalSimulator(data, strict=False) as portal:  # strict would refuse the empty EPN itself
         stack.configure(**{"base-url": portal.url})
@@ -183,7 +181,8 @@ def test_hostile_names_write_nothing_outside_the_root_run_nothing_and_are_escape
 @pytest.mark.slow
 def test_a_portal_answer_of_20000_visits(stack):
     visits = [{"id": i, "epn": f"{20000 + i}a", "start_time": "now-9d", "end_time": "now-8d",
-               "principal_scientist": _person("A" * 50, "B" * 50), "data_scientists": [_person("C", "D")] * 3}
+               "principal_scientist": person_data("A" * 50, "B" * 50, "someone@example.edu"),
+               "data_scientists": [person_data("C", "D", "someone@example.edu")] * 3}
               for i in range(20000)]
     visits.append({"id": 99999, "epn": "12282a", "start_time": "now-9d", "end_time": "now-8d",
                    "principal_scientist": None, "data_scientists": []})

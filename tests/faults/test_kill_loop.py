@@ -33,8 +33,6 @@ from pathlib import Path
 import dagster as dg
 import psutil
 import pytest
-from faultkit import BIN, figure, ticker, visible_files
-from helpers import live_processes_mentioning, wait_for
 
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.facts import SensorCursor
@@ -44,6 +42,8 @@ from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.run_records import IN_FLIGHT, WORKER_TAG, Outcome, end_lost_runs, in_flight, outcome_tags
 from assyncy_dagster.tick import plan_tick
+from tests.support.faultkit import figure
+from tests.support.helpers import BIN, live_processes_mentioning, ticker, visible_files, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -66,12 +66,13 @@ def _cli_argv(epn: str) -> list[str]:
 
 
 def _bytes_under(root: Path) -> int:
+    """Bytes under `root` while rsync writes there: os.walk skips a folder that vanishes mid-walk
+    (rsync removes `.rsync-partial` when it empties), where Path.rglob raises."""
     total = 0
-    if root.exists():
-        for path in root.rglob("*"):
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
             try:
-                if path.is_file():
-                    total += path.stat().st_size
+                total += os.stat(os.path.join(folder, name)).st_size
             except FileNotFoundError:
                 pass
     return total

@@ -13,11 +13,12 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
-from faultkit import figure, requested_epns, ticker
 
 from assyncy_dagster.facts import SensorCursor
 from assyncy_dagster.portal import PortalClient, visit_window
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
+from tests.support.faultkit import figure, requested_epns
+from tests.support.helpers import ticker
 
 FAST = {"portal-timeout-seconds": 1, "portal-retries": 0}
 

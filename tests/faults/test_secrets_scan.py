@@ -20,7 +20,6 @@ from urllib.parse import quote
 import dagster as dg
 import pytest
 import yaml
-from faultkit import figure, ticker
 
 from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.definitions import build_resources
@@ -30,6 +29,8 @@ from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.sensors.failure_alerts import repatriation_failure_alert
 from assyncy_dagster.testing.smtp_sink import SmtpSink
 from assyncy_dagster.testing.stack import DEMO_VISITS
+from tests.support.faultkit import figure
+from tests.support.helpers import ticker
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +123,8 @@ def test_no_secret_reaches_logs_event_log_metadata_storage_or_mail(stack, monkey
     assert any(b"DEBUG" in v for k, v in places.items() if k.startswith("log file")), "DEBUG logging was on"
     runs = stack.instance.get_runs()
     for each in runs:
-        places[f"run {each.run_id} config+tags"] = (dg.serialize_value(each.run_config) + repr(dict(each.tags))).encode()
+        places[f"run {each.run_id} config+tags"] = (
+            dg.serialize_value(each.run_config) + repr(dict(each.tags))).encode()
         entries = stack.instance.all_logs(each.run_id)
         places[f"run {each.run_id} event log"] = "\n".join(dg.serialize_value(e) for e in entries).encode()
     for key in ("epn_data", "portal_visits"):

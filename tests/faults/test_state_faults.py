@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from faultkit import figure
 
 from assyncy_dagster.state import IGNORE_KEY, StateFileError, add_epns, read_epns
+from tests.support.faultkit import figure
 
 pytestmark = pytest.mark.slow
 WRITERS = 100

@@ -1,39 +1,13 @@
-"""What ships: the production code never imports the stand-ins (portal simulator, test servers, demo)
-nor what only the demo extra installs, and the package reads etc/ through one path."""
+"""What ships: without the demo extra, the demo says what to install; and the package reads etc/ through
+one path (the production code's imports are checked in tests/integration/test_packaging.py)."""
 
 from __future__ import annotations
 
-import pkgutil
-import subprocess
 import sys
-from pathlib import Path
 
-import assyncy_dagster
 from assyncy_dagster.cli import main
 from assyncy_dagster.etc_files import etc_path
-
-# The checkout the package is installed from (editable).
-SOURCE = Path(assyncy_dagster.__file__).resolve().parent.parent
-STAND_INS = ("assyncy_dagster.testing", "assyncy_dagster.portal_sim", "assyncy_dagster.demo")
-
-
-def test_production_modules_import_no_stand_in_and_no_demo_dependency():
-    production = [
-        m.name
-        for m in pkgutil.walk_packages(assyncy_dagster.__path__, "assyncy_dagster.")
-        if not m.name.startswith(STAND_INS)
-    ]
-    assert "assyncy_dagster.definitions" in production and "assyncy_dagster.cli" in production
-
-    # A fresh interpreter: this one has imported the stand-ins for other tests.
-    code = "import importlib, sys\nfor name in sys.argv[1:]: importlib.import_module(name)\nprint(*sys.modules)"
-    done = subprocess.run(
-        [sys.executable, "-c", code, *production], capture_output=True, text=True, timeout=120, check=False
-    )
-
-    assert done.returncode == 0, done.stderr
-    loaded = done.stdout.split()
-    assert [m for m in loaded if m.startswith((*STAND_INS, "aiosmtpd"))] == []
+from tests.support.helpers import REPO
 
 
 def test_demo_without_the_demo_extra_says_what_to_install(monkeypatch, tmp_path, capsys):
@@ -51,5 +25,5 @@ def test_demo_without_the_demo_extra_says_what_to_install(monkeypatch, tmp_path,
 
 def test_the_packages_etc_is_the_repositorys_etc():
     """One copy of each file: in a checkout, assyncy_dagster/etc is a symlink to etc/."""
-    assert etc_path().resolve() == SOURCE / "etc"
+    assert etc_path().resolve() == REPO / "etc"
     assert etc_path("demo-visits.yml").is_file()

@@ -1,0 +1,31 @@
+"""What ships, seen from a fresh interpreter: the production code imports no stand-in (portal simulator,
+test servers, demo) and nothing only the demo extra installs."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import assyncy_dagster
+
+STAND_INS = ("assyncy_dagster.testing", "assyncy_dagster.portal_sim", "assyncy_dagster.demo")
+
+
+def test_production_modules_import_no_stand_in_and_no_demo_dependency():
+    production = [
+        m.name
+        for m in pkgutil.walk_packages(assyncy_dagster.__path__, "assyncy_dagster.")
+        if not m.name.startswith(STAND_INS)
+    ]
+    assert "assyncy_dagster.definitions" in production and "assyncy_dagster.cli" in production
+
+    # A fresh interpreter: this one has imported the stand-ins for other tests.
+    code = "import importlib, sys\nfor name in sys.argv[1:]: importlib.import_module(name)\nprint(*sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code, *production], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert done.returncode == 0, done.stderr
+    loaded = done.stdout.split()
+    assert [m for m in loaded if m.startswith((*STAND_INS, "aiosmtpd"))] == []

@@ -1,0 +1,180 @@
+"""Transfers through a real sshd + rrsync + rsync (transfer/client.py): what arrives, and what never does."""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from assyncy_dagster.testing.sshd import make_source_tree
+from assyncy_dagster.transfer import (
+    HostKeyError,
+    ProgressUpdate,
+    RsyncError,
+    SshEndpoint,
+    compare_manifests,
+    local_manifest,
+    run_rsync,
+)
+
+MX_FILES: dict[str, bytes | int] = {
+    "frames/img_0001.cbf": 40_000,
+    "frames/img_0002.cbf": 40_000,
+    "frames/sub/img 0003.cbf": 1_000,  # a space in a name
+    ".info": b"beamline: MX2\n",
+    "frames/.info": b"run 1\n",
+    ".DS_Store": b"finder junk",
+    "frames/._img_0001.cbf": b"apple double",
+    ".snapshot/old.cbf": b"hidden folder",
+    "processing/autoproc.log": b"done\n",
+}
+EXPECTED = {"frames/img_0001.cbf": 40_000, "frames/img_0002.cbf": 40_000, "frames/sub/img 0003.cbf": 1_000,
+            ".info": 14, "frames/.info": 6, "processing/autoproc.log": 5}
+
+
+def all_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def epn_tree(sftp_source):
+    epn = sftp_source.new_epn()
+    folder = make_source_tree(sftp_source.root, epn, MX_FILES)
+    return epn, folder
+
+
+# -- what a transfer copies -----------------------------------------------------
+
+
+def test_dry_run_writes_nothing_under_destination(sftp_source, epn_tree, tmp_path):
+    epn, _ = epn_tree
+    destination = tmp_path / "ny79" / epn / "data"
+    result = sftp_source.rsync_client().transfer(epn, destination, dry_run=True)
+    assert result.exit_code == 0
+    assert result.stats is not None and result.stats.total_regular_files == len(EXPECTED)
+    assert not (tmp_path / "ny79").exists()
+
+
+def test_transfer_copies_data_and_info_files_but_no_hidden_files(sftp_source, epn_tree, tmp_path):
+    epn, _ = epn_tree
+    destination = tmp_path / "ny79" / epn / "data"
+    result = sftp_source.rsync_client().transfer(epn, destination, dry_run=False)
+    assert all_files(destination) == set(EXPECTED)
+    assert local_manifest(destination) == EXPECTED
+    assert result.stats is not None and result.stats.files_transferred == len(EXPECTED)
+
+
+def test_transferred_files_are_byte_identical(sftp_source, epn_tree, tmp_path):
+    epn, folder = epn_tree
+    destination = tmp_path / "data"
+    sftp_source.rsync_client().transfer(epn, destination, dry_run=False)
+    for relative in EXPECTED:
+        assert filecmp.cmp(folder / relative, destination / relative, shallow=False), relative
+
+
+def test_transferred_folders_are_setgid_and_not_world_writable(sftp_source, epn_tree, tmp_path):
+    epn, _ = epn_tree
+    destination = tmp_path / "data"
+    sftp_source.rsync_client().transfer(epn, destination, dry_run=False)
+    for folder in (destination, destination / "frames", destination / "frames" / "sub"):
+        mode = folder.stat().st_mode
+        assert mode & stat.S_ISGID, folder
+        assert mode & stat.S_IWGRP and mode & stat.S_IXGRP, folder
+        assert not mode & (stat.S_IWOTH | stat.S_IXOTH), folder
+    for relative in EXPECTED:
+        mode = (destination / relative).stat().st_mode
+        assert mode & stat.S_IWGRP and not mode & (stat.S_IWOTH | stat.S_IXOTH), relative
+
+
+def test_second_transfer_copies_nothing(sftp_source, epn_tree, tmp_path):
+    epn, _ = epn_tree
+    client = sftp_source.rsync_client()
+    client.transfer(epn, tmp_path / "data", dry_run=False)
+    again = client.transfer(epn, tmp_path / "data", dry_run=False)
+    assert again.stats is not None
+    assert again.stats.files_transferred == 0 and again.stats.literal_data == 0
+
+
+def test_the_client_fetches_again_a_source_file_that_changed_size(sftp_source, epn_tree, tmp_path):
+    epn, folder = epn_tree
+    client = sftp_source.rsync_client()
+    client.transfer(epn, tmp_path / "data", dry_run=False)
+    (folder / "frames" / "img_0002.cbf").write_bytes(b"rewritten")
+    again = client.transfer(epn, tmp_path / "data", dry_run=False)
+    assert again.stats is not None and again.stats.files_transferred == 1
+    assert (tmp_path / "data" / "frames" / "img_0002.cbf").read_bytes() == b"rewritten"
+
+
+def test_source_manifest_lists_what_the_transfer_copies(sftp_source, epn_tree):
+    epn, _ = epn_tree
+    assert sftp_source.rsync_client().source_manifest(epn) == EXPECTED
+
+
+def test_verification_catches_a_file_deleted_from_the_destination(sftp_source, epn_tree, tmp_path):
+    epn, _ = epn_tree
+    client = sftp_source.rsync_client()
+    client.transfer(epn, tmp_path / "data", dry_run=False)
+    assert compare_manifests(client.source_manifest(epn), local_manifest(tmp_path / "data")).ok
+    (tmp_path / "data" / "frames" / "img_0001.cbf").unlink()
+    diff = compare_manifests(client.source_manifest(epn), local_manifest(tmp_path / "data"))
+    assert not diff.ok and diff.missing == ["frames/img_0001.cbf"]
+    assert "frames/img_0001.cbf" in diff.summary()
+
+
+def test_progress_is_reported_at_most_once_per_interval_plus_the_last(sftp_source, tmp_path):
+    epn = sftp_source.new_epn()
+    make_source_tree(sftp_source.root, epn, {f"frames/img_{i:04d}.cbf": 1_000 for i in range(300)})
+    updates: list[ProgressUpdate] = []
+    sftp_source.rsync_client(progress_interval=3600).transfer(epn, tmp_path / "data", dry_run=False,
+                                                        on_progress=updates.append)
+    assert 1 <= len(updates) <= 2
+    assert updates[-1].bytes_transferred == 300_000 and updates[-1].files_transferred == 300
+
+
+# -- the SFTP host as an adversary ------------------------------------------------
+
+
+def test_listing_drops_names_that_are_not_epns(sftp_source, caplog):
+    good = sftp_source.new_epn()
+    for name in (good, "12282a;rm -rf x", "..weird", "notanepn", ".snapshot", "12282A"):
+        (sftp_source.root / name).mkdir()
+        (sftp_source.root / name).chmod(0o755)
+    (sftp_source.root / "12345b").write_bytes(b"a file, not a folder")
+    (sftp_source.root / "12345b").chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        assert sftp_source.rsync_client().list_epns() == [good]
+    assert "'12282a;rm -rf x'" in caplog.text and "'notanepn'" in caplog.text
+
+
+@pytest.mark.parametrize("known_hosts", ["other-key", "empty"])
+def test_wrong_or_missing_host_key_fails_with_host_key_error(sftp_source, epn_tree, tmp_path, known_hosts):
+    epn, _ = epn_tree
+    pinned = tmp_path / "known_hosts"
+    if known_hosts == "other-key":
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+        key_type, key = (tmp_path / "other.pub").read_text().split()[:2]
+        pinned.write_text(f"[{sftp_source.sshd.host}]:{sftp_source.sshd.port} {key_type} {key}\n")
+    else:
+        pinned.write_text("")
+    endpoint = SshEndpoint(**{**sftp_source.endpoint.__dict__, "known_hosts_file": pinned})
+    client = type(sftp_source.rsync_client())(endpoint)
+    with pytest.raises(HostKeyError) as info:
+        client.transfer(epn, tmp_path / "data", dry_run=False)
+    assert str(pinned) in str(info.value) and "known-hosts-file" in str(info.value)
+    assert not (tmp_path / "data").exists()
+
+
+def test_sftp_account_is_read_only(sftp_source, epn_tree, tmp_path):
+    epn, folder = epn_tree
+    (tmp_path / "upload.cbf").write_bytes(b"should never arrive")
+    endpoint = sftp_source.endpoint
+    push = ["rsync", "-r", "-e", endpoint.rsync_shell(), str(tmp_path / "upload.cbf"),
+            endpoint.remote(f"{endpoint.source_root}/{epn}/")]
+    with pytest.raises(RsyncError) as info:
+        run_rsync(push)
+    assert "read-only" in str(info.value)
+    assert not (folder / "upload.cbf").exists()
