@@ -158,7 +158,7 @@ def format_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None = 
         widths[i] = max([len(c) for c in column] + ([len(head[i]) + 2] if head else [0]))
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     body = [line(row) for row in cells]
@@ -181,7 +181,12 @@ def _person(person: Any) -> dict[str, str] | None:
         return None
     first, last = _text(getattr(person, "first_names", "")), _text(getattr(person, "last_name", ""))
     full = getattr(person, "full_name", None) or " ".join(p for p in (first, last) if p)
-    return {"first_names": first, "last_name": last, "email": _text(getattr(person, "email", "")), "full_name": _text(full)}
+    return {
+        "first_names": first,
+        "last_name": last,
+        "email": _text(getattr(person, "email", "")),
+        "full_name": _text(full),
+    }
 
 
 def _iso(value: Any) -> str:
@@ -205,7 +210,8 @@ def _visit(visit: Any) -> dict[str, Any]:
 def _visit_details(epn: str, visit: dict[str, Any]) -> str:
     principal = visit["principal_scientist"]
     if principal:
-        principal_text = " ".join(p for p in (principal["first_names"], principal["last_name"], principal["email"]) if p)
+        names = (principal["first_names"], principal["last_name"], principal["email"])
+        principal_text = " ".join(p for p in names if p)
     else:
         principal_text = "(none listed)"
     scientists = visit["data_scientists"]
@@ -245,8 +251,8 @@ def template_variables(
 ) -> dict[str, Any]:
     """Everything the unknown-EPN templates may use (see the module docstring)."""
     ordered = sorted(entries, key=lambda e: e.epn)
-    epns = []
-    details = []
+    epns: list[dict[str, Any]] = []
+    details: list[str] = []
     for entry in ordered:
         visits = sorted(
             (_visit(v) for v in entry.visits),
@@ -348,6 +354,8 @@ def _names_used(folder: Path, name: str) -> set[str]:
     """The variables a template (and the templates it includes or extends) refers to."""
     env = _environment(folder, html=False)
     seen: set[str] = set()
+    loader = env.loader
+    assert loader is not None  # _environment always gives a FileSystemLoader on the folder
     used: set[str] = set()
     pending = [name]
     while pending:
@@ -356,7 +364,7 @@ def _names_used(folder: Path, name: str) -> set[str]:
             continue
         seen.add(current)
         try:
-            source = env.loader.get_source(env, current)[0]
+            source = loader.get_source(env, current)[0]
             ast = env.parse(source)
         except (jinja2.TemplateError, OSError):
             continue  # rendering has already said what is wrong with it
@@ -493,7 +501,8 @@ _FAILURE_HTML = """\
 <p>Repatriation of EPN <strong>{{ epn }}</strong> failed.</p>
 <p>Error:</p>
 <pre>{{ error }}</pre>
-<p>Run: {% if link %}<a href="{{ run_url }}">{{ run_id }}</a>{% else %}{{ run_id }}{% if run_url %} ({{ run_url }}){% endif %}{% endif %}</p>
+<p>Run: {% if link %}<a href="{{ run_url }}">{{ run_id }}</a>{% else %}
+  {{- run_id }}{% if run_url %} ({{ run_url }}){% endif %}{% endif %}</p>
 <p>The run's logs hold the full error.</p>
 </body>
 </html>
@@ -509,7 +518,7 @@ def render_failure_alert(epn: str, error: str, run_id: str, run_url: str | None 
         "run_id": _one_line(run_id),
         "run_url": _one_line(run_url) if run_url else None,
         # Only web links become hrefs: a javascript: URL stays text.
-        "link": bool(run_url) and _one_line(run_url).lower().startswith(("http://", "https://")),
+        "link": bool(run_url and _one_line(run_url).lower().startswith(("http://", "https://"))),
     }
     text_env = SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     html_env = SandboxedEnvironment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

@@ -147,8 +147,8 @@ def record_refresh_failure(
     before = _read_json(path)
     stamp = now.timestamp()
     if since is None:
-        since = before.get("since") if isinstance(before, dict) and isinstance(before.get("since"), (int, float)) \
-            else stamp
+        previous = before.get("since") if isinstance(before, dict) else None
+        since = previous if isinstance(previous, (int, float)) else stamp
     _write_json(path, {"since": since, "last_failed_at": stamp, "what": what, "kind": failure_kind(what, exc),
                        "error": short_error(str(exc), settings)})
     return float(since)
@@ -265,7 +265,7 @@ def mark_reported(instance: dg.DagsterInstance, names: Iterable[str], today: dat
     """Remember that `names` were reported `today`; older days are forgotten."""
     day = today.isoformat()
     kept = {name: when for name, when in read_reported(instance).items() if when == day}
-    kept.update({name: day for name in names})
+    kept.update(dict.fromkeys(names, day))
     _write_json(_path(instance, REPORTED_FILE), kept)
 
 

@@ -127,7 +127,7 @@ def _settings_and_logging(config: str | None, component: str) -> Settings:
         settings = load_settings(config)
         configure_logging(settings, component)
     except (ConfigError, LogSetupError) as exc:
-        raise SystemExit(_fail(f"{component}: {exc}"))
+        raise SystemExit(_fail(f"{component}: {exc}")) from None
     for warning in settings.insecure_warnings():
         logging.getLogger(f"assyncy.{component}").warning(f"{component}: {warning}")
     return settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -49,7 +50,8 @@ def build_definitions(config_path: str | os.PathLike[str] | None = None) -> dg.D
         jobs=[repatriation_job, verification_job, unknown_epn_alert_job, repatriation_report_job],
         sensors=[build_epn_sensor(sensor_interval_seconds(settings)), repatriation_failure_alert,
                  repatriation_report_refresh],
-        schedules=[build_digest_schedule(settings.schedule_timezone), build_report_schedule(settings.schedule_timezone)],
+        schedules=[build_digest_schedule(settings.schedule_timezone),
+                   build_report_schedule(settings.schedule_timezone)],
         resources=build_resources(),
         # The heavy work is rsync's, in its own process; running the steps inside
         # the run's process saves a Python start-up per step and still honours the
@@ -58,7 +60,7 @@ def build_definitions(config_path: str | os.PathLike[str] | None = None) -> dg.D
     )
 
 
-def build_resources() -> dict[str, object]:
+def build_resources() -> dict[str, Any]:
     """The outside world: portal, SFTP/rsync endpoint, SMTP and config.yml itself.
 
     None of them has a setting that can be changed at launch time (the UI's

@@ -170,7 +170,7 @@ def _change_since(previous: dict | None, files: int, size: int, digest: str) -> 
 def _bring_home(
     context, epn: str, settings: Settings, client: RsyncClient, visits: list[Visit], *,
     dry_run: bool, allow_running_visit: bool,
-) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation]:
     """Transfer and verify one EPN, yielding its materialisation and check result.
     Raises EpnFailed when it cannot be brought home, EpnEmpty when there is nothing to fetch."""
     try:
@@ -223,7 +223,7 @@ def _bring_home(
         )
     stats = result.stats or TransferStats()
     source_files, source_bytes = len(result.manifest or {}), sum((result.manifest or {}).values())
-    metadata: dict[str, object] = {
+    metadata: dict[str, dg.MetadataValue | str | int | float] = {
         "mode": mode,
         "dry_run": dry_run,
         "destination": dg.MetadataValue.path(str(destination)),
@@ -264,7 +264,8 @@ def _bring_home(
     streams = f" over {result.streams} streams" if result.streams > 1 else ""
     context.log.info(
         f"EPN {epn}: {stats.files_transferred} file(s), {stats.bytes_transferred} bytes copied to {destination} "
-        f"in {duration:.1f} s{streams}; verified" + (f"; recorded as repatriated in {settings.ignore}" if recorded else "")
+        f"in {duration:.1f} s{streams}; verified"
+        + (f"; recorded as repatriated in {settings.ignore}" if recorded else "")
     )
 
 
@@ -278,7 +279,7 @@ def repatriate(
     dry_run: bool,
     allow_running_visit: bool,
     report_visits: bool,
-) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation]:
     """Bring `epns` home one after another, in this step's single `rsync` pool slot.
 
     Yields each EPN's own events as it completes and tags the run with each
@@ -346,7 +347,7 @@ def _transferring_elsewhere(instance: dg.DagsterInstance, epn: str, run_id: str)
 def repatriate_as_configured(
     context, epns: Sequence[str], config: EpnDataConfig, portal: PortalResource, sftp: SshSourceResource,
     assyncy_config: AssyncyConfigResource, *, report_visits: bool,
-) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation]:
     """`repatriate` with the run's choices (EpnDataConfig), after checking every EPN name:
     a partition key or a run-config entry reaches paths and commands."""
     try:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -105,8 +106,9 @@ def ask_sources(settings: Settings, portal: PortalResource, sftp: SshSourceResou
         log.warning(f"repatriation report: the portal cannot be asked ({exc}); using epn_sensor's visits of {when}")
         visits = _cached_visits(cached)
         notes.append(f"portal unavailable: visits as epn_sensor saw them at {when} (no scientists)")
+    on_host: set[str] | None
     try:
-        on_host: set[str] | None = set(sftp.client(logger=log).list_epns())
+        on_host = set(sftp.client(logger=log).list_epns())
         notes.append(f"SFTP host: {len(on_host)} EPN folder(s)")
     except (RsyncError, SshConfigError) as exc:
         if when is None:
@@ -201,7 +203,8 @@ class Syncs:
 
 
 def recent_syncs(instance: dg.DagsterInstance, since: float) -> Syncs:
-    copied, first_verified = [], {}
+    copied: list[tuple[float, str, int]] = []
+    first_verified: dict[str, float] = {}
     cursor = None
     while True:
         page = instance.fetch_materializations(
@@ -210,10 +213,10 @@ def recent_syncs(instance: dg.DagsterInstance, since: float) -> Syncs:
         )
         for record in page.records:
             materialization = record.asset_materialization
-            epn = materialization.partition if materialization else None
-            if not epn:
+            if materialization is None or not materialization.partition:
                 continue
-            meta = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+            epn = materialization.partition
+            meta: dict[str, Any] = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
             if meta.get("dry_run"):
                 continue  # an older version recorded dry-runs as materialisations: nothing was copied
             copied.append((record.timestamp, epn, int(meta.get("bytes_transferred") or 0)))
@@ -250,7 +253,8 @@ def gather_facts(instance: dg.DagsterInstance, settings: Settings, sources: Sour
     on_host = sources.on_host
     due = read_due_since(instance)
     stuck = stuck_since(due, now, settings.stuck_after_hours)
-    changed = cached.get("changed") if isinstance(cached.get("changed"), dict) else {}
+    changed_by_epn = cached.get("changed")
+    changed = changed_by_epn if isinstance(changed_by_epn, dict) else {}
     changed_seen_at = cached.get("refreshed_at") if isinstance(cached.get("refreshed_at"), (int, float)) else None
     synced = {epn for _, epn, _ in syncs.copied}
     in_window = set(sources.visits) | (on_host or set()) | set(due) | synced
@@ -341,7 +345,8 @@ def repatriation_report(
     generated = now.astimezone(tz)
     png = plot_png(weekly, backlog, generated)
     try:
-        paths = write_report(settings.report_path, frame, png, html_page(frame, by_project, by_state, generated, repair))
+        page = html_page(frame, by_project, by_state, generated, repair)
+        paths = write_report(settings.report_path, frame, png, page)
     except ReportWriteError as exc:
         raise dg.Failure(description=str(exc)) from None
 
@@ -351,7 +356,7 @@ def repatriation_report(
         f"({', '.join(f'{n} {s}' for s, n in states.items() if s != 'home') or 'none'}); "
         f"written to {paths['html']} in {time.monotonic() - started:.1f} s"
     )
-    metadata: dict[str, object] = {
+    metadata: dict[str, dg.MetadataValue] = {
         "dagster/row_count": dg.MetadataValue.int(len(frame)),
         "epns": dg.MetadataValue.int(len(frame)),
         "home": dg.MetadataValue.int(states.get("home", 0)),
