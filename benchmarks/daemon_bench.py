@@ -17,19 +17,19 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 from dagster._core.scheduler.instigation import InstigatorType
 
-# Importing the definitions (for the job's name) warns about beta/preview Dagster APIs; not our business here.
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-
 from assyncy_dagster.etc_files import etc_path
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.transfer.process import stop_group
+
+# Dagster warns about the beta/preview APIs that it meets; not this benchmark's business.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 BIN = Path(sys.executable).parent
 EPN_DATA = dg.AssetKey("epn_data")
@@ -38,7 +38,7 @@ PERSON = {"first_names": "Bench", "last_name": "Mark", "email": "bench.mark@exam
 
 def far_from_the_digest() -> str:
     """A time zone where 01:00 (the daily unknown-EPN digest) is about twelve hours away."""
-    offset = (13 - datetime.now(timezone.utc).hour) % 24
+    offset = (13 - datetime.now(UTC).hour) % 24
     offset = offset - 24 if offset > 12 else offset
     return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"  # Etc/GMT signs are inverted
 

@@ -13,7 +13,7 @@ import argparse
 import resource
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from visit_data import generate_visits
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     equipment = [Equipment(**entry) for entry in equipment_credentials(data)]
     with PortalSimulator(data) as sim:
         load_seconds = time.perf_counter() - started
-        since, until = visit_window(datetime.now(timezone.utc), 365)
+        since, until = visit_window(datetime.now(UTC), 365)
         timings = []
         for _ in range(args.repeat):
             # A fresh client each time: authentication is part of every real fetch.
