@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# redis-server: the Celery broker and result backend of tests/test_scale_out.py.
+# redis-server: the Celery broker and result backend of tests/e2e/test_scale_out.py.
 SYSTEM_PACKAGES := rsync openssh-server openssh-client postgresql redis-server
-# Debian's Chromium for tests/test_ui_browser.py (headless; nothing downloads a browser).
+# Debian's Chromium for tests/e2e/test_ui_browser.py (headless; nothing downloads a browser).
 BROWSER_PACKAGES := chromium
 
-.PHONY: setup system-packages browser-packages demo lint test test-fast clean-demo
+.PHONY: setup system-packages browser-packages demo lint test test-unit test-fast clean-demo
 
 system-packages:
 	@if ! command -v rsync >/dev/null || [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null \
@@ -53,6 +53,11 @@ lint: setup
 # Three workers on 2 cores: most tests wait on real servers and subprocesses, not on the CPU.
 test: setup browser-packages
 	$(BIN)/pytest -q -p no:cacheprovider -n 3
+
+# The unit tier alone: plain logic and the assets with in-memory fakes, nothing started, so it
+# needs only the venv (no apt packages, no browser) and runs in seconds.
+test-unit: $(VENV)/.installed
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 test-fast: setup
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 -m "not slow"

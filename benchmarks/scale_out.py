@@ -1,6 +1,6 @@
 """One data mover against two: the same backlog through Celery workers, in the same run.
 
-The set-up of tests/test_scale_out.py: PostgreSQL storage, Redis as the Celery broker
+The set-up of tests/e2e/test_scale_out.py: PostgreSQL storage, Redis as the Celery broker
 and result backend, the real `dagster-daemon` (etc/scale-out/dagster.yaml with the
 database's address filled in), and Celery workers started with
 assyncy-celery-worker.service's own command line, each with its own DAGSTER_HOME and,

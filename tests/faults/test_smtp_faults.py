@@ -1,7 +1,7 @@
 """Unknown-EPN alerts while the SMTP server is down, refusing, or silent; then up again.
 
 The watch cycles run the sensor's alert requests in-process (`run_cycle`, as
-tests/test_alerting.py does). Whatever the outage, once the server is back
+tests/integration/test_alerting.py does). Whatever the outage, once the server is back
 every unmapped EPN is in exactly one e-mail: 0 lost, 0 duplicates."""
 
 from __future__ import annotations

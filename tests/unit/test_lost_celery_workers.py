@@ -1,5 +1,5 @@
 """run_records.celery_workers_gone: how epn_sensor tells that a run's Celery worker on
-another host is gone (tests/test_scale_out.py does it for real with a SIGKILLed worker)."""
+another host is gone (tests/e2e/test_scale_out.py does it for real with a SIGKILLed worker)."""
 
 from __future__ import annotations
 
