@@ -35,18 +35,6 @@ from ..report import (
     repair_selection,
     report_row,
 )
-from ..report_files import (
-    ReportWriteError,
-    attention_markdown,
-    html_page,
-    image_markdown,
-    markdown_table,
-    plot_png,
-    report_frame,
-    totals_by_project,
-    totals_by_state,
-    write_report,
-)
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
@@ -321,6 +309,21 @@ def repatriation_report(
     plot (PNG) and an HTML page are written to `report-dir` (default
     `<destination-root-path>/reports/`). Refreshed after every repatriation run that ends, and daily.
     """
+    # pandas and matplotlib cost every Dagster process that loads this code location about 2 s of
+    # CPU at start (run workers, the CLI, the daemon's code server): load them only to build a report.
+    from ..report_files import (
+        ReportWriteError,
+        attention_markdown,
+        html_page,
+        image_markdown,
+        markdown_table,
+        plot_png,
+        report_frame,
+        totals_by_project,
+        totals_by_state,
+        write_report,
+    )
+
     started = time.monotonic()
     settings = assyncy_config.settings()
     instance = context.instance
