@@ -40,7 +40,7 @@ def test_demo_keeps_the_ui_up_until_ctrl_c_and_leaves_no_process_behind(workdir)
     log = workdir / "console.log"
     with open(log, "w") as console, running(argv, cwd=workdir, stdout=console, stderr=subprocess.STDOUT) as demo:
         ui = r"Dagster UI: (http://127\.0\.0\.1:\d+)"
-        wait_for(lambda: found(log, ui), 120, "the UI's URL", proc=demo, log=log)
+        wait_for(lambda: found(log, ui), 180, "the UI's URL", proc=demo, log=log)
         url = found(log, ui).group(1)
         assert requests.get(url, timeout=10).status_code == 200
         # Its visit was on during the first cycle and ends after it: the sensor, ticking in dagster
