@@ -17,7 +17,6 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -25,6 +24,7 @@ from dagster._core.scheduler.instigation import InstigatorType
 
 from assyncy_dagster.etc_files import etc_path
 from assyncy_dagster.names import REPATRIATION_JOB
+from assyncy_dagster.testing.stack import far_from_the_digest  # noqa: F401 (the benchmarks import it from here)
 from assyncy_dagster.transfer.process import stop_group
 
 # Dagster warns about the beta/preview APIs that it meets; not this benchmark's business.
@@ -34,13 +34,6 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 BIN = Path(sys.executable).parent
 EPN_DATA = dg.AssetKey("epn_data")
 PERSON = {"first_names": "Bench", "last_name": "Mark", "email": "bench.mark@example.edu"}
-
-
-def far_from_the_digest() -> str:
-    """A time zone where 01:00 (the daily unknown-EPN digest) is about twelve hours away."""
-    offset = (13 - datetime.now(UTC).hour) % 24
-    offset = offset - 24 if offset > 12 else offset
-    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"  # Etc/GMT signs are inverted
 
 
 def visit(visit_id: int, epn: str, start: str, end: str) -> dict:

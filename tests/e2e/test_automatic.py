@@ -21,17 +21,17 @@ import pytest
 from assyncy_dagster.names import INTERVAL_ENV
 from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.testing.scale_out import ConcurrencyWatch
+from assyncy_dagster.testing.stack import far_from_the_digest
 from tests.support.helpers import (
     BIN,
     EPN_DATA,
+    all_repatriation_runs,
     all_runs_ended,
     dagster_daemon,
     demo_accounts_portal_data,
-    far_from_the_digest,
     live_processes_mentioning,
     log_text,
     passed_checks,
-    repatriation_runs,
     running,
     transfer_started,
     tree_differences,
@@ -87,7 +87,7 @@ def test_a_backlog_of_fifty_two_epns_goes_home_in_a_few_batch_runs(stack, tmp_pa
             wait_for(lambda: set(stack.ignored()) >= set(epns), 300, f"all {len(epns)} EPNs in ignore.yml",
                      proc=daemon, log=log)
             wait_for(lambda: all(r.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
-                                 for r in repatriation_runs(stack.instance)), 60, "the runs to end",
+                                 for r in all_repatriation_runs(stack.instance)), 60, "the runs to end",
                      proc=daemon, log=log)
 
     instance = stack.instance
@@ -96,7 +96,7 @@ def test_a_backlog_of_fifty_two_epns_goes_home_in_a_few_batch_runs(stack, tmp_pa
     assert sorted(materialised) == sorted(epns), "each EPN needs exactly one epn_data materialisation of its own"
     checked = passed_checks(instance)
     assert sorted(checked) == sorted(epns), "each EPN needs exactly one passed matches_source of its own"
-    runs = repatriation_runs(instance)
+    runs = all_repatriation_runs(instance)
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [(r.run_id, r.status) for r in runs]
     assert 1 <= len(runs) <= len(epns) // 10, f"{len(runs)} runs for {len(epns)} EPNs"
     for epn in (epns[0], epns[-1]):

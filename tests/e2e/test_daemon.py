@@ -8,7 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tests.support.helpers import dagster_daemon, far_from_the_digest, live_processes_mentioning, wait_for
+from assyncy_dagster.testing.stack import far_from_the_digest
+from tests.support.helpers import dagster_daemon, live_processes_mentioning, wait_for
 
 pytestmark = pytest.mark.slow
 

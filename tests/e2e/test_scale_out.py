@@ -35,16 +35,15 @@ from assyncy_dagster.testing.scale_out import (
     running_site,
 )
 from assyncy_dagster.testing.smtp_sink import SmtpSink
-from assyncy_dagster.testing.stack import lay_out_epns, mx_frames, write_config
+from assyncy_dagster.testing.stack import far_from_the_digest, lay_out_epns, mx_frames, write_config
 from assyncy_dagster.tick import plan_batches
 from tests.support.faultkit import figure
 from tests.support.helpers import (
     LocalSite,
+    all_repatriation_runs,
     all_runs_ended,
     demo_accounts_portal_data,
-    far_from_the_digest,
     passed_checks,
-    repatriation_runs,
     tree_differences,
     wait_for,
 )
@@ -153,7 +152,7 @@ def test_two_workers_share_a_backlog_and_never_run_more_rsyncs_than_max_tasks(sc
             seconds = time.monotonic() - started
             wait_for(lambda: all_runs_ended(instance), 60, "the runs to end", proc=site.daemon.proc,
                      log=site.daemon.log)
-        runs = repatriation_runs(instance)
+        runs = all_repatriation_runs(instance)
         workers = {run.run_id: ran_on(site, run) for run in runs}
         hosts = [(site.worker_of_task(run.tags.get(CELERY_TASK_TAG, "?")), worker_host(run)) for run in runs]
 
@@ -230,7 +229,7 @@ def test_a_killed_worker_s_run_is_failed_and_its_epn_brought_home_by_the_other_w
         wait_for(lambda: set(parts.ignored()) >= set(layout), 120, "every EPN, the victim too, in ignore.yml", **daemon)
         home_after = time.monotonic() - killed_at
         wait_for(lambda: all_runs_ended(instance), 60, "the runs to end", **daemon)
-        retries = [r for r in repatriation_runs(instance) if r.run_id != run.run_id and epn_tag(victim) in r.tags]
+        retries = [r for r in all_repatriation_runs(instance) if r.run_id != run.run_id and epn_tag(victim) in r.tags]
         retry_worker = {r.run_id: ran_on(site, r) for r in retries}
         failed_record = instance.get_run_record_by_id(run.run_id)
         retry_records = [instance.get_run_record_by_id(r.run_id) for r in retries]

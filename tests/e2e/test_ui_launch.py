@@ -5,7 +5,8 @@ that names a file, a folder, a host or a key can be set at launch time."""
 import pytest
 import requests
 
-from tests.support.helpers import dagster_daemon, far_from_the_digest, wait_for, webserver
+from assyncy_dagster.testing.stack import far_from_the_digest
+from tests.support.helpers import dagster_daemon, wait_for, webserver
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from assyncy_dagster.alerts import (
 from assyncy_dagster.mail import Mailer, build_message
 from assyncy_dagster.portal import Person
 from assyncy_dagster.testing.stack import ETC
-from tests.support.helpers import HTML, TEXT, text_and_html, visit
+from tests.support.helpers import HTML, TEXT, text_and_html, visit_of
 
 
 def deliver(sink, rendered, to="helpdesk@example.edu"):
@@ -22,7 +22,7 @@ def deliver(sink, rendered, to="helpdesk@example.edu"):
 
 
 def test_alert_arrives_with_exact_subject_and_text_and_html_parts(smtp_sink):
-    rendered = render_unknown_epn_alert(ETC, TEXT, HTML, [AlertEntry("12282a", (visit("12282a"),))])
+    rendered = render_unknown_epn_alert(ETC, TEXT, HTML, [AlertEntry("12282a", (visit_of("12282a"),))])
 
     message = deliver(smtp_sink, rendered)
 
@@ -32,7 +32,7 @@ def test_alert_arrives_with_exact_subject_and_text_and_html_parts(smtp_sink):
 
 
 def test_epn_visit_start_and_scientists_appear_in_both_parts(smtp_sink):
-    rendered = render_unknown_epn_alert(ETC, TEXT, HTML, [AlertEntry("12282a", (visit("12282a"),))])
+    rendered = render_unknown_epn_alert(ETC, TEXT, HTML, [AlertEntry("12282a", (visit_of("12282a"),))])
 
     text, html = text_and_html(deliver(smtp_sink, rendered))
 
@@ -58,7 +58,7 @@ def test_unknown_epns_without_visits_come_in_rows_of_eight(smtp_sink):
 
 def test_scientist_name_carrying_html_is_escaped_in_the_html_part(smtp_sink):
     evil = Person("<script>alert(1)</script>", "Tom & Jerry", "tom@example.edu")
-    rendered = render_unknown_epn_alert(ETC, TEXT, HTML, [AlertEntry("12282a", (visit("12282a", evil, (evil,)),))])
+    rendered = render_unknown_epn_alert(ETC, TEXT, HTML, [AlertEntry("12282a", (visit_of("12282a", evil, (evil,)),))])
 
     text, html = text_and_html(deliver(smtp_sink, rendered))
 

@@ -14,9 +14,16 @@ from assyncy_dagster.canary import (
     record_refresh_failure,
     stuck_report,
 )
+from assyncy_dagster.config import Settings
 from assyncy_dagster.portal import PortalAuthError
 from assyncy_dagster.run_records import Outcome, outcome_tags
-from tests.support.helpers import NOW, canary_settings
+from tests.support.helpers import NOW
+
+
+def canary_settings(**overrides: object) -> Settings:
+    """Just the settings the stuck-EPN canary reads (built, not loaded from a file)."""
+    values = {"equipment": [], "smtp_password": "s3cret-smtp", "stuck_after_hours": 24, "timezone": "UTC"}
+    return Settings.model_construct(**{**values, **overrides})
 
 
 def test_stuck_report_lists_only_epns_due_longer_than_stuck_after_hours_oldest_first():

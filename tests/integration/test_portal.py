@@ -23,7 +23,7 @@ from tests.support.helpers import (
     client_for,
     equipment_for,
     last_days,
-    portal_data,
+    portal_data_copy,
     portal_secrets,
     sample_config,
 )
@@ -42,7 +42,7 @@ def control(sim, path: str, payload: dict | None = None) -> dict:
 
 
 def hostile_data(epns: list[object]) -> dict:
-    data = portal_data()
+    data = portal_data_copy()
     for i, epn in enumerate(epns):
         data["equipment"][0]["visits"].append(
             {"id": 9000 + i, "epn": epn, "start_time": "now-3d", "end_time": "now-2d"}
@@ -96,7 +96,7 @@ def test_naive_window_is_refused_before_asking_the_portal(portal_sim):
 
 
 def test_equipment_without_visits_gives_an_empty_list(make_portal_sim):
-    data = portal_data()
+    data = portal_data_copy()
     for equipment in data["equipment"]:
         equipment["visits"] = []
     sim = make_portal_sim(data)
@@ -277,7 +277,7 @@ def rejected_alone(sim, caplog) -> tuple[list[str], dict[str, str]]:
 
 
 def test_visit_missing_a_required_field_is_skipped_alone_naming_equipment_and_index(make_portal_sim, caplog):
-    data = portal_data()
+    data = portal_data_copy()
     del data["equipment"][1]["visits"][1]["start_time"]
     sim = make_portal_sim(data, strict=False)
     epns, rejected = rejected_alone(sim, caplog)
@@ -288,7 +288,7 @@ def test_visit_missing_a_required_field_is_skipped_alone_naming_equipment_and_in
 
 
 def test_visit_with_unparseable_time_is_skipped_alone(make_portal_sim, caplog):
-    data = portal_data()
+    data = portal_data_copy()
     data["equipment"][0]["visits"][0]["end_time"] = "tomorrow-ish"
     sim = make_portal_sim(data, strict=False)
     epns, rejected = rejected_alone(sim, caplog)
@@ -305,7 +305,7 @@ def test_visit_with_unparseable_time_is_skipped_alone(make_portal_sim, caplog):
     ],
 )
 def test_a_malformed_visit_never_stops_the_others(make_portal_sim, caplog, field, value, why):
-    data = portal_data()
+    data = portal_data_copy()
     data["equipment"][0]["visits"][0][field] = value
     sim = make_portal_sim(data, strict=False)
     epns, rejected = rejected_alone(sim, caplog)
@@ -314,7 +314,7 @@ def test_a_malformed_visit_never_stops_the_others(make_portal_sim, caplog, field
 
 
 def test_a_malformed_visit_is_logged_once_not_at_every_tick(make_portal_sim, caplog):
-    data = portal_data()
+    data = portal_data_copy()
     data["equipment"][0]["visits"][0]["end_time"] = "soon, honestly"
     sim = make_portal_sim(data, strict=False)
     with caplog.at_level(logging.WARNING):

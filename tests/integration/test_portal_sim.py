@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT, DEMO_VISITS
-from tests.support.helpers import PORTAL_DATA, REPO, benchmark_module, portal_data
+from tests.support.helpers import PORTAL_DATA, REPO, benchmark_module, portal_data_copy
 
 generate_visits = benchmark_module("visit_data").generate_visits  # many visits, as the benchmarks use
 MX1, MX2 = PORTAL_DATA["equipment"]
@@ -128,7 +128,7 @@ def test_relative_times_count_from_the_simulator_start(make_portal_sim):
 
 
 def test_absolute_times_are_served_as_written(make_portal_sim):
-    data = portal_data()
+    data = portal_data_copy()
     data["equipment"][0]["visits"][0].update(start_time="2026-11-01T09:00:00+11:00", end_time="2026-11-02T09:00:00+11:00")
     sim = make_portal_sim(data, now=NOW)
 

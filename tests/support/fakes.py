@@ -21,7 +21,7 @@ from assyncy_dagster.portal import Visit
 from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.transfer import ProgressUpdate, RsyncClient, RsyncResult, TransferStats
-from tests.support.helpers import visit
+from tests.support.helpers import visit_of
 
 
 class CannedRsyncClient(RsyncClient):
@@ -71,5 +71,5 @@ class CannedPortal(PortalResource):
 
     def visits(self, since: datetime, until: datetime, logger: logging.Logger | None = None) -> list[Visit]:
         now = datetime.now(UTC)
-        return [visit(epn, start=now - timedelta(days=3), end=now - timedelta(days=2)) for epn in self.ended] + [
-            visit(epn, start=now - timedelta(hours=1), end=now + timedelta(days=1)) for epn in self.running]
+        return [visit_of(epn, start=now - timedelta(days=3), end=now - timedelta(days=2)) for epn in self.ended] + [
+            visit_of(epn, start=now - timedelta(hours=1), end=now + timedelta(days=1)) for epn in self.running]

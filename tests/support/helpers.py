@@ -164,12 +164,6 @@ def log_text(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def canary_settings(**overrides: object) -> Settings:
-    """Just the settings the stuck-EPN canary reads (built, not loaded from a file)."""
-    values = {"equipment": [], "smtp_password": "s3cret-smtp", "stuck_after_hours": 24, "timezone": "UTC"}
-    return Settings.model_construct(**{**values, **overrides})
-
-
 def facility_endpoint(**overrides: object) -> SshEndpoint:
     """An endpoint as config.yml would describe the facility's, with `overrides` applied."""
     values: dict[str, object] = {
@@ -193,7 +187,7 @@ JANE = Person("Jane", "Doe", "jane.doe@example.edu")
 MING = Person("Ming", "Li", "ming.li@example.edu")
 
 
-def visit(epn: str, principal: Person | None = JANE, scientists: Sequence[Person] = (JANE, MING),
+def visit_of(epn: str, principal: Person | None = JANE, scientists: Sequence[Person] = (JANE, MING),
           equipment_id: int = 23, *, start: datetime = START, end: datetime | None = None) -> Visit:
     """A visit of `epn` as PortalClient hands it on: from `start` to `end` (a day later unless
     given), with its principal and data scientists."""
@@ -278,7 +272,7 @@ PORTAL_DATA: dict[str, Any] = {
 }
 
 
-def portal_data() -> dict[str, Any]:
+def portal_data_copy() -> dict[str, Any]:
     """A fresh copy of `PORTAL_DATA`, safe to edit in a test."""
     return copy.deepcopy(PORTAL_DATA)
 
@@ -393,7 +387,7 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
     return step_failure_message(result.all_events) or ""
 
 
-def repatriation_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+def all_repatriation_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     return list(instance.get_runs(dg.RunsFilter(job_name="repatriate_epn")))
 
 
@@ -501,15 +495,6 @@ def exec_start(path: Path) -> list[str]:
 
 
 # -- the daemon and the UI --------------------------------------------------------------------
-
-
-def far_from_the_digest() -> str:
-    """A time zone where 01:00, the daily digest, is about twelve hours away,
-    so that the schedule never fires during a test."""
-    offset = (13 - datetime.now(UTC).hour) % 24
-    offset = offset - 24 if offset > 12 else offset
-    # Etc/GMT zones have inverted signs: Etc/GMT-5 is UTC+5.
-    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
 
 
 @contextlib.contextmanager

@@ -15,11 +15,11 @@ from assyncy_dagster.alerts import (
 from assyncy_dagster.mail import AddressError, build_message
 from assyncy_dagster.portal import Person
 from assyncy_dagster.testing.stack import ETC
-from tests.support.helpers import HTML, TEXT, visit
+from tests.support.helpers import HTML, TEXT, visit_of
 
 
 def test_data_scientists_form_a_table_in_the_text_part():
-    rendered = render_unknown_epn_alert(ETC, TEXT, HTML, [AlertEntry("12282a", (visit("12282a"),))])
+    rendered = render_unknown_epn_alert(ETC, TEXT, HTML, [AlertEntry("12282a", (visit_of("12282a"),))])
 
     assert (
         "First name    Last name    Email\n"
@@ -35,7 +35,7 @@ def test_seed_style_template_escapes_the_preformatted_details(tmp_path):
     (tmp_path / "h.j2").write_text("<html><body><pre>\n{{ epn_details }}\n{{ unknown_epns }}\n</pre></body></html>\n")
     evil = Person("<b>Bold</b>", "Tom & Jerry", "tom@example.edu")
 
-    rendered = render_unknown_epn_alert(tmp_path, "t.j2", "h.j2", [AlertEntry("12282a", (visit("12282a", evil, (evil,)),))])
+    rendered = render_unknown_epn_alert(tmp_path, "t.j2", "h.j2", [AlertEntry("12282a", (visit_of("12282a", evil, (evil,)),))])
 
     assert "<b>" not in rendered.html
     assert "&lt;b&gt;Bold&lt;/b&gt; Tom &amp; Jerry tom@example.edu" in rendered.html
@@ -43,7 +43,7 @@ def test_seed_style_template_escapes_the_preformatted_details(tmp_path):
 
 
 def test_visit_without_principal_or_data_scientists_says_none_listed():
-    rendered = render_unknown_epn_alert(ETC, TEXT, HTML, [AlertEntry("12300b", (visit("12300b", None, ()),))])
+    rendered = render_unknown_epn_alert(ETC, TEXT, HTML, [AlertEntry("12300b", (visit_of("12300b", None, ()),))])
 
     assert "Principal scientist: (none listed)" in rendered.text
     assert "(none listed)" in rendered.html

@@ -27,12 +27,12 @@ from assyncy_dagster.portal import PortalAuthError, PortalError, Visit
 from assyncy_dagster.testing.stack import DEMO_CAP_MAP, ETC
 from assyncy_dagster.transfer import RsyncError
 from assyncy_dagster.transfer.errors import HostKeyError
-from tests.support.helpers import HTML, NOW, TEXT, visit
+from tests.support.helpers import HTML, NOW, TEXT, visit_of
 
 
 def visit_around_now(epn: str, ended: bool = True) -> Visit:
     """A visit of `epn` that began two days before NOW and ended a day ago (or ends in a day)."""
-    return visit(epn, None, (), 0, start=NOW - timedelta(days=2), end=NOW + timedelta(days=-1 if ended else 1))
+    return visit_of(epn, None, (), 0, start=NOW - timedelta(days=2), end=NOW + timedelta(days=-1 if ended else 1))
 
 
 def storage(tmp_path: Path):

@@ -5,12 +5,12 @@ from datetime import timedelta
 from assyncy_dagster.planning import LastRun, RunHistory, plan_cycle, retry_delay
 from assyncy_dagster.portal import Person, Visit
 from assyncy_dagster.testing.stack import DEMO_CAP_MAP
-from tests.support.helpers import NOW, visit
+from tests.support.helpers import NOW, visit_of
 
 
 def visit_days_ago(epn: str, start_days_ago: float = 5, end_days_ago: float = 4) -> Visit:
     """A visit of `epn` on equipment 23 from `start_days_ago` to `end_days_ago` days before NOW."""
-    return visit(epn, Person("Ada", "Lovelace", "ada@example.org"), (), 23,
+    return visit_of(epn, Person("Ada", "Lovelace", "ada@example.org"), (), 23,
                  start=NOW - timedelta(days=start_days_ago), end=NOW - timedelta(days=end_days_ago))
 
 

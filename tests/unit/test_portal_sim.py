@@ -12,7 +12,7 @@ from assyncy_dagster.portal_sim import (
     SimulatorDataError,
     resolve_time,
 )
-from tests.support.helpers import PORTAL_DATA, benchmark_module, portal_data
+from tests.support.helpers import PORTAL_DATA, benchmark_module, portal_data_copy
 
 generate_visits = benchmark_module("visit_data").generate_visits  # many visits, as the benchmarks use
 
@@ -54,7 +54,7 @@ def test_relative_times_count_elapsed_time_across_daylight_saving():
 
 
 def test_data_file_mistakes_name_the_entry():
-    data = portal_data()
+    data = portal_data_copy()
     data["equipment"][1]["visits"][0]["start_time"] = "now-3x"
 
     with pytest.raises(SimulatorDataError, match=r"equipment\[1\]\.visits\[0\]\.start_time: 'now-3x'"):
