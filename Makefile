@@ -27,10 +27,12 @@ browser-packages:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# uv installs the Dagster stack in seconds; plain pip is the fallback.
+# uv installs the Dagster stack in seconds; plain pip is the fallback. uv, unlike pip, leaves the
+# bytecode to the first import, which never writes it where PYTHONDONTWRITEBYTECODE is set (as in
+# many containers): every process, each test run included, would compile Dagster's modules again.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@if $(BIN)/pip install -q uv 2>/dev/null; then \
-		$(BIN)/uv pip install -q --python $(BIN)/python -e '.[demo,test,scale-out,lint]'; \
+		$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[demo,test,scale-out,lint]'; \
 	else \
 		$(BIN)/pip install -q -e '.[demo,test,scale-out,lint]'; \
 	fi
