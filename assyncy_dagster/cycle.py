@@ -15,7 +15,7 @@ import sys
 import threading
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +60,10 @@ class CycleReport:
 def _epn_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
     """Each EPN's epn_data metadata, by EPN: its materialisation's, or a dry-run's observation's."""
     found: dict[str, dict] = {}
-    events = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
-    events += [e.event_specific_data.asset_observation for e in result.get_asset_observation_events()]
+    events: list[dg.AssetMaterialization | dg.AssetObservation] = [
+        e.step_materialization_data.materialization for e in result.get_asset_materialization_events()
+    ]
+    events += [e.asset_observation_data.asset_observation for e in result.get_asset_observation_events()]
     for event in events:
         if event and event.asset_key == EPN_DATA and event.partition:
             found[event.partition] = {k: getattr(v, "value", v) for k, v in event.metadata.items()}
@@ -72,7 +74,9 @@ def _epn_errors(events: Iterable[dg.DagsterEvent]) -> dict[str, str]:
     for event in events:
         data = event.step_failure_data if event.is_step_failure else None
         if data and data.user_failure_data and "errors" in data.user_failure_data.metadata:
-            return dict(data.user_failure_data.metadata["errors"].value)
+            errors = data.user_failure_data.metadata["errors"].value
+            if isinstance(errors, Mapping):  # epn_data's failure: {EPN: error} as JSON metadata
+                return {str(epn): str(error) for epn, error in errors.items()}
     return {}
 
 
@@ -84,7 +88,8 @@ def execute_request(
 ) -> list[RunOutcome]:
     """Run one requested run in this process: one outcome per EPN of a repatriation batch,
     else one for the run."""
-    job = defs.resolve_job_def(request.job_name)
+    job_name = _job_name(request)
+    job = defs.resolve_job_def(job_name)
     result = job.execute_in_process(
         run_config=request.run_config,
         instance=instance,
@@ -94,13 +99,15 @@ def execute_request(
         run_id=run_id,
     )
     run_error = "" if result.success else step_failure_message(result.all_events) or "run failed"
-    if request.job_name != REPATRIATION_JOB:
-        return [RunOutcome(request.job_name, request.partition_key, result.run_id, result.success, run_error)]
-    outcomes = tagged_epns(instance.get_run_by_id(result.run_id).tags)
+    if job_name != REPATRIATION_JOB:
+        return [RunOutcome(job_name, request.partition_key, result.run_id, result.success, run_error)]
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None, "the run just executed in this process is in the instance"
+    outcomes = tagged_epns(run.tags)
     metadata, errors = _epn_metadata(result), _epn_errors(result.all_events)
     return [
         RunOutcome(
-            job=request.job_name, partition=epn, run_id=result.run_id,
+            job=job_name, partition=epn, run_id=result.run_id,
             # An empty source folder is held back, not failed: the EPN is looked at again later.
             success=outcome in _NOT_FAILED,
             error="" if outcome in _NOT_FAILED else errors.get(epn, run_error),
@@ -135,8 +142,9 @@ class Workers:
 
     def run(self, config_path: Path, request: dg.RunRequest, instance: dg.DagsterInstance) -> list[RunOutcome]:
         epns = _request_epns(request)
+        job_name = _job_name(request)
         if self.stopping.is_set():
-            return [RunOutcome(request.job_name, epn, "", False, "not started: stopping") for epn in epns]
+            return [RunOutcome(job_name, epn, "", False, "not started: stopping") for epn in epns]
         run_id = str(uuid.uuid4())
         argv = [
             sys.executable,
@@ -145,7 +153,7 @@ class Workers:
             "--config",
             str(config_path),
             "--job",
-            request.job_name,
+            job_name,
             "--run-config",
             json.dumps(request.run_config),
             "--tags",
@@ -163,7 +171,7 @@ class Workers:
                 self._procs.discard(proc)
                 signalled = proc in self._signalled
         outcomes = [
-            RunOutcome(request.job_name, epn, run_id, False, f"worker exited with status {proc.returncode}")
+            RunOutcome(job_name, epn, run_id, False, f"worker exited with status {proc.returncode}")
             for epn in epns
         ]
         for line in reversed(out.splitlines()):
@@ -182,6 +190,12 @@ class Workers:
                 if proc.poll() is None:
                     self._signalled.add(proc)
                     proc.send_signal(signal.SIGTERM)
+
+
+def _job_name(request: dg.RunRequest) -> str:
+    if request.job_name is None:  # every sensor and schedule here names its job
+        raise ValueError(f"run request {request.run_key!r} names no job")
+    return request.job_name
 
 
 def _request_epns(request: dg.RunRequest) -> list[str]:
@@ -215,9 +229,9 @@ def run_cycle(
         logger.info(result.skip_message)
         return CycleReport(skipped=result.skip_message, held_back=held_back)
     report = CycleReport(held_back=held_back)
-    for request in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        report.new_partitions.extend(request.partition_keys)
+    for partitions_request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(partitions_request.partitions_def_name, list(partitions_request.partition_keys))
+        report.new_partitions.extend(partitions_request.partition_keys)
     if report.new_partitions:
         logger.info(f"new EPNs: {', '.join(report.new_partitions)}")
     requests = [r for r in result.run_requests or [] if isinstance(r, dg.RunRequest)]
@@ -249,7 +263,7 @@ def refresh_report(defs: dg.Definitions, instance: dg.DagsterInstance, logger: l
         logger.warning(f"repatriation report not rebuilt: {step_failure_message(result.all_events) or 'run failed'}")
         return
     [event] = result.get_asset_materialization_events()
-    meta = event.event_specific_data.materialization.metadata
+    meta = event.step_materialization_data.materialization.metadata
     logger.info(f"repatriation report: {meta['epns'].value} EPN(s), {meta['needing_attention'].value} needing "
                 f"attention: {meta['html'].value}")
 

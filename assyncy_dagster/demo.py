@@ -210,7 +210,7 @@ def dagster_dev(home: Path, config: Path, port: int, log_path: Path) -> Iterator
         # (The preexec_fn only calls prctl and getppid, safe after a fork in a threaded process.)
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, preexec_fn=_die_with_parent(),  # noqa: PLW1509
+            start_new_session=True, preexec_fn=_die_with_parent(),
         )
         try:
             deadline = time.monotonic() + 120
@@ -227,7 +227,7 @@ def dagster_dev(home: Path, config: Path, port: int, log_path: Path) -> Iterator
 
 def _tail(path: Path, lines: int = 30) -> str:
     text = path.read_text(errors="replace").splitlines() if path.exists() else []
-    return "\n".join(["--- " + str(path)] + text[-lines:])
+    return "\n".join([f"--- {path}", *text[-lines:]])
 
 
 class RunReporter:
@@ -265,7 +265,7 @@ class RunReporter:
         ).records
         mine = [r.asset_materialization for r in materialised if r.run_id == run.run_id and r.asset_materialization]
         for event in sorted(mine, key=lambda m: m.partition or ""):
-            meta = {k: getattr(v, "value", v) for k, v in event.metadata.items()}
+            meta: dict[str, Any] = {k: getattr(v, "value", v) for k, v in event.metadata.items()}
             _say(
                 f"{event.partition} is home: {meta.get('files_transferred')} files, "
                 f"{_size(int(meta.get('bytes_transferred') or 0))} -> {meta.get('destination')}",

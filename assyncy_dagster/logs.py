@@ -134,8 +134,12 @@ class SharedRotatingFileHandler(logging.handlers.RotatingFileHandler):
     rotates only when the file on disk is full.
     """
 
-    def __init__(self, filename: str | os.PathLike[str], max_bytes: int = MAX_BYTES, backup_count: int = BACKUP_COUNT):
-        super().__init__(os.fspath(filename), maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True)
+    def __init__(
+        self, filename: str | os.PathLike[str], max_bytes: int = MAX_BYTES, backup_count: int = BACKUP_COUNT
+    ):
+        super().__init__(
+            os.fspath(filename), maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True
+        )
         self._lock_path = self.baseFilename + ".lock"
         self._lock_file: Any = None
 
@@ -154,7 +158,7 @@ class SharedRotatingFileHandler(logging.handlers.RotatingFileHandler):
         mine = os.fstat(self.stream.fileno())
         if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (mine.st_dev, mine.st_ino):
             self.stream.close()
-            self.stream = None  # type: ignore[assignment]
+            self.stream = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

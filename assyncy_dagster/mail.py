@@ -154,11 +154,15 @@ class Mailer:
         try:
             smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         except ConnectionRefusedError:
-            raise self._fail("connection refused; check epnalert-email-smtp in config.yml and that the server runs") from None
+            raise self._fail(
+                "connection refused; check epnalert-email-smtp in config.yml and that the server runs"
+            ) from None
         except TimeoutError:
             raise self._fail(f"no answer within {self.timeout:g} s (smtp-timeout-seconds)") from None
         except socket.gaierror as exc:
-            raise self._fail(f"cannot resolve host name ({exc.strerror}); check epnalert-email-smtp in config.yml") from None
+            raise self._fail(
+                f"cannot resolve host name ({exc.strerror}); check epnalert-email-smtp in config.yml"
+            ) from None
         except smtplib.SMTPConnectError as exc:
             raise self._fail(f"refused the connection: {_reply(exc.smtp_code, exc.smtp_error)}") from None
         except smtplib.SMTPServerDisconnected as exc:
@@ -185,7 +189,9 @@ class Mailer:
                 try:
                     smtp.starttls(context=ssl.create_default_context())
                 except smtplib.SMTPNotSupportedError:
-                    raise self._fail("does not offer STARTTLS; set smtp-starttls: false or use another server") from None
+                    raise self._fail(
+                        "does not offer STARTTLS; set smtp-starttls: false or use another server"
+                    ) from None
                 except ssl.SSLError as exc:
                     raise self._fail(f"TLS handshake failed: {exc.reason or exc}") from None
             if self.username:
@@ -193,7 +199,8 @@ class Mailer:
                     smtp.login(self.username, self._password or "")
                 except smtplib.SMTPNotSupportedError:
                     raise self._fail(
-                        "does not offer login (AUTH); remove smtp-username, or set smtp-starttls: true if it offers AUTH only over TLS"
+                        "does not offer login (AUTH); remove smtp-username, "
+                        "or set smtp-starttls: true if it offers AUTH only over TLS"
                     ) from None
                 except smtplib.SMTPAuthenticationError as exc:
                     raise self._fail(

@@ -366,7 +366,9 @@ class PortalClient:
         for attempt in range(attempts):
             if attempt:
                 delay = min(self.backoff * 2 ** (attempt - 1), _MAX_BACKOFF_SECONDS)
-                self.logger.warning(f"{where}: {action} failed ({cause}); retry {attempt} of {self.retries} in {delay:g} s")
+                self.logger.warning(
+                    f"{where}: {action} failed ({cause}); retry {attempt} of {self.retries} in {delay:g} s"
+                )
                 time.sleep(delay)
             try:
                 # Never follow a redirect: requests would re-send the password form (307/308)
@@ -377,9 +379,12 @@ class PortalClient:
             except requests.Timeout:
                 cause = f"no answer within {self.timeout:g} s"
                 continue
-            except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
+            except (
+                requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema
+            ) as exc:
                 raise PortalError(
-                    f"{self._portal()}: {where}: {action}: base-url in config.yml is not a usable URL: {self._describe(exc)}"
+                    f"{self._portal()}: {where}: {action}: base-url in config.yml is not a usable URL: "
+                    f"{self._describe(exc)}"
                 ) from None
             except requests.exceptions.SSLError as exc:
                 # A certificate problem does not heal by asking again.
@@ -411,7 +416,8 @@ class PortalClient:
             body = response.json()
         except ValueError:
             raise PortalDataError(
-                f"{self._portal()}: {where}: visits answer is not JSON (starts {self._scrub(_short_repr(response.text[:40]))})"
+                f"{self._portal()}: {where}: visits answer is not JSON "
+                f"(starts {self._scrub(_short_repr(response.text[:40]))})"
             ) from None
         data = body.get("data") if isinstance(body, dict) else None
         raw_visits = data.get("visits") if isinstance(data, dict) else None

@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import json
 import re
 import secrets
@@ -299,10 +300,8 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up (or a stop that ends its connection) is not a simulator fault.
@@ -407,8 +406,9 @@ class PortalSimulator:
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("the portal simulator is not running: call start() first")
-        host, port = self._server.server_address[:2]
-        host = f"[{host}]" if ":" in str(host) else host
+        address, port = self._server.server_address[:2]
+        host = str(address)  # a TCP server's address: always a str
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}"
 
     # -- control (also over HTTP under /_sim/) ----------------------------------
@@ -513,7 +513,8 @@ class PortalSimulator:
             if faults["fail_next"] > 0:
                 faults["fail_next"] -= 1
                 status = faults["status"]
-                fault["respond"] = (status, json.dumps({"meta": {"error_message": f"simulated failure (HTTP {status})"}}).encode())
+                answer = {"meta": {"error_message": f"simulated failure (HTTP {status})"}}
+                fault["respond"] = (status, json.dumps(answer).encode())
             elif faults["malformed_next"] > 0:
                 faults["malformed_next"] -= 1
                 fault["respond"] = (200, _MALFORMED_BODY)
@@ -564,6 +565,7 @@ class PortalSimulator:
             return ids
         if allocation:
             return self._allocation_visits(int(allocation.group(1)), ids)
+        assert match is not None  # neither path matched: answered 404 above
         equipment = self.equipment.get(int(match.group(1)))
         if equipment is None:
             return 404, _error(f"Equipment {match.group(1)} not found")
@@ -625,7 +627,7 @@ class PortalSimulator:
     def _visits(self, equipment: _Equipment, query: dict[str, list[str]]) -> tuple[int, Any]:
         with self._lock:
             self._stats["visits_requests"] += 1
-        window = []
+        window: list[datetime | None] = []
         for key in ("start_time", "end_time"):
             text = (query.get(key) or [""])[0]
             if not text:
@@ -718,11 +720,22 @@ def add_portal_sim_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
         help="YAML or JSON file of equipment accounts and visits (default: the demo's, etc/demo-visits.yml)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port to listen on (default 0: any free port, printed at start)")
-    parser.add_argument("--token-ttl", type=float, default=None, metavar="S", help="seconds an access token stays valid (default: the file's token-ttl-seconds, else 3600)")
-    parser.add_argument("--fail-first", type=int, default=0, metavar="N", help="answer the first N API requests with --fail-status")
-    parser.add_argument("--fail-status", type=int, default=500, metavar="CODE", help="HTTP status of injected failures (default 500)")
-    parser.add_argument("--delay", type=float, default=0.0, metavar="S", help="wait S seconds before answering each API request")
+    parser.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default 0: any free port, printed at start)"
+    )
+    parser.add_argument(
+        "--token-ttl", type=float, default=None, metavar="S",
+        help="seconds an access token stays valid (default: the file's token-ttl-seconds, else 3600)",
+    )
+    parser.add_argument(
+        "--fail-first", type=int, default=0, metavar="N", help="answer the first N API requests with --fail-status"
+    )
+    parser.add_argument(
+        "--fail-status", type=int, default=500, metavar="CODE", help="HTTP status of injected failures (default 500)"
+    )
+    parser.add_argument(
+        "--delay", type=float, default=0.0, metavar="S", help="wait S seconds before answering each API request"
+    )
     parser.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
     return parser
 

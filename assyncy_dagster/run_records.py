@@ -235,7 +235,7 @@ def celery_workers_gone(instance: dg.DagsterInstance, records: Sequence[dg.RunRe
             elif result.state == "STARTED" and isinstance(result.info, dict) and result.info.get("hostname"):
                 nodes[run.run_id] = str(result.info["hostname"])
         silent = _silent_nodes(app, set(nodes.values()))
-    except Exception:  # noqa: BLE001 - the broker or backend is unreachable: run monitoring's bounds remain
+    except Exception:  # the broker or backend is unreachable: run monitoring's bounds remain
         return gone
     stamp = time.time()
     for run in candidates:
@@ -326,7 +326,10 @@ def last_verified(instance: dg.DagsterInstance, epn: str) -> dict | None:
         dg.AssetRecordsFilter(asset_key=EPN_DATA, asset_partitions=[epn]), limit=5
     ).records
     for record in records:
-        meta = {k: getattr(v, "value", v) for k, v in record.asset_materialization.metadata.items()}
+        materialization = record.asset_materialization
+        if materialization is None:
+            continue
+        meta = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
         if meta.get("verified") and meta.get("source_digest"):
             return {**meta, "timestamp": record.timestamp}
     return None

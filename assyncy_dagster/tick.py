@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -46,7 +47,7 @@ def alert_state(instance: dg.DagsterInstance) -> tuple[set[str], str]:
     """EPNs in alert runs still queued or running, and the id of the last failed alert run."""
     in_flight: set[str] = set()
     for run in instance.get_runs(dg.RunsFilter(job_name=ALERT_JOB, statuses=list(IN_FLIGHT))):
-        ops = (run.run_config or {}).get("ops", {})
+        ops: Any = (run.run_config or {}).get("ops", {})  # run config: nested plain data, typed object
         in_flight.update(ops.get("send_unknown_epn_alert_op", {}).get("config", {}).get("epns", []))
     failed = instance.get_runs(dg.RunsFilter(job_name=ALERT_JOB, statuses=list(_FAILED_RUN)), limit=1)
     return in_flight, failed[0].run_id if failed else "none"
@@ -112,8 +113,7 @@ def plan_tick(
             save_facts(cache_file, facts)
     resync = due_for_resync(instance, facts) if facts.changed else {}
     # A recorded EPN whose source changed is due again, under the usual rules (backoff, in flight).
-    repatriated = [e for e in repatriated if e not in resync]
-    repatriated_set = set(repatriated)
+    repatriated_set = {e for e in repatriated if e not in resync}
     candidates = {
         e
         for e in facts.on_sftp
@@ -124,7 +124,7 @@ def plan_tick(
         visits=facts.visits,
         on_sftp=facts.on_sftp,
         known_partitions=partitions,
-        repatriated=repatriated,
+        repatriated=repatriated_set,
         alerted=alerted,
         epn_cap_map=settings.epn_cap_map,
         now=now,

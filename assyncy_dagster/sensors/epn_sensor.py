@@ -95,9 +95,10 @@ def _log_to_sync_file(settings: Settings, result: dg.SensorResult | dg.SkipReaso
     if isinstance(result, dg.SkipReason):
         log.info(f"epn_sensor: {result.skip_message}")
     else:
-        runs = "; ".join(_describe_request(r) for r in result.run_requests) or "none"
+        requests = result.run_requests or []
+        runs = "; ".join(_describe_request(r) for r in requests) or "none"
         summary = f"{plan.summary()}{held_text(plan.held_back)}; " if plan else ""
-        log.info(f"epn_sensor: {summary}requested {len(result.run_requests)} run(s): {runs}")
+        log.info(f"epn_sensor: {summary}requested {len(requests)} run(s): {runs}")
 
 
 def _describe_request(request: dg.RunRequest) -> str:

@@ -49,7 +49,7 @@ def repatriation_report_refresh(context: dg.SensorEvaluationContext) -> dg.RunRe
     ended = ended_repatriations(context.instance, after)
     if not ended:
         return dg.SkipReason("no repatriation run has ended since the last report request")
-    newest = max(ended, key=lambda r: r.end_time)
+    newest = max(ended, key=lambda r: r.end_time or 0.0)  # ended runs all have an end_time
     context.update_cursor(str(newest.end_time))
     waiting = context.instance.get_run_records(dg.RunsFilter(job_name=REPORT_JOB, statuses=NOT_STARTED), limit=1)
     if waiting:

@@ -18,6 +18,7 @@ CHUNK = 1 << 16
 def main() -> int:
     rate = float(sys.argv[1]) * (1 << 20)
     proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.PIPE)
+    assert proc.stdout is not None  # stdout=PIPE
     source, sink = proc.stdout.fileno(), sys.stdout.fileno()
     started, sent = time.monotonic(), 0
     try:

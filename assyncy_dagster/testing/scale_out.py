@@ -259,7 +259,8 @@ class Site:
 
     def problems(self) -> str:
         """The tail of every log, for a failed wait."""
-        parts = [f"--- {p.log} ---\n{_tail(p.log)}" for p in (self.daemon, *self.workers)]
+        logs = [self.daemon.log, *(w.log for w in self.workers)]
+        parts = [f"--- {log} ---\n{_tail(log)}" for log in logs]
         return "\n".join(parts)
 
 

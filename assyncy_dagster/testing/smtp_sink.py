@@ -48,7 +48,7 @@ class ReceivedMail:
 class _FreePortController(Controller):
     """aiosmtpd's Controller, bound to port 0 so that the kernel picks a free port without a race."""
 
-    def _create_server(self):  # type: ignore[override]
+    def _create_server(self):
         async def create():
             server = await self.loop.create_server(
                 self._factory_invoker, host=self.hostname, port=self.port, ssl=self.ssl_context
@@ -165,7 +165,9 @@ class SmtpSink:
         """Block until at least `count` messages arrived; return them all, or raise TimeoutError."""
         with self._condition:
             if not self._condition.wait_for(lambda: len(self.received) >= count, timeout):
-                raise TimeoutError(f"SMTP sink received {len(self.received)} message(s), expected {count} within {timeout} s")
+                raise TimeoutError(
+                    f"SMTP sink received {len(self.received)} message(s), expected {count} within {timeout} s"
+                )
             return [r.message for r in self.received]
 
     def clear(self) -> None:
@@ -197,7 +199,7 @@ class SmtpSink:
                 path = self.save_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{number:04d}.eml"
                 path.write_bytes(raw)
             self.received.append(
-                ReceivedMail(message, envelope.mail_from or "", tuple(envelope.rcpt_tos), raw, path)  # type: ignore[arg-type]
+                ReceivedMail(message, envelope.mail_from or "", tuple(envelope.rcpt_tos), raw, path)
             )
             self._condition.notify_all()
         return "250 2.0.0 Message accepted for delivery"
