@@ -45,7 +45,7 @@ class PostgresServer:
 
     def create_database(self, name: str) -> PostgresServer:
         """A new empty database owned by the same account: one per test keeps their runs apart."""
-        _run(self._psql() + ["-c", f'CREATE DATABASE "{name}" OWNER {self.username}'], cwd=self.socket_dir)
+        _run([*self._psql(), "-c", f'CREATE DATABASE "{name}" OWNER {self.username}'], cwd=self.socket_dir)
         return replace(self, database=name)
 
     def _psql(self) -> list[str]:
@@ -156,9 +156,9 @@ def local_postgres() -> Iterator[PostgresServer]:
             host="127.0.0.1", port=port, database="dagster", username="assyncy",
             password=secrets.token_urlsafe(18), socket_dir=sockets, bin_dir=bin_dir,
         )
-        _run(server._psql() + ["-c", f"CREATE ROLE assyncy LOGIN PASSWORD '{server.password}'"], cwd=workdir,
+        _run([*server._psql(), "-c", f"CREATE ROLE assyncy LOGIN PASSWORD '{server.password}'"], cwd=workdir,
              secret=server.password)
-        _run(server._psql() + ["-c", "CREATE DATABASE dagster OWNER assyncy"], cwd=workdir)
+        _run([*server._psql(), "-c", "CREATE DATABASE dagster OWNER assyncy"], cwd=workdir)
         yield server
     finally:
         if proc is not None:

@@ -48,7 +48,7 @@ class LocalRedis:
         assert self.workdir is not None
         return self.workdir / "redis.log"
 
-    def start(self) -> LocalRedis:
+    def start(self) -> Self:
         binary = shutil.which(REDIS_SERVER)
         if binary is None:
             raise RedisUnavailable("redis-server is not installed (apt-get install redis-server)")

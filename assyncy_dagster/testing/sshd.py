@@ -11,6 +11,7 @@ disk: lay EPN folders out under `beamline_dir("mx")`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import getpass
@@ -285,7 +286,9 @@ class LocalSshd:
         """Start sshd and wait until a real rsync listing through it works."""
         missing = missing_binaries()
         if missing:
-            raise SshdError(f"cannot start a local sshd: missing {', '.join(missing)} (apt-get install openssh-server rsync)")
+            raise SshdError(
+                f"cannot start a local sshd: missing {', '.join(missing)} (apt-get install openssh-server rsync)"
+            )
         self.user = _ensure_account(self._wanted_user)
         self._prepare()
         for attempt in range(3):
@@ -349,17 +352,13 @@ class LocalSshd:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
 
     def stop(self) -> None:
