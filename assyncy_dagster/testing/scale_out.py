@@ -297,6 +297,11 @@ def running_site(work: Path, database: PostgresServer, broker_url: str, config: 
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # this process opens the same instance to watch
     try:
+        # Dagster's PostgreSQL storage creates its tables at first use, and two processes doing it at
+        # once on a fresh database collide (DuplicateObject), which the daemon does not retry: this
+        # process creates them, before any worker or the daemon starts.
+        with dg.DagsterInstance.from_config(str(daemon.home)):
+            pass
         for worker in movers:
             worker.start()
         daemon.start()
