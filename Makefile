@@ -53,7 +53,10 @@ lint: setup
 	$(BIN)/mypy assyncy_dagster
 
 # Three workers on 2 cores: most tests wait on real servers and subprocesses, not on the CPU.
+# The package's own bytecode too: where PYTHONDONTWRITEBYTECODE is set, each of the many dagster
+# processes a test starts would compile the editable checkout's modules again.
 test: setup browser-packages
+	$(BIN)/python -m compileall -q assyncy_dagster >/dev/null
 	$(BIN)/pytest -q -p no:cacheprovider -n 3
 
 # The unit tier alone: plain logic and the assets with in-memory fakes, nothing started, so it

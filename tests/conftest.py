@@ -75,3 +75,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.write_line(line)
     Path(path).unlink(missing_ok=True)
     os.environ.pop(_FIGURES_ENV, None)
+
+
+# -- the order the tests run in ----------------------------------------------------------------
+# Longest first: xdist hands the first quarter of the tests out one at a time, round-robin, so each
+# worker starts on its share of the minute-long end-to-end tests, and the second-long unit and
+# integration tests fill the gaps at the end instead of leaving one worker finishing a long test.
+_FIRST = ("tests/e2e/test_scale_out.py", "tests/faults/test_kill_loop.py", "tests/e2e/test_automatic.py")
+_TIERS = ("tests/e2e/", "tests/faults/", "tests/integration/", "tests/unit/")
+
+
+def _rank(item: pytest.Item) -> tuple[int, int]:
+    path = item.nodeid.split("::")[0]
+    tier = next((i for i, prefix in enumerate(_TIERS) if path.startswith(prefix)), len(_TIERS))
+    return (0 if path in _FIRST else 1, tier)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_rank)  # stable: within a rank, the files' own order
