@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # redis-server: the Celery broker and result backend of tests/e2e/test_scale_out.py.
 SYSTEM_PACKAGES := rsync openssh-server openssh-client postgresql redis-server
-# Debian's Chromium for tests/e2e/test_ui_browser.py (headless; nothing downloads a browser).
-BROWSER_PACKAGES := chromium
+# Debian's Chromium for tests/e2e/test_ui_browser.py, and its chromedriver, through which Selenium clicks
+# in tests/e2e/test_ui_click.py (headless, both named by path: nothing downloads a browser or a driver).
+BROWSER_PACKAGES := chromium chromium-driver
 
 .PHONY: setup system-packages browser-packages demo lint test test-unit test-fast clean-demo
 
@@ -19,7 +20,7 @@ system-packages:
 	fi
 
 browser-packages:
-	@if ! command -v chromium >/dev/null; then \
+	@if ! command -v chromium >/dev/null || [ ! -x /usr/bin/chromedriver ]; then \
 		echo "installing $(BROWSER_PACKAGES) with apt"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; \
 	fi

@@ -392,9 +392,11 @@ def all_repatriation_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
 
 
 def passed_checks(instance: dg.DagsterInstance) -> list[str]:
-    """The partitions of every passed `matches_source` check."""
+    """The partitions of every passed `matches_source` check. While a run is on, a record's event
+    can still be the check's plan (`AssetCheckEvaluationPlanned`, no verdict yet): not passed."""
     records = instance.event_log_storage.get_asset_check_execution_history(MATCHES_SOURCE, limit=1000)
-    return [r.evaluation.partition for r in records if r.evaluation is not None and r.evaluation.passed]
+    return [r.evaluation.partition for r in records
+            if isinstance(r.evaluation, dg.AssetCheckEvaluation) and r.evaluation.passed]
 
 
 def all_runs_ended(instance: dg.DagsterInstance) -> bool:
