@@ -234,19 +234,26 @@ def _stuck(entries: Sequence[StuckEntry], now: datetime, zone: str | None) -> li
     found = []
     for entry in entries:
         since = entry.since.astimezone(where)
-        found.append({
-            "name": _one_line(entry.name),
-            "since": since,
-            "since_text": since.strftime("%Y-%m-%d %H:%M %Z"),
-            "hours": max(0, int((now - entry.since).total_seconds() // 3600)),
-            "reason": _one_line(entry.reason),
-        })
+        found.append(
+            {
+                "name": _one_line(entry.name),
+                "since": since,
+                "since_text": since.strftime("%Y-%m-%d %H:%M %Z"),
+                "hours": max(0, int((now - entry.since).total_seconds() // 3600)),
+                "reason": _one_line(entry.reason),
+            }
+        )
     return found
 
 
 def template_variables(
-    entries: Sequence[AlertEntry], *, digest: bool = False, generated_at: datetime | None = None,
-    stuck: Sequence[StuckEntry] = (), notes: Sequence[str] = (), stuck_after_hours: float = 24,
+    entries: Sequence[AlertEntry],
+    *,
+    digest: bool = False,
+    generated_at: datetime | None = None,
+    stuck: Sequence[StuckEntry] = (),
+    notes: Sequence[str] = (),
+    stuck_after_hours: float = 24,
     zone: str | None = None,
 ) -> dict[str, Any]:
     """Everything the unknown-EPN templates may use (see the module docstring)."""
@@ -265,8 +272,9 @@ def template_variables(
     stuck_list = _stuck(stuck, generated_at, zone)
     return {
         "stuck": stuck_list,
-        "stuck_text": "\n".join(f"- {s['name']}, since {s['since_text']} ({s['hours']} h): {s['reason']}"
-                                for s in stuck_list),
+        "stuck_text": "\n".join(
+            f"- {s['name']}, since {s['since_text']} ({s['hours']} h): {s['reason']}" for s in stuck_list
+        ),
         "stuck_after_hours": f"{stuck_after_hours:g}",
         "digest_notes": [_one_line(n) for n in notes],
         "epn_details": "".join(details),
@@ -412,8 +420,15 @@ def render_unknown_epn_alert(
     missing, broken, or uses a variable that does not exist.
     """
     folder = Path(template_folder)
-    variables = template_variables(entries, digest=digest, generated_at=generated_at, stuck=stuck, notes=notes,
-                                   stuck_after_hours=stuck_after_hours, zone=timezone)
+    variables = template_variables(
+        entries,
+        digest=digest,
+        generated_at=generated_at,
+        stuck=stuck,
+        notes=notes,
+        stuck_after_hours=stuck_after_hours,
+        zone=timezone,
+    )
     text = _render(folder, text_template, variables, html=False, setting="epnalert-template-text")
     html = _render(folder, html_template, variables, html=True, setting="epnalert-template-html")
     text = _with_canary(text, folder, text_template, variables, html=False)
@@ -439,8 +454,10 @@ def _sample_entries() -> list[AlertEntry]:
 def _sample_canary() -> dict[str, Any]:
     since = datetime.now(UTC) - timedelta(hours=30)
     return {
-        "stuck": [StuckEntry("12282b", since, "failing: 2 run(s) failed in a row; last error: rsync exit 23"),
-                  StuckEntry("SFTP host", since, "SSH authentication failing at every refresh")],
+        "stuck": [
+            StuckEntry("12282b", since, "failing: 2 run(s) failed in a row; last error: rsync exit 23"),
+            StuckEntry("SFTP host", since, "SSH authentication failing at every refresh"),
+        ],
         "notes": ["The SFTP host could not be listed for unmapped EPNs: ssh: Permission denied"],
     }
 

@@ -79,8 +79,12 @@ def ended_epns(visits: Iterable[Visit], now: datetime) -> set[str]:
 
 
 def due_reasons(
-    plan: CyclePlan, visits: Iterable[Visit], on_sftp: Iterable[str], home: Iterable[str],
-    epn_cap_map: Mapping[str, str], now: datetime,
+    plan: CyclePlan,
+    visits: Iterable[Visit],
+    on_sftp: Iterable[str],
+    home: Iterable[str],
+    epn_cap_map: Mapping[str, str],
+    now: datetime,
 ) -> dict[str, str]:
     """The EPNs due at this tick, EPN -> why it is not home yet: the plan's EPNs
     (to repatriate, held back, in flight) that are valid, mapped, whose visit has
@@ -140,7 +144,12 @@ def short_error(text: str, settings: Settings) -> str:
 
 
 def record_refresh_failure(
-    path: Path, what: str, exc: BaseException, now: datetime, settings: Settings, since: float | None = None,
+    path: Path,
+    what: str,
+    exc: BaseException,
+    now: datetime,
+    settings: Settings,
+    since: float | None = None,
 ) -> float:
     """Note a failed refresh: since when refreshes have failed (`since`, else the file's,
     else now), what failed and the error. Returns since when."""
@@ -149,8 +158,16 @@ def record_refresh_failure(
     if since is None:
         previous = before.get("since") if isinstance(before, dict) else None
         since = previous if isinstance(previous, (int, float)) else stamp
-    _write_json(path, {"since": since, "last_failed_at": stamp, "what": what, "kind": failure_kind(what, exc),
-                       "error": short_error(str(exc), settings)})
+    _write_json(
+        path,
+        {
+            "since": since,
+            "last_failed_at": stamp,
+            "what": what,
+            "kind": failure_kind(what, exc),
+            "error": short_error(str(exc), settings),
+        },
+    )
     return float(since)
 
 
@@ -233,18 +250,22 @@ def stuck_report(instance: dg.DagsterInstance, settings: Settings, now: datetime
             if history is not None and history.status is LastRun.FAILED:
                 error = short_error(last_error(instance, history.run_id, epn), settings)
                 failing = (max(history.consecutive_failures, 1), error)
-            entries.append(StuckEntry(epn, datetime.fromtimestamp(since, UTC),
-                                      describe(reasons.get(epn, ""), flight, failing)))
+            entries.append(
+                StuckEntry(epn, datetime.fromtimestamp(since, UTC), describe(reasons.get(epn, ""), flight, failing))
+            )
     failure = _read_json(refresh_failure_file(instance))
     if isinstance(failure, dict) and isinstance(failure.get("since"), (int, float)):
         since = float(failure["since"])
         if since <= now.timestamp() - hours * 3600:
             last = datetime.fromtimestamp(float(failure.get("last_failed_at") or since), UTC)
-            entries.append(StuckEntry(
-                str(failure.get("what") or "refresh"), datetime.fromtimestamp(since, UTC),
-                f"{failure.get('kind') or 'refresh'} failing at every refresh (last tried "
-                f"{last.isoformat(timespec='seconds')}): {failure.get('error') or '(no error text)'}",
-            ))
+            entries.append(
+                StuckEntry(
+                    str(failure.get("what") or "refresh"),
+                    datetime.fromtimestamp(since, UTC),
+                    f"{failure.get('kind') or 'refresh'} failing at every refresh (last tried "
+                    f"{last.isoformat(timespec='seconds')}): {failure.get('error') or '(no error text)'}",
+                )
+            )
     return entries
 
 
@@ -270,8 +291,14 @@ def mark_reported(instance: dg.DagsterInstance, names: Iterable[str], today: dat
 
 
 def send_daily_digest(
-    instance: dg.DagsterInstance, settings: Settings, portal: PortalClient, mailer: Mailer, sftp: RsyncClient,
-    *, logger: logging.Logger | None = None, now: datetime | None = None,
+    instance: dg.DagsterInstance,
+    settings: Settings,
+    portal: PortalClient,
+    mailer: Mailer,
+    sftp: RsyncClient,
+    *,
+    logger: logging.Logger | None = None,
+    now: datetime | None = None,
 ) -> list[str]:
     """The 01:00 digest: every unmapped EPN on the host, and every stuck one not yet
     reported today. Sent when either list holds something. Returns the unmapped EPNs.
@@ -290,8 +317,7 @@ def send_daily_digest(
             raise
         epns = []
         notes.append(f"The SFTP host could not be listed for unmapped EPNs: {short_error(str(exc), settings)}")
-    sent = send_unknown_epn_alert(settings, portal, mailer, epns, digest=True, stuck=stuck, notes=notes,
-                                  logger=logger)
+    sent = send_unknown_epn_alert(settings, portal, mailer, epns, digest=True, stuck=stuck, notes=notes, logger=logger)
     if stuck:
         mark_reported(instance, [e.name for e in stuck], today)
         logger.info(f"digest reported {len(stuck)} stuck: {', '.join(e.name for e in stuck)}")

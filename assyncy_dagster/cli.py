@@ -174,9 +174,7 @@ def mxsync(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     with _dagster_home() as instance:
         while True:
-            report = run_cycle(
-                args.config, instance, execute=args.execute, logger=log, workers=workers, alerts=False
-            )
+            report = run_cycle(args.config, instance, execute=args.execute, logger=log, workers=workers, alerts=False)
             if stop.is_set():
                 return 0
             if args.once:
@@ -207,8 +205,10 @@ def epnalert(args: argparse.Namespace) -> int:
         log.error(f"epnalert failed: {exc}")
         return _fail(f"epnalert: {exc}")
     if sent:
-        print(f"sent 'Unknown ownership of EPNs' about {len(sent)} EPN(s) to {settings.epnalert_email_to}: "
-              f"{', '.join(sent)}")
+        print(
+            f"sent 'Unknown ownership of EPNs' about {len(sent)} EPN(s) to {settings.epnalert_email_to}: "
+            f"{', '.join(sent)}"
+        )
     else:
         print("no unmapped EPNs on the SFTP host: nothing sent")
     return 0
@@ -262,10 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run against local stand-ins of the synchrotron, then keep the Dagster UI up (make demo)"
     )
     demo.add_argument("--once", action="store_true", help="run one watch cycle and exit (tests, CI)")
-    demo.add_argument("--port", type=int, default=3000,
-                      help="port of the Dagster UI on 127.0.0.1 (default 3000, or a free one when it is taken)")
-    demo.add_argument("--live-visit-seconds", type=float, default=60, metavar="S",
-                      help="the live visit (13001c) ends S seconds after the demo starts (default 60)")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=3000,
+        help="port of the Dagster UI on 127.0.0.1 (default 3000, or a free one when it is taken)",
+    )
+    demo.add_argument(
+        "--live-visit-seconds",
+        type=float,
+        default=60,
+        metavar="S",
+        help="the live visit (13001c) ends S seconds after the demo starts (default 60)",
+    )
     demo.set_defaults(func=_demo)
     return parser
 

@@ -66,9 +66,7 @@ class LogFiles(BaseModel):
 class Settings(BaseModel):
     """Everything config.yml says, validated, with paths made absolute."""
 
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=_hyphenate, populate_by_name=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=_hyphenate, populate_by_name=True)
 
     comment: str | None = None
     epn_cap_map: dict[str, str] = Field(default_factory=dict, alias="epn_cap_map")
@@ -282,8 +280,15 @@ def _host_timezone() -> str | None:
         return None
 
 
-_PATH_KEYS = ("ignore", "epnalert-template-folder", "key-file", "destination-root-path", "known-hosts-file",
-              "alerted-file", "report-dir")
+_PATH_KEYS = (
+    "ignore",
+    "epnalert-template-folder",
+    "key-file",
+    "destination-root-path",
+    "known-hosts-file",
+    "alerted-file",
+    "report-dir",
+)
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

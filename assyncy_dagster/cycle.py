@@ -107,7 +107,9 @@ def execute_request(
     metadata, errors = _epn_metadata(result), _epn_errors(result.all_events)
     return [
         RunOutcome(
-            job=job_name, partition=epn, run_id=result.run_id,
+            job=job_name,
+            partition=epn,
+            run_id=result.run_id,
             # An empty source folder is held back, not failed: the EPN is looked at again later.
             success=outcome in _NOT_FAILED,
             error="" if outcome in _NOT_FAILED else errors.get(epn, run_error),
@@ -171,8 +173,7 @@ class Workers:
                 self._procs.discard(proc)
                 signalled = proc in self._signalled
         outcomes = [
-            RunOutcome(job_name, epn, run_id, False, f"worker exited with status {proc.returncode}")
-            for epn in epns
+            RunOutcome(job_name, epn, run_id, False, f"worker exited with status {proc.returncode}") for epn in epns
         ]
         for line in reversed(out.splitlines()):
             if line.startswith(WORKER_RESULT_PREFIX):
@@ -264,8 +265,10 @@ def refresh_report(defs: dg.Definitions, instance: dg.DagsterInstance, logger: l
         return
     [event] = result.get_asset_materialization_events()
     meta = event.step_materialization_data.materialization.metadata
-    logger.info(f"repatriation report: {meta['epns'].value} EPN(s), {meta['needing_attention'].value} needing "
-                f"attention: {meta['html'].value}")
+    logger.info(
+        f"repatriation report: {meta['epns'].value} EPN(s), {meta['needing_attention'].value} needing "
+        f"attention: {meta['html'].value}"
+    )
 
 
 def _log_outcome(logger: logging.Logger, outcome: RunOutcome) -> None:

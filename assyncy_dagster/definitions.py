@@ -48,10 +48,15 @@ def build_definitions(config_path: str | os.PathLike[str] | None = None) -> dg.D
         assets=[portal_visits, epn_data, repatriation_report],
         asset_checks=[epn_data_matches_source],
         jobs=[repatriation_job, verification_job, unknown_epn_alert_job, repatriation_report_job],
-        sensors=[build_epn_sensor(sensor_interval_seconds(settings)), repatriation_failure_alert,
-                 repatriation_report_refresh],
-        schedules=[build_digest_schedule(settings.schedule_timezone),
-                   build_report_schedule(settings.schedule_timezone)],
+        sensors=[
+            build_epn_sensor(sensor_interval_seconds(settings)),
+            repatriation_failure_alert,
+            repatriation_report_refresh,
+        ],
+        schedules=[
+            build_digest_schedule(settings.schedule_timezone),
+            build_report_schedule(settings.schedule_timezone),
+        ],
         resources=build_resources(),
         # The heavy work is rsync's, in its own process; running the steps inside
         # the run's process saves a Python start-up per step and still honours the

@@ -65,6 +65,7 @@ DEMO_EPNS = {
     "14777a": mx_frames(2, 64 * 1024),
 }
 
+
 class DemoError(RuntimeError):
     """The demo's UI could not start; the message says why and where Dagster's log is."""
 
@@ -83,7 +84,9 @@ def demo_portal_data(live_visit_seconds: float) -> dict[str, Any]:
             "start_time": "now-2h",
             "end_time": f"now+{live_visit_seconds:g}s",
             "principal_scientist": {
-                "first_names": "Aroha", "last_name": "Te Whare", "email": "aroha.tewhare@unimelb.edu.au",
+                "first_names": "Aroha",
+                "last_name": "Te Whare",
+                "email": "aroha.tewhare@unimelb.edu.au",
             },
             "data_scientists": [
                 {"first_names": "Liam", "last_name": "O'Brien", "email": "liam.obrien@unimelb.edu.au"},
@@ -199,8 +202,16 @@ def dagster_dev(home: Path, config: Path, port: int, log_path: Path) -> Iterator
         "ASSYNCY_QUIET_PREVIEWS": "1",
     }
     argv = [
-        str(Path(sys.executable).parent / "dagster"), "dev", "-m", "assyncy_dagster.definitions",
-        "-h", "127.0.0.1", "-p", str(port), "--log-level", "warning",
+        str(Path(sys.executable).parent / "dagster"),
+        "dev",
+        "-m",
+        "assyncy_dagster.definitions",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--log-level",
+        "warning",
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as out:
@@ -209,8 +220,13 @@ def dagster_dev(home: Path, config: Path, port: int, log_path: Path) -> Iterator
         # demo be killed outright, the kernel sends dagster dev SIGTERM (its Ctrl-C).
         # (The preexec_fn only calls prctl and getppid, safe after a fork in a threaded process.)
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, preexec_fn=_die_with_parent(),
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),
         )
         try:
             deadline = time.monotonic() + 120
@@ -248,8 +264,9 @@ class RunReporter:
                 self.started.add(run.run_id)
                 by = run.tags.get("dagster/sensor_name") or run.tags.get("dagster/schedule_name") or "the UI"
                 what = ", ".join(sorted(tagged_epns(run.tags))) or run.tags.get("dagster/partition", "")
-                _say(f"{by} started {run.job_name} run {run.run_id[:8]}{': ' + what if what else ''}",
-                     record.start_time)
+                _say(
+                    f"{by} started {run.job_name} run {run.run_id[:8]}{': ' + what if what else ''}", record.start_time
+                )
             if run.is_finished:
                 self.ended.add(run.run_id)
                 self._report_end(run, record.end_time)
@@ -260,9 +277,7 @@ class RunReporter:
             why = step_failure_message(events) or run.status.value
             _say(f"run {run.run_id[:8]} ({run.job_name}) {run.status.value.lower()}: {why}", at)
             return
-        materialised = self.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=EPN_DATA), limit=50
-        ).records
+        materialised = self.instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=EPN_DATA), limit=50).records
         mine = [r.asset_materialization for r in materialised if r.run_id == run.run_id and r.asset_materialization]
         for event in sorted(mine, key=lambda m: m.partition or ""):
             meta: dict[str, Any] = {k: getattr(v, "value", v) for k, v in event.metadata.items()}
@@ -343,9 +358,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         # The SFTP stand-in keeps its tree and keys in a folder of its own under /tmp, which its
         # account can enter wherever the demo runs (a home or a private temp folder it may not).
-        with PortalSimulator(demo_portal_data(args.live_visit_seconds)) as portal, SmtpSink(
-            save_dir=mail_dir
-        ) as smtp, LocalSshd() as sshd:
+        with (
+            PortalSimulator(demo_portal_data(args.live_visit_seconds)) as portal,
+            SmtpSink(save_dir=mail_dir) as smtp,
+            LocalSshd() as sshd,
+        ):
             lay_out_epns(sshd, DEMO_EPNS)
             config = write_config(
                 etc / "config.yml",

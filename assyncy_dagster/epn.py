@@ -63,9 +63,7 @@ def destination_for(epn: str, epn_cap_map: Mapping[str, str], root: Path) -> Pat
     """`<root>/<project>/<epn>/data`, proven to stay under `root`."""
     project = project_for(epn, epn_cap_map)
     if project is None:
-        raise UnmappedEpnError(
-            f"EPN {epn} is not mapped: add its base number {base_number(epn)!r} to epn_cap_map"
-        )
+        raise UnmappedEpnError(f"EPN {epn} is not mapped: add its base number {base_number(epn)!r} to epn_cap_map")
     if not is_valid_project(project):
         raise InvalidEpnError(f"epn_cap_map maps {base_number(epn)!r} to unsafe project folder {project!r}")
     root = Path(root).resolve()

@@ -75,8 +75,10 @@ def send_unknown_epn_alert(
     )
     mailer.send(build_message(rendered, settings.epnalert_email_from, settings.epnalert_email_to))
     stuck_text = f" and {len(stuck)} stuck ({', '.join(e.name for e in stuck)})" if stuck else ""
-    logger.info(f"sent '{rendered.subject}' about {len(epns)} EPN(s){stuck_text} to {settings.epnalert_email_to}: "
-                f"{', '.join(epns)}")
+    logger.info(
+        f"sent '{rendered.subject}' about {len(epns)} EPN(s){stuck_text} to {settings.epnalert_email_to}: "
+        f"{', '.join(epns)}"
+    )
     if not digest:
         add_epns(settings.alerted_path, epns, key=ALERTED_KEY)
     return epns

@@ -35,8 +35,7 @@ def repatriate_epns_op(
     sftp: SshSourceResource,
     assyncy_config: AssyncyConfigResource,
 ):
-    yield from repatriate_as_configured(context, config.epns, config, portal, sftp, assyncy_config,
-                                        report_visits=True)
+    yield from repatriate_as_configured(context, config.epns, config, portal, sftp, assyncy_config, report_visits=True)
     yield dg.Output(None)
 
 
@@ -81,8 +80,14 @@ def send_unknown_epn_alert_op(
     settings = assyncy_config.settings()
     try:
         if config.digest:  # every unmapped EPN on the host, and the stuck ones (canary.py)
-            return send_daily_digest(context.instance, settings, portal.client(logger=context.log), smtp.mailer(),
-                                     sftp.client(logger=context.log), logger=context.log)
+            return send_daily_digest(
+                context.instance,
+                settings,
+                portal.client(logger=context.log),
+                smtp.mailer(),
+                sftp.client(logger=context.log),
+                logger=context.log,
+            )
         return send_unknown_epn_alert(
             settings, portal.client(logger=context.log), smtp.mailer(), config.epns, logger=context.log
         )

@@ -134,9 +134,7 @@ class SharedRotatingFileHandler(logging.handlers.RotatingFileHandler):
     rotates only when the file on disk is full.
     """
 
-    def __init__(
-        self, filename: str | os.PathLike[str], max_bytes: int = MAX_BYTES, backup_count: int = BACKUP_COUNT
-    ):
+    def __init__(self, filename: str | os.PathLike[str], max_bytes: int = MAX_BYTES, backup_count: int = BACKUP_COUNT):
         super().__init__(
             os.fspath(filename), maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True
         )

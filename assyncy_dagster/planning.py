@@ -100,8 +100,9 @@ def plan_cycle(
             continue
         if epn in repatriated:
             continue
-        reason = _hold_reason(epn, visits_by_epn.get(epn, []), epn in on_sftp, history.get(epn), now, dry_run,
-                              retry_base)
+        reason = _hold_reason(
+            epn, visits_by_epn.get(epn, []), epn in on_sftp, history.get(epn), now, dry_run, retry_base
+        )
         if reason is None:
             plan.repatriate.append(epn)
         elif reason:

@@ -334,9 +334,7 @@ class PortalClient:
 
         def fetch() -> requests.Response:
             token = self._token(equipment)
-            return self._send(
-                "GET", url, where=where, action="fetch visits", params={"access_token": token, **params}
-            )
+            return self._send("GET", url, where=where, action="fetch visits", params={"access_token": token, **params})
 
         response = fetch()
         if response.status_code == 401:
@@ -380,7 +378,9 @@ class PortalClient:
                 cause = f"no answer within {self.timeout:g} s"
                 continue
             except (
-                requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema
+                requests.exceptions.InvalidURL,
+                requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema,
             ) as exc:
                 raise PortalError(
                     f"{self._portal()}: {where}: {action}: base-url in config.yml is not a usable URL: "

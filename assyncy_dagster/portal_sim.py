@@ -455,8 +455,14 @@ class PortalSimulator:
             result: dict[str, Any] = {
                 key: self._stats[key]
                 for key in (
-                    "requests", "token_requests", "tokens_issued", "auth_failures",
-                    "visits_requests", "unauthorized", "forbidden", "faults_injected",
+                    "requests",
+                    "token_requests",
+                    "tokens_issued",
+                    "auth_failures",
+                    "visits_requests",
+                    "unauthorized",
+                    "forbidden",
+                    "faults_injected",
                 )
             }
             result["by_path"] = dict(self._paths)
@@ -593,9 +599,7 @@ class PortalSimulator:
         clients = [e for e in self.equipment.values() if e.account[2:] == client]
         if not clients:
             return self._auth_failure(401, "Client authentication failed")
-        ids = frozenset(
-            e.id for e in clients if e.account[:2] == (field.get("username"), field.get("password"))
-        )
+        ids = frozenset(e.id for e in clients if e.account[:2] == (field.get("username"), field.get("password")))
         if not ids:
             return self._auth_failure(401, "Invalid username or password")
         token = secrets.token_urlsafe(24)
@@ -618,8 +622,10 @@ class PortalSimulator:
             entry = self._tokens.get(token) if token else None
             if entry is None or entry[0] <= time.monotonic():
                 self._stats["unauthorized"] += 1
-                message = "Access token missing" if not token else (
-                    "The access token provided has expired" if entry else "The access token provided is invalid"
+                message = (
+                    "Access token missing"
+                    if not token
+                    else ("The access token provided has expired" if entry else "The access token provided is invalid")
                 )
                 return 401, _error(message)
             return entry[1]
@@ -697,9 +703,7 @@ def _proposals(visits: list[_Visit]) -> list[dict[str, Any]]:
         base = _base_digits(visit.epn)
         if base is None:
             continue
-        entry = proposals.setdefault(
-            base, {"id": int(base), "number": base, "epns": [], "allocations": []}
-        )
+        entry = proposals.setdefault(base, {"id": int(base), "number": base, "epns": [], "allocations": []})
         if visit.epn not in entry["epns"]:
             entry["epns"].append(visit.epn)
         allocation = {"id": visit.allocation_id, "equipment_id": visit.equipment_id}
@@ -724,7 +728,10 @@ def add_portal_sim_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
         "--port", type=int, default=0, help="port to listen on (default 0: any free port, printed at start)"
     )
     parser.add_argument(
-        "--token-ttl", type=float, default=None, metavar="S",
+        "--token-ttl",
+        type=float,
+        default=None,
+        metavar="S",
         help="seconds an access token stays valid (default: the file's token-ttl-seconds, else 3600)",
     )
     parser.add_argument(

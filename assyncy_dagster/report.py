@@ -55,8 +55,9 @@ MEANING = {
     State.RUNNING: "the visit has not ended; its data may still grow",
     State.WAITING: "the visit has ended; the data is not home yet",
     State.HOME: "verified at the destination and recorded in ignore.yml",
-    State.PARTIAL: ("recorded in ignore.yml, but the destination is missing or holds less than the verified sync "
-                    "counted"),
+    State.PARTIAL: (
+        "recorded in ignore.yml, but the destination is missing or holds less than the verified sync counted"
+    ),
     State.CHANGED: "recorded, but the source has grown since the verified sync; a re-sync is due",
     State.UNMAPPED: "its base number is not in epn_cap_map",
     State.FAILED: "the last attempt failed",
@@ -66,8 +67,18 @@ MEANING = {
 }
 
 # The attention table lists what is not home, the most urgent first.
-URGENCY = [State.PARTIAL, State.FAILED, State.STUCK, State.CHANGED, State.NOT_ON_HOST, State.DRY_RUN_ONLY,
-           State.WAITING, State.UNMAPPED, State.RUNNING, State.HOME]
+URGENCY = [
+    State.PARTIAL,
+    State.FAILED,
+    State.STUCK,
+    State.CHANGED,
+    State.NOT_ON_HOST,
+    State.DRY_RUN_ONLY,
+    State.WAITING,
+    State.UNMAPPED,
+    State.RUNNING,
+    State.HOME,
+]
 
 
 class Attempt(str, enum.Enum):
@@ -142,8 +153,10 @@ def shortfall(facts: EpnFacts, tz: tzinfo | None = None) -> str:
         return ""
     if held.files >= verified.source_files and held.bytes >= verified.source_bytes:
         return ""
-    return (f"the destination holds {held.files} of {verified.source_files} file(s) and {held.bytes} of "
-            f"{verified.source_bytes} bytes counted by the verified sync of {_when(verified.timestamp, tz)}")
+    return (
+        f"the destination holds {held.files} of {verified.source_files} file(s) and {held.bytes} of "
+        f"{verified.source_bytes} bytes counted by the verified sync of {_when(verified.timestamp, tz)}"
+    )
 
 
 def _changed(facts: EpnFacts) -> bool:
@@ -161,8 +174,11 @@ def decide(facts: EpnFacts, now: datetime, tz: tzinfo | None = None) -> Decision
     if facts.recorded:
         short = shortfall(facts, tz)
         if short:
-            repair = ("materialise its epn_data partition again to repair it" if facts.on_host is not False
-                      else "its folder is no longer on the SFTP host, so it cannot be fetched again")
+            repair = (
+                "materialise its epn_data partition again to repair it"
+                if facts.on_host is not False
+                else "its folder is no longer on the SFTP host, so it cannot be fetched again"
+            )
             return Decision(State.PARTIAL, f"{short}; {repair}")
         if _changed(facts):
             busy = "; re-sync in transfer" if facts.attempt is Attempt.IN_FLIGHT else ""
@@ -208,9 +224,24 @@ def _not_home(facts: EpnFacts, tz: tzinfo | None) -> Decision:
 # -- rows of the report --------------------------------------------------------------
 
 COLUMNS = [
-    "epn", "project", "equipment", "visit_start", "visit_end", "principal_scientist", "state", "detail",
-    "source_files", "source_bytes", "destination_files", "destination_bytes", "last_verified", "last_error",
-    "on_host", "recorded", "due_since", "last_run_id",
+    "epn",
+    "project",
+    "equipment",
+    "visit_start",
+    "visit_end",
+    "principal_scientist",
+    "state",
+    "detail",
+    "source_files",
+    "source_bytes",
+    "destination_files",
+    "destination_bytes",
+    "last_verified",
+    "last_error",
+    "on_host",
+    "recorded",
+    "due_since",
+    "last_run_id",
 ]
 
 
@@ -253,8 +284,7 @@ def attention_order(rows: Iterable[Mapping[Any, object]]) -> list[Mapping[Any, o
 def repair_selection(rows: Iterable[Mapping[str, object]]) -> str:
     """The partial EPNs that a backfill can repair (their folder is still on the SFTP host), as the
     partition selection the UI's Materialize dialog takes: `12282a, 13001a`."""
-    return ", ".join(sorted(str(r["epn"]) for r in rows
-                            if r["state"] == State.PARTIAL.value and r["on_host"] != "no"))
+    return ", ".join(sorted(str(r["epn"]) for r in rows if r["state"] == State.PARTIAL.value and r["on_host"] != "no"))
 
 
 def counts_by_state(rows: Iterable[Mapping[str, object]]) -> dict[str, int]:
@@ -279,8 +309,9 @@ def bytes_by_week(syncs: Iterable[tuple[float, str, int]], tz: tzinfo | None = N
     return dict(totals)
 
 
-def backlog_by_day(due: Iterable[tuple[datetime, float | None]], today: date,
-                   tz: tzinfo | None = None) -> dict[date, int]:
+def backlog_by_day(
+    due: Iterable[tuple[datetime, float | None]], today: date, tz: tzinfo | None = None
+) -> dict[date, int]:
     """Day -> EPNs due and not home at the end of that day.
 
     `due` holds, for each mapped EPN whose visit has ended, its visit's end and

@@ -45,8 +45,11 @@ def report_frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
     for column in _COUNT_COLUMNS:
         frame[column] = frame[column].astype("Int64")  # missing stays missing, not 0.0
     unmapped_last = frame["project"] == ""
-    return frame.assign(_last=unmapped_last).sort_values(["_last", "project", "epn"], ignore_index=True).drop(
-        columns="_last")
+    return (
+        frame.assign(_last=unmapped_last)
+        .sort_values(["_last", "project", "epn"], ignore_index=True)
+        .drop(columns="_last")
+    )
 
 
 def totals_by_project(frame: pd.DataFrame) -> pd.DataFrame:
@@ -55,12 +58,14 @@ def totals_by_project(frame: pd.DataFrame) -> pd.DataFrame:
     if mapped.empty:
         return pd.DataFrame(columns=["project", "epns", "home", "attention", "destination_bytes"])
     grouped = mapped.groupby("project", sort=True)
-    return pd.DataFrame({
-        "epns": grouped.size(),
-        "home": grouped["state"].agg(lambda s: int((s == State.HOME.value).sum())),
-        "attention": grouped["state"].agg(lambda s: int((s != State.HOME.value).sum())),
-        "destination_bytes": grouped["destination_bytes"].sum().astype("int64"),
-    }).reset_index()
+    return pd.DataFrame(
+        {
+            "epns": grouped.size(),
+            "home": grouped["state"].agg(lambda s: int((s == State.HOME.value).sum())),
+            "attention": grouped["state"].agg(lambda s: int((s != State.HOME.value).sum())),
+            "destination_bytes": grouped["destination_bytes"].sum().astype("int64"),
+        }
+    ).reset_index()
 
 
 def totals_by_state(frame: pd.DataFrame) -> pd.DataFrame:
@@ -102,8 +107,13 @@ def attention_markdown(frame: pd.DataFrame, repair: str, limit: int = ATTENTION_
     if len(needing) > limit:
         parts += ["", f"… and {len(needing) - limit} more in the CSV."]
     if repair:
-        parts += ["", (f"**Repair:** one backfill of `epn_data` for the partial EPNs (Materialize → partitions "
-                       f"`{repair}`) fetches what is missing and verifies it again.")]
+        parts += [
+            "",
+            (
+                f"**Repair:** one backfill of `epn_data` for the partial EPNs (Materialize → partitions "
+                f"`{repair}`) fetches what is missing and verifies it again."
+            ),
+        ]
     return "\n".join(parts)
 
 
@@ -170,12 +180,17 @@ def plot_png(weekly: Mapping[tuple[date, str], int], backlog: Mapping[date, int]
 # -- files ---------------------------------------------------------------------------------------
 
 
-def html_page(frame: pd.DataFrame, by_project: pd.DataFrame, by_state: pd.DataFrame, generated: datetime,
-              repair: str) -> str:
+def html_page(
+    frame: pd.DataFrame, by_project: pd.DataFrame, by_state: pd.DataFrame, generated: datetime, repair: str
+) -> str:
     """A self-describing page beside the PNG and the CSV (every value escaped)."""
     needing = pd.DataFrame(attention_order(frame.to_dict("records")), columns=COLUMNS)
-    repair_html = (f"<p><strong>Repair:</strong> one backfill of <code>epn_data</code> for the partitions "
-                   f"<code>{html.escape(repair)}</code> fetches what is missing.</p>" if repair else "")
+    repair_html = (
+        f"<p><strong>Repair:</strong> one backfill of <code>epn_data</code> for the partitions "
+        f"<code>{html.escape(repair)}</code> fetches what is missing.</p>"
+        if repair
+        else ""
+    )
 
     def table(data: pd.DataFrame) -> str:
         return data.to_html(index=False, escape=True, na_rep="", border=0, classes="report")

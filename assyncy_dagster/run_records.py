@@ -71,7 +71,7 @@ def outcome_tags(epns: Iterable[str], outcome: Outcome) -> dict[str, str]:
 
 def tagged_epns(tags: Mapping[str, str]) -> dict[str, str]:
     """EPN -> outcome, from a run's `assyncy/epn/<epn>` tags."""
-    return {k[len(EPN_TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(EPN_TAG_PREFIX)}
+    return {k[len(EPN_TAG_PREFIX) :]: v for k, v in tags.items() if k.startswith(EPN_TAG_PREFIX)}
 
 
 # -- the worker process ---------------------------------------------------------
@@ -153,8 +153,9 @@ def in_flight(instance: dg.DagsterInstance, repatriation_job: str, partition_ord
     return InFlight(epns, runs)
 
 
-def end_lost_runs(instance: dg.DagsterInstance, flights: InFlight, stale_after_hours: float,
-                  now: datetime | None = None) -> dict[str, str]:
+def end_lost_runs(
+    instance: dg.DagsterInstance, flights: InFlight, stale_after_hours: float, now: datetime | None = None
+) -> dict[str, str]:
     """End runs whose worker died or that ran past `stale_after_hours`; free their pool slots.
 
     Returns run id -> why, for the sensor's report. Their EPNs then count as
@@ -167,8 +168,11 @@ def end_lost_runs(instance: dg.DagsterInstance, flights: InFlight, stale_after_h
         worker = run.tags.get(WORKER_TAG)
         started = record.start_time
         why = None
-        if run.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING) and worker \
-                and worker_is_gone(worker):
+        if (
+            run.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+            and worker
+            and worker_is_gone(worker)
+        ):
             why = f"its worker process ({worker.rsplit(':', 1)[0]}) is gone: killed or crashed"
         elif run.run_id in elsewhere:
             why = elsewhere[run.run_id]
@@ -215,8 +219,10 @@ def celery_workers_gone(instance: dg.DagsterInstance, records: Sequence[dg.RunRe
     (no Celery launcher, broker down) ends nothing. `app`: the Celery app to ask
     (default: the instance's CeleryRunLauncher's)."""
     candidates = [
-        r.dagster_run for r in records
-        if r.dagster_run.status == dg.DagsterRunStatus.STARTED and r.dagster_run.tags.get(CELERY_TASK_TAG)
+        r.dagster_run
+        for r in records
+        if r.dagster_run.status == dg.DagsterRunStatus.STARTED
+        and r.dagster_run.tags.get(CELERY_TASK_TAG)
         and not _on_this_host(r.dagster_run.tags.get(WORKER_TAG, ""))
     ]
     if not candidates:
@@ -247,8 +253,9 @@ def celery_workers_gone(instance: dg.DagsterInstance, records: Sequence[dg.RunRe
             if since is not None:
                 instance.add_run_tags(run.run_id, {SILENT_TAG: ""})
         elif since is not None:
-            gone[run.run_id] = (f"its Celery worker {node} has not answered for {stamp - since:.0f} s: "
-                                "the worker or its host is gone")
+            gone[run.run_id] = (
+                f"its Celery worker {node} has not answered for {stamp - since:.0f} s: the worker or its host is gone"
+            )
         else:
             instance.add_run_tags(run.run_id, {SILENT_TAG: f"{stamp:.3f}"})
     return gone
@@ -283,9 +290,7 @@ def epn_history(instance: dg.DagsterInstance, epn: str, limit: int = 20) -> RunH
     A run's own tag for the EPN decides; an EPN left `queued` or `running` in a run that
     failed or was cancelled (terminated, worker killed) failed with it, unless a
     shutdown interrupted it (INTERRUPTED_TAG: retried at once)."""
-    records = instance.get_run_records(
-        dg.RunsFilter(tags={epn_tag(epn): [o.value for o in Outcome]}), limit=limit
-    )
+    records = instance.get_run_records(dg.RunsFilter(tags={epn_tag(epn): [o.value for o in Outcome]}), limit=limit)
     attempts: list[tuple[dg.RunRecord, LastRun, bool]] = []
     for record in records:
         run = record.dagster_run

@@ -33,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     epns = request.run_config.get("ops", {}).get("repatriate_epns", {}).get("config", {}).get("epns", [])
     with dg.DagsterInstance.get() as instance:
         try:
-            outcomes = execute_request(
-                build_definitions(args.config), instance, request, run_id=args.run_id
-            )
+            outcomes = execute_request(build_definitions(args.config), instance, request, run_id=args.run_id)
         except KeyboardInterrupt:
             outcomes = [RunOutcome(args.job, epn, args.run_id, False, "interrupted") for epn in epns]
     print(WORKER_RESULT_PREFIX + json.dumps([asdict(o) for o in outcomes], default=str), flush=True)

@@ -38,8 +38,14 @@ PERSON = {"first_names": "Bench", "last_name": "Mark", "email": "bench.mark@exam
 
 def visit(visit_id: int, epn: str, start: str, end: str) -> dict:
     """One visit in the portal simulator's data format (times may be relative: now-2d, now+40s)."""
-    return {"id": visit_id, "epn": epn, "start_time": start, "end_time": end,
-            "principal_scientist": PERSON, "data_scientists": []}
+    return {
+        "id": visit_id,
+        "epn": epn,
+        "start_time": start,
+        "end_time": end,
+        "principal_scientist": PERSON,
+        "data_scientists": [],
+    }
 
 
 def portal_data(visits_by_equipment: dict[int, list[dict]]) -> dict:
@@ -49,8 +55,9 @@ def portal_data(visits_by_equipment: dict[int, list[dict]]) -> dict:
     accounts = {e["id"]: e for e in DEMO_EQUIPMENT}
     return {
         "timezone": "UTC",
-        "equipment": [{**accounts[eid], "name": f"MX{eid}", "visits": visits}
-                      for eid, visits in visits_by_equipment.items()],
+        "equipment": [
+            {**accounts[eid], "name": f"MX{eid}", "visits": visits} for eid, visits in visits_by_equipment.items()
+        ],
     }
 
 
@@ -61,23 +68,32 @@ def fresh_dagster_home(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def dagster_daemon(home: Path, config: Path, log: Path, env: dict[str, str] | None = None,
-                   drop_env: tuple[str, ...] = ()) -> Iterator[subprocess.Popen]:
+def dagster_daemon(
+    home: Path, config: Path, log: Path, env: dict[str, str] | None = None, drop_env: tuple[str, ...] = ()
+) -> Iterator[subprocess.Popen]:
     """The real dagster-daemon on `home` with `config`; stopped with its whole group on exit."""
     environ = {k: v for k, v in os.environ.items() if k not in drop_env}
     environ |= {"DAGSTER_HOME": str(home), "ASSYNCY_CONFIG": str(config)} | (env or {})
     argv = [str(BIN / "dagster-daemon"), "run", "-m", "assyncy_dagster.definitions"]
     with open(log, "w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=environ, cwd=home, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=environ,
+            cwd=home,
+            start_new_session=True,
+        )
         try:
             yield proc
         finally:
             stop_group(proc)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, proc: subprocess.Popen | None = None,
-               poll: float = 0.25) -> float | None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, proc: subprocess.Popen | None = None, poll: float = 0.25
+) -> float | None:
     """Poll `predicate`; the time.time() when it first held, or None on timeout or when `proc` died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,8 +120,9 @@ def sensor_ticks(instance: dg.DagsterInstance, name: str = "epn_sensor") -> list
     """The sensor's ticks, oldest first (from the instance's schedule storage)."""
     for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
         if state.instigator_name == name:
-            return sorted(instance.get_ticks(state.instigator_origin_id, state.selector_id),
-                          key=lambda tick: tick.timestamp)
+            return sorted(
+                instance.get_ticks(state.instigator_origin_id, state.selector_id), key=lambda tick: tick.timestamp
+            )
     return []
 
 
@@ -135,11 +152,15 @@ def failure_lines(instance: dg.DagsterInstance, records: list, limit: int = 5) -
         for rec in instance.get_records_for_run(run.run_id).records:
             entry = rec.event_log_entry
             event = entry.dagster_event
-            if event and event.event_type_value in ("STEP_FAILURE", "RUN_FAILURE", "ENGINE_EVENT") and (
-                    event.event_type_value != "ENGINE_EVENT" or "fail" in (entry.message or "").lower()):
+            if (
+                event
+                and event.event_type_value in ("STEP_FAILURE", "RUN_FAILURE", "ENGINE_EVENT")
+                and (event.event_type_value != "ENGINE_EVENT" or "fail" in (entry.message or "").lower())
+            ):
                 messages.append(" ".join((entry.message or "").split())[:300])
-        lines.append(f"run {run.run_id} {run.status.value}, EPNs failed: {failed or 'none tagged'}: "
-                     + " | ".join(messages[-3:]))
+        lines.append(
+            f"run {run.run_id} {run.status.value}, EPNs failed: {failed or 'none tagged'}: " + " | ".join(messages[-3:])
+        )
         if len(lines) >= limit:
             break
     return lines
@@ -150,6 +171,7 @@ def materialisations_per_epn(instance: dg.DagsterInstance, epns: list[str]) -> C
     counts: Counter = Counter()
     for epn in epns:
         result = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=EPN_DATA, asset_partitions=[epn]), limit=10)
+            dg.AssetRecordsFilter(asset_key=EPN_DATA, asset_partitions=[epn]), limit=10
+        )
         counts[epn] = len(result.records)
     return counts

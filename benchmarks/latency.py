@@ -31,16 +31,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 from daemon_bench import (
     dagster_daemon,
+    failure_lines,
     far_from_the_digest,
     fresh_dagster_home,
     log_tail,
-    failure_lines,
     materialisations_per_epn,
     portal_data,
     repatriation_runs,
@@ -76,23 +76,32 @@ def bare_transfer(config: Path, scratch: Path, repeats: int) -> list[float]:
         destination = destination_for(EPN, settings.epn_cap_map, scratch / f"bare-{i}")
         argv = transfer_command(endpoint, EPN, destination, dry_run=False)
         started = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                       check=True, start_new_session=True)
+        subprocess.run(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            check=True,
+            start_new_session=True,
+        )
         seconds.append(time.perf_counter() - started)
         shutil.rmtree(scratch / f"bare-{i}", ignore_errors=True)
     return seconds
 
 
 def stamp(epoch: float | None) -> str:
-    return "-" if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).strftime("%H:%M:%S.%f")[:-4]
+    return "-" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S.%f")[:-4]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--visit-ends-in", type=float, default=40, help="seconds after the start (default 40)")
-    parser.add_argument("--idle-seconds", type=float, default=180, help="idle window after the EPN is home (default 180)")
-    parser.add_argument("--timeout", type=float, default=600,
-                        help="seconds after the visit's end to wait for the EPN (default 600)")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=180, help="idle window after the EPN is home (default 180)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600, help="seconds after the visit's end to wait for the EPN (default 600)"
+    )
     parser.add_argument("--epn-bytes", type=int, default=1_000_000, help="bytes in the EPN (default 1 MB)")
     parser.add_argument("--files", type=int, default=21, help="files in the EPN, hidden ones included (default 21)")
     parser.add_argument("--bare-repeats", type=int, default=3, help="bare rsync runs, median taken (default 3)")
@@ -112,9 +121,14 @@ def main(argv: list[str] | None = None) -> int:
 
             def configure(portal_url: str) -> Path:
                 return write_config(
-                    work / "etc" / "config.yml", portal_url=portal_url, sshd=sshd, smtp_port=smtp.port,
-                    destination_root=work / "destination", epn_cap_map={EPN.rstrip("abcd"): PROJECT},
-                    execute=True, max_tasks=2,
+                    work / "etc" / "config.yml",
+                    portal_url=portal_url,
+                    sshd=sshd,
+                    smtp_port=smtp.port,
+                    destination_root=work / "destination",
+                    epn_cap_map={EPN.rstrip("abcd"): PROJECT},
+                    execute=True,
+                    max_tasks=2,
                     extra={"sync-frequency-hours": 1, "timezone": far_from_the_digest(), "visit-day-range": 60},
                 )
 
@@ -122,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             config = configure("http://127.0.0.1:9")
             bare = bare_transfer(config, work / "scratch", args.bare_repeats)
             figures["bare"] = statistics.median(bare)
-            print(f"bare rsync of {EPN} ({args.epn_bytes} B in {args.files} files): "
-                  + ", ".join(f"{s:.2f}" for s in bare) + f" s; median {figures['bare']:.2f} s", flush=True)
+            print(
+                f"bare rsync of {EPN} ({args.epn_bytes} B in {args.files} files): "
+                + ", ".join(f"{s:.2f}" for s in bare)
+                + f" s; median {figures['bare']:.2f} s",
+                flush=True,
+            )
 
             home = fresh_dagster_home(work / "dagster_home")
             log = work / "daemon.log"
@@ -134,10 +152,14 @@ def main(argv: list[str] | None = None) -> int:
                 with dagster_daemon(home, config, log, drop_env=(INTERVAL_ENV,)) as daemon:
                     daemon_start = time.time()
                     visit_end = (portal.now + timedelta(seconds=args.visit_ends_in)).timestamp()
-                    print(f"daemon started {stamp(daemon_start)} UTC; the visit ends {stamp(visit_end)} UTC "
-                          f"({visit_end - daemon_start:.1f} s later)", flush=True)
-                    home_at = wait_until(lambda: EPN in read_epns(settings.ignore),
-                                         visit_end - time.time() + args.timeout, daemon)
+                    print(
+                        f"daemon started {stamp(daemon_start)} UTC; the visit ends {stamp(visit_end)} UTC "
+                        f"({visit_end - daemon_start:.1f} s later)",
+                        flush=True,
+                    )
+                    home_at = wait_until(
+                        lambda: EPN in read_epns(settings.ignore), visit_end - time.time() + args.timeout, daemon
+                    )
                     if home_at is None:
                         problems.append(f"{EPN} not in ignore.yml {args.timeout:g} s after the visit's end")
                         print(f"--- tail of {log} ---\n{log_tail(log)}")
@@ -170,14 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("== timeline (UTC) ==")
     durations = tick_durations(ticks)
-    print(f"epn_sensor ticks: {len(ticks)} (longest {max(durations, default=float('nan')):.2f} s); "
-          f"their starts: " + ", ".join(f"{stamp(t.timestamp)} {t.status.value}" for t in ticks[:12])
-          + (" ..." if len(ticks) > 12 else ""))
+    print(
+        f"epn_sensor ticks: {len(ticks)} (longest {max(durations, default=float('nan')):.2f} s); "
+        f"their starts: "
+        + ", ".join(f"{stamp(t.timestamp)} {t.status.value}" for t in ticks[:12])
+        + (" ..." if len(ticks) > 12 else "")
+    )
     for r in records:
         run = r.dagster_run
-        print(f"run {run.run_id[:8]} {run.status.value}: created {stamp(r.create_timestamp.timestamp())}, "
-              f"started {stamp(r.start_time)}, ended {stamp(r.end_time)}; EPN tags "
-              f"{ {k.rsplit('/', 1)[-1]: v for k, v in run.tags.items() if k.startswith('assyncy/epn/')} }")
+        print(
+            f"run {run.run_id[:8]} {run.status.value}: created {stamp(r.create_timestamp.timestamp())}, "
+            f"started {stamp(r.start_time)}, ended {stamp(r.end_time)}; EPN tags "
+            f"{ {k.rsplit('/', 1)[-1]: v for k, v in run.tags.items() if k.startswith('assyncy/epn/')} }"
+        )
         if r.create_timestamp.timestamp() < visit_end:
             problems.append(f"run {run.run_id} was created before the visit ended")
     for line in failures:
@@ -202,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
             if first.start_time:
                 print(f"visit end -> run started:               {first.start_time - visit_end:8.2f} s")
         print(f"visit end -> EPN in ignore.yml:         {figures['end_to_home']:8.2f} s")
-        print(f"latency minus the transfer:             {latency:8.2f} s (goal <= {GOAL_LATENCY:g}): "
-              f"{'met' if met else 'MISSED'}")
+        print(
+            f"latency minus the transfer:             {latency:8.2f} s (goal <= {GOAL_LATENCY:g}): "
+            f"{'met' if met else 'MISSED'}"
+        )
     else:
         ok = False
     if "idle" in figures:
@@ -211,11 +240,15 @@ def main(argv: list[str] | None = None) -> int:
         rate = idle["requests"] / minutes / len(EQUIPMENT)
         met = rate <= GOAL_REQUESTS_PER_MINUTE
         ok = ok and met
-        print(f"portal requests before idling (startup, refresh, the run): {figures['whole']['requests']} "
-              f"{figures['whole']['by_path']}")
+        print(
+            f"portal requests before idling (startup, refresh, the run): {figures['whole']['requests']} "
+            f"{figures['whole']['by_path']}"
+        )
         print(f"portal requests while idle {minutes:.1f} min: {idle['requests']} {idle['by_path']}")
-        print(f"portal requests per minute per equipment while idle: {rate:6.3f} (goal <= "
-              f"{GOAL_REQUESTS_PER_MINUTE:g}): {'met' if met else 'MISSED'}")
+        print(
+            f"portal requests per minute per equipment while idle: {rate:6.3f} (goal <= "
+            f"{GOAL_REQUESTS_PER_MINUTE:g}): {'met' if met else 'MISSED'}"
+        )
     for problem in problems:
         print(f"PROBLEM: {problem}")
     print("goals met" if ok else "goal MISSED")

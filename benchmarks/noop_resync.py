@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with LocalSshd() as sshd:
             # 100 files per folder, like frames split into runs.
-            make_source_tree(sshd.beamline_dir(), EPN,
-                             {f"run_{i // 100:03d}/img_{i:05d}.cbf": 512 for i in range(args.files)})
+            make_source_tree(
+                sshd.beamline_dir(), EPN, {f"run_{i // 100:03d}/img_{i:05d}.cbf": 512 for i in range(args.files)}
+            )
             endpoint = sshd.endpoint()
             destination = scratch / "ny79" / EPN / "data"
             first = RsyncClient(endpoint).transfer(EPN, destination, dry_run=False)
@@ -48,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
             runs = contenders(endpoint, EPN, destination, check=nothing_copied)
             runs[1][1]()  # warm-up
-            seconds = alternate(runs, args.rounds,
-                                show=lambda r, name, s: print(f"round {r}: {name:<20} {s:.3f} s"))
+            seconds = alternate(runs, args.rounds, show=lambda r, name, s: print(f"round {r}: {name:<20} {s:.3f} s"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -48,22 +48,37 @@ PROJECT = "bench"
 _databases = itertools.count(1)
 
 
-def one_side(work: Path, args, base_config: dict, database, broker_url: str, epns: list[str], workers: int,
-             own_hosts: bool) -> dict:
+def one_side(
+    work: Path, args, base_config: dict, database, broker_url: str, epns: list[str], workers: int, own_hosts: bool
+) -> dict:
     """The backlog through `workers` Celery workers on a fresh database; wall seconds and what ran where."""
     folder = Path(tempfile.mkdtemp(prefix=f"{workers}w-", dir=work))
     extra = {"timezone": far_from_the_digest(), "max-epns-per-run": args.max_epns_per_run}
     if args.bwlimit_kib:
         extra["rsync-bwlimit-kib"] = args.bwlimit_kib
-    config = write_config(folder / "etc" / "config.yml", destination_root=folder / "destination",
-                          max_tasks=workers * args.concurrency, extra=extra, **base_config)
+    config = write_config(
+        folder / "etc" / "config.yml",
+        destination_root=folder / "destination",
+        max_tasks=workers * args.concurrency,
+        extra=extra,
+        **base_config,
+    )
     settings = load_settings(config)
     wanted = set(epns)
     db = database.create_database(f"bench_{next(_databases)}")
     result: dict = {"workers": workers, "max_tasks": workers * args.concurrency}
     started = time.monotonic()
-    with running_site(folder, db, broker_url, config, workers=workers, concurrency=args.concurrency,
-                      own_hosts=own_hosts, sensor_interval=args.sensor_interval, poll_interval_seconds=10) as site:
+    with running_site(
+        folder,
+        db,
+        broker_url,
+        config,
+        workers=workers,
+        concurrency=args.concurrency,
+        own_hosts=own_hosts,
+        sensor_interval=args.sensor_interval,
+        poll_interval_seconds=10,
+    ) as site:
         ready = time.monotonic()
         deadline = ready + args.timeout
         while not wanted <= read_epns(settings.ignore) and time.monotonic() < deadline:
@@ -110,26 +125,47 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="assyncy-scale-out-"))
     results: dict[int, list[dict]] = {1: [], 2: []}
     try:
-        with LocalSshd() as sshd, SmtpSink() as smtp, LocalRedis() as redis, local_postgres() as database, \
-                PortalSimulator(portal_data({23: [visit(100000 + i, epn, "now-3d", "now-2d")
-                                                  for i, epn in enumerate(epns)], 24: []})) as portal:
+        with (
+            LocalSshd() as sshd,
+            SmtpSink() as smtp,
+            LocalRedis() as redis,
+            local_postgres() as database,
+            PortalSimulator(
+                portal_data({23: [visit(100000 + i, epn, "now-3d", "now-2d") for i, epn in enumerate(epns)], 24: []})
+            ) as portal,
+        ):
             lay_out_epns(sshd, {epn: mx_frames(frames, args.epn_bytes // frames) for epn in epns})
-            base_config = {"portal_url": portal.url, "sshd": sshd, "smtp_port": smtp.port,
-                           "epn_cap_map": {epn.rstrip("a"): PROJECT for epn in epns}, "execute": True}
-            print(f"{args.epns} EPNs of {args.epn_bytes} bytes; --concurrency={args.concurrency} per worker, "
-                  f"max-tasks = workers x {args.concurrency}; max-epns-per-run {args.max_epns_per_run}; "
-                  f"rsync-bwlimit-kib {args.bwlimit_kib or 'none'}; {args.rounds} round(s); "
-                  f"{'a host name per worker' if own_hosts else 'workers share the host name'}", flush=True)
+            base_config = {
+                "portal_url": portal.url,
+                "sshd": sshd,
+                "smtp_port": smtp.port,
+                "epn_cap_map": {epn.rstrip("a"): PROJECT for epn in epns},
+                "execute": True,
+            }
+            print(
+                f"{args.epns} EPNs of {args.epn_bytes} bytes; --concurrency={args.concurrency} per worker, "
+                f"max-tasks = workers x {args.concurrency}; max-epns-per-run {args.max_epns_per_run}; "
+                f"rsync-bwlimit-kib {args.bwlimit_kib or 'none'}; {args.rounds} round(s); "
+                f"{'a host name per worker' if own_hosts else 'workers share the host name'}",
+                flush=True,
+            )
             for round_ in range(args.rounds):
                 for workers in (1, 2) if round_ % 2 == 0 else (2, 1):
-                    result = one_side(work, args, base_config, database, redis.url(round_ % 16), epns, workers,
-                                      own_hosts)
+                    result = one_side(
+                        work, args, base_config, database, redis.url(round_ % 16), epns, workers, own_hosts
+                    )
                     results[workers].append(result)
-                    shown = "TIMED OUT" if result["seconds"] is None else (
-                        f"{result['seconds']:6.1f} s ({result['after_ready']:6.1f} s after ready)")
-                    print(f"round {round_ + 1}: {workers} worker(s), max-tasks {result['max_tasks']}: {shown}; "
-                          f"{result['home']}/{args.epns} home, {result['runs']} runs {result['statuses']}, "
-                          f"per worker {result['per_worker']}", flush=True)
+                    shown = (
+                        "TIMED OUT"
+                        if result["seconds"] is None
+                        else (f"{result['seconds']:6.1f} s ({result['after_ready']:6.1f} s after ready)")
+                    )
+                    print(
+                        f"round {round_ + 1}: {workers} worker(s), max-tasks {result['max_tasks']}: {shown}; "
+                        f"{result['home']}/{args.epns} home, {result['runs']} runs {result['statuses']}, "
+                        f"per worker {result['per_worker']}",
+                        flush=True,
+                    )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -142,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{workers} worker(s): did not finish in every round")
             ok = False
             continue
-        print(f"{workers} worker(s): median {statistics.median(times):6.1f} s "
-              f"({statistics.median(ready):6.1f} s after ready) over {len(times)} round(s): "
-              + ", ".join(f"{t:.1f}" for t in times))
+        print(
+            f"{workers} worker(s): median {statistics.median(times):6.1f} s "
+            f"({statistics.median(ready):6.1f} s after ready) over {len(times)} round(s): "
+            + ", ".join(f"{t:.1f}" for t in times)
+        )
     return 0 if ok else 1
 
 

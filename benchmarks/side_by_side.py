@@ -30,14 +30,20 @@ def contenders(endpoint: SshEndpoint, epn: str, destination, check: Callable | N
             check(result)
 
     def bare() -> None:
-        subprocess.run(bare_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       stdin=subprocess.DEVNULL, check=True)
+        subprocess.run(
+            bare_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, check=True
+        )
 
     return [(OURS, ours), (BARE, bare)]
 
 
-def alternate(runs, rounds: int, *, before_each: Callable[[], None] = lambda: None,
-              show: Callable[[int, str, float], None] = lambda round_, name, seconds: None) -> dict[str, list[float]]:
+def alternate(
+    runs,
+    rounds: int,
+    *,
+    before_each: Callable[[], None] = lambda: None,
+    show: Callable[[int, str, float], None] = lambda round_, name, seconds: None,
+) -> dict[str, list[float]]:
     """Seconds of each run, by name, over `rounds` alternating rounds."""
     seconds: dict[str, list[float]] = {name: [] for name, _ in runs}
     for round_ in range(rounds):
@@ -58,6 +64,8 @@ def report(values: dict[str, list[float]], unit: str, target: float, higher_is_b
     print(f"  {OURS} {ours:8.3f} {unit}")
     print(f"  {BARE}          {bare:8.3f} {unit}")
     print(f"  ratio of medians {ours / bare:.3f}")
-    print(f"  median of paired per-round ratios {paired:.3f} (target {'>=' if higher_is_better else '<='} "
-          f"{target}): {'met' if met else 'MISSED'}")
+    print(
+        f"  median of paired per-round ratios {paired:.3f} (target {'>=' if higher_is_better else '<='} "
+        f"{target}): {'met' if met else 'MISSED'}"
+    )
     return 0 if met else 1

@@ -58,8 +58,7 @@ GOALS = {"big": (0.97, True), "noop": (1.1, False), "first": (1.2, False)}
 def step_seconds(home: Path, run_id: str) -> float:
     """STEP_START -> STEP_SUCCESS of the run's epn_data step, from the event log."""
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        events = instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START,
-                                                    dg.DagsterEventType.STEP_SUCCESS})
+        events = instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS})
     starts = [e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_START]
     ends = [e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS]
     if len(starts) != 1 or len(ends) != 1:
@@ -74,9 +73,22 @@ def materialize(home: Path, config: Path, epn: str) -> float:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         before = {r.dagster_run.run_id for r in instance.get_run_records()}
     proc = subprocess.run(
-        [str(BIN / "dagster"), "asset", "materialize", "-m", "assyncy_dagster.definitions",
-         "--select", "epn_data", "--partition", epn],
-        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False,
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "assyncy_dagster.definitions",
+            "--select",
+            "epn_data",
+            "--partition",
+            epn,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"dagster asset materialize {epn} failed:\n{proc.stderr[-3000:]}")
@@ -89,8 +101,14 @@ def materialize(home: Path, config: Path, epn: str) -> float:
 
 def bare(argv: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                   check=True, start_new_session=True)
+    subprocess.run(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        check=True,
+        start_new_session=True,
+    )
     return time.perf_counter() - started
 
 
@@ -99,12 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per scenario, alternating order (default 5)")
     parser.add_argument("--only", default="big,noop,first", help="scenarios to run (default big,noop,first)")
     parser.add_argument("--files", type=int, default=10_000, help="files of the many-file EPN (default 10000)")
-    parser.add_argument("--destination-dir", type=Path, default=None,
-                        help="put the destination root under this folder, e.g. /dev/shm (a separate file system "
-                        "from DAGSTER_HOME, as a data mover's destination usually is)")
-    parser.add_argument("--home-dir", type=Path, default=None,
-                        help="put DAGSTER_HOME (the SQLite storage) under this folder, e.g. /dev/shm, instead of "
-                        "beside the destination on the same file system")
+    parser.add_argument(
+        "--destination-dir",
+        type=Path,
+        default=None,
+        help="put the destination root under this folder, e.g. /dev/shm (a separate file system "
+        "from DAGSTER_HOME, as a data mover's destination usually is)",
+    )
+    parser.add_argument(
+        "--home-dir",
+        type=Path,
+        default=None,
+        help="put DAGSTER_HOME (the SQLite storage) under this folder, e.g. /dev/shm, instead of "
+        "beside the destination on the same file system",
+    )
     args = parser.parse_args(argv)
     wanted = [s for s in args.only.split(",") if s]
 
@@ -112,26 +138,46 @@ def main(argv: list[str] | None = None) -> int:
     home = destination_root = None
     results: dict[str, dict[str, list[float]]] = {}
     try:
-        with LocalSshd() as sshd, SmtpSink() as smtp, PortalSimulator(portal_data({
-            23: [visit(300000 + i, epn, "now-3d", "now-2d") for i, epn in enumerate((TINY, BIG, MANY))], 24: [],
-        })) as portal:
-            lay_out_epns(sshd, {
-                TINY: {"frame.cbf": 1024},
-                BIG: {f"frames/big_{i}.h5": GIB // 4 for i in range(4)},
-                MANY: {f"run_{i // 100:03d}/img_{i:05d}.cbf": 512 for i in range(args.files)},
-            })
-            destination_root = Path(tempfile.mkdtemp(prefix="assyncy-step-dest-", dir=args.destination_dir)) \
-                if args.destination_dir else work / "destination"
+        with (
+            LocalSshd() as sshd,
+            SmtpSink() as smtp,
+            PortalSimulator(
+                portal_data(
+                    {
+                        23: [visit(300000 + i, epn, "now-3d", "now-2d") for i, epn in enumerate((TINY, BIG, MANY))],
+                        24: [],
+                    }
+                )
+            ) as portal,
+        ):
+            lay_out_epns(
+                sshd,
+                {
+                    TINY: {"frame.cbf": 1024},
+                    BIG: {f"frames/big_{i}.h5": GIB // 4 for i in range(4)},
+                    MANY: {f"run_{i // 100:03d}/img_{i:05d}.cbf": 512 for i in range(args.files)},
+                },
+            )
+            destination_root = (
+                Path(tempfile.mkdtemp(prefix="assyncy-step-dest-", dir=args.destination_dir))
+                if args.destination_dir
+                else work / "destination"
+            )
             config = write_config(
-                work / "etc" / "config.yml", portal_url=portal.url, sshd=sshd, smtp_port=smtp.port,
-                destination_root=destination_root, epn_cap_map={"30001": PROJECT, "30002": PROJECT,
-                                                                      "30003": PROJECT},
-                execute=True, max_tasks=2,
+                work / "etc" / "config.yml",
+                portal_url=portal.url,
+                sshd=sshd,
+                smtp_port=smtp.port,
+                destination_root=destination_root,
+                epn_cap_map={"30001": PROJECT, "30002": PROJECT, "30003": PROJECT},
+                execute=True,
+                max_tasks=2,
             )
             settings = load_settings(config)
             (destination_root / PROJECT).mkdir(parents=True, exist_ok=True)
-            home_parent = Path(tempfile.mkdtemp(prefix="assyncy-step-home-", dir=args.home_dir)) if args.home_dir \
-                else work
+            home_parent = (
+                Path(tempfile.mkdtemp(prefix="assyncy-step-home-", dir=args.home_dir)) if args.home_dir else work
+            )
             home = fresh_dagster_home(home_parent / "dagster_home")
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 instance.add_dynamic_partitions("epn", [TINY, BIG, MANY])
@@ -149,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                 os.sync()
 
             materialize(home, config, TINY)  # warm the caches once: imports, sshd, page cache
-            print(f"work folder {work}; DAGSTER_HOME {home}; destination {destination_root}; sshd on port {sshd.port}; "
-                  f"{args.rounds} round(s) per scenario")
+            print(
+                f"work folder {work}; DAGSTER_HOME {home}; destination {destination_root}; sshd on port {sshd.port}; "
+                f"{args.rounds} round(s) per scenario"
+            )
             for scenario in wanted:
                 epn = {"big": BIG, "noop": MANY, "first": MANY}[scenario]
                 seen: dict[str, list[float]] = {"ours": [], "bare": [], "ours_tiny": [], "bare_tiny": []}
@@ -174,9 +222,12 @@ def main(argv: list[str] | None = None) -> int:
                         pair[side].append(seconds)
                     for side, runs in pair.items():
                         seen[side].append(statistics.fmean(runs))
-                    print(f"{scenario} round {round_ + 1}: ours step {seen['ours'][-1]:.3f} s "
-                          f"(tiny step {seen['ours_tiny'][-1]:.3f} s), bare {seen['bare'][-1]:.3f} s "
-                          f"(tiny {seen['bare_tiny'][-1]:.3f} s)", flush=True)
+                    print(
+                        f"{scenario} round {round_ + 1}: ours step {seen['ours'][-1]:.3f} s "
+                        f"(tiny step {seen['ours_tiny'][-1]:.3f} s), bare {seen['bare'][-1]:.3f} s "
+                        f"(tiny {seen['bare_tiny'][-1]:.3f} s)",
+                        flush=True,
+                    )
                 results[scenario] = seen
                 clear(epn)
     finally:
@@ -197,20 +248,25 @@ def report(results: dict[str, dict[str, list[float]]]) -> int:
         if scenario == "big":
             paired = [b / p for p, (_, _, b, _) in zip(phase, rounds, strict=True)]  # throughput ours / bare
             marginal = [(b - bt) / p for p, (_, _, b, bt) in zip(phase, rounds, strict=True)]
-            print(f"big: 1 GiB, ours {GIB / 2**20 / statistics.median(phase):.0f} MiB/s (phase "
-                  f"{statistics.median(phase):.2f} s), bare {GIB / 2**20 / statistics.median(seen['bare']):.0f} "
-                  f"MiB/s ({statistics.median(seen['bare']):.2f} s)")
+            print(
+                f"big: 1 GiB, ours {GIB / 2**20 / statistics.median(phase):.0f} MiB/s (phase "
+                f"{statistics.median(phase):.2f} s), bare {GIB / 2**20 / statistics.median(seen['bare']):.0f} "
+                f"MiB/s ({statistics.median(seen['bare']):.2f} s)"
+            )
         else:
             paired = [p / b for p, (_, _, b, _) in zip(phase, rounds, strict=True)]
             marginal = [p / (b - bt) for p, (_, _, b, bt) in zip(phase, rounds, strict=True)]
-            print(f"{scenario}: ours phase {statistics.median(phase):.3f} s, "
-                  f"bare {statistics.median(seen['bare']):.3f} s")
+            print(
+                f"{scenario}: ours phase {statistics.median(phase):.3f} s, bare {statistics.median(seen['bare']):.3f} s"
+            )
         ratio = statistics.median(paired)
         met = ratio >= goal if higher else ratio <= goal
         failed += not met
-        print(f"  median per-round ratio ours/bare {ratio:.3f} (goal {'>=' if higher else '<='} {goal}): "
-              f"{'met' if met else 'MISSED'}; strict marginal ratio {statistics.median(marginal):.3f}; "
-              f"per round {', '.join(f'{r:.3f}' for r in paired)}")
+        print(
+            f"  median per-round ratio ours/bare {ratio:.3f} (goal {'>=' if higher else '<='} {goal}): "
+            f"{'met' if met else 'MISSED'}; strict marginal ratio {statistics.median(marginal):.3f}; "
+            f"per round {', '.join(f'{r:.3f}' for r in paired)}"
+        )
     return 1 if failed else 0
 
 

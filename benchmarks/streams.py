@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="assyncy-streams-"))
     seconds: dict[int, list[float]] = {1: [], args.streams: []}
     try:
-        with LocalSshd(rate_limit_mib=args.cap) as sshd, SmtpSink() as smtp, \
-                PortalSimulator(portal_data({23: [visit(310001, EPN, "now-3d", "now-2d")], 24: []})) as portal:
+        with (
+            LocalSshd(rate_limit_mib=args.cap) as sshd,
+            SmtpSink() as smtp,
+            PortalSimulator(portal_data({23: [visit(310001, EPN, "now-3d", "now-2d")], 24: []})) as portal,
+        ):
             size = args.mib * (1 << 20) // 64
             lay_out_epns(sshd, {EPN: {f"run_{i // 8}/img_{i:03d}.h5": size for i in range(64)}})
             home = fresh_dagster_home(work / "dagster_home")
@@ -59,16 +62,24 @@ def main(argv: list[str] | None = None) -> int:
 
             def config_for(streams: int) -> Path:
                 return write_config(
-                    work / f"etc-{streams}" / "config.yml", portal_url=portal.url, sshd=sshd, smtp_port=smtp.port,
-                    destination_root=work / "destination", epn_cap_map={"31001": PROJECT}, execute=True,
+                    work / f"etc-{streams}" / "config.yml",
+                    portal_url=portal.url,
+                    sshd=sshd,
+                    smtp_port=smtp.port,
+                    destination_root=work / "destination",
+                    epn_cap_map={"31001": PROJECT},
+                    execute=True,
                     extra={"transfer-streams": streams, "transfer-streams-min-mib": 0},
                 )
 
             configs = {n: config_for(n) for n in seconds}
             settings = load_settings(configs[1])
             destination = destination_for(EPN, settings.epn_cap_map, settings.destination_root_path)
-            print(f"{args.mib} MiB in 64 files over 8 folders, each ssh connection capped at {args.cap:g} MiB/s; "
-                  f"{args.rounds} round(s)", flush=True)
+            print(
+                f"{args.mib} MiB in 64 files over 8 folders, each ssh connection capped at {args.cap:g} MiB/s; "
+                f"{args.rounds} round(s)",
+                flush=True,
+            )
             for round_ in range(args.rounds):
                 order = list(seconds) if round_ % 2 == 0 else list(seconds)[::-1]
                 for streams in order:
@@ -77,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                         load_settings(config).ignore.write_text("---\npreviouslySynched: []\n")
                     os.sync()
                     seconds[streams].append(materialize(home, configs[streams], EPN))
-                    print(f"round {round_ + 1}: {streams} stream(s) {seconds[streams][-1]:7.2f} s "
-                          f"({args.mib / seconds[streams][-1]:.1f} MiB/s)", flush=True)
+                    print(
+                        f"round {round_ + 1}: {streams} stream(s) {seconds[streams][-1]:7.2f} s "
+                        f"({args.mib / seconds[streams][-1]:.1f} MiB/s)",
+                        flush=True,
+                    )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -87,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     speedup = statistics.median(speedups)
     print(f"\none stream  {statistics.median(seconds[1]):7.2f} s (median)")
     print(f"{many} streams   {statistics.median(seconds[many]):7.2f} s (median)")
-    print(f"speed-up, median of per-round ratios: {speedup:.2f} (goal >= {GOAL}): "
-          f"{'met' if speedup >= GOAL else 'MISSED'}; per round {', '.join(f'{s:.2f}' for s in speedups)}")
+    print(
+        f"speed-up, median of per-round ratios: {speedup:.2f} (goal >= {GOAL}): "
+        f"{'met' if speedup >= GOAL else 'MISSED'}; per round {', '.join(f'{s:.2f}' for s in speedups)}"
+    )
     return 0 if speedup >= GOAL else 1
 
 

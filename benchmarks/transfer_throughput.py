@@ -41,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=1024, help="EPN size in MiB (default 1024)")
     parser.add_argument("--files", type=int, default=64, help="number of frames (default 64)")
     parser.add_argument("--rounds", type=int, default=5, help="runs of each, alternating order (default 5)")
-    parser.add_argument("--scratch", type=Path, default=None,
-                        help="where the destination goes (default: a temp dir; /dev/shm takes disk writeback "
-                             "out of the comparison on a noisy machine)")
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=None,
+        help="where the destination goes (default: a temp dir; /dev/shm takes disk writeback "
+        "out of the comparison on a noisy machine)",
+    )
     args = parser.parse_args(argv)
 
     total = args.size_mib << 20
@@ -51,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="assyncy-bench-", dir=args.scratch))
     try:
         with LocalSshd() as sshd:
-            make_source_tree(sshd.beamline_dir(), EPN,
-                             {f"frames/img_{i:05d}.cbf": per_file for i in range(args.files)})
+            make_source_tree(sshd.beamline_dir(), EPN, {f"frames/img_{i:05d}.cbf": per_file for i in range(args.files)})
             destination = scratch / "ny79" / EPN / "data"
             runs = contenders(sshd.endpoint(), EPN, destination)
             fresh(destination)

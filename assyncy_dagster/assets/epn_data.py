@@ -6,7 +6,6 @@ result, reported per partition as soon as that EPN is done; one EPN's failure
 is recorded for it alone and the step goes on with the next one.
 """
 
-
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
@@ -67,17 +66,29 @@ def _mib_per_second(size: int, seconds: float) -> float:
     return round(size / (1024 * 1024) / seconds, 2) if seconds > 0 else 0.0
 
 
-def _check_evaluation(epn: str, passed: bool, *, description: str | None = None,
-                      metadata=None) -> dg.AssetCheckEvaluation:
+def _check_evaluation(
+    epn: str, passed: bool, *, description: str | None = None, metadata=None
+) -> dg.AssetCheckEvaluation:
     return dg.AssetCheckEvaluation(
-        asset_key=EPN_DATA, check_name=CHECK_NAME, passed=passed, partition=epn,
-        description=description, metadata=metadata or {}, severity=dg.AssetCheckSeverity.ERROR,
+        asset_key=EPN_DATA,
+        check_name=CHECK_NAME,
+        passed=passed,
+        partition=epn,
+        description=description,
+        metadata=metadata or {},
+        severity=dg.AssetCheckSeverity.ERROR,
     )
 
 
-def verify(epn: str, client: RsyncClient, destination: Path, expected: dict[str, int] | None = None,
-           actual: dict[str, int] | None = None, expected_links: dict[str, str] | None = None,
-           actual_links: dict[str, str] | None = None) -> tuple[bool, str, dict]:
+def verify(
+    epn: str,
+    client: RsyncClient,
+    destination: Path,
+    expected: dict[str, int] | None = None,
+    actual: dict[str, int] | None = None,
+    expected_links: dict[str, str] | None = None,
+    actual_links: dict[str, str] | None = None,
+) -> tuple[bool, str, dict]:
     """Compare the destination with the source manifest: (passed, description, metadata).
 
     `expected` (and `expected_links`) are what a transfer just reported: every
@@ -114,12 +125,14 @@ def _problem_table(diff) -> dg.TableMetadataValue:
             dg.TableRecord({"path": path, "problem": problem, "source_bytes": want, "destination_bytes": have})
             for path, problem, want, have in diff.problems(100)
         ],
-        schema=dg.TableSchema(columns=[
-            dg.TableColumn("path", "string"),
-            dg.TableColumn("problem", "string"),
-            dg.TableColumn("source_bytes", "int"),
-            dg.TableColumn("destination_bytes", "int"),
-        ]),
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("path", "string"),
+                dg.TableColumn("problem", "string"),
+                dg.TableColumn("source_bytes", "int"),
+                dg.TableColumn("destination_bytes", "int"),
+            ]
+        ),
     )
 
 
@@ -147,7 +160,8 @@ def _unsafe_links(epn: str, links: dict[str, str], destination: Path, dry_run: b
                 if (destination / path).is_symlink():
                     (destination / path).unlink()
     shown = ", ".join(f"{p} -> {links[p]}" for p in unsafe[:10]) + (
-        f" and {len(unsafe) - 10} more" if len(unsafe) > 10 else "")
+        f" and {len(unsafe) - 10} more" if len(unsafe) > 10 else ""
+    )
     raise EpnFailed(
         f"EPN {epn}: the source holds {len(unsafe)} symlink(s) pointing outside the EPN folder, whose data the "
         f"SFTP account cannot fetch: {shown}; not recorded. Ask the facility to replace them with the files "
@@ -168,8 +182,14 @@ def _change_since(previous: dict | None, files: int, size: int, digest: str) -> 
 
 
 def _bring_home(
-    context, epn: str, settings: Settings, client: RsyncClient, visits: list[Visit], *,
-    dry_run: bool, allow_running_visit: bool,
+    context,
+    epn: str,
+    settings: Settings,
+    client: RsyncClient,
+    visits: list[Visit],
+    *,
+    dry_run: bool,
+    allow_running_visit: bool,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation]:
     """Transfer and verify one EPN, yielding its materialisation and check result.
     Raises EpnFailed when it cannot be brought home, EpnEmpty when there is nothing to fetch."""
@@ -203,20 +223,28 @@ def _bring_home(
             context.log.info(f"EPN {epn}: {update}")
 
     try:
-        result = client.transfer(epn, destination, dry_run=dry_run, on_progress=log_progress,
-                                 streams=settings.transfer_streams,
-                                 streams_min_mib=settings.transfer_streams_min_mib)
+        result = client.transfer(
+            epn,
+            destination,
+            dry_run=dry_run,
+            on_progress=log_progress,
+            streams=settings.transfer_streams,
+            streams_min_mib=settings.transfer_streams_min_mib,
+        )
     except RsyncError as exc:
         raise EpnFailed(f"EPN {epn}: {exc}") from None
     duration = time.monotonic() - started
     if not result.manifest and not result.links:
-        raise EpnEmpty(f"EPN {epn}: its folder on the SFTP host holds no files (yet); not recorded, "
-                       "held back and looked at again later")
+        raise EpnEmpty(
+            f"EPN {epn}: its folder on the SFTP host holds no files (yet); not recorded, "
+            "held back and looked at again later"
+        )
     _unsafe_links(epn, result.links, destination, dry_run)
     if result.skipped:
         # rsync passes devices and fifos over with exit 0: never data, but say so rather than guess.
         shown = ", ".join(result.skipped[:10]) + (
-            f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else "")
+            f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
+        )
         raise EpnFailed(
             f"EPN {epn}: the source holds {len(result.skipped)} special file(s) (devices, fifos, sockets) that "
             f"are not copied: {shown}; not recorded. Ask the facility what they should be."
@@ -246,15 +274,16 @@ def _bring_home(
     links_here: dict[str, str] = {}
     files = local_manifest(destination, links_here)
     digest = manifest_digest(result.manifest or {})
-    passed, summary, check_metadata = verify(epn, client, destination, result.manifest, files,
-                                             result.links, links_here)
-    metadata.update({
-        "files_at_destination": len(files),
-        "bytes_at_destination": sum(files.values()),
-        "verified": passed,
-        "source_digest": digest,
-        "change": _change_since(last_verified(context.instance, epn), source_files, source_bytes, digest),
-    })
+    passed, summary, check_metadata = verify(epn, client, destination, result.manifest, files, result.links, links_here)
+    metadata.update(
+        {
+            "files_at_destination": len(files),
+            "bytes_at_destination": sum(files.values()),
+            "verified": passed,
+            "source_digest": digest,
+            "change": _change_since(last_verified(context.instance, epn), source_files, source_bytes, digest),
+        }
+    )
     yield dg.AssetMaterialization(asset_key=EPN_DATA, partition=epn, metadata=metadata)
     yield _check_evaluation(epn, passed, description=summary, metadata=check_metadata)
     if not passed:
@@ -308,8 +337,9 @@ def repatriate(
             continue
         try:
             instance.add_run_tags(run_id, outcome_tags([epn], Outcome.RUNNING))
-            yield from _bring_home(context, epn, settings, client, visits,
-                                   dry_run=dry_run, allow_running_visit=allow_running_visit)
+            yield from _bring_home(
+                context, epn, settings, client, visits, dry_run=dry_run, allow_running_visit=allow_running_visit
+            )
         except EpnFailed as exc:
             failures[epn] = str(exc)
             context.log.error(str(exc))
@@ -345,8 +375,14 @@ def _transferring_elsewhere(instance: dg.DagsterInstance, epn: str, run_id: str)
 
 
 def repatriate_as_configured(
-    context, epns: Sequence[str], config: EpnDataConfig, portal: PortalResource, sftp: SshSourceResource,
-    assyncy_config: AssyncyConfigResource, *, report_visits: bool,
+    context,
+    epns: Sequence[str],
+    config: EpnDataConfig,
+    portal: PortalResource,
+    sftp: SshSourceResource,
+    assyncy_config: AssyncyConfigResource,
+    *,
+    report_visits: bool,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation]:
     """`repatriate` with the run's choices (EpnDataConfig), after checking every EPN name:
     a partition key or a run-config entry reaches paths and commands."""
@@ -356,8 +392,13 @@ def repatriate_as_configured(
         raise dg.Failure(description=str(exc)) from None
     settings = assyncy_config.settings()
     yield from repatriate(
-        context, checked, settings=settings, portal=portal, sftp=sftp,
-        dry_run=dry_run_for(settings, config.execute), allow_running_visit=config.allow_running_visit,
+        context,
+        checked,
+        settings=settings,
+        portal=portal,
+        sftp=sftp,
+        dry_run=dry_run_for(settings, config.execute),
+        allow_running_visit=config.allow_running_visit,
         report_visits=report_visits,
     )
 
@@ -402,8 +443,9 @@ def epn_data(
     another, each recorded on its own; a failed or missing partition is
     repaired by materialising it again.
     """
-    yield from repatriate_as_configured(context, context.partition_keys, config, portal, sftp, assyncy_config,
-                                        report_visits=False)
+    yield from repatriate_as_configured(
+        context, context.partition_keys, config, portal, sftp, assyncy_config, report_visits=False
+    )
 
 
 @dg.asset_check(

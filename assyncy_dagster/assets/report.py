@@ -76,21 +76,27 @@ def _cached_visits(cached: dict) -> list[Visit]:
     return visits
 
 
-def ask_sources(settings: Settings, portal: PortalResource, sftp: SshSourceResource, log, now: datetime,
-                cached: dict) -> Sources:
+def ask_sources(
+    settings: Settings, portal: PortalResource, sftp: SshSourceResource, log, now: datetime, cached: dict
+) -> Sources:
     """Ask the portal (one request per equipment, with the principal scientists) and list the SFTP
     host; when either cannot be reached, fall back to what epn_sensor last heard from it, and say so."""
     since, until = visit_window(now, settings.visit_day_range)
-    when = (datetime.fromtimestamp(cached["refreshed_at"], UTC).isoformat(timespec="minutes")
-            if isinstance(cached.get("refreshed_at"), (int, float)) else None)
+    when = (
+        datetime.fromtimestamp(cached["refreshed_at"], UTC).isoformat(timespec="minutes")
+        if isinstance(cached.get("refreshed_at"), (int, float))
+        else None
+    )
     notes = []
     try:
         visits = portal.visits(since, until, logger=log)
         notes.append(f"portal: {len(visits)} visit(s) within {settings.visit_day_range} days")
     except PortalError as exc:
         if when is None:
-            raise dg.Failure(description=f"repatriation report: the portal cannot be asked and epn_sensor has "
-                                         f"no earlier answer to use: {exc}") from None
+            raise dg.Failure(
+                description=f"repatriation report: the portal cannot be asked and epn_sensor has "
+                f"no earlier answer to use: {exc}"
+            ) from None
         log.warning(f"repatriation report: the portal cannot be asked ({exc}); using epn_sensor's visits of {when}")
         visits = _cached_visits(cached)
         notes.append(f"portal unavailable: visits as epn_sensor saw them at {when} (no scientists)")
@@ -104,8 +110,9 @@ def ask_sources(settings: Settings, portal: PortalResource, sftp: SshSourceResou
             on_host = None
             notes.append("SFTP host unavailable: whether each EPN is there is unknown")
         else:
-            log.warning(f"repatriation report: the SFTP host cannot be listed ({exc}); using epn_sensor's "
-                        f"listing of {when}")
+            log.warning(
+                f"repatriation report: the SFTP host cannot be listed ({exc}); using epn_sensor's listing of {when}"
+            )
             on_host = set(cached.get("on_sftp") or [])
             notes.append(f"SFTP host unavailable: folders as epn_sensor saw them at {when}")
     valid_visits = (v for v in visits if is_valid_epn(v.epn))
@@ -121,8 +128,11 @@ def destination_epns(settings: Settings) -> set[str]:
         except OSError:
             continue
         for entry in entries:
-            if is_valid_epn(entry.name) and project_for(entry.name, settings.epn_cap_map) == project \
-                    and (entry / "data").is_dir():
+            if (
+                is_valid_epn(entry.name)
+                and project_for(entry.name, settings.epn_cap_map) == project
+                and (entry / "data").is_dir()
+            ):
                 found.add(entry.name)
     return found
 
@@ -196,7 +206,9 @@ def recent_syncs(instance: dg.DagsterInstance, since: float) -> Syncs:
     cursor = None
     while True:
         page = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=EPN_DATA, after_timestamp=since), limit=1000, cursor=cursor,
+            dg.AssetRecordsFilter(asset_key=EPN_DATA, after_timestamp=since),
+            limit=1000,
+            cursor=cursor,
             ascending=True,
         )
         for record in page.records:
@@ -227,8 +239,9 @@ def _visit_fields(visits: list[Visit]) -> dict:
     }
 
 
-def gather_facts(instance: dg.DagsterInstance, settings: Settings, sources: Sources, cached: dict,
-                 syncs: Syncs, now: datetime) -> Iterator[EpnFacts]:
+def gather_facts(
+    instance: dg.DagsterInstance, settings: Settings, sources: Sources, cached: dict, syncs: Syncs, now: datetime
+) -> Iterator[EpnFacts]:
     """One EpnFacts per EPN known to the portal, the SFTP host, the destination or ignore.yml.
 
     EPNs in the window (a visit within visit-day-range, a folder on the host, due, or a sync within
@@ -252,8 +265,11 @@ def gather_facts(instance: dg.DagsterInstance, settings: Settings, sources: Sour
         full = epn in in_window and project is not None
         attempt, run_id, error = last_attempt(instance, epn) if full else (None, "", "")
         found = last_verified(instance, epn) if full else None
-        verified = Verified(found["timestamp"], int(found.get("source_files") or 0),
-                            int(found.get("source_bytes") or 0)) if found else None
+        verified = (
+            Verified(found["timestamp"], int(found.get("source_files") or 0), int(found.get("source_bytes") or 0))
+            if found
+            else None
+        )
         yield EpnFacts(
             epn=epn,
             project=project,
@@ -365,8 +381,9 @@ def repatriation_report(
         "home": dg.MetadataValue.int(states.get("home", 0)),
         "needing_attention": dg.MetadataValue.int(attention),
         "attention": dg.MetadataValue.md(attention_markdown(frame, repair)),
-        "plot": dg.MetadataValue.md(image_markdown(
-            png, "Bytes repatriated per project per week, and the backlog over time")),
+        "plot": dg.MetadataValue.md(
+            image_markdown(png, "Bytes repatriated per project per week, and the backlog over time")
+        ),
         "totals_by_state": dg.MetadataValue.md(markdown_table(by_state)),
         "totals_by_project": dg.MetadataValue.md(markdown_table(by_project)),
         "csv": dg.MetadataValue.path(str(paths["csv"])),

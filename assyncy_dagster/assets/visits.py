@@ -61,10 +61,12 @@ def portal_visits(
     for epn, visits in found.items():
         metadata = visit_metadata(visits)
         context.log.info(f"EPN {epn}: visit {metadata['start'].value} to {metadata['end'].value}")
-    return dg.MaterializeResult(metadata={
-        "epns": dg.MetadataValue.int(len(epns)),
-        "epns_without_visit": dg.MetadataValue.text(", ".join(missing) or "none"),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "epns": dg.MetadataValue.int(len(epns)),
+            "epns_without_visit": dg.MetadataValue.text(", ".join(missing) or "none"),
+        }
+    )
 
 
 def visit_metadata(visits: list[Visit]) -> dict[str, dg.MetadataValue]:

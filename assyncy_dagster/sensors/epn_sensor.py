@@ -103,6 +103,9 @@ def _log_to_sync_file(settings: Settings, result: dg.SensorResult | dg.SkipReaso
 
 def _describe_request(request: dg.RunRequest) -> str:
     ops = (request.run_config or {}).get("ops", {})
-    epns = ops.get("repatriate_epns", {}).get("config", {}).get("epns") or ops.get(
-        "send_unknown_epn_alert_op", {}).get("config", {}).get("epns") or []
+    epns = (
+        ops.get("repatriate_epns", {}).get("config", {}).get("epns")
+        or ops.get("send_unknown_epn_alert_op", {}).get("config", {}).get("epns")
+        or []
+    )
     return f"{request.job_name} {', '.join(epns)}".strip()

@@ -38,8 +38,11 @@ def repatriation_failure_alert(
     if not is_repatriation(context.instance, run):
         return
     settings = assyncy_config.settings()
-    unfinished = [epn for epn, outcome in tagged_epns(run.tags).items()
-                  if outcome not in (Outcome.HOME.value, Outcome.DRY_RUN.value)]
+    unfinished = [
+        epn
+        for epn, outcome in tagged_epns(run.tags).items()
+        if outcome not in (Outcome.HOME.value, Outcome.DRY_RUN.value)
+    ]
     epn = ", ".join(unfinished) or run.tags.get("dagster/partition", "(unknown EPN)")
     url = f"{settings.dagster_ui_url.rstrip('/')}/runs/{run.run_id}" if settings.dagster_ui_url else None
     error = step_failure_message(context.get_step_failure_events()) or context.failure_event.message

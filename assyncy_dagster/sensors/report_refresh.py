@@ -26,11 +26,8 @@ NOT_STARTED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.D
 
 def ended_repatriations(instance: dg.DagsterInstance, after: float) -> list[dg.RunRecord]:
     """Repatriation runs (the batch job, or any run that planned to materialise an EPN) that ended after `after`."""
-    records = instance.get_run_records(
-        dg.RunsFilter(statuses=ENDED, updated_after=datetime.fromtimestamp(after, UTC))
-    )
-    return [r for r in records if r.end_time and r.end_time > after
-            and is_repatriation(instance, r.dagster_run)]
+    records = instance.get_run_records(dg.RunsFilter(statuses=ENDED, updated_after=datetime.fromtimestamp(after, UTC)))
+    return [r for r in records if r.end_time and r.end_time > after and is_repatriation(instance, r.dagster_run)]
 
 
 @dg.sensor(
@@ -53,8 +50,10 @@ def repatriation_report_refresh(context: dg.SensorEvaluationContext) -> dg.RunRe
     context.update_cursor(str(newest.end_time))
     waiting = context.instance.get_run_records(dg.RunsFilter(job_name=REPORT_JOB, statuses=NOT_STARTED), limit=1)
     if waiting:
-        return dg.SkipReason(f"{len(ended)} repatriation run(s) ended; report run {waiting[0].dagster_run.run_id} "
-                             "has not started yet and will include them")
+        return dg.SkipReason(
+            f"{len(ended)} repatriation run(s) ended; report run {waiting[0].dagster_run.run_id} "
+            "has not started yet and will include them"
+        )
     return dg.RunRequest(
         # One report per newest ended run: a re-evaluated tick cannot ask twice.
         run_key=f"report-after:{newest.dagster_run.run_id}",

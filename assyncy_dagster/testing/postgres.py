@@ -50,12 +50,26 @@ class PostgresServer:
 
     def _psql(self) -> list[str]:
         # Over the Unix socket, where the cluster trusts its superuser.
-        return [str(self.bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir),
-                "-p", str(self.port), "-U", "postgres", "-d", "postgres"]
+        return [
+            str(self.bin_dir / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ]
 
 
 def postgres_bin_dir() -> Path | None:
     """The folder of initdb/postgres: Debian keeps them in /usr/lib/postgresql/<version>/bin."""
+
     def version(path: str) -> tuple[int, ...]:
         return tuple(int(part) for part in Path(path).parts[4].split(".") if part.isdigit())
 
@@ -93,7 +107,8 @@ def _wait_ready(bin_dir: Path, proc: subprocess.Popen, port: int, log: Path, tim
             return
         time.sleep(0.1)
     raise RuntimeError(
-        f"postgres did not accept connections within {timeout:.0f} s:\n{log.read_text(errors='replace')}")
+        f"postgres did not accept connections within {timeout:.0f} s:\n{log.read_text(errors='replace')}"
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -120,7 +135,8 @@ def local_postgres() -> Iterator[PostgresServer]:
             pwd.getpwnam(SERVICE_ACCOUNT)
         except KeyError:
             raise PostgresUnavailable(
-                f"PostgreSQL refuses to run as root and there is no {SERVICE_ACCOUNT!r} account") from None
+                f"PostgreSQL refuses to run as root and there is no {SERVICE_ACCOUNT!r} account"
+            ) from None
 
     # Under /tmp rather than pytest's tmp_path, which is private to root.
     workdir = Path(tempfile.mkdtemp(prefix="assyncy-pg-"))
@@ -134,16 +150,41 @@ def local_postgres() -> Iterator[PostgresServer]:
             for path in (workdir, sockets, log):
                 os.chown(path, account.pw_uid, account.pw_gid)
         _run(
-            [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-             "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-sync"],
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
             cwd=workdir,
         )
         port = free_port()
         with open(log, "ab") as log_out:
             proc = subprocess.Popen(
-                [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "max_connections=200"],
+                [
+                    str(bin_dir / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(port),
+                    "-k",
+                    str(sockets),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=200",
+                ],
                 cwd=workdir,
                 stdout=log_out,
                 stderr=subprocess.STDOUT,
@@ -153,11 +194,19 @@ def local_postgres() -> Iterator[PostgresServer]:
         _wait_ready(bin_dir, proc, port, log)
 
         server = PostgresServer(
-            host="127.0.0.1", port=port, database="dagster", username="assyncy",
-            password=secrets.token_urlsafe(18), socket_dir=sockets, bin_dir=bin_dir,
+            host="127.0.0.1",
+            port=port,
+            database="dagster",
+            username="assyncy",
+            password=secrets.token_urlsafe(18),
+            socket_dir=sockets,
+            bin_dir=bin_dir,
         )
-        _run([*server._psql(), "-c", f"CREATE ROLE assyncy LOGIN PASSWORD '{server.password}'"], cwd=workdir,
-             secret=server.password)
+        _run(
+            [*server._psql(), "-c", f"CREATE ROLE assyncy LOGIN PASSWORD '{server.password}'"],
+            cwd=workdir,
+            secret=server.password,
+        )
         _run([*server._psql(), "-c", "CREATE DATABASE dagster OWNER assyncy"], cwd=workdir)
         yield server
     finally:

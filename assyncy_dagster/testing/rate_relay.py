@@ -28,7 +28,7 @@ def main() -> int:
                 break
             view = memoryview(data)
             while view:
-                view = view[os.write(sink, view):]
+                view = view[os.write(sink, view) :]
             sent += len(data)
             ahead = sent / rate - (time.monotonic() - started)
             if ahead > 0:

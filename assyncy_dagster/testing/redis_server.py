@@ -54,12 +54,29 @@ class LocalRedis:
             raise RedisUnavailable("redis-server is not installed (apt-get install redis-server)")
         self.workdir = Path(tempfile.mkdtemp(prefix="assyncy-redis-"))
         self.port = free_port()
-        argv = [binary, "--bind", self.host, "--port", str(self.port), "--requirepass", self.password,
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
-                "--logfile", str(self.log)]
+        argv = [
+            binary,
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--requirepass",
+            self.password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.log),
+        ]
         # Its own session: stopped with its group, never by a signal meant for the caller.
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         self._wait_ready()
         return self
 

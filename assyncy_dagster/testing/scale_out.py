@@ -42,8 +42,9 @@ _READY = re.compile(r"\bready\.\s*$", re.MULTILINE)
 _RECEIVED = re.compile(r"Task execute_job\[([0-9a-f-]{36})\] received")
 
 
-def scale_out_instance_config(database: PostgresServer, shared: Path, dequeue_interval_seconds: int | None = None,
-                              **run_monitoring: object) -> dict:
+def scale_out_instance_config(
+    database: PostgresServer, shared: Path, dequeue_interval_seconds: int | None = None, **run_monitoring: object
+) -> dict:
     """etc/scale-out/dagster.yaml for `database`, with the shared file system at `shared`.
 
     Secrets stay in the environment as in production (DAGSTER_PG_PASSWORD, the
@@ -53,7 +54,8 @@ def scale_out_instance_config(database: PostgresServer, shared: Path, dequeue_in
     if dequeue_interval_seconds is not None:
         config["run_queue"] = {"dequeue_interval_seconds": dequeue_interval_seconds}
     config["storage"]["postgres"]["postgres_db"].update(
-        hostname=database.host, port=database.port, db_name=database.database, username=database.username)
+        hostname=database.host, port=database.port, db_name=database.database, username=database.username
+    )
     config["local_artifact_storage"]["config"]["base_dir"] = str(shared / "dagster-storage")
     config["compute_logs"]["config"]["base_dir"] = str(shared / "dagster-storage" / "logs")
     config["run_monitoring"].update(run_monitoring)
@@ -119,9 +121,15 @@ class CeleryWorker:
         path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
         environ = {**os.environ, "PATH": path, "DAGSTER_HOME": str(self.home), **self.env}
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=environ, cwd=self.home,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=environ,
+                cwd=self.home,
+                start_new_session=True,
+            )
         return self
 
     def ready(self) -> bool:
@@ -169,8 +177,15 @@ class DagsterDaemon:
         environ = {**os.environ, "DAGSTER_HOME": str(self.home), **self.env}
         argv = [str(BIN / "dagster-daemon"), "run", "-m", "assyncy_dagster.definitions"]
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=environ, cwd=self.home, start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=environ,
+                cwd=self.home,
+                start_new_session=True,
+            )
         return self
 
     def alive(self) -> bool:
@@ -272,26 +287,48 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 @contextlib.contextmanager
-def running_site(work: Path, database: PostgresServer, broker_url: str, config: Path, *, workers: int = 2,
-                 concurrency: int = 1, own_hosts: bool = True, sensor_interval: int = 2,
-                 dequeue_interval_seconds: int | None = None, ready_timeout: float = 180, **run_monitoring: object):
+def running_site(
+    work: Path,
+    database: PostgresServer,
+    broker_url: str,
+    config: Path,
+    *,
+    workers: int = 2,
+    concurrency: int = 1,
+    own_hosts: bool = True,
+    sensor_interval: int = 2,
+    dequeue_interval_seconds: int | None = None,
+    ready_timeout: float = 180,
+    **run_monitoring: object,
+):
     """Start `workers` Celery workers (hosts mover1, mover2 ... when `own_hosts`) and the
     daemon on `database`, with Redis `broker_url` as broker and result backend and
     `config` as config.yml; yield a Site once every worker is ready; stop them all,
     whatever happens (the daemon first, so that it launches nothing more)."""
     import dagster as dg  # only here: the rest of this module runs without Dagster
 
-    instance_config = scale_out_instance_config(database, work / "shared", dequeue_interval_seconds,
-                                                **run_monitoring)
+    instance_config = scale_out_instance_config(database, work / "shared", dequeue_interval_seconds, **run_monitoring)
     celery_yaml = work / "celery.yaml"
     shutil.copy(SCALE_OUT_ETC / "celery.yaml", celery_yaml)
-    env = {"ASSYNCY_CONFIG": str(config), PASSWORD_ENV: database.password,
-           BROKER_ENV: broker_url, BACKEND_ENV: broker_url}
-    daemon = DagsterDaemon(write_dagster_home(work / "dagster-host", instance_config),
-                           {**env, "ASSYNCY_SENSOR_INTERVAL_SECONDS": str(sensor_interval)})
+    env = {
+        "ASSYNCY_CONFIG": str(config),
+        PASSWORD_ENV: database.password,
+        BROKER_ENV: broker_url,
+        BACKEND_ENV: broker_url,
+    }
+    daemon = DagsterDaemon(
+        write_dagster_home(work / "dagster-host", instance_config),
+        {**env, "ASSYNCY_SENSOR_INTERVAL_SECONDS": str(sensor_interval)},
+    )
     movers = [
-        CeleryWorker(f"assyncy-mover{i}", write_dagster_home(work / f"mover{i}", instance_config), env, celery_yaml,
-                     concurrency=concurrency, host=f"mover{i}" if own_hosts else None)
+        CeleryWorker(
+            f"assyncy-mover{i}",
+            write_dagster_home(work / f"mover{i}", instance_config),
+            env,
+            celery_yaml,
+            concurrency=concurrency,
+            host=f"mover{i}" if own_hosts else None,
+        )
         for i in range(1, workers + 1)
     ]
     saved = {name: os.environ.get(name) for name in env}
@@ -309,8 +346,13 @@ def running_site(work: Path, database: PostgresServer, broker_url: str, config: 
         while not all(w.ready() for w in movers):
             dead = [w for w in movers if not w.alive()]
             if dead or not daemon.alive() or time.monotonic() > deadline:
-                what = f"worker {dead[0].name} exited" if dead else (
-                    "the daemon exited" if not daemon.alive() else f"workers not ready within {ready_timeout:.0f} s")
+                what = (
+                    f"worker {dead[0].name} exited"
+                    if dead
+                    else (
+                        "the daemon exited" if not daemon.alive() else f"workers not ready within {ready_timeout:.0f} s"
+                    )
+                )
                 raise RuntimeError(f"{what}\n" + Site(daemon, movers, None).problems())
             time.sleep(0.2)
         with dg.DagsterInstance.from_config(str(daemon.home)) as instance:

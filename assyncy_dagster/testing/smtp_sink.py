@@ -198,8 +198,6 @@ class SmtpSink:
             if self.save_dir:
                 path = self.save_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{number:04d}.eml"
                 path.write_bytes(raw)
-            self.received.append(
-                ReceivedMail(message, envelope.mail_from or "", tuple(envelope.rcpt_tos), raw, path)
-            )
+            self.received.append(ReceivedMail(message, envelope.mail_from or "", tuple(envelope.rcpt_tos), raw, path))
             self._condition.notify_all()
         return "250 2.0.0 Message accepted for delivery"

@@ -79,8 +79,13 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 def missing_binaries() -> list[str]:
     """The programs LocalSshd needs that are not installed (empty when all are there)."""
-    needed = [SSHD, RRSYNC, shutil.which("ssh") or "ssh", shutil.which("ssh-keygen") or "ssh-keygen",
-              shutil.which("rsync") or "rsync"]
+    needed = [
+        SSHD,
+        RRSYNC,
+        shutil.which("ssh") or "ssh",
+        shutil.which("ssh-keygen") or "ssh-keygen",
+        shutil.which("rsync") or "rsync",
+    ]
     return [p for p in needed if not (os.path.isabs(p) and os.access(p, os.X_OK))]
 
 
@@ -98,7 +103,9 @@ def _ensure_account(name: str) -> str:
         except KeyError:
             subprocess.run(
                 ["useradd", "--system", "--no-create-home", "-s", "/bin/sh", name],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             )
         # A fresh account is locked ("!"), and with UsePAM no sshd refuses a locked
         # account even for key logins; "*" means "no password" without the lock.
@@ -154,8 +161,14 @@ class LocalSshd:
     demo can restart the server with the same host key.
     """
 
-    def __init__(self, *, user: str = DEFAULT_USER, workdir: Path | None = None,
-                 startup_timeout: float = 20.0, rate_limit_mib: float | None = None):
+    def __init__(
+        self,
+        *,
+        user: str = DEFAULT_USER,
+        workdir: Path | None = None,
+        startup_timeout: float = 20.0,
+        rate_limit_mib: float | None = None,
+    ):
         self.host = "127.0.0.1"
         self.port = 0
         self._wanted_user = user
@@ -191,9 +204,15 @@ class LocalSshd:
 
     def endpoint(self, beamline: str = "mx") -> SshEndpoint:
         """The endpoint a client uses to read `beamline_dir(beamline)` through this server."""
-        return SshEndpoint(host=self.host, port=self.port, user=self.user, key_file=self.key_file,
-                           known_hosts_file=self.known_hosts_file, source_root=self.remote_root(beamline),
-                           connect_timeout_seconds=5)
+        return SshEndpoint(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            key_file=self.key_file,
+            known_hosts_file=self.known_hosts_file,
+            source_root=self.remote_root(beamline),
+            connect_timeout_seconds=5,
+        )
 
     def config_values(self, beamline: str = "mx") -> dict[str, object]:
         """The config.yml keys that point the project at this server (for the demo and end-to-end tests)."""
@@ -232,11 +251,28 @@ class LocalSshd:
         (self.workdir / "server").chmod(0o755)
         (self.workdir / "client").chmod(0o700)
         if not self.host_key_file.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "assyncy-test-host",
-                            "-f", str(self.host_key_file)], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "assyncy-test-host",
+                    "-f",
+                    str(self.host_key_file),
+                ],
+                check=True,
+                capture_output=True,
+            )
         if not self.key_file.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "assyncy-test-client",
-                            "-f", str(self.key_file)], check=True, capture_output=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "assyncy-test-client", "-f", str(self.key_file)],
+                check=True,
+                capture_output=True,
+            )
         self.key_file.chmod(0o600)
         self.authorized_keys_file.write_text(Path(f"{self.key_file}.pub").read_text())
         self.authorized_keys_file.chmod(0o644)
@@ -301,7 +337,10 @@ class LocalSshd:
             with open(self.log_file, "ab") as log_fh:
                 self._proc = subprocess.Popen(
                     [SSHD, "-D", "-e", "-f", str(self.config_file)],
-                    stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh, start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fh,
+                    stderr=log_fh,
+                    start_new_session=True,
                     preexec_fn=_die_with_parent(),
                 )
             try:
@@ -323,7 +362,10 @@ class LocalSshd:
     def _probe(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             list_command(self.endpoint(), "/", recursive=False, io_timeout_seconds=10),
-            capture_output=True, text=True, timeout=15, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=15,
+            stdin=subprocess.DEVNULL,
         )
 
     def _wait_ready(self) -> None:
@@ -335,18 +377,22 @@ class LocalSshd:
                     raise _PortTaken()
                 raise SshdError(f"sshd exited with code {self._proc.returncode}; log:\n{self.log_tail()}")
             if time.monotonic() > deadline:
-                raise SshdError(f"sshd did not open port {self.port} within {self.startup_timeout}s; "
-                                f"log:\n{self.log_tail()}")
+                raise SshdError(
+                    f"sshd did not open port {self.port} within {self.startup_timeout}s; log:\n{self.log_tail()}"
+                )
             time.sleep(0.02)
         # The port is open, so sshd is ready: a failing probe is a real problem, not a race.
         try:
             probe = self._probe()
         except subprocess.TimeoutExpired:
-            raise SshdError(f"rsync --list-only through sshd on port {self.port} timed out; "
-                            f"log:\n{self.log_tail()}") from None
+            raise SshdError(
+                f"rsync --list-only through sshd on port {self.port} timed out; log:\n{self.log_tail()}"
+            ) from None
         if probe.returncode != 0:
-            raise SshdError(f"rsync --list-only through sshd on port {self.port} exited {probe.returncode}: "
-                            f"{probe.stderr.strip()[-500:]}\nsshd log:\n{self.log_tail()}")
+            raise SshdError(
+                f"rsync --list-only through sshd on port {self.port} exited {probe.returncode}: "
+                f"{probe.stderr.strip()[-500:]}\nsshd log:\n{self.log_tail()}"
+            )
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None

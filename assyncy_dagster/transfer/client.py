@@ -33,8 +33,14 @@ log = logging.getLogger("assyncy.rsync")
 class RsyncClient:
     """Lists and copies EPN folders from the SFTP host with rsync over ssh."""
 
-    def __init__(self, endpoint: SshEndpoint, logger: logging.Logger | Any | None = None, *,
-                 progress_interval: float = 5.0, bwlimit_kib: int | None = None):
+    def __init__(
+        self,
+        endpoint: SshEndpoint,
+        logger: logging.Logger | Any | None = None,
+        *,
+        progress_interval: float = 5.0,
+        bwlimit_kib: int | None = None,
+    ):
         self.endpoint = endpoint
         self.log = logger or log
         self.progress_interval = progress_interval
@@ -55,8 +61,11 @@ class RsyncClient:
                 entries.append(entry)
 
         root = self.endpoint.root_path()
-        self._run(list_command(self.endpoint, root, recursive=False, io_timeout_seconds=io_timeout_seconds),
-                  description=f"listing {self.endpoint.remote(root)}", on_line=collect)
+        self._run(
+            list_command(self.endpoint, root, recursive=False, io_timeout_seconds=io_timeout_seconds),
+            description=f"listing {self.endpoint.remote(root)}",
+            on_line=collect,
+        )
         epns = set()
         for entry in entries:
             if not (entry.is_dir or entry.is_symlink):
@@ -82,8 +91,7 @@ class RsyncClient:
                 links[entry.path] = entry.link_target
 
         path = source_path_for(epn, self.endpoint.source_root)
-        self._run(list_command(self.endpoint, path, recursive=True),
-                  description=f"listing EPN {epn}", on_line=collect)
+        self._run(list_command(self.endpoint, path, recursive=True), description=f"listing EPN {epn}", on_line=collect)
         return manifest
 
     def source_summaries(self, epns: Sequence[str], io_timeout_seconds: int = 60) -> dict[str, dict[str, int]]:
@@ -126,13 +134,21 @@ class RsyncClient:
         if streams > 1:
             plan = plan_streams(self.source_manifest(epn), streams, streams_min_mib)
             if plan is not None:
-                return self._transfer_streams(epn, destination, plan, dry_run=dry_run, on_progress=on_progress,
-                                              extra_args=extra_args)
+                return self._transfer_streams(
+                    epn, destination, plan, dry_run=dry_run, on_progress=on_progress, extra_args=extra_args
+                )
         return self._transfer_one(epn, destination, dry_run=dry_run, on_progress=on_progress, extra_args=extra_args)
 
     def _transfer_one(
-        self, epn: str, destination: Path, *, dry_run: bool, on_progress: Callable[[ProgressUpdate], None] | None,
-        extra_args: Sequence[str], description: str = "", on_start: Callable[[int], None] | None = None,
+        self,
+        epn: str,
+        destination: Path,
+        *,
+        dry_run: bool,
+        on_progress: Callable[[ProgressUpdate], None] | None,
+        extra_args: Sequence[str],
+        description: str = "",
+        on_start: Callable[[int], None] | None = None,
     ) -> RsyncResult:
         argv = transfer_command(self.endpoint, epn, destination, dry_run=dry_run, extra_args=extra_args)
         manifest: dict[str, int] = {}
@@ -166,8 +182,14 @@ class RsyncClient:
         return result
 
     def _transfer_streams(
-        self, epn: str, destination: Path, plan: StreamPlan, *, dry_run: bool,
-        on_progress: Callable[[ProgressUpdate], None] | None, extra_args: Sequence[str],
+        self,
+        epn: str,
+        destination: Path,
+        plan: StreamPlan,
+        *,
+        dry_run: bool,
+        on_progress: Callable[[ProgressUpdate], None] | None,
+        extra_args: Sequence[str],
     ) -> RsyncResult:
         """Pull each chunk of `plan` with its own rsync, all at once; one result for them all.
 
@@ -190,12 +212,14 @@ class RsyncClient:
                     next_report[0] = now + self.progress_interval
                     done = sum(u.bytes_transferred for u in latest.values())
                     summed = ProgressUpdate(
-                        bytes_transferred=done, percent=min(100, int(100 * done / total)) if total else 100,
+                        bytes_transferred=done,
+                        percent=min(100, int(100 * done / total)) if total else 100,
                         rate_bytes_per_second=sum(u.rate_bytes_per_second for u in latest.values()),
                         time_text=_clock(now - started),
                         files_transferred=sum(u.files_transferred or 0 for u in latest.values()),
                     )
                 on_progress(summed)
+
             return update
 
         pgids: list[int] = []
@@ -218,8 +242,13 @@ class RsyncClient:
             try:
                 futures = [
                     pool.submit(
-                        self._transfer_one, epn, destination, dry_run=dry_run, on_progress=progress_of(index),
-                        extra_args=args, on_start=stream_started,
+                        self._transfer_one,
+                        epn,
+                        destination,
+                        dry_run=dry_run,
+                        on_progress=progress_of(index),
+                        extra_args=args,
+                        on_start=stream_started,
                         description=f"{'dry-run ' if dry_run else ''}transfer of EPN {epn} "
                         f"(stream {index + 1} of {plan.streams})",
                     )
@@ -249,9 +278,9 @@ def _clock(seconds: float) -> str:
 def _combined(results: list[RsyncResult], duration: float, total: int) -> RsyncResult:
     """One result for the streams of one transfer: totals summed, manifests merged."""
     stats = [r.stats or TransferStats() for r in results]
-    summed = TransferStats(**{
-        name: sum(getattr(s, name) for s in stats) for name in TransferStats.__dataclass_fields__
-    })
+    summed = TransferStats(
+        **{name: sum(getattr(s, name) for s in stats) for name in TransferStats.__dataclass_fields__}
+    )
     manifest: dict[str, int] = {}
     links: dict[str, str] = {}
     for result in results:

@@ -78,7 +78,8 @@ def transfer_command(
     destination = Path(destination).absolute()  # absolute: never read as an option or a host:path
     argv = [
         RSYNC,
-        "-r", "-t",
+        "-r",
+        "-t",
         "--links",
         "--stats",
         CHMOD,
@@ -95,13 +96,18 @@ def transfer_command(
     if dry_run:
         argv.append("--dry-run")
     argv += list(extra_args)
-    argv += ["-e", endpoint.rsync_shell(), endpoint.remote(source_path_for(epn, endpoint.source_root)),
-             f"{destination}/"]
+    argv += [
+        "-e",
+        endpoint.rsync_shell(),
+        endpoint.remote(source_path_for(epn, endpoint.source_root)),
+        f"{destination}/",
+    ]
     return argv
 
 
-def list_command(endpoint: SshEndpoint, path: str, *, recursive: bool,
-                 io_timeout_seconds: int = DEFAULT_IO_TIMEOUT_SECONDS) -> list[str]:
+def list_command(
+    endpoint: SshEndpoint, path: str, *, recursive: bool, io_timeout_seconds: int = DEFAULT_IO_TIMEOUT_SECONDS
+) -> list[str]:
     """rsync with no destination: prints a listing of remote `path` (recursive: with the transfer's filters)."""
     argv = [RSYNC, "--list-only", "--no-h", f"--timeout={int(io_timeout_seconds)}"]
     if recursive:

@@ -95,19 +95,27 @@ class SshEndpoint:
         """The ssh argv: key-only, non-interactive, host key checked strictly."""
         cmd = [
             SSH,
-            "-i", str(self.key_file),
-            "-p", str(self.port),
-            "-o", "IdentitiesOnly=yes",
-            "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=yes",
+            "-i",
+            str(self.key_file),
+            "-p",
+            str(self.port),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
         ]
         if self.known_hosts_file is not None:
             # Pin to this file alone: a stale system-wide entry must not vouch for the host.
             cmd += ["-o", f"UserKnownHostsFile={self.known_hosts_file}", "-o", "GlobalKnownHostsFile=/dev/null"]
         cmd += [
-            "-o", f"ConnectTimeout={self.connect_timeout_seconds}",
-            "-o", f"ServerAliveInterval={self.server_alive_interval_seconds}",
-            "-o", "ServerAliveCountMax=4",
+            "-o",
+            f"ConnectTimeout={self.connect_timeout_seconds}",
+            "-o",
+            f"ServerAliveInterval={self.server_alive_interval_seconds}",
+            "-o",
+            "ServerAliveCountMax=4",
         ]
         return cmd
 
@@ -130,4 +138,3 @@ class SshEndpoint:
     def root_path(self) -> str:
         """The source root with the trailing slash that makes rsync list its contents."""
         return self.source_root.rstrip("/") + "/"
-

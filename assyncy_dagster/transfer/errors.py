@@ -107,8 +107,16 @@ def redact(lines: Iterable[str]) -> list[str]:
     return [line for line in lines if "PRIVATE KEY" not in line]
 
 
-def error_for(exit_code: int, stderr_lines: list[str], *, description: str, host_key_problem: bool,
-              terminated: bool, endpoint: SshEndpoint | None, result: RsyncResult) -> RsyncError:
+def error_for(
+    exit_code: int,
+    stderr_lines: list[str],
+    *,
+    description: str,
+    host_key_problem: bool,
+    terminated: bool,
+    endpoint: SshEndpoint | None,
+    result: RsyncResult,
+) -> RsyncError:
     """The exception for a failed run: TransferTerminated, HostKeyError or RsyncError, with a hint and stderr."""
     relevant = [line for line in redact(stderr_lines) if "Could not chdir to home directory" not in line]
     tail = "\n".join(relevant[-_ERROR_STDERR_LINES:])
@@ -117,23 +125,32 @@ def error_for(exit_code: int, stderr_lines: list[str], *, description: str, host
     if terminated:
         return TransferTerminated(
             f"{what} was stopped by a shutdown request (rsync exit {exit_code}); the next run resumes it",
-            exit_code=exit_code, stderr_tail=tail, result=result,
+            exit_code=exit_code,
+            stderr_tail=tail,
+            result=result,
         )
     if host_key_problem:
         where = f"{endpoint.host}:{endpoint.port}" if endpoint else "the SFTP host"
-        pinned = (f"known-hosts-file {endpoint.known_hosts_file}" if endpoint and endpoint.known_hosts_file
-                  else "the default ~/.ssh/known_hosts (set known-hosts-file in config.yml to pin it)")
+        pinned = (
+            f"known-hosts-file {endpoint.known_hosts_file}"
+            if endpoint and endpoint.known_hosts_file
+            else "the default ~/.ssh/known_hosts (set known-hosts-file in config.yml to pin it)"
+        )
         return HostKeyError(
             f"{what} failed: the SSH host key of {where} is unknown or does not match {pinned}. "
             f"Check known-hosts-file: if the facility announced a new host key, add it "
             f"(`ssh-keyscan -p PORT HOST` and verify the fingerprint with them); otherwise do not connect, "
             f"the connection may be intercepted.{shown}",
-            exit_code=exit_code, stderr_tail=tail, result=result,
+            exit_code=exit_code,
+            stderr_tail=tail,
+            result=result,
         )
     hint = _EXIT_HINTS.get(exit_code)
     return RsyncError(
         f"{what} failed: rsync exit code {exit_code} ({exit_meaning(exit_code)})"
-        + (f": {hint}" if hint else "") + shown,
-        exit_code=exit_code, stderr_tail=tail, result=result,
+        + (f": {hint}" if hint else "")
+        + shown,
+        exit_code=exit_code,
+        stderr_tail=tail,
+        result=result,
     )
-

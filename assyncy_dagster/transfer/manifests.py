@@ -101,9 +101,11 @@ class ManifestDiff:
         if self.ok:
             head = "destination matches the source"
             return head + (f" ({len(self.extra)} extra file(s) in the destination)" if self.extra else "")
-        lines = [f"{len(self.missing)} missing, {len(self.size_mismatch)} with a different size"
-                 + (f", {len(self.missing_links)} symlink(s) missing or different" if self.missing_links else "")
-                 + (f", {len(self.extra)} extra" if self.extra else "")]
+        lines = [
+            f"{len(self.missing)} missing, {len(self.size_mismatch)} with a different size"
+            + (f", {len(self.missing_links)} symlink(s) missing or different" if self.missing_links else "")
+            + (f", {len(self.extra)} extra" if self.extra else "")
+        ]
         for path in self.missing_links[:limit]:
             lines.append(f"  symlink missing or different: {path}")
         for path in self.missing[:limit]:
@@ -117,9 +119,12 @@ class ManifestDiff:
         return "\n".join(lines)
 
 
-def compare_manifests(expected: Mapping[str, int], actual: Mapping[str, int],
-                      expected_links: Mapping[str, str] | None = None,
-                      actual_links: Mapping[str, str] | None = None) -> ManifestDiff:
+def compare_manifests(
+    expected: Mapping[str, int],
+    actual: Mapping[str, int],
+    expected_links: Mapping[str, str] | None = None,
+    actual_links: Mapping[str, str] | None = None,
+) -> ManifestDiff:
     """Compare the source manifest (and its symlinks) with the destination's."""
     missing = sorted(p for p in expected if p not in actual)
     mismatch = sorted((p, size, actual[p]) for p, size in expected.items() if p in actual and actual[p] != size)

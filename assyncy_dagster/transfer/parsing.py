@@ -40,7 +40,7 @@ def unescape_name(name: str) -> str:
     raw = bytearray()
     pos = 0
     for match in _ESCAPE.finditer(name):
-        raw += name[pos:match.start()].encode("utf-8", "surrogateescape")
+        raw += name[pos : match.start()].encode("utf-8", "surrogateescape")
         raw.append(int(match.group(1), 8) & 0xFF)
         pos = match.end()
     raw += name[pos:].encode("utf-8", "surrogateescape")
@@ -66,8 +66,13 @@ def parse_listing_line(line: str) -> ListingEntry | None:
         name, target = name.split(" -> ", 1)
     if name in (".", "./"):
         return None
-    return ListingEntry(path=name.rstrip("/"), size=_number(match.group("size")), is_dir=kind == "d",
-                        is_symlink=is_symlink, link_target=target)
+    return ListingEntry(
+        path=name.rstrip("/"),
+        size=_number(match.group("size")),
+        is_dir=kind == "d",
+        is_symlink=is_symlink,
+        link_target=target,
+    )
 
 
 def parse_listing(text: str) -> list[ListingEntry]:

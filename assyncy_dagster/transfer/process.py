@@ -91,7 +91,7 @@ def group_alive(pgid: int) -> bool:
                 data = fh.read()
         except OSError:
             continue
-        fields = data[data.rfind(b")") + 2:].split()  # the command name may hold spaces and parentheses
+        fields = data[data.rfind(b")") + 2 :].split()  # the command name may hold spaces and parentheses
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
             return True
     return False
@@ -198,7 +198,7 @@ class _Tail:
         if last < 0:
             self.pending = data[-_MAX_PENDING:]
             return
-        self.pending = data[last + 1:][-_MAX_PENDING:]
+        self.pending = data[last + 1 :][-_MAX_PENDING:]
         self._records(data[: last + 1])
 
     def _records(self, block: bytes) -> None:
@@ -219,7 +219,6 @@ class _Tail:
 
     def text(self) -> str:
         return "\n".join(self.lines)
-
 
 
 def _pump(proc: subprocess.Popen[bytes], stdout: _Tail, stderr: _Tail) -> int:
@@ -328,14 +327,18 @@ def run_rsync(
     env["LC_ALL"] = "C"  # rsync then escapes every non-ASCII byte in names, the same way everywhere
 
     if shutil.which(argv[0]) is None:
-        raise RsyncError(f"{argv[0]} is not installed or not on PATH: install rsync and openssh-client",
-                         exit_code=127)
+        raise RsyncError(f"{argv[0]} is not installed or not on PATH: install rsync and openssh-client", exit_code=127)
     proc: subprocess.Popen[bytes] | None = None
     try:
         with _live_lock:
             proc = subprocess.Popen(
-                _die_with_parent(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True, env=env, bufsize=0,
+                _die_with_parent(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                env=env,
+                bufsize=0,
             )
             _live[proc.pid] = proc
         if on_start is not None:
@@ -368,7 +371,13 @@ def run_rsync(
         argv=argv,
     )
     if check and exit_code != 0:
-        raise error_for(exit_code, list(stderr.lines), description=description,
-                         host_key_problem=host_key_problem[0], terminated=terminated, endpoint=endpoint,
-                         result=result)
+        raise error_for(
+            exit_code,
+            list(stderr.lines),
+            description=description,
+            host_key_problem=host_key_problem[0],
+            terminated=terminated,
+            endpoint=endpoint,
+            result=result,
+        )
     return result

@@ -8,6 +8,7 @@ Every test starts the real `dagster-daemon` on the `stack` fixture's instance.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -41,7 +42,6 @@ from tests.support.helpers import (
 pytestmark = pytest.mark.slow
 
 
-
 # -- helpers ------------------------------------------------------------------------
 
 
@@ -52,11 +52,16 @@ def materialised_partitions(instance: dg.DagsterInstance) -> list[str]:
 
 def runs_carrying(instance: dg.DagsterInstance, epn: str) -> list[dg.DagsterRun]:
     """Every run (sensor batch, UI, CLI) that carries `epn`: by its EPN tag or its partition."""
-    return [run for run in instance.get_runs()
-            if f"assyncy/epn/{epn}" in run.tags or run.tags.get("dagster/partition") == epn]
+    return [
+        run
+        for run in instance.get_runs()
+        if f"assyncy/epn/{epn}" in run.tags or run.tags.get("dagster/partition") == epn
+    ]
 
 
-def transfer_windows(instance: dg.DagsterInstance, runs: list[dg.DagsterRun], epn: str) -> list[tuple[float, float, str]]:
+def transfer_windows(
+    instance: dg.DagsterInstance, runs: list[dg.DagsterRun], epn: str
+) -> list[tuple[float, float, str]]:
     """(start, end, run id) of the step of each run that brought `epn` home (its tag says `home`);
     a run that refused the EPN never ran rsync for it (ConcurrencyWatch sees every rsync)."""
     windows = []
@@ -64,8 +69,11 @@ def transfer_windows(instance: dg.DagsterInstance, runs: list[dg.DagsterRun], ep
         if run.tags.get(f"assyncy/epn/{epn}") != "home":
             continue
         records = [r.event_log_entry for r in instance.get_records_for_run(run.run_id, limit=5000).records]
-        steps = [e for e in records if e.dagster_event
-                 and e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE")]
+        steps = [
+            e
+            for e in records
+            if e.dagster_event and e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
+        ]
         starts = [e.timestamp for e in steps if e.dagster_event.event_type_value == "STEP_START"]
         ends = [e.timestamp for e in steps if e.dagster_event.event_type_value != "STEP_START"]
         windows.append((min(starts), max(ends) if ends else float("inf"), run.run_id))
@@ -80,15 +88,28 @@ def test_a_backlog_of_fifty_two_epns_goes_home_in_a_few_batch_runs(stack, tmp_pa
     epns = [f"{base}{letter}" for base in bases for letter in "abcd"]
     visits = [(epn, f"now-{3 + i % 5}d", f"now-{2 + i % 5}d") for i, epn in enumerate(epns)]
     with PortalSimulator(demo_accounts_portal_data(visits)) as portal:
-        stack.configure(**{"base-url": portal.url, "epn_cap_map": {b: f"p{b}" for b in bases},
-                           "timezone": far_from_the_digest()})
+        stack.configure(
+            **{"base-url": portal.url, "epn_cap_map": {b: f"p{b}" for b in bases}, "timezone": far_from_the_digest()}
+        )
         stack.lay_out(*epns, frames=1, size=2048)
         with dagster_daemon(tmp_path) as (daemon, log):
-            wait_for(lambda: set(stack.ignored()) >= set(epns), 300, f"all {len(epns)} EPNs in ignore.yml",
-                     proc=daemon, log=log)
-            wait_for(lambda: all(r.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
-                                 for r in all_repatriation_runs(stack.instance)), 60, "the runs to end",
-                     proc=daemon, log=log)
+            wait_for(
+                lambda: set(stack.ignored()) >= set(epns),
+                300,
+                f"all {len(epns)} EPNs in ignore.yml",
+                proc=daemon,
+                log=log,
+            )
+            wait_for(
+                lambda: all(
+                    r.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
+                    for r in all_repatriation_runs(stack.instance)
+                ),
+                60,
+                "the runs to end",
+                proc=daemon,
+                log=log,
+            )
 
     instance = stack.instance
     assert sorted(stack.ignored()) == sorted(epns)
@@ -121,8 +142,13 @@ def test_b_a_visit_ending_after_start_is_home_within_two_minutes_without_a_refre
         with dagster_daemon(tmp_path, env=production) as (daemon, log):
             # The tick's summary goes to the daemon's log (sensor log) and, on a skip, to the sync log.
             held_back = f"held back: {epn}"
-            wait_for(lambda: held_back in log_text(sync_log) + log.read_text(), max(1.0, ends_at - time.time()),
-                     f"the sensor's first tick to hold {epn} back while its visit runs", proc=daemon, log=log)
+            wait_for(
+                lambda: held_back in log_text(sync_log) + log.read_text(),
+                max(1.0, ends_at - time.time()),
+                f"the sensor's first tick to hold {epn} back while its visit runs",
+                proc=daemon,
+                log=log,
+            )
             assert time.time() < ends_at
 
             asked: list[int] = []
@@ -133,13 +159,18 @@ def test_b_a_visit_ending_after_start_is_home_within_two_minutes_without_a_refre
                     return True
                 return False
 
-            wait_for(requested, ends_at + 120 - time.time(), f"a run for {epn} after its visit ended",
-                     proc=daemon, log=log)
+            wait_for(
+                requested, ends_at + 120 - time.time(), f"a run for {epn} after its visit ended", proc=daemon, log=log
+            )
             # One refresh at start (a visits request per equipment), none since: no refresh trick.
             assert asked[0] == 2, f"portal visits requests before the run: {asked[0]}"
-            wait_for(lambda: epn in stack.ignored() and epn in passed_checks(stack.instance),
-                     ends_at + 120 - time.time(), f"{epn} verified home within 2 minutes of the visit's end",
-                     proc=daemon, log=log)
+            wait_for(
+                lambda: epn in stack.ignored() and epn in passed_checks(stack.instance),
+                ends_at + 120 - time.time(),
+                f"{epn} verified home within 2 minutes of the visit's end",
+                proc=daemon,
+                log=log,
+            )
             home_after = time.time() - ends_at
             wait_for(lambda: all_runs_ended(stack.instance), 60, "the run to end", proc=daemon, log=log)
 
@@ -160,8 +191,9 @@ def test_c_portal_500s_then_garbage_still_bring_due_epns_home_within_four_minute
     stack.portal.set_faults(fail_next=2, status=500, malformed_next=1, path="visits")
     started = time.monotonic()
     with dagster_daemon(tmp_path) as (daemon, log):
-        wait_for(lambda: set(stack.ignored()) >= set(due), 240, "all due EPNs home within 4 minutes",
-                 proc=daemon, log=log)
+        wait_for(
+            lambda: set(stack.ignored()) >= set(due), 240, "all due EPNs home within 4 minutes", proc=daemon, log=log
+        )
         took = time.monotonic() - started
         wait_for(lambda: all_runs_ended(stack.instance), 60, "the runs to end", proc=daemon, log=log)
         assert stack.portal.stats()["faults_injected"] == 3
@@ -181,21 +213,36 @@ def test_c_portal_500s_then_garbage_still_bring_due_epns_home_within_four_minute
 
 def test_d_a_sigkilled_run_worker_is_recovered_from(stack, tmp_path):
     victim, others = "12282a", ["12282b", "13001a"]
-    stack.configure(**{"max-tasks": 1, "max-epns-per-run": 1, "retry-backoff-minutes": 0.05,
-                       "rsync-bwlimit-kib": 256, "timezone": far_from_the_digest()})
+    stack.configure(
+        **{
+            "max-tasks": 1,
+            "max-epns-per-run": 1,
+            "retry-backoff-minutes": 0.05,
+            "rsync-bwlimit-kib": 256,
+            "timezone": far_from_the_digest(),
+        }
+    )
     stack.lay_out(victim, frames=2, size=1024 * 1024)  # about 8 s at 256 KiB/s
     stack.lay_out(*others, frames=1, size=2048)
     dest = stack.destination("ny79", victim)
     instance = stack.instance
 
     with dagster_daemon(tmp_path) as (daemon, log):
-        wait_for(lambda: transfer_started(dest) and live_processes_mentioning(str(dest)), 180,
-                 f"rsync to be writing {victim}", proc=daemon, log=log)
-        [run] = [r for r in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
-                 if r.tags.get(f"assyncy/epn/{victim}") == "running"]
-        host, pid, start = run.tags["assyncy/worker"].split(":")
+        wait_for(
+            lambda: transfer_started(dest) and live_processes_mentioning(str(dest)),
+            180,
+            f"rsync to be writing {victim}",
+            proc=daemon,
+            log=log,
+        )
+        [run] = [
+            r
+            for r in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+            if r.tags.get(f"assyncy/epn/{victim}") == "running"
+        ]
+        _host, pid, _start = run.tags["assyncy/worker"].split(":")
         worker = psutil.Process(int(pid))
-        victims = [p for p in worker.children(recursive=True)]
+        victims = list(worker.children(recursive=True))
         assert any(p.name() == "rsync" for p in victims), [p.cmdline() for p in victims]
         os.kill(int(pid), signal.SIGKILL)
 
@@ -210,12 +257,27 @@ def test_d_a_sigkilled_run_worker_is_recovered_from(stack, tmp_path):
             return alive
 
         wait_for(lambda: not leftovers(), 20, "the killed worker's rsync and ssh to end", proc=daemon, log=log)
-        wait_for(lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE, 60,
-                 "the killed run to be ended as FAILURE", proc=daemon, log=log)
-        wait_for(lambda: set(stack.ignored()) >= {victim, *others}, 180,
-                 "the other EPNs and the retried victim to be home", proc=daemon, log=log)
-        wait_for(lambda: not live_processes_mentioning(str(dest)), 20, "no rsync into the victim's folder",
-                 proc=daemon, log=log)
+        wait_for(
+            lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE,
+            60,
+            "the killed run to be ended as FAILURE",
+            proc=daemon,
+            log=log,
+        )
+        wait_for(
+            lambda: set(stack.ignored()) >= {victim, *others},
+            180,
+            "the other EPNs and the retried victim to be home",
+            proc=daemon,
+            log=log,
+        )
+        wait_for(
+            lambda: not live_processes_mentioning(str(dest)),
+            20,
+            "no rsync into the victim's folder",
+            proc=daemon,
+            log=log,
+        )
         wait_for(lambda: all_runs_ended(instance), 60, "the runs to end", proc=daemon, log=log)
 
     assert sorted(stack.ignored()) == sorted([victim, *others])
@@ -242,26 +304,50 @@ def test_e_a_ui_materialisation_and_the_sensor_never_transfer_one_epn_at_once(st
     dest = stack.destination("ny79", epn)
     instance = stack.instance
     cli_log = tmp_path / "materialize.log"
-    argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "assyncy_dagster.definitions",
-            "--select", "epn_data", "--partition", epn]
+    argv = [
+        str(BIN / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "assyncy_dagster.definitions",
+        "--select",
+        "epn_data",
+        "--partition",
+        epn,
+    ]
 
     with ConcurrencyWatch(dest, interval=0.2) as watch, dagster_daemon(tmp_path) as (daemon, log):
         # As a user clicking Materialize just as the sensor asks for the EPN.
         wait_for(lambda: runs_carrying(instance, epn), 120, f"the sensor's run for {epn}", proc=daemon, log=log)
         with open(cli_log, "w") as out, running(argv, stdout=out, stderr=subprocess.STDOUT) as cli:
             cli.wait(timeout=180)
-        wait_for(lambda: epn in stack.ignored() and not any(
-            r.status in (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-                         dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
-            for r in runs_carrying(instance, epn)), 120, f"{epn} home and every run for it ended",
-            proc=daemon, log=log)
+        wait_for(
+            lambda: (
+                epn in stack.ignored()
+                and not any(
+                    r.status
+                    in (
+                        dg.DagsterRunStatus.QUEUED,
+                        dg.DagsterRunStatus.NOT_STARTED,
+                        dg.DagsterRunStatus.STARTING,
+                        dg.DagsterRunStatus.STARTED,
+                        dg.DagsterRunStatus.CANCELING,
+                    )
+                    for r in runs_carrying(instance, epn)
+                )
+            ),
+            120,
+            f"{epn} home and every run for it ended",
+            proc=daemon,
+            log=log,
+        )
 
     runs = runs_carrying(instance, epn)
     summary = [(r.run_id[:8], r.job_name, r.status.value, r.tags.get(f"assyncy/epn/{epn}")) for r in runs]
     assert len(runs) >= 2, f"the sensor's run and the UI-path run: {summary}\n{cli_log.read_text()[-3000:]}"
     windows = transfer_windows(instance, runs, epn)
     assert windows, summary
-    for (_, end, first), (start, _, second) in zip(windows, windows[1:], strict=False):
+    for (_, end, first), (start, _, second) in itertools.pairwise(windows):
         assert start >= end, f"runs {first} and {second} transferred {epn} at once: {windows}; {summary}"
     assert watch.most_rsyncs == 1, f"{watch.most_rsyncs} rsync invocations into {dest} at once; {summary}"
     assert stack.ignored() == [epn]

@@ -74,13 +74,21 @@ def test_dagster_definitions_validate_passes_with_the_sample_config(tmp_path):
     env = os.environ | {"ASSYNCY_CONFIG": str(tmp_path / "config.yml"), "DAGSTER_HOME": str(tmp_path)}
     ok = subprocess.run(
         [str(BIN / "dagster"), "definitions", "validate", "-m", "assyncy_dagster.definitions"],
-        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert ok.returncode == 0, ok.stderr[-2000:]
     env["ASSYNCY_CONFIG"] = str(tmp_path / "missing.yml")
     bad = subprocess.run(
         [str(BIN / "dagster"), "definitions", "validate", "-m", "assyncy_dagster.definitions"],
-        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert bad.returncode != 0
     assert "missing.yml: config file not found" in bad.stdout + bad.stderr
@@ -95,8 +103,12 @@ def test_interrupting_a_four_stream_transfer_stops_every_stream_then_a_rerun_com
     dest = stack.destination("ny79", "12282a")
 
     def streams_running() -> set[str]:
-        return {arg for line in live_processes_mentioning(str(dest)) for arg in line.split()
-                if arg.startswith("--files-from=")}
+        return {
+            arg
+            for line in live_processes_mentioning(str(dest))
+            for arg in line.split()
+            if arg.startswith("--files-from=")
+        }
 
     with running([*MATERIALIZE, "12282a"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         wait_for(lambda: len(streams_running()) == 4, 120, "four rsync streams", proc=proc)
@@ -113,5 +125,3 @@ def test_interrupting_a_four_stream_transfer_stops_every_stream_then_a_rerun_com
     assert again.returncode == 0, again.stderr[-3000:]
     assert tree_differences(stack.source / "12282a", dest) == []
     assert stack.ignored() == ["12282a"]
-
-

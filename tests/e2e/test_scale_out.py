@@ -89,15 +89,29 @@ def scale_out_parts(sshd, postgres_server, redis_server, tmp_path, request) -> I
         stack.append(smtp)
         lay_out_epns(sshd, layout, beamline=beamline)
         path = write_config(
-            tmp_path / "etc" / "config.yml", portal_url=portal.url, sshd=sshd, smtp_port=smtp.port,
-            destination_root=tmp_path / "destination", epn_cap_map={epn[:5]: PROJECT for epn in layout},
+            tmp_path / "etc" / "config.yml",
+            portal_url=portal.url,
+            sshd=sshd,
+            smtp_port=smtp.port,
+            destination_root=tmp_path / "destination",
+            epn_cap_map={epn[:5]: PROJECT for epn in layout},
             max_tasks=int(config.pop("max-tasks", 2)),
-            extra={"beamline": beamline, "timezone": far_from_the_digest(),
-                   "retry-backoff-minutes": BACKOFF_MINUTES, **config},
+            extra={
+                "beamline": beamline,
+                "timezone": far_from_the_digest(),
+                "retry-backoff-minutes": BACKOFF_MINUTES,
+                **config,
+            },
         )
-        return Parts(config_path=path, destination_root=load_settings(path).destination_root_path, work=tmp_path,
-                     beamline=beamline, database=database, broker_url=redis_server.url(0),
-                     source=sshd.beamline_dir(beamline))
+        return Parts(
+            config_path=path,
+            destination_root=load_settings(path).destination_root_path,
+            work=tmp_path,
+            beamline=beamline,
+            database=database,
+            broker_url=redis_server.url(0),
+            source=sshd.beamline_dir(beamline),
+        )
 
     try:
         yield make_parts
@@ -108,8 +122,11 @@ def scale_out_parts(sshd, postgres_server, redis_server, tmp_path, request) -> I
 
 
 def materialisations(instance: dg.DagsterInstance, epn: str) -> list[dg.EventLogRecord]:
-    return list(instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=EPN_DATA, asset_partitions=[epn]), limit=10).records)
+    return list(
+        instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=EPN_DATA, asset_partitions=[epn]), limit=10
+        ).records
+    )
 
 
 def worker_host(run: dg.DagsterRun) -> str:
@@ -133,25 +150,42 @@ def test_two_workers_share_a_backlog_and_never_run_more_rsyncs_than_max_tasks(sc
     slowed to about 1 s (rsync-bwlimit-kib 200) so that the runs' transfers overlap."""
     epns = [f"{61000 + i}a" for i in range(24)]
     max_tasks, per_run = 3, 4
-    parts = scale_out_parts({epn: mx_frames(4, 50_000) for epn in epns},
-                            **{"max-tasks": max_tasks, "max-epns-per-run": per_run, "rsync-bwlimit-kib": 200})
+    parts = scale_out_parts(
+        {epn: mx_frames(4, 50_000) for epn in epns},
+        **{"max-tasks": max_tasks, "max-epns-per-run": per_run, "rsync-bwlimit-kib": 200},
+    )
     batches = plan_batches(epns, max_tasks, per_run)
     own_hosts = own_host_names_work()
     started = time.monotonic()
-    with running_site(parts.work, parts.database, parts.broker_url, parts.config_path, workers=2, concurrency=2,
-                      own_hosts=own_hosts, dequeue_interval_seconds=1, poll_interval_seconds=5,
-                      start_timeout_seconds=120) as site:
+    with running_site(
+        parts.work,
+        parts.database,
+        parts.broker_url,
+        parts.config_path,
+        workers=2,
+        concurrency=2,
+        own_hosts=own_hosts,
+        dequeue_interval_seconds=1,
+        poll_interval_seconds=5,
+        start_timeout_seconds=120,
+    ) as site:
         instance = site.instance
 
         def claimed_slots() -> int:
             return len(instance.event_log_storage.get_concurrency_info(RSYNC_POOL).claimed_slots)
 
         with ConcurrencyWatch(parts.destination_root, slots=claimed_slots, interval=0.1) as watch:
-            wait_for(lambda: set(parts.ignored()) >= set(epns), 150, f"all {len(epns)} EPNs in ignore.yml",
-                     proc=site.daemon.proc, log=site.daemon.log)
+            wait_for(
+                lambda: set(parts.ignored()) >= set(epns),
+                150,
+                f"all {len(epns)} EPNs in ignore.yml",
+                proc=site.daemon.proc,
+                log=site.daemon.log,
+            )
             seconds = time.monotonic() - started
-            wait_for(lambda: all_runs_ended(instance), 60, "the runs to end", proc=site.daemon.proc,
-                     log=site.daemon.log)
+            wait_for(
+                lambda: all_runs_ended(instance), 60, "the runs to end", proc=site.daemon.proc, log=site.daemon.log
+            )
         runs = all_repatriation_runs(instance)
         workers = {run.run_id: ran_on(site, run) for run in runs}
         hosts = [(site.worker_of_task(run.tags.get(CELERY_TASK_TAG, "?")), worker_host(run)) for run in runs]
@@ -180,11 +214,13 @@ def test_two_workers_share_a_backlog_and_never_run_more_rsyncs_than_max_tasks(sc
     assert watch.most_rsyncs >= 2, f"the watch saw at most {watch.most_rsyncs} rsync at once"
     assert not rsync_invocations(str(parts.destination_root))
     per_worker = {name: list(workers.values()).count(name) for name in sorted(set(workers.values()))}
-    figure(f"scale-out backlog: {len(epns)} EPNs of 200 KB (rsync at 200 KiB/s) home in {seconds:.1f} s "
-           f"(workers and daemon started included) over 2 Celery workers, runs per worker {per_worker}; "
-           f"at most {watch.most_rsyncs} rsyncs "
-           f"and {watch.most_slots} pool slots at once (max-tasks {max_tasks}; {watch.samples} samples)"
-           + ("" if own_hosts else "; workers shared this host's name (no UTS namespace)"))
+    figure(
+        f"scale-out backlog: {len(epns)} EPNs of 200 KB (rsync at 200 KiB/s) home in {seconds:.1f} s "
+        f"(workers and daemon started included) over 2 Celery workers, runs per worker {per_worker}; "
+        f"at most {watch.most_rsyncs} rsyncs "
+        f"and {watch.most_slots} pool slots at once (max-tasks {max_tasks}; {watch.samples} samples)"
+        + ("" if own_hosts else "; workers shared this host's name (no UTS namespace)")
+    )
 
 
 # -- a worker dies ---------------------------------------------------------------------------
@@ -201,15 +237,31 @@ def test_a_killed_worker_s_run_is_failed_and_its_epn_brought_home_by_the_other_w
     parts = scale_out_parts(layout, **{"max-tasks": 2, "max-epns-per-run": 1, "rsync-bwlimit-kib": 256})
     dest = parts.destination(PROJECT, victim)
     own_hosts = own_host_names_work()
-    with running_site(parts.work, parts.database, parts.broker_url, parts.config_path, workers=2, concurrency=1,
-                      own_hosts=own_hosts, dequeue_interval_seconds=1, poll_interval_seconds=5,
-                      start_timeout_seconds=120) as site:
+    with running_site(
+        parts.work,
+        parts.database,
+        parts.broker_url,
+        parts.config_path,
+        workers=2,
+        concurrency=1,
+        own_hosts=own_hosts,
+        dequeue_interval_seconds=1,
+        poll_interval_seconds=5,
+        start_timeout_seconds=120,
+    ) as site:
         instance = site.instance
         daemon = {"proc": site.daemon.proc, "log": site.daemon.log}
-        wait_for(lambda: dest.exists() and any(p.is_file() for p in dest.rglob("*")) and rsync_invocations(str(dest)),
-                 120, f"rsync to be writing {victim}", **daemon)
-        [run] = [r for r in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
-                 if r.tags.get(epn_tag(victim)) == "running"]
+        wait_for(
+            lambda: dest.exists() and any(p.is_file() for p in dest.rglob("*")) and rsync_invocations(str(dest)),
+            120,
+            f"rsync to be writing {victim}",
+            **daemon,
+        )
+        [run] = [
+            r
+            for r in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+            if r.tags.get(epn_tag(victim)) == "running"
+        ]
         killed = site.worker_of_task(run.tags[CELERY_TASK_TAG])
         assert killed is not None
         [survivor] = [w for w in site.workers if w is not killed]
@@ -217,8 +269,12 @@ def test_a_killed_worker_s_run_is_failed_and_its_epn_brought_home_by_the_other_w
         killed_at = time.monotonic()
         killed.kill()
         wait_for(lambda: not rsync_invocations(str(dest)), 20, "the killed worker's rsync to end", **daemon)
-        wait_for(lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE, 90,
-                 "the killed worker's run to be failed", **daemon)
+        wait_for(
+            lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE,
+            90,
+            "the killed worker's run to be failed",
+            **daemon,
+        )
         failed_after = time.monotonic() - killed_at
         ended = instance.get_run_by_id(run.run_id)
         # Nothing of the victim is recorded, and the run holds no rsync slot any more.
@@ -250,6 +306,8 @@ def test_a_killed_worker_s_run_is_failed_and_its_epn_brought_home_by_the_other_w
     assert record.run_id == retry.run_id
     assert passed_checks(instance).count(victim) == 1
     assert not rsync_invocations(str(parts.destination_root))
-    figure(f"scale-out worker kill: run failed {failed_after:.1f} s after SIGKILL of worker {killed.name} "
-           f"({why.split(':')[0]}); victim home via {survivor.name} {home_after:.1f} s after the kill "
-           f"(backoff {BACKOFF_MINUTES * 60:.0f} s, then a 1 MB transfer at 256 KiB/s)")
+    figure(
+        f"scale-out worker kill: run failed {failed_after:.1f} s after SIGKILL of worker {killed.name} "
+        f"({why.split(':')[0]}); victim home via {survivor.name} {home_after:.1f} s after the kill "
+        f"(backoff {BACKOFF_MINUTES * 60:.0f} s, then a 1 MB transfer at 256 KiB/s)"
+    )

@@ -35,7 +35,9 @@ CHROMIUM = shutil.which("chromium")
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`make test` installs it with apt)"),
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Debian's chromium is not installed (`make test` installs it with apt)"
+    ),
 ]
 
 # Without a virtual-time budget the single-page app is dumped before it has drawn anything.
@@ -53,8 +55,14 @@ class Browser:
         """The rendered DOM of `path`; its screenshot is saved as `<name>.png`."""
         for attempt in range(2):
             profile = self.out / f"profile-{name}-{attempt}"
-            argv = [CHROMIUM, *BROWSER, f"--user-data-dir={profile}", f"--screenshot={self.out / (name + '.png')}",
-                    "--dump-dom", self.base_url + path]
+            argv = [
+                CHROMIUM,
+                *BROWSER,
+                f"--user-data-dir={profile}",
+                f"--screenshot={self.out / (name + '.png')}",
+                "--dump-dom",
+                self.base_url + path,
+            ]
             try:
                 dom = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=True).stdout
             except subprocess.TimeoutExpired:
@@ -83,13 +91,15 @@ def test_the_ui_shows_the_assets_the_epn_partitions_the_check_and_the_report(sta
         overview = browser.open("epn_data", "/assets/epn_data")
         assert COMMUNITY_DIALOG in overview, "a first visit shows the community dialog over the page"
         requests.post(graphql, json={"query": "mutation { setNuxSeen }"}, timeout=30).raise_for_status()
-        pages = browser.open_all({
-            "lineage": "/asset-groups",
-            "epn_data_partitions": "/assets/epn_data?view=partitions",
-            "epn_data_checks": "/assets/epn_data?view=checks",
-            "portal_visits": "/assets/portal_visits",
-            "repatriation_report": "/assets/repatriation_report",
-        })
+        pages = browser.open_all(
+            {
+                "lineage": "/asset-groups",
+                "epn_data_partitions": "/assets/epn_data?view=partitions",
+                "epn_data_checks": "/assets/epn_data?view=checks",
+                "portal_visits": "/assets/portal_visits",
+                "repatriation_report": "/assets/repatriation_report",
+            }
+        )
 
     # The asset's page: its latest materialisation is the EPN, and where it came from.
     assert "Latest materialization" in overview and "12282a" in overview

@@ -1,7 +1,6 @@
 """Through the real webserver's GraphQL API (what the UI's launchpad sends), nothing
 that names a file, a folder, a host or a key can be set at launch time."""
 
-
 import pytest
 import requests
 
@@ -35,13 +34,17 @@ OVERRIDES = {
 
 def test_a_launch_that_overrides_a_path_or_host_is_refused(stack, tmp_path):
     with webserver(tmp_path) as url:
-
-        [repo] = requests.post(url, json={"query": LOCATIONS}, timeout=30).json()["data"]["repositoriesOrError"]["nodes"]
+        [repo] = requests.post(url, json={"query": LOCATIONS}, timeout=30).json()["data"]["repositoriesOrError"][
+            "nodes"
+        ]
 
         def launch(job: str, run_config: dict) -> dict:
             params = {
-                "selector": {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
-                             "jobName": job},
+                "selector": {
+                    "repositoryLocationName": repo["location"]["name"],
+                    "repositoryName": repo["name"],
+                    "jobName": job,
+                },
                 "runConfigData": run_config,
                 "mode": "default",
             }
@@ -82,7 +85,6 @@ def test_a_ui_backfill_of_many_epns_runs_them_in_batches_each_recorded(stack, tm
     # Already recorded as home, so the sensor leaves them alone: this is a repair from the UI.
     stack.settings().ignore.write_text(yaml.safe_dump({"previouslySynched": epns}))
     with webserver(tmp_path) as url, dagster_daemon(tmp_path) as (daemon, daemon_log):
-
         params = {"partitionNames": epns, "assetSelection": [{"path": ["epn_data"]}], "fromFailure": False}
         body = requests.post(url, json={"query": BACKFILL, "variables": {"params": params}}, timeout=60).json()
         answer = body["data"]["launchPartitionBackfill"]
@@ -92,8 +94,13 @@ def test_a_ui_backfill_of_many_epns_runs_them_in_batches_each_recorded(stack, tm
         def backfill_runs():
             return stack.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill}))
 
-        wait_for(lambda: backfill_runs() and all(r.status == dg.DagsterRunStatus.SUCCESS for r in backfill_runs()),
-                 150, "the backfill's runs to succeed", proc=daemon, log=daemon_log)
+        wait_for(
+            lambda: backfill_runs() and all(r.status == dg.DagsterRunStatus.SUCCESS for r in backfill_runs()),
+            150,
+            "the backfill's runs to succeed",
+            proc=daemon,
+            log=daemon_log,
+        )
     assert len(backfill_runs()) == 1, "three EPNs, one run"
     for epn in epns:
         records = stack.instance.fetch_materializations(

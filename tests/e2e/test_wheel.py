@@ -37,9 +37,7 @@ def test_the_wheel_carries_etc_the_stand_ins_and_the_demo_extra(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    etc_files = {
-        f"assyncy_dagster/etc/{p.relative_to(REPO / 'etc')}" for p in (REPO / "etc").rglob("*") if p.is_file()
-    }
+    etc_files = {f"assyncy_dagster/etc/{p.relative_to(REPO / 'etc')}" for p in (REPO / "etc").rglob("*") if p.is_file()}
     assert {
         "assyncy_dagster/etc/dagster.yaml",
         "assyncy_dagster/etc/demo-visits.yml",

@@ -39,22 +39,64 @@ def _payloads(tag: str) -> list[str]:
 
 
 HOSTILE_EPNS = [
-    "../12282a", "12282a/../../escape", "/etc/passwd", "12282a/..", "..", ".", "",
-    "12282a;touch", "-e", "--rsync-path=touch", "--server", "12282a\n", "12282a\x00", "12282A",
-    "１２２８２a", "12282ä", "12282a ", " 12282a", "12282a*", "12282a?", "12282\u200ba", "1" * 13 + "a",
-    "12282" + "a" * 5, "{{7*7}}a", "{% raw %}", "<script>alert(1)</script>", "12282a'", '12282a"',
+    "../12282a",
+    "12282a/../../escape",
+    "/etc/passwd",
+    "12282a/..",
+    "..",
+    ".",
+    "",
+    "12282a;touch",
+    "-e",
+    "--rsync-path=touch",
+    "--server",
+    "12282a\n",
+    "12282a\x00",
+    "12282A",
+    "１２２８２a",
+    "12282ä",
+    "12282a ",
+    " 12282a",
+    "12282a*",
+    "12282a?",
+    "12282\u200ba",
+    "1" * 13 + "a",
+    "12282" + "a" * 5,
+    "{{7*7}}a",
+    "{% raw %}",
+    "<script>alert(1)</script>",
+    "12282a'",
+    '12282a"',
     *_payloads("epn"),
 ]
 # As folder names on the SFTP host (a folder name cannot hold "/" or NUL).
 HOSTILE_FOLDERS = [e for e in HOSTILE_EPNS if e and "/" not in e and "\x00" not in e and e not in (".", "..")]
 HOSTILE_PROJECTS = [
-    "../escape", "..", "a/../../b", "/abs", "a/b", "", ".hidden", "ny79\n", "prøject", "-rf", "x" * 65,
-    "{{7*7}}", "<b>x</b>", *_payloads("project"),
+    "../escape",
+    "..",
+    "a/../../b",
+    "/abs",
+    "a/b",
+    "",
+    ".hidden",
+    "ny79\n",
+    "prøject",
+    "-rf",
+    "x" * 65,
+    "{{7*7}}",
+    "<b>x</b>",
+    *_payloads("project"),
 ]
 HOSTILE_NAMES = [  # scientists' names: the HTML part must show them as text
-    "<script>alert('x')</script>", "<img src=x onerror=alert(1)>", '"><a href="javascript:alert(1)">',
-    "{{ 7*7 }}", "{% for x in range(3) %}JINJA{% endfor %}", "{{ config.__class__ }}",
-    "Siobhán Ó'Brien 李小龍 🚀", "Ana & Luis", *_payloads("name"),
+    "<script>alert('x')</script>",
+    "<img src=x onerror=alert(1)>",
+    '"><a href="javascript:alert(1)">',
+    "{{ 7*7 }}",
+    "{% for x in range(3) %}JINJA{% endfor %}",
+    "{{ config.__class__ }}",
+    "Siobhán Ó'Brien 李小龍 🚀",
+    "Ana & Luis",
+    *_payloads("name"),
 ]
 
 
@@ -71,17 +113,39 @@ def _outside(stack) -> dict:
 
 @pytest.mark.slow
 def test_hostile_names_write_nothing_outside_the_root_run_nothing_and_are_escaped(stack):
-    visits = [{"id": 1, "epn": "12282a", "start_time": "now-9d", "end_time": "now-8d",
-               "principal_scientist": person_data("Jane", "Citizen", "someone@example.edu"), "data_scientists": []}]
+    visits = [
+        {
+            "id": 1,
+            "epn": "12282a",
+            "start_time": "now-9d",
+            "end_time": "now-8d",
+            "principal_scientist": person_data("Jane", "Citizen", "someone@example.edu"),
+            "data_scientists": [],
+        }
+    ]
     for i, epn in enumerate(HOSTILE_EPNS):
-        visits.append({"id": 100 + i, "epn": epn, "start_time": "now-9d", "end_time": "now-8d",
-                       "principal_scientist": person_data("Eve", "Hostile", "someone@example.edu"),
-                       "data_scientists": []})
+        visits.append(
+            {
+                "id": 100 + i,
+                "epn": epn,
+                "start_time": "now-9d",
+                "end_time": "now-8d",
+                "principal_scientist": person_data("Eve", "Hostile", "someone@example.edu"),
+                "data_scientists": [],
+            }
+        )
     unmapped = [f"{14500 + i}a" for i in range(len(HOSTILE_NAMES))]
-    for i, (epn, name) in enumerate(zip(unmapped, HOSTILE_NAMES)):
-        visits.append({"id": 500 + i, "epn": epn, "start_time": "now-9d", "end_time": "now-8d",
-                       "principal_scientist": person_data(name, name, f"x{i}@example.edu"),
-                       "data_scientists": [person_data(name, "Smith", f'"><b>{i}</b>@example.edu')]})
+    for i, (epn, name) in enumerate(zip(unmapped, HOSTILE_NAMES, strict=True)):
+        visits.append(
+            {
+                "id": 500 + i,
+                "epn": epn,
+                "start_time": "now-9d",
+                "end_time": "now-8d",
+                "principal_scientist": person_data(name, name, f"x{i}@example.edu"),
+                "data_scientists": [person_data(name, "Smith", f'"><b>{i}</b>@example.edu')],
+            }
+        )
     data = {"equipment": [{**DEMO_EQUIPMENT[0], "visits": visits}, {**DEMO_EQUIPMENT[1], "visits": []}]}
     with PortalSimulator(data, strict=False) as portal:  # strict would refuse the empty EPN itself
         stack.configure(**{"base-url": portal.url})
@@ -109,7 +173,9 @@ def test_hostile_names_write_nothing_outside_the_root_run_nothing_and_are_escape
         for epn in HOSTILE_EPNS:
             result = job.execute_in_process(
                 run_config={"ops": {"repatriate_epns": {"config": {"epns": [epn], "execute": True}}}},
-                instance=stack.instance, raise_on_error=False)
+                instance=stack.instance,
+                raise_on_error=False,
+            )
             if result.success:
                 accepted.append(epn)
 
@@ -135,30 +201,45 @@ def test_hostile_names_write_nothing_outside_the_root_run_nothing_and_are_escape
         stack.instance.add_dynamic_partitions("epn", ["12282b"])
         (stack.destination_root / "evil").symlink_to(outside_link)
         stack.configure(**{"base-url": portal.url, "epn_cap_map": {"12282": "evil", "13001": "ab12"}})
-        visits.append({"id": 2, "epn": "12282b", "start_time": "now-9d", "end_time": "now-8d",
-                       "principal_scientist": None, "data_scientists": []})
+        visits.append(
+            {
+                "id": 2,
+                "epn": "12282b",
+                "start_time": "now-9d",
+                "end_time": "now-8d",
+                "principal_scientist": None,
+                "data_scientists": [],
+            }
+        )
         linked = job.execute_in_process(
             run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282b"], "execute": True}}}},
-            instance=stack.instance, raise_on_error=False)
+            instance=stack.instance,
+            raise_on_error=False,
+        )
         took = time.monotonic() - started
 
     after, marks_after = _outside(stack), _marks()
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     commands_run = sorted(set(marks_after) - set(marks_before))
-    inside = sorted(str(p.relative_to(stack.destination_root)) for p in stack.destination_root.rglob("*")
-                    if p.is_file() and ".rsync-partial" not in p.parts)
+    inside = sorted(
+        str(p.relative_to(stack.destination_root))
+        for p in stack.destination_root.rglob("*")
+        if p.is_file() and ".rsync-partial" not in p.parts
+    )
     html = message.get_body(("html",)).get_content()
     text = message.get_body(("plain",)).get_content()
     raw_html_hits = [n for n in HOSTILE_NAMES if ("<" in n or '"' in n) and n in html]
     literal = ["{{ 7*7 }}", "{% for x in range(3) %}JINJA{% endfor %}", "{{ config.__class__ }}"]
     jinja_ran = any("JINJAJINJA" in body or any(t not in body for t in literal) for body in (text, html))
     count = len(HOSTILE_EPNS) + len(HOSTILE_FOLDERS) + len(HOSTILE_PROJECTS) + len(HOSTILE_NAMES) + 1
-    figure(f"hostile inputs: {count} inputs ({len(HOSTILE_EPNS)} EPN names in visits and run config, "
-           f"{len(HOSTILE_FOLDERS)} folder names, {len(HOSTILE_PROJECTS)} project names, {len(HOSTILE_NAMES)} "
-           f"scientist names, 1 symlinked project); {len(changed)} writes outside the destination root, "
-           f"{len(commands_run)} commands run, {len(raw_html_hits)} unescaped HTML names, "
-           f"template syntax evaluated: {jinja_ran}, {len(accepted)} hostile EPNs accepted by the job, "
-           f"{len(config_accepted)} hostile projects accepted; {took:.0f} s")
+    figure(
+        f"hostile inputs: {count} inputs ({len(HOSTILE_EPNS)} EPN names in visits and run config, "
+        f"{len(HOSTILE_FOLDERS)} folder names, {len(HOSTILE_PROJECTS)} project names, {len(HOSTILE_NAMES)} "
+        f"scientist names, 1 symlinked project); {len(changed)} writes outside the destination root, "
+        f"{len(commands_run)} commands run, {len(raw_html_hits)} unescaped HTML names, "
+        f"template syntax evaluated: {jinja_ran}, {len(accepted)} hostile EPNs accepted by the job, "
+        f"{len(config_accepted)} hostile projects accepted; {took:.0f} s"
+    )
     assert changed == [], changed
     assert commands_run == []
     assert bad_partitions == [], "a hostile name became a partition"
@@ -180,12 +261,27 @@ def test_hostile_names_write_nothing_outside_the_root_run_nothing_and_are_escape
 
 @pytest.mark.slow
 def test_a_portal_answer_of_20000_visits(stack):
-    visits = [{"id": i, "epn": f"{20000 + i}a", "start_time": "now-9d", "end_time": "now-8d",
-               "principal_scientist": person_data("A" * 50, "B" * 50, "someone@example.edu"),
-               "data_scientists": [person_data("C", "D", "someone@example.edu")] * 3}
-              for i in range(20000)]
-    visits.append({"id": 99999, "epn": "12282a", "start_time": "now-9d", "end_time": "now-8d",
-                   "principal_scientist": None, "data_scientists": []})
+    visits = [
+        {
+            "id": i,
+            "epn": f"{20000 + i}a",
+            "start_time": "now-9d",
+            "end_time": "now-8d",
+            "principal_scientist": person_data("A" * 50, "B" * 50, "someone@example.edu"),
+            "data_scientists": [person_data("C", "D", "someone@example.edu")] * 3,
+        }
+        for i in range(20000)
+    ]
+    visits.append(
+        {
+            "id": 99999,
+            "epn": "12282a",
+            "start_time": "now-9d",
+            "end_time": "now-8d",
+            "principal_scientist": None,
+            "data_scientists": [],
+        }
+    )
     data = {"equipment": [{**DEMO_EQUIPMENT[0], "visits": visits}, {**DEMO_EQUIPMENT[1], "visits": []}]}
     with PortalSimulator(data) as portal:
         stack.configure(**{"base-url": portal.url, "portal-timeout-seconds": 20})
@@ -200,9 +296,12 @@ def test_a_portal_answer_of_20000_visits(stack):
         took_again = time.monotonic() - again
     after = _outside(stack)
     partitions = len(stack.instance.get_dynamic_partitions("epn"))
-    figure(f"hostile inputs: portal answer of {len(visits)} visits: first tick {took:.1f} s "
-           f"(adds {partitions} partitions), next tick {took_again:.1f} s; "
-           f"requested {requested_epns(result)}, {len([k for k in set(before) | set(after) if before.get(k) != after.get(k)])} writes outside the root")
+    written = [k for k in set(before) | set(after) if before.get(k) != after.get(k)]
+    figure(
+        f"hostile inputs: portal answer of {len(visits)} visits: first tick {took:.1f} s "
+        f"(adds {partitions} partitions), next tick {took_again:.1f} s; "
+        f"requested {requested_epns(result)}, {len(written)} writes outside the root"
+    )
     assert isinstance(result, dg.SensorResult)
     assert requested_epns(result) == ["12282a"]
     assert took < 40, "a tick must fit the sensor deadline"
@@ -226,8 +325,12 @@ def test_a_hostile_file_name_in_a_failure_email_is_escaped(stack):
     from assyncy_dagster.sensors.failure_alerts import repatriation_failure_alert
 
     context = dg.build_run_status_sensor_context(
-        sensor_name="repatriation_failure_alert", dagster_event=failure[0].event_log_entry.dagster_event,
-        dagster_instance=stack.instance, dagster_run=run, resources=build_resources()).for_run_failure()
+        sensor_name="repatriation_failure_alert",
+        dagster_event=failure[0].event_log_entry.dagster_event,
+        dagster_instance=stack.instance,
+        dagster_run=run,
+        resources=build_resources(),
+    ).for_run_failure()
     repatriation_failure_alert(context)
     [message] = stack.smtp.wait_for(1)
     html = message.get_body(("html",)).get_content()
@@ -235,8 +338,10 @@ def test_a_hostile_file_name_in_a_failure_email_is_escaped(stack):
     named = [n for n in names if n in text]
     raw = "<img src=x" in html
     evaluated = "JINJAJINJA" in text or "JINJAJINJA" in html
-    figure(f"hostile inputs: failure e-mail for {len(names)} hostile file names: {len(named)} named as text, "
-           f"unescaped HTML: {raw}, template syntax evaluated: {evaluated}")
+    figure(
+        f"hostile inputs: failure e-mail for {len(names)} hostile file names: {len(named)} named as text, "
+        f"unescaped HTML: {raw}, template syntax evaluated: {evaluated}"
+    )
     assert not raw  # whatever the e-mail names, never as live HTML
     if names[0] in text:
         assert "&lt;img src=x" in html

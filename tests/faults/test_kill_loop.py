@@ -15,6 +15,7 @@ ASSYNCY_FAULT_KILLS sets the number of kills (default 20).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -56,13 +57,35 @@ BWLIMIT_KIB = 48 * 1024  # ~1 s for the whole EPN
 def _worker_argv(config_path, run_id: str, epns: list[str]) -> list[str]:
     run_config = {"ops": {"repatriate_epns": {"config": {"epns": epns, "execute": True}}}}
     tags = {"assyncy/kind": "repatriation", **outcome_tags(epns, Outcome.QUEUED)}
-    return [sys.executable, "-m", "assyncy_dagster.worker", "--config", str(config_path), "--job", REPATRIATION_JOB,
-            "--run-config", json.dumps(run_config), "--tags", json.dumps(tags), "--run-id", run_id]
+    return [
+        sys.executable,
+        "-m",
+        "assyncy_dagster.worker",
+        "--config",
+        str(config_path),
+        "--job",
+        REPATRIATION_JOB,
+        "--run-config",
+        json.dumps(run_config),
+        "--tags",
+        json.dumps(tags),
+        "--run-id",
+        run_id,
+    ]
 
 
 def _cli_argv(epn: str) -> list[str]:
-    return [str(BIN / "dagster"), "asset", "materialize", "-m", "assyncy_dagster.definitions",
-            "--select", "epn_data", "--partition", epn]
+    return [
+        str(BIN / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "assyncy_dagster.definitions",
+        "--select",
+        "epn_data",
+        "--partition",
+        epn,
+    ]
 
 
 def _bytes_under(root: Path) -> int:
@@ -71,10 +94,8 @@ def _bytes_under(root: Path) -> int:
     total = 0
     for folder, _dirs, files in os.walk(root):
         for name in files:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 total += os.stat(os.path.join(folder, name)).st_size
-            except FileNotFoundError:
-                pass
     return total
 
 
@@ -99,8 +120,11 @@ def _digest(path: Path) -> str:
 
 
 def _epn_data_records(instance, epn: str) -> int:
-    return len(instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("epn_data"), asset_partitions=[epn]), limit=100).records)
+    return len(
+        instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("epn_data"), asset_partitions=[epn]), limit=100
+        ).records
+    )
 
 
 @dataclass
@@ -117,11 +141,15 @@ class Attempt:
     ended_early: bool = False
 
     def run(self, config_path, env) -> Attempt:
-        argv = (_worker_argv(config_path, str(uuid.uuid4()), [self.epn]) if self.mode.startswith("worker")
-                else _cli_argv(self.epn))
+        argv = (
+            _worker_argv(config_path, str(uuid.uuid4()), [self.epn])
+            if self.mode.startswith("worker")
+            else _cli_argv(self.epn)
+        )
         with open(self.log, "w") as out:
             proc = subprocess.Popen(argv, start_new_session=True, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
+
             def rsync_started() -> bool:
                 self.seen.extend(p for p in _rsync_of(proc) if p not in self.seen)
                 return any(_name(p) == "rsync" for p in self.seen)
@@ -183,12 +211,18 @@ def test_kill_loop_never_leaves_a_partial_file_a_record_a_process_or_a_slot(stac
                     ended_early.append(a.number)
                 alive = [p for p in a.seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
                 assert not alive, f"kill {a.number} ({a.mode}): left running: {[p.cmdline() for p in alive]}"
-                wait_for(lambda a=a: not live_processes_mentioning(str(a.dest)), 10,
-                         f"kill {a.number}: rsync and ssh to end")
+                wait_for(
+                    lambda a=a: not live_processes_mentioning(str(a.dest)), 10, f"kill {a.number}: rsync and ssh to end"
+                )
                 if a.epn in stack.ignored() or _epn_data_records(stack.instance, a.epn):
                     early.append(a.number)
-                stray_temp += sum(1 for p in a.dest.rglob(".*") if p.is_file() and ".rsync-partial" not in p.parts
-                                  and p.name not in (".info", ".DS_Store", ".img_0001.cbf.swp"))
+                stray_temp += sum(
+                    1
+                    for p in a.dest.rglob(".*")
+                    if p.is_file()
+                    and ".rsync-partial" not in p.parts
+                    and p.name not in (".info", ".DS_Store", ".img_0001.cbf.swp")
+                )
                 for rel, path in visible_files(a.dest).items():
                     if wanted[a.epn].get(rel) != _digest(path):
                         corrupt.append(f"kill {a.number} ({a.mode}): {a.epn}/{rel} ({path.stat().st_size} bytes)")
@@ -201,16 +235,24 @@ def test_kill_loop_never_leaves_a_partial_file_a_record_a_process_or_a_slot(stac
     # One epn_sensor tick: its sweep leaves no run in flight and no slot claimed; the EPNs wait for their retry.
     tick, state = ticker(stack)
     tick()
-    plan, _ = plan_tick(stack.instance, stack.settings(), PortalResource(), SshSourceResource(),
-                        logging.getLogger("test"), SensorCursor.parse(state["cursor"]))
+    plan, _ = plan_tick(
+        stack.instance,
+        stack.settings(),
+        PortalResource(),
+        SshSourceResource(),
+        logging.getLogger("test"),
+        SensorCursor.parse(state["cursor"]),
+    )
     slots = stack.instance.event_log_storage.get_concurrency_info("rsync").active_slot_count
     in_flight_now = stack.instance.get_runs(dg.RunsFilter(statuses=list(IN_FLIGHT)))
     modes = [a.mode for a in attempts]
-    figure(f"kill loop: {len(attempts)} kills ({modes.count('worker-SIGKILL')} worker SIGKILL, "
-           f"{modes.count('cli-SIGTERM')} CLI SIGTERM, 2 EPNs at once; {resumed} resumed a partial transfer), "
-           f"{len(corrupt)} corrupt, {len(early)} early records, {len(leftovers)} leftovers, "
-           f"{lost_ended} lost runs ended by the sweep, {slots} slots left claimed, "
-           f"{len(in_flight_now)} runs left in flight; {stray_temp} hidden rsync temp files seen after kills")
+    figure(
+        f"kill loop: {len(attempts)} kills ({modes.count('worker-SIGKILL')} worker SIGKILL, "
+        f"{modes.count('cli-SIGTERM')} CLI SIGTERM, 2 EPNs at once; {resumed} resumed a partial transfer), "
+        f"{len(corrupt)} corrupt, {len(early)} early records, {len(leftovers)} leftovers, "
+        f"{lost_ended} lost runs ended by the sweep, {slots} slots left claimed, "
+        f"{len(in_flight_now)} runs left in flight; {stray_temp} hidden rsync temp files seen after kills"
+    )
     assert len(attempts) == KILLS
     assert ended_early == [], f"runs that ended before their kill (a too-fast transfer): {ended_early}"
     assert corrupt == [], corrupt
@@ -225,8 +267,14 @@ def test_kill_loop_never_leaves_a_partial_file_a_record_a_process_or_a_slot(stac
 
     # The rerun resumes and completes: exactly the source, each EPN recorded once.
     stack.configure(**{"rsync-bwlimit-kib": None})
-    rerun = subprocess.run(_worker_argv(stack.config_path, str(uuid.uuid4()), list(EPNS)), capture_output=True,
-                           text=True, env=env, timeout=180, check=False)
+    rerun = subprocess.run(
+        _worker_argv(stack.config_path, str(uuid.uuid4()), list(EPNS)),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     for epn, dest in dests.items():
         got = {rel: _digest(path) for rel, path in visible_files(dest).items()}
@@ -237,8 +285,10 @@ def test_kill_loop_never_leaves_a_partial_file_a_record_a_process_or_a_slot(stac
         assert stray == [], f"rsync temporary files left behind: {stray}"
         assert _epn_data_records(stack.instance, epn) == 1
     assert stack.ignored() == list(EPNS)
-    figure(f"kill loop: rerun complete and byte-identical (2 EPNs x {len(wanted['12282a'])} files, "
-           f"{total} bytes each), each recorded once; {time.monotonic() - started:.0f} s")
+    figure(
+        f"kill loop: rerun complete and byte-identical (2 EPNs x {len(wanted['12282a'])} files, "
+        f"{total} bytes each), each recorded once; {time.monotonic() - started:.0f} s"
+    )
 
 
 def test_a_cli_retry_before_the_sweep_does_not_report_success_without_data(stack):
@@ -252,13 +302,23 @@ def test_a_cli_retry_before_the_sweep_does_not_report_success_without_data(stack
     gone = subprocess.Popen(["true"])
     gone.wait()
     stack.instance.create_run_for_job(  # what a SIGKILLed worker leaves behind (see the kill loop above)
-        job_def=job, run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+        job_def=job,
+        run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
         tags={WORKER_TAG: f"{socket.gethostname()}:{gone.pid}:0", **outcome_tags(["12282a"], Outcome.RUNNING)},
-        status=dg.DagsterRunStatus.STARTED)
-    retry = subprocess.run(_cli_argv("12282a"), capture_output=True, text=True, timeout=180, check=False,
-                           env={**os.environ, "ASSYNCY_QUIET_PREVIEWS": "1"})
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    retry = subprocess.run(
+        _cli_argv("12282a"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, "ASSYNCY_QUIET_PREVIEWS": "1"},
+    )
     home = _epn_data_records(stack.instance, "12282a")
-    figure(f"kill loop: CLI retry before the sweep: exit code {retry.returncode}, {home} epn_data "
-           f"materialisation, {len(visible_files(stack.destination('ny79', '12282a')))} files home")
+    figure(
+        f"kill loop: CLI retry before the sweep: exit code {retry.returncode}, {home} epn_data "
+        f"materialisation, {len(visible_files(stack.destination('ny79', '12282a')))} files home"
+    )
     assert home == 1 or retry.returncode != 0, "the run reported success without bringing the EPN home"
     assert retry.returncode == 0 and home == 1, "a dead worker's stale tag must not block the retry"

@@ -35,29 +35,56 @@ def _wrong_passwords() -> list[dict]:
 
 # name -> (how to break, how to mend, words the skip reason must hold)
 FAULTS = {
-    "http-500": (lambda s: s.portal.set_faults(fail_next=1000, status=500, path="visits"),
-                 lambda s: s.portal.set_faults(fail_next=0), ["portal unavailable", "HTTP 500"]),
-    "http-502": (lambda s: s.portal.set_faults(fail_next=1000, status=502, path="visits"),
-                 lambda s: s.portal.set_faults(fail_next=0), ["portal unavailable", "HTTP 502"]),
-    "token-endpoint-500": (lambda s: s.portal.set_faults(fail_next=1000, status=500, path="oauth"),
-                           lambda s: s.portal.set_faults(fail_next=0), ["could not authenticate", "HTTP 500"]),
-    "timeout": (lambda s: s.portal.set_faults(delay_seconds=3, path="visits"),
-                lambda s: s.portal.set_faults(delay_seconds=0), ["portal unavailable", "no answer within 1 s"]),
-    "connection-dropped": (lambda s: s.portal.set_faults(down=True),
-                           lambda s: s.portal.set_faults(down=False), ["portal unavailable", "Connection aborted"]),
-    "connection-refused": (lambda s: s.configure(**{"base-url": f"http://127.0.0.1:{_closed_port()}"}),
-                           lambda s: s.configure(**{"base-url": s.portal.url}), ["portal unavailable", "refused"]),
-    "malformed-json": (lambda s: s.portal.set_faults(malformed_next=1000, path="visits"),
-                       lambda s: s.portal.set_faults(malformed_next=0), ["portal unavailable", "JSON"]),
-    "401-every-token": (lambda s: s.configure(equipment=_wrong_passwords()),
-                        lambda s: s.configure(equipment=DEMO_EQUIPMENT),
-                        ["portal unavailable", "authentication refused"]),
-    "401-on-visits": (lambda s: s.portal.set_faults(fail_next=1000, status=401, path="visits"),
-                      lambda s: s.portal.set_faults(fail_next=0), ["portal unavailable", "401"]),
-    "past-tick-budget": (lambda s: (s.configure(**{"portal-timeout-seconds": 30}),
-                                    s.portal.set_faults(delay_seconds=30, path="visits")),
-                         lambda s: s.portal.set_faults(delay_seconds=0),
-                         ["portal unavailable", "did not answer within 2 s"]),
+    "http-500": (
+        lambda s: s.portal.set_faults(fail_next=1000, status=500, path="visits"),
+        lambda s: s.portal.set_faults(fail_next=0),
+        ["portal unavailable", "HTTP 500"],
+    ),
+    "http-502": (
+        lambda s: s.portal.set_faults(fail_next=1000, status=502, path="visits"),
+        lambda s: s.portal.set_faults(fail_next=0),
+        ["portal unavailable", "HTTP 502"],
+    ),
+    "token-endpoint-500": (
+        lambda s: s.portal.set_faults(fail_next=1000, status=500, path="oauth"),
+        lambda s: s.portal.set_faults(fail_next=0),
+        ["could not authenticate", "HTTP 500"],
+    ),
+    "timeout": (
+        lambda s: s.portal.set_faults(delay_seconds=3, path="visits"),
+        lambda s: s.portal.set_faults(delay_seconds=0),
+        ["portal unavailable", "no answer within 1 s"],
+    ),
+    "connection-dropped": (
+        lambda s: s.portal.set_faults(down=True),
+        lambda s: s.portal.set_faults(down=False),
+        ["portal unavailable", "Connection aborted"],
+    ),
+    "connection-refused": (
+        lambda s: s.configure(**{"base-url": f"http://127.0.0.1:{_closed_port()}"}),
+        lambda s: s.configure(**{"base-url": s.portal.url}),
+        ["portal unavailable", "refused"],
+    ),
+    "malformed-json": (
+        lambda s: s.portal.set_faults(malformed_next=1000, path="visits"),
+        lambda s: s.portal.set_faults(malformed_next=0),
+        ["portal unavailable", "JSON"],
+    ),
+    "401-every-token": (
+        lambda s: s.configure(equipment=_wrong_passwords()),
+        lambda s: s.configure(equipment=DEMO_EQUIPMENT),
+        ["portal unavailable", "authentication refused"],
+    ),
+    "401-on-visits": (
+        lambda s: s.portal.set_faults(fail_next=1000, status=401, path="visits"),
+        lambda s: s.portal.set_faults(fail_next=0),
+        ["portal unavailable", "401"],
+    ),
+    "past-tick-budget": (
+        lambda s: (s.configure(**{"portal-timeout-seconds": 30}), s.portal.set_faults(delay_seconds=30, path="visits")),
+        lambda s: s.portal.set_faults(delay_seconds=0),
+        ["portal unavailable", "did not answer within 2 s"],
+    ),
 }
 
 
@@ -89,8 +116,10 @@ def test_a_portal_fault_skips_the_tick_by_name_and_forgets_nothing(stack, monkey
     healed = tick()
     assert requested_epns(healed) == ["12282a"], f"{fault}: the due EPN was forgotten: {healed}"
     reason = message.split("): ", 1)[-1][:160]
-    figure(f"portal fault {fault}: tick skipped in {took:.1f} s naming it ({reason}); "
-           f"after it cleared 1/1 due EPN requested, 0 forgotten")
+    figure(
+        f"portal fault {fault}: tick skipped in {took:.1f} s naming it ({reason}); "
+        f"after it cleared 1/1 due EPN requested, 0 forgotten"
+    )
 
 
 def test_a_malformed_visit_among_good_ones_holds_back_only_itself(stack, monkeypatch):
@@ -116,5 +145,7 @@ def test_a_malformed_visit_among_good_ones_holds_back_only_itself(stack, monkeyp
     state["cursor"] = SensorCursor().dumps()
     healed = tick()
     assert "13001a" in requested_epns(healed)
-    figure(f"portal fault malformed-visit: {broken + 2} malformed of {len(visits)} visits skipped alone, "
-           f"2/2 good due EPNs requested; after the fault 13001a requested, 0 forgotten")
+    figure(
+        f"portal fault malformed-visit: {broken + 2} malformed of {len(visits)} visits skipped alone, "
+        f"2/2 good due EPNs requested; after the fault 13001a requested, 0 forgotten"
+    )

@@ -50,15 +50,23 @@ def test_no_secret_reaches_logs_event_log_metadata_storage_or_mail(stack, monkey
         equipment["password"] = portal_passwords[i]
         equipment["client_name"] = f"mx{i}-client"
         equipment["client_password"] = client_passwords[i]
-    config_equipment = [{k: e[k] for k in ("id", "username", "password", "client_name", "client_password")}
-                        for e in data["equipment"]]
+    config_equipment = [
+        {k: e[k] for k in ("id", "username", "password", "client_name", "client_password")} for e in data["equipment"]
+    ]
     with PortalSimulator(data) as portal, SmtpSink(auth=("assyncy", smtp_password)) as sink:
-        stack.configure(**{
-            "base-url": portal.url, "equipment": config_equipment, "log-level": "logging.DEBUG",
-            "epnalert-email-smtp": f"127.0.0.1:{sink.port}", "smtp-username": "assyncy",
-            "smtp-password": "${ASSYNCY_TEST_SMTP_PASSWORD}", "smtp-allow-plaintext-login": True,
-            "dagster-ui-url": "http://127.0.0.1:3000", "portal-retries": 0,
-        })
+        stack.configure(
+            **{
+                "base-url": portal.url,
+                "equipment": config_equipment,
+                "log-level": "logging.DEBUG",
+                "epnalert-email-smtp": f"127.0.0.1:{sink.port}",
+                "smtp-username": "assyncy",
+                "smtp-password": "${ASSYNCY_TEST_SMTP_PASSWORD}",
+                "smtp-allow-plaintext-login": True,
+                "dagster-ui-url": "http://127.0.0.1:3000",
+                "portal-retries": 0,
+            }
+        )
         assert stack.settings().smtp_password == smtp_password
         stack.lay_out("12282a", "14500a", frames=2, size=4096)
 
@@ -75,8 +83,12 @@ def test_no_secret_reaches_logs_event_log_metadata_storage_or_mail(stack, monkey
         run = stack.instance.get_run_by_id(failed.run_id)
         failure = stack.instance.get_records_for_run(failed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
         context = dg.build_run_status_sensor_context(
-            sensor_name="repatriation_failure_alert", dagster_event=failure[0].event_log_entry.dagster_event,
-            dagster_instance=stack.instance, dagster_run=run, resources=build_resources()).for_run_failure()
+            sensor_name="repatriation_failure_alert",
+            dagster_event=failure[0].event_log_entry.dagster_event,
+            dagster_instance=stack.instance,
+            dagster_run=run,
+            resources=build_resources(),
+        ).for_run_failure()
         repatriation_failure_alert(context)
         sink.wait_for(2)
 
@@ -88,8 +100,10 @@ def test_no_secret_reaches_logs_event_log_metadata_storage_or_mail(stack, monkey
         broken = tick()
         assert isinstance(broken, dg.SkipReason) and "500" in broken.skip_message
         # Faults after a token was issued: the failing request's URL carries the access token.
-        for fault in ({"down": True, "fail_next": 0, "path": "visits"},
-                      {"down": False, "delay_seconds": 3, "path": "visits"}):
+        for fault in (
+            {"down": True, "fail_next": 0, "path": "visits"},
+            {"down": False, "delay_seconds": 3, "path": "visits"},
+        ):
             stack.configure(**{"portal-timeout-seconds": 1})
             portal.set_faults(**fault)
             state["cursor"] = SensorCursor().dumps()
@@ -103,8 +117,11 @@ def test_no_secret_reaches_logs_event_log_metadata_storage_or_mail(stack, monkey
         mails = [m.raw for m in sink.received]
     assert len(tokens) >= 3, tokens
 
-    key_lines = [line.strip() for line in Path(stack.sshd.key_file).read_text().splitlines()
-                 if line.strip() and not line.startswith("-----")]
+    key_lines = [
+        line.strip()
+        for line in Path(stack.sshd.key_file).read_text().splitlines()
+        if line.strip() and not line.startswith("-----")
+    ]
     wanted = {
         **{f"portal password {i}": p for i, p in enumerate(portal_passwords)},
         **{f"client password {i}": p for i, p in enumerate(client_passwords)},
@@ -124,16 +141,19 @@ def test_no_secret_reaches_logs_event_log_metadata_storage_or_mail(stack, monkey
     runs = stack.instance.get_runs()
     for each in runs:
         places[f"run {each.run_id} config+tags"] = (
-            dg.serialize_value(each.run_config) + repr(dict(each.tags))).encode()
+            dg.serialize_value(each.run_config) + repr(dict(each.tags))
+        ).encode()
         entries = stack.instance.all_logs(each.run_id)
         places[f"run {each.run_id} event log"] = "\n".join(dg.serialize_value(e) for e in entries).encode()
     for key in ("epn_data", "portal_visits"):
         records = stack.instance.fetch_materializations(dg.AssetKey(key), limit=1000).records
         places[f"{key} materialisations"] = "\n".join(dg.serialize_value(r) for r in records).encode()
     checks = stack.instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(dg.AssetKey("epn_data"), "matches_source"), limit=1000)
+        dg.AssetCheckKey(dg.AssetKey("epn_data"), "matches_source"), limit=1000
+    )
     places["matches_source executions"] = "\n".join(
-        repr(c) + (dg.serialize_value(c.event) if c.event else "") for c in checks).encode()
+        repr(c) + (dg.serialize_value(c.event) if c.event else "") for c in checks
+    ).encode()
     home = Path(stack.instance.root_directory)
     stored = 0
     for path in sorted(home.rglob("*")):
@@ -146,9 +166,17 @@ def test_no_secret_reaches_logs_event_log_metadata_storage_or_mail(stack, monkey
 
     # The scan finds what is there: config.yml itself holds the portal passwords.
     assert all(any(f in stack.config_path.read_bytes() for f in needles[f"portal password {i}"]) for i in range(2))
-    found = sorted({f"{what} in {where}" for where, blob in places.items()
-                    for what, forms in needles.items() if any(form in blob for form in forms)})
-    figure(f"secrets scan: {len(wanted)} secrets ({len(portal_passwords) + len(client_passwords)} portal, 1 SMTP, "
-           f"{len(tokens)} tokens, {len(wanted) - 5 - len(tokens)} SSH key lines) in {len(places)} places "
-           f"({len(runs)} runs, {stored} files under DAGSTER_HOME, {len(mails)} e-mails): {len(found)} found")
+    found = sorted(
+        {
+            f"{what} in {where}"
+            for where, blob in places.items()
+            for what, forms in needles.items()
+            if any(form in blob for form in forms)
+        }
+    )
+    figure(
+        f"secrets scan: {len(wanted)} secrets ({len(portal_passwords) + len(client_passwords)} portal, 1 SMTP, "
+        f"{len(tokens)} tokens, {len(wanted) - 5 - len(tokens)} SSH key lines) in {len(places)} places "
+        f"({len(runs)} runs, {stored} files under DAGSTER_HOME, {len(mails)} e-mails): {len(found)} found"
+    )
     assert found == [], "\n".join(found)

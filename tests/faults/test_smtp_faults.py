@@ -96,8 +96,10 @@ def test_alerts_survive_an_smtp_outage_without_loss_or_duplicates(stack):
     seen = Counter(epn for body in text for epn in UNMAPPED if epn in body)
     lost = [epn for epn in UNMAPPED if seen[epn] == 0]
     duplicates = sum(n - 1 for n in seen.values() if n > 1)
-    figure(f"smtp faults: {len(failures)} failed alert runs ({', '.join(failures)}), then {len(messages)} e-mail; "
-           f"{len(lost)} lost alerts, {duplicates} duplicates")
+    figure(
+        f"smtp faults: {len(failures)} failed alert runs ({', '.join(failures)}), then {len(messages)} e-mail; "
+        f"{len(lost)} lost alerts, {duplicates} duplicates"
+    )
     assert lost == [] and duplicates == 0
     assert len(messages) == 1
     assert read_epns(stack.settings().alerted_path, ALERTED_KEY) == set(UNMAPPED)

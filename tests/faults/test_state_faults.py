@@ -110,10 +110,12 @@ def test_concurrent_and_killed_writers_lose_nothing_and_never_break_the_file(tmp
     lost = sorted(expected - final)
     exit_codes = [p.exitcode for p in writers]
     leftovers = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
-    figure(f"state faults: {WRITERS} concurrent writer processes + 3 writers SIGKILLed at random "
-           f"({len(confirmed)} of their updates confirmed) + 1 SIGKILLed holding the lock mid-write; "
-           f"{len(lost)} lost entries, {broken} broken reads of {reads}; {len(leftovers)} orphaned temp file(s); "
-           f"{time.monotonic() - started:.1f} s")
+    figure(
+        f"state faults: {WRITERS} concurrent writer processes + 3 writers SIGKILLed at random "
+        f"({len(confirmed)} of their updates confirmed) + 1 SIGKILLed holding the lock mid-write; "
+        f"{len(lost)} lost entries, {broken} broken reads of {reads}; {len(leftovers)} orphaned temp file(s); "
+        f"{time.monotonic() - started:.1f} s"
+    )
     assert exit_codes == [0] * WRITERS
     assert [p.exitcode for p in loopers] == [-signal.SIGKILL] * 3
     assert stuck.exitcode == -signal.SIGKILL

@@ -86,4 +86,3 @@ def test_failed_repatriation_emails_the_helpdesk_with_a_link(stack):
     text, _ = text_and_html(message)
     assert "12282a" in text and "rsync" in text.lower()
     assert f"http://127.0.0.1:3000/runs/{result.run_id}" in text
-

@@ -78,7 +78,10 @@ def test_every_comma_separated_recipient_receives_the_alert(smtp_sink):
 
 def test_failure_alert_carries_epn_error_and_run_link(smtp_sink):
     rendered = render_failure_alert(
-        "12282a", "rsync exited with code 23: some files could not be transferred", "abc123", "http://dagster:3000/runs/abc123"
+        "12282a",
+        "rsync exited with code 23: some files could not be transferred",
+        "abc123",
+        "http://dagster:3000/runs/abc123",
     )
 
     message = deliver(smtp_sink, rendered)

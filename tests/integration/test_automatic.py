@@ -59,8 +59,11 @@ def test_a_failed_refresh_is_retried_after_a_minute_and_says_when(stack):
     state["cursor"] = SensorCursor(failures=1, retry_at=time.time() - 1).dumps()
     result = tick()
     assert isinstance(result, dg.SensorResult)
-    assert [r.run_config["ops"]["repatriate_epns"]["config"]["epns"] for r in result.run_requests
-            if r.job_name == REPATRIATION_JOB] == [["12282a"]]
+    assert [
+        r.run_config["ops"]["repatriate_epns"]["config"]["epns"]
+        for r in result.run_requests
+        if r.job_name == REPATRIATION_JOB
+    ] == [["12282a"]]
     assert SensorCursor.parse(state["cursor"]).failures == 0
 
 
@@ -78,8 +81,12 @@ def test_a_visit_that_ends_is_requested_without_asking_the_portal_again(stack):
     result = tick()
     assert stack.portal.stats()["visits_requests"] == asked
     assert isinstance(result, dg.SensorResult)
-    assert [e for r in result.run_requests if r.job_name == REPATRIATION_JOB
-            for e in r.run_config["ops"]["repatriate_epns"]["config"]["epns"]] == ["13001b"]
+    assert [
+        e
+        for r in result.run_requests
+        if r.job_name == REPATRIATION_JOB
+        for e in r.run_config["ops"]["repatriate_epns"]["config"]["epns"]
+    ] == ["13001b"]
 
 
 def test_a_worker_process_is_known_dead_only_when_it_is():
@@ -106,8 +113,10 @@ def test_a_run_whose_worker_died_is_ended_as_failed_and_frees_its_rsync_slot(sta
 
     dead = f"{socket.gethostname()}:{proc.pid}:0"
     run = stack.instance.create_run_for_job(
-        job_def=job, run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
-        tags={WORKER_TAG: dead, **outcome_tags(["12282a"], Outcome.RUNNING)}, status=dg.DagsterRunStatus.STARTED,
+        job_def=job,
+        run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+        tags={WORKER_TAG: dead, **outcome_tags(["12282a"], Outcome.RUNNING)},
+        status=dg.DagsterRunStatus.STARTED,
     )
     stack.instance.event_log_storage.claim_concurrency_slot("rsync", run.run_id, "repatriate_epns")
     assert stack.instance.event_log_storage.get_concurrency_info("rsync").active_slot_count == 1
@@ -173,8 +182,12 @@ def test_a_malformed_visit_is_held_back_by_name_while_the_others_are_requested(s
     tick, state = ticker(stack)
     result = tick()
     assert isinstance(result, dg.SensorResult)
-    requested = [e for r in result.run_requests if r.job_name == REPATRIATION_JOB
-                 for e in r.run_config["ops"]["repatriate_epns"]["config"]["epns"]]
+    requested = [
+        e
+        for r in result.run_requests
+        if r.job_name == REPATRIATION_JOB
+        for e in r.run_config["ops"]["repatriate_epns"]["config"]["epns"]
+    ]
     assert requested == ["12282a"]
     # The next tick decides from the same answer, and still names the skipped visit.
     from assyncy_dagster.resources.portal import PortalResource
@@ -182,7 +195,9 @@ def test_a_malformed_visit_is_held_back_by_name_while_the_others_are_requested(s
     from assyncy_dagster.tick import plan_tick
 
     cursor = SensorCursor.parse(state["cursor"])
-    plan, _ = plan_tick(stack.instance, settings, PortalResource(), SshSourceResource(), logging.getLogger("test"), cursor)
+    plan, _ = plan_tick(
+        stack.instance, settings, PortalResource(), SshSourceResource(), logging.getLogger("test"), cursor
+    )
     assert plan.held_back["13001a"].startswith("the portal sent a malformed visit, skipped")
     assert "end_time" in plan.held_back["13001a"]
 
@@ -210,8 +225,11 @@ def test_data_written_after_the_sync_is_fetched_within_resync_days(stack):
     run = job.execute_in_process(instance=stack.instance, run_config=request.run_config, tags=request.tags)
     assert run.success
     assert (stack.destination("ny79", "12282a") / "processing" / "autoproc.mtz").read_bytes() == late.read_bytes()
-    [materialization] = [e.event_specific_data.materialization for e in run.get_asset_materialization_events()
-                         if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")]
+    [materialization] = [
+        e.event_specific_data.materialization
+        for e in run.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")
+    ]
     assert "+1 file(s), +5000 bytes" in materialization.metadata["change"].value
 
     # Fetched: the next ticks, refresh or not, leave it alone.

@@ -30,8 +30,11 @@ def test_stuck_report_lists_only_epns_due_longer_than_stuck_after_hours_oldest_f
     with dg.instance_for_test() as instance:
         record_due(instance, {"12282a": NOT_ON_HOST}, NOW - timedelta(hours=30))
         record_due(instance, {"12282a": NOT_ON_HOST, "13001a": "its folder held no files"}, NOW - timedelta(hours=25))
-        record_due(instance, {"12282a": NOT_ON_HOST, "13001a": "its folder held no files", "12282b": REQUESTED},
-                   NOW - timedelta(hours=2))
+        record_due(
+            instance,
+            {"12282a": NOT_ON_HOST, "13001a": "its folder held no files", "12282b": REQUESTED},
+            NOW - timedelta(hours=2),
+        )
 
         entries = stuck_report(instance, canary_settings(), NOW)
 
@@ -51,8 +54,9 @@ def test_a_stuck_epn_in_a_running_run_is_waiting_on_that_run():
         noop()
 
     with dg.instance_for_test() as instance:
-        run = instance.create_run_for_job(job_def=job, tags=outcome_tags(["12282a"], Outcome.RUNNING),
-                                          status=dg.DagsterRunStatus.STARTED)
+        run = instance.create_run_for_job(
+            job_def=job, tags=outcome_tags(["12282a"], Outcome.RUNNING), status=dg.DagsterRunStatus.STARTED
+        )
         record_due(instance, {"12282a": REQUESTED}, NOW - timedelta(hours=30))
 
         [entry] = stuck_report(instance, canary_settings(), NOW)
@@ -65,10 +69,14 @@ def test_a_refresh_failure_keeps_its_first_time_masks_secrets_and_is_reported_af
     again = PortalAuthError("SMTP said s3cret-smtp " + "x" * 1000)
     with dg.instance_for_test() as instance:
         path = canary.refresh_failure_file(instance)
-        assert record_refresh_failure(path, "portal", PortalAuthError("refused"), first, canary_settings()) == \
-            first.timestamp()
-        assert record_refresh_failure(path, "portal", again, NOW - timedelta(hours=1), canary_settings()) == \
-            first.timestamp()
+        assert (
+            record_refresh_failure(path, "portal", PortalAuthError("refused"), first, canary_settings())
+            == first.timestamp()
+        )
+        assert (
+            record_refresh_failure(path, "portal", again, NOW - timedelta(hours=1), canary_settings())
+            == first.timestamp()
+        )
         saved = json.loads(path.read_text())
         [entry] = stuck_report(instance, canary_settings(), NOW)
         assert stuck_report(instance, canary_settings(stuck_after_hours=48), NOW) == []

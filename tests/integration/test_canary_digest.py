@@ -105,5 +105,8 @@ def test_a_revoked_ssh_key_is_in_the_digest_although_the_host_cannot_be_listed(s
     assert "SSH authentication failing at every refresh" in line
     assert "Note: The SFTP host could not be listed for unmapped EPNs" in text
     assert "could not be listed" in html
-    assert datetime.now(UTC) - timedelta(hours=26) < datetime.fromtimestamp(
-        json.loads(path.read_text())["since"], UTC) < datetime.now(UTC) - timedelta(hours=24)
+    assert (
+        datetime.now(UTC) - timedelta(hours=26)
+        < datetime.fromtimestamp(json.loads(path.read_text())["since"], UTC)
+        < datetime.now(UTC) - timedelta(hours=24)
+    )

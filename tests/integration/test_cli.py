@@ -25,10 +25,12 @@ def test_check_config_lists_every_problem(stack, tmp_path, capsys):
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "epnalert-text.j2").write_text("{{ epn_detail }}")  # typo: undefined variable
-    stack.configure(**{
-        "key-file": str(key),
-        "epnalert-template-folder": str(templates),
-    })
+    stack.configure(
+        **{
+            "key-file": str(key),
+            "epnalert-template-folder": str(templates),
+        }
+    )
     data = yaml.safe_load(stack.config_path.read_text())
     data["destination-root-path"] = str(tmp_path / "no-such-root")
     stack.config_path.write_text(yaml.safe_dump(data))

@@ -87,5 +87,3 @@ def test_k8s_run_launcher_settings_are_valid_for_dagster_k8s():
     }
     result = validate_config(k8s.K8sRunLauncher.config_type(), config)
     assert result.success, [error.message for error in result.errors]
-
-

@@ -44,7 +44,7 @@ def test_refused_message_raises_mail_error_naming_server_and_reply(smtp_sink):
 def test_temporary_refusal_is_reported_and_the_next_send_succeeds(smtp_sink):
     smtp_sink.refuse_next(1, "451 4.3.0 Try again later")
 
-    with pytest.raises(MailError, match="451 4.3.0"):
+    with pytest.raises(MailError, match=r"451 4.3.0"):
         mailer_for(smtp_sink).send(message())
     mailer_for(smtp_sink).send(message())
 
@@ -76,9 +76,8 @@ def test_silent_server_raises_timeout():
 
 
 def test_refused_recipient_raises_mail_error_naming_it():
-    with SmtpSink(refuse_recipients=("nobody@example.edu",)) as sink:
-        with pytest.raises(MailError) as caught:
-            mailer_for(sink).send(message("nobody@example.edu"))
+    with SmtpSink(refuse_recipients=("nobody@example.edu",)) as sink, pytest.raises(MailError) as caught:
+        mailer_for(sink).send(message("nobody@example.edu"))
 
     assert "nobody@example.edu" in str(caught.value) and "550" in str(caught.value)
     assert set(caught.value.refused) == {"nobody@example.edu"}
@@ -86,7 +85,7 @@ def test_refused_recipient_raises_mail_error_naming_it():
 
 def test_partly_refused_recipients_raise_after_delivering_to_the_rest():
     with SmtpSink(refuse_recipients=("nobody@example.edu",)) as sink:
-        with pytest.raises(MailError, match="delivered, but refused some recipients: nobody@example.edu"):
+        with pytest.raises(MailError, match=r"delivered, but refused some recipients: nobody@example.edu"):
             mailer_for(sink).send(message("helpdesk@example.edu, nobody@example.edu"))
         sink.wait_for(1, timeout=5)
 
@@ -115,9 +114,11 @@ def test_wrong_password_error_and_logs_never_show_the_password(caplog):
 
 
 def test_server_that_requires_login_says_to_configure_it():
-    with SmtpSink(auth=(SMTP_USER, SMTP_PASSWORD)) as sink:
-        with pytest.raises(MailError, match="requires login.*smtp-username and smtp-password"):
-            mailer_for(sink).send(message())
+    with (
+        SmtpSink(auth=(SMTP_USER, SMTP_PASSWORD)) as sink,
+        pytest.raises(MailError, match=r"requires login.*smtp-username and smtp-password"),
+    ):
+        mailer_for(sink).send(message())
 
 
 def test_starttls_against_a_server_without_it_raises_mail_error(smtp_sink):
@@ -129,9 +130,12 @@ def test_smtp_resource_sends_through_the_configured_server(tmp_path, monkeypatch
     with SmtpSink(auth=(SMTP_USER, SMTP_PASSWORD)) as sink:
         path = sample_config(
             tmp_path,
-            **{"epnalert-email-smtp": f"{sink.host}:{sink.port}", "smtp-username": SMTP_USER,
-               "smtp-password": SMTP_PASSWORD,
-               "smtp-allow-plaintext-login": True},  # the local sink offers no TLS
+            **{
+                "epnalert-email-smtp": f"{sink.host}:{sink.port}",
+                "smtp-username": SMTP_USER,
+                "smtp-password": SMTP_PASSWORD,
+                "smtp-allow-plaintext-login": True,
+            },  # the local sink offers no TLS
         )
         monkeypatch.setenv("ASSYNCY_CONFIG", str(path))
         resource = SmtpResource()

@@ -57,7 +57,10 @@ def test_visits_are_merged_across_equipment_and_tagged_with_their_equipment(port
     visits = client_for(portal_sim).visits(*last_days())
 
     assert {(v.epn, v.equipment_id) for v in visits} == {
-        ("12282a", 23), ("13001a", 23), ("12282b", 24), ("13001b", 24),
+        ("12282a", 23),
+        ("13001a", 23),
+        ("12282b", 24),
+        ("13001b", 24),
     }
 
 
@@ -126,14 +129,14 @@ def test_tokens_are_reused_between_calls(portal_sim):
 def test_wrong_password_raises_auth_error_with_the_portals_message(portal_sim):
     equipment = [e.model_copy(update={"password": "not-the-password"}) for e in equipment_for()]
 
-    with pytest.raises(PortalAuthError, match="equipment 23.*Invalid username or password"):
+    with pytest.raises(PortalAuthError, match=r"equipment 23.*Invalid username or password"):
         client_for(portal_sim, equipment).visits(*last_days())
 
 
 def test_wrong_client_password_raises_auth_error(portal_sim):
     equipment = [e.model_copy(update={"client_password": "wrong-client-secret"}) for e in equipment_for()]
 
-    with pytest.raises(PortalAuthError, match="equipment 23.*Client authentication failed"):
+    with pytest.raises(PortalAuthError, match=r"equipment 23.*Client authentication failed"):
         client_for(portal_sim, equipment).authenticate(equipment[0])
 
 
@@ -141,7 +144,7 @@ def test_account_without_access_to_the_equipment_raises_auth_error(portal_sim):
     mx1, _ = equipment_for()
     borrowed = Equipment(**{**mx1.model_dump(), "id": 24})  # equipment 24 with the account of 23
 
-    with pytest.raises(PortalAuthError, match="equipment 24.*HTTP 403"):
+    with pytest.raises(PortalAuthError, match=r"equipment 24.*HTTP 403"):
         client_for(portal_sim, [borrowed]).visits(*last_days())
 
 
@@ -215,7 +218,9 @@ def test_dropped_connections_raise_portal_error(portal_sim):
 def test_slow_portal_times_out_and_raises_portal_error(portal_sim):
     control(portal_sim, "faults", {"delay_seconds": 2.0})
 
-    with pytest.raises(PortalError, match=r"equipment 23: could not authenticate after 2 attempts: no answer within 0.2 s"):
+    with pytest.raises(
+        PortalError, match=r"equipment 23: could not authenticate after 2 attempts: no answer within 0.2 s"
+    ):
         client_for(portal_sim, timeout=0.2, retries=1).visits(*last_days())
 
 
@@ -229,21 +234,21 @@ def test_answer_that_is_not_json_raises_portal_data_error(portal_sim):
 def test_answer_without_data_visits_raises_portal_data_error(portal_sim):
     control(portal_sim, "faults", {"body_next": 1, "body": {"data": {}}, "path": "/visits"})
 
-    with pytest.raises(PortalDataError, match="equipment 23: visits answer has no data.visits"):
+    with pytest.raises(PortalDataError, match=r"equipment 23: visits answer has no data.visits"):
         client_for(portal_sim).visits(*last_days())
 
 
 def test_visits_that_are_not_a_list_raise_portal_data_error(portal_sim):
     control(portal_sim, "faults", {"body_next": 1, "body": {"data": {"visits": {"epn": "12282a"}}}, "path": "/visits"})
 
-    with pytest.raises(PortalDataError, match="data.visits is a dict, expected a list"):
+    with pytest.raises(PortalDataError, match=r"data.visits is a dict, expected a list"):
         client_for(portal_sim).visits(*last_days())
 
 
 def test_token_answer_without_access_token_raises_portal_data_error(portal_sim):
     control(portal_sim, "faults", {"body_next": 1, "body": {"data": {}}, "path": "/oauth/token"})
 
-    with pytest.raises(PortalDataError, match="equipment 23: the token answer .* holds no data.access_token"):
+    with pytest.raises(PortalDataError, match=r"equipment 23: the token answer .* holds no data.access_token"):
         client_for(portal_sim).visits(*last_days())
 
 
@@ -282,7 +287,7 @@ def test_visit_missing_a_required_field_is_skipped_alone_naming_equipment_and_in
     sim = make_portal_sim(data, strict=False)
     epns, rejected = rejected_alone(sim, caplog)
     assert len(epns) == 3  # the other visits, on both beamlines, still count
-    [(key, why)] = rejected.items()
+    [(_key, why)] = rejected.items()
     assert "equipment 24: visit #1 lacks start_time" in why
     assert "lacks start_time" in caplog.text
 
@@ -337,8 +342,12 @@ def exercise_every_path(sim) -> list[str]:
     control(sim, "faults", {"malformed_next": 1, "path": "/visits"})
     for bad in (
         lambda: client.visits(*last_days()),
-        lambda: client_for(sim, [e.model_copy(update={"password": "x" + e.password}) for e in equipment_for()]).visits(*last_days()),
-        lambda: client_for(sim, [e.model_copy(update={"client_password": e.password}) for e in equipment_for()]).visits(*last_days()),
+        lambda: client_for(sim, [e.model_copy(update={"password": "x" + e.password}) for e in equipment_for()]).visits(
+            *last_days()
+        ),
+        lambda: client_for(sim, [e.model_copy(update={"client_password": e.password}) for e in equipment_for()]).visits(
+            *last_days()
+        ),
     ):
         try:
             bad()
@@ -375,8 +384,15 @@ def test_errors_hold_no_password_or_token(portal_sim):
 
 
 def test_portal_resource_reads_credentials_from_config_file(portal_sim, tmp_path, monkeypatch):
-    config = sample_config(tmp_path, **{"base-url": portal_sim.url, "equipment": equipment_credentials(PORTAL_DATA),
-                                        "portal-retries": 1, "portal-allow-insecure": True})
+    config = sample_config(
+        tmp_path,
+        **{
+            "base-url": portal_sim.url,
+            "equipment": equipment_credentials(PORTAL_DATA),
+            "portal-retries": 1,
+            "portal-allow-insecure": True,
+        },
+    )
     monkeypatch.setenv("ASSYNCY_CONFIG", str(config))
     resource = PortalResource()
 

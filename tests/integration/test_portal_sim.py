@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import requests
@@ -129,7 +129,9 @@ def test_relative_times_count_from_the_simulator_start(make_portal_sim):
 
 def test_absolute_times_are_served_as_written(make_portal_sim):
     data = portal_data_copy()
-    data["equipment"][0]["visits"][0].update(start_time="2026-11-01T09:00:00+11:00", end_time="2026-11-02T09:00:00+11:00")
+    data["equipment"][0]["visits"][0].update(
+        start_time="2026-11-01T09:00:00+11:00", end_time="2026-11-02T09:00:00+11:00"
+    )
     sim = make_portal_sim(data, now=NOW)
 
     served = visits_of(sim).json()["data"]["visits"][0]
@@ -139,7 +141,10 @@ def test_absolute_times_are_served_as_written(make_portal_sim):
 
 def test_visits_are_filtered_to_those_overlapping_the_window(make_portal_sim):
     sim = make_portal_sim(now=NOW)
-    window = {"start_time": (NOW - timedelta(days=19, hours=12)).isoformat(), "end_time": (NOW - timedelta(days=4, hours=12)).isoformat()}
+    window = {
+        "start_time": (NOW - timedelta(days=19, hours=12)).isoformat(),
+        "end_time": (NOW - timedelta(days=4, hours=12)).isoformat(),
+    }
 
     epns = [v["epn"] for v in visits_of(sim, **window).json()["data"]["visits"]]
 
@@ -291,7 +296,7 @@ def test_reset_stats_starts_counting_afresh(portal_sim):
 
 def test_demo_visits_tell_the_demo_story(make_portal_sim):
     sim = make_portal_sim(DEMO_VISITS)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     visits = {}
     for equipment_id in (23, 24):
@@ -309,7 +314,12 @@ def test_demo_visits_tell_the_demo_story(make_portal_sim):
 
 def test_generated_visits_are_served_and_mostly_ended(make_portal_sim):
     sim = make_portal_sim(generate_visits(200, (23,), seed=3), now=NOW)
-    account = {"username": "user-23", "password": "password-23", "client_name": "client-23", "client_password": "client-password-23"}
+    account = {
+        "username": "user-23",
+        "password": "password-23",
+        "client_name": "client-23",
+        "client_password": "client-password-23",
+    }
 
     visits = visits_of(sim, 23, account=account).json()["data"]["visits"]
 

@@ -47,7 +47,9 @@ def postgres_home(pg_database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     database = config["storage"]["postgres"]["postgres_db"]
     assert database["password"] == {"env": "DAGSTER_PG_PASSWORD"}
     database.update(
-        hostname=pg_database.host, port=pg_database.port, db_name=pg_database.database,
+        hostname=pg_database.host,
+        port=pg_database.port,
+        db_name=pg_database.database,
         username=pg_database.username,
     )
     home = tmp_path / "dagster_home"
@@ -71,10 +73,16 @@ def epn_on_sftp(sshd) -> Iterator[tuple[str, str]]:
 
 
 def count(database, sql: str, *args: object) -> int:
-    with psycopg2.connect(
-        host=database.host, port=database.port, dbname=database.database,
-        user=database.username, password=database.password,
-    ) as connection, connection.cursor() as cursor:
+    with (
+        psycopg2.connect(
+            host=database.host,
+            port=database.port,
+            dbname=database.database,
+            user=database.username,
+            password=database.password,
+        ) as connection,
+        connection.cursor() as cursor,
+    ):
         cursor.execute(sql, args)
         return cursor.fetchone()[0]
 
@@ -100,8 +108,13 @@ def test_repatriation_run_materialisation_and_check_are_stored_in_postgresql(
     scratch = tmp_path / "scratch"
     with PortalSimulator(DEMO_VISITS) as portal, SmtpSink() as smtp:
         config = write_config(
-            tmp_path / "etc" / "config.yml", portal_url=portal.url, sshd=sshd, smtp_port=smtp.port,
-            destination_root=scratch, epn_cap_map={"12282": "ny79"}, extra={"beamline": beamline},
+            tmp_path / "etc" / "config.yml",
+            portal_url=portal.url,
+            sshd=sshd,
+            smtp_port=smtp.port,
+            destination_root=scratch,
+            epn_cap_map={"12282": "ny79"},
+            extra={"beamline": beamline},
         )
         monkeypatch.setenv("ASSYNCY_CONFIG", str(config))
         with dg.DagsterInstance.get() as instance:
@@ -124,14 +137,22 @@ def test_repatriation_run_materialisation_and_check_are_stored_in_postgresql(
     assert (scratch / "ny79" / epn / "data" / "frames" / "img_0001.cbf").is_file()
     # Proof from PostgreSQL itself, not through Dagster's storage classes.
     assert count(pg_database, "SELECT count(*) FROM runs WHERE run_id = %s AND status = 'SUCCESS'", run_id) == 1
-    assert count(
-        pg_database,
-        "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION' "
-        "AND asset_key = %s AND partition = %s",
-        run_id, dg.AssetKey("epn_data").to_string(), epn,
-    ) == 1
-    assert count(
-        pg_database,
-        "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_CHECK_EVALUATION'",
-        run_id,
-    ) == 1
+    assert (
+        count(
+            pg_database,
+            "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION' "
+            "AND asset_key = %s AND partition = %s",
+            run_id,
+            dg.AssetKey("epn_data").to_string(),
+            epn,
+        )
+        == 1
+    )
+    assert (
+        count(
+            pg_database,
+            "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_CHECK_EVALUATION'",
+            run_id,
+        )
+        == 1
+    )

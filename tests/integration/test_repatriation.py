@@ -21,11 +21,17 @@ def test_dry_run_writes_nothing_and_is_an_observation_never_a_materialisation(st
     # The project folders exist beforehand (as on a real site); nothing appears inside them.
     assert not any(stack.destination_root.rglob("*/*")), "a dry-run wrote under the destination"
     # The UI must never show the partition as materialised (home) after a dry-run.
-    assert not [e for e in result.get_asset_materialization_events()
-                if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")]
+    assert not [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")
+    ]
     assert stack.instance.get_materialized_partitions(dg.AssetKey("epn_data")) == set()
-    [observation] = [e.event_specific_data.asset_observation for e in result.get_asset_observation_events()
-                     if e.event_specific_data.asset_observation.asset_key == dg.AssetKey("epn_data")]
+    [observation] = [
+        e.event_specific_data.asset_observation
+        for e in result.get_asset_observation_events()
+        if e.event_specific_data.asset_observation.asset_key == dg.AssetKey("epn_data")
+    ]
     meta = {k: v.value for k, v in observation.metadata.items()}
     assert observation.partition == "12282a"
     assert meta["dry_run"] is True and meta["mode"].startswith("DRY-RUN")
@@ -90,8 +96,9 @@ def test_check_on_its_own_catches_a_file_deleted_from_the_destination(stack):
     assert "frames/img_0003.cbf" in check.description
     # In the UI, the failures are a table: path, problem, sizes.
     rows = [record.data for record in check.metadata["problems"].records]
-    assert rows == [{"path": "frames/img_0003.cbf", "problem": "missing", "source_bytes": None,
-                     "destination_bytes": None}]
+    assert rows == [
+        {"path": "frames/img_0003.cbf", "problem": "missing", "source_bytes": None, "destination_bytes": None}
+    ]
 
 
 def test_unmapped_epn_is_refused(stack):
@@ -157,7 +164,9 @@ def test_a_backfill_range_records_each_epn_on_its_own_and_one_failure_spares_the
     assert checks == {"12282a": True, "13001a": True}
     run = stack.instance.get_run_by_id(result.run_id)
     assert {k: v for k, v in run.tags.items() if k.startswith("assyncy/epn/")} == {
-        "assyncy/epn/12282a": "home", "assyncy/epn/12282b": "failed", "assyncy/epn/13001a": "home",
+        "assyncy/epn/12282a": "home",
+        "assyncy/epn/12282b": "failed",
+        "assyncy/epn/13001a": "home",
     }
 
 
@@ -165,13 +174,18 @@ def test_an_epn_another_run_is_transferring_is_not_started_twice(stack):
     stack.lay_out("12282a")
     job = build_definitions(str(stack.config_path)).resolve_job_def("repatriate_epn")
     other = stack.instance.create_run_for_job(
-        job_def=job, run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
-        tags={"assyncy/epn/12282a": "running"}, status=dg.DagsterRunStatus.STARTED,
+        job_def=job,
+        run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+        tags={"assyncy/epn/12282a": "running"},
+        status=dg.DagsterRunStatus.STARTED,
     )
     result = stack.materialize("12282a")
     assert result.success  # not the EPN's failure: no failure e-mail, no backoff
-    assert not [e for e in result.get_asset_materialization_events()
-                if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")]
+    assert not [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")
+    ]
     messages = [entry.user_message for entry in stack.instance.all_logs(result.run_id)]
     assert any(f"run {other.run_id} is transferring it right now" in m for m in messages)
     assert files_under(stack.destination("ny79", "12282a")) == set()
@@ -186,8 +200,11 @@ def test_an_epn_whose_source_holds_no_files_is_held_back_never_recorded(stack):
     result = stack.materialize("12282a")
     # Not a failure (no failure e-mail for data that is simply not there yet) and nothing recorded.
     assert result.success
-    assert not [e for e in result.get_asset_materialization_events()
-                if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")]
+    assert not [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")
+    ]
     assert stack.ignored() == []
     run = stack.instance.get_run_by_id(result.run_id)
     assert run.tags["assyncy/epn/12282a"] == "empty"

@@ -96,8 +96,10 @@ def test_epn_materialised_from_the_ui_is_not_requested_while_that_run_is_in_flig
     asset_job = defs.resolve_implicit_global_asset_job_def()
     # What the UI's Materialize button creates: an asset run of epn_data for one partition.
     stack.instance.create_run_for_job(
-        job_def=asset_job, asset_selection=frozenset({dg.AssetKey("epn_data")}),
-        tags={"dagster/partition": "12282a"}, status=dg.DagsterRunStatus.NOT_STARTED,
+        job_def=asset_job,
+        asset_selection=frozenset({dg.AssetKey("epn_data")}),
+        tags={"dagster/partition": "12282a"},
+        status=dg.DagsterRunStatus.NOT_STARTED,
     )
     assert repatriations(first_tick(stack)) == ["12282b"]
 

@@ -17,7 +17,7 @@ def test_systemd_analyze_verify_accepts_the_unit(path, tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
-    program = exec_start(path)[0][len(INSTALL_BIN):]
+    program = exec_start(path)[0][len(INSTALL_BIN) :]
     if not (BIN / program).exists():
         pytest.skip(f"{program} is not installed here")
     # verify insists that ExecStart exists: point it at this environment's copy of the same program.

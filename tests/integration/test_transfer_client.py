@@ -32,8 +32,14 @@ MX_FILES: dict[str, bytes | int] = {
     ".snapshot/old.cbf": b"hidden folder",
     "processing/autoproc.log": b"done\n",
 }
-EXPECTED = {"frames/img_0001.cbf": 40_000, "frames/img_0002.cbf": 40_000, "frames/sub/img 0003.cbf": 1_000,
-            ".info": 14, "frames/.info": 6, "processing/autoproc.log": 5}
+EXPECTED = {
+    "frames/img_0001.cbf": 40_000,
+    "frames/img_0002.cbf": 40_000,
+    "frames/sub/img 0003.cbf": 1_000,
+    ".info": 14,
+    "frames/.info": 6,
+    "processing/autoproc.log": 5,
+}
 
 
 def all_files(root: Path) -> set[str]:
@@ -129,8 +135,9 @@ def test_progress_is_reported_at_most_once_per_interval_plus_the_last(sftp_sourc
     epn = sftp_source.new_epn()
     make_source_tree(sftp_source.root, epn, {f"frames/img_{i:04d}.cbf": 1_000 for i in range(300)})
     updates: list[ProgressUpdate] = []
-    sftp_source.rsync_client(progress_interval=3600).transfer(epn, tmp_path / "data", dry_run=False,
-                                                        on_progress=updates.append)
+    sftp_source.rsync_client(progress_interval=3600).transfer(
+        epn, tmp_path / "data", dry_run=False, on_progress=updates.append
+    )
     assert 1 <= len(updates) <= 2
     assert updates[-1].bytes_transferred == 300_000 and updates[-1].files_transferred == 300
 
@@ -172,8 +179,14 @@ def test_sftp_account_is_read_only(sftp_source, epn_tree, tmp_path):
     epn, folder = epn_tree
     (tmp_path / "upload.cbf").write_bytes(b"should never arrive")
     endpoint = sftp_source.endpoint
-    push = ["rsync", "-r", "-e", endpoint.rsync_shell(), str(tmp_path / "upload.cbf"),
-            endpoint.remote(f"{endpoint.source_root}/{epn}/")]
+    push = [
+        "rsync",
+        "-r",
+        "-e",
+        endpoint.rsync_shell(),
+        str(tmp_path / "upload.cbf"),
+        endpoint.remote(f"{endpoint.source_root}/{epn}/"),
+    ]
     with pytest.raises(RsyncError) as info:
         run_rsync(push)
     assert "read-only" in str(info.value)

@@ -89,5 +89,8 @@ def test_dry_run_of_a_missing_project_folder_says_so_too(stack):
     stack.lay_out("12282a")
     result = stack.materialize("12282a")
     assert not result.success and "does not exist" in failure_text(result)
-    assert [e for e in result.get_asset_materialization_events()
-            if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")] == []
+    assert [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key == dg.AssetKey("epn_data")
+    ] == []

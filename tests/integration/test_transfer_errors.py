@@ -29,8 +29,11 @@ def test_partial_transfer_error_names_code_meaning_and_stderr(tmp_path):
 
 
 def test_host_key_mismatch_is_a_host_key_error_pointing_at_known_hosts(tmp_path):
-    argv = _fake_rsync(tmp_path, "@@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n"
-                                 "Host key verification failed.\n", 255)
+    argv = _fake_rsync(
+        tmp_path,
+        "@@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.\n",
+        255,
+    )
     with pytest.raises(HostKeyError) as info:
         run_rsync(argv, endpoint=facility_endpoint())
     assert "known-hosts-file /etc/assyncy/known_hosts" in str(info.value)

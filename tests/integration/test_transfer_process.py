@@ -47,6 +47,7 @@ def raise_once_bytes_flow(exc: BaseException):
     def on_progress(update: ProgressUpdate) -> None:
         if update.bytes_transferred > 1_000:  # the big file is in flight
             raise exc
+
     return on_progress
 
 
@@ -64,15 +65,17 @@ def test_interrupted_file_is_kept_aside_and_resumed_byte_identical(sftp_source, 
     assert not (destination / "frames" / PARTIAL_DIR).exists()
 
 
-@pytest.mark.parametrize("interruption", [KeyboardInterrupt, dg.DagsterExecutionInterruptedError],
-                         ids=["ctrl-c", "dagster-run-terminated"])
+@pytest.mark.parametrize(
+    "interruption", [KeyboardInterrupt, dg.DagsterExecutionInterruptedError], ids=["ctrl-c", "dagster-run-terminated"]
+)
 def test_interruption_mid_transfer_leaves_no_process_and_rerun_completes(sftp_source, tmp_path, interruption):
     epn, folder = big_tree(sftp_source)
     destination = tmp_path / "data"
     client = sftp_source.rsync_client(progress_interval=0)
     with pytest.raises(interruption):
-        client.transfer(epn, destination, dry_run=False, on_progress=raise_once_bytes_flow(interruption()),
-                        extra_args=SLOW)
+        client.transfer(
+            epn, destination, dry_run=False, on_progress=raise_once_bytes_flow(interruption()), extra_args=SLOW
+        )
     assert_nothing_left_running(sftp_source, epn, destination)
     assert not (destination / BIG).exists()
     client.transfer(epn, destination, dry_run=False)
@@ -86,8 +89,15 @@ def test_terminate_all_transfers_from_another_thread_stops_the_transfer(sftp_sou
 
     def stop_when_bytes_arrive() -> None:
         # rsync writes the file in flight to a hidden temp file beside its final name.
-        wait_for(lambda: any(p.stat().st_size > 0 for p in (destination / "frames").glob(".big.cbf.*"))
-                 if (destination / "frames").is_dir() else False, 10, "bytes of the big file")
+        wait_for(
+            lambda: (
+                any(p.stat().st_size > 0 for p in (destination / "frames").glob(".big.cbf.*"))
+                if (destination / "frames").is_dir()
+                else False
+            ),
+            10,
+            "bytes of the big file",
+        )
         stopped.append(terminate_all_transfers())
 
     watcher = threading.Thread(target=stop_when_bytes_arrive, daemon=True)
@@ -126,9 +136,22 @@ def test_transfer_stops_when_its_process_is_killed_outright(sftp_source, tmp_pat
     destination = tmp_path / "data"
     ep = sftp_source.endpoint
     child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_OUTRIGHT, ep.host, str(ep.port), ep.user, str(ep.key_file),
-         str(ep.known_hosts_file), ep.source_root, epn, str(destination), *SLOW],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            KILLED_OUTRIGHT,
+            ep.host,
+            str(ep.port),
+            ep.user,
+            str(ep.key_file),
+            str(ep.known_hosts_file),
+            ep.source_root,
+            epn,
+            str(destination),
+            *SLOW,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout.readline().strip() == "flowing"

@@ -35,9 +35,17 @@ class CannedRsyncClient(RsyncClient):
     def source_manifest(self, epn: str, links: dict[str, str] | None = None) -> dict[str, int]:
         return dict(self.files.get(epn, {}))
 
-    def transfer(self, epn: str, destination: Path, *, dry_run: bool,
-                 on_progress: Callable[[ProgressUpdate], None] | None = None, extra_args: Sequence[str] = (),
-                 streams: int = 1, streams_min_mib: float = 1024) -> RsyncResult:
+    def transfer(
+        self,
+        epn: str,
+        destination: Path,
+        *,
+        dry_run: bool,
+        on_progress: Callable[[ProgressUpdate], None] | None = None,
+        extra_args: Sequence[str] = (),
+        streams: int = 1,
+        streams_min_mib: float = 1024,
+    ) -> RsyncResult:
         self.transfers.append((epn, destination, dry_run))
         listing = self.source_manifest(epn)
         if not dry_run:
@@ -46,10 +54,16 @@ class CannedRsyncClient(RsyncClient):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(b"x" * size)
         total = sum(listing.values())
-        stats = TransferStats(files_transferred=len(listing), bytes_transferred=total, total_files=len(listing),
-                              total_regular_files=len(listing), total_size=total)
-        return RsyncResult(exit_code=0, stats=stats, stdout_tail="", stderr="", duration_seconds=0.0,
-                           manifest=listing, streams=1)
+        stats = TransferStats(
+            files_transferred=len(listing),
+            bytes_transferred=total,
+            total_files=len(listing),
+            total_regular_files=len(listing),
+            total_size=total,
+        )
+        return RsyncResult(
+            exit_code=0, stats=stats, stdout_tail="", stderr="", duration_seconds=0.0, manifest=listing, streams=1
+        )
 
 
 class CannedSource(SshSourceResource):
@@ -72,4 +86,5 @@ class CannedPortal(PortalResource):
     def visits(self, since: datetime, until: datetime, logger: logging.Logger | None = None) -> list[Visit]:
         now = datetime.now(UTC)
         return [visit_of(epn, start=now - timedelta(days=3), end=now - timedelta(days=2)) for epn in self.ended] + [
-            visit_of(epn, start=now - timedelta(hours=1), end=now + timedelta(days=1)) for epn in self.running]
+            visit_of(epn, start=now - timedelta(hours=1), end=now + timedelta(days=1)) for epn in self.running
+        ]

@@ -26,8 +26,12 @@ def requested_epns(result) -> list[str]:
     """EPNs of the repatriation runs a sensor result requests (none for a SkipReason)."""
     if not isinstance(result, dg.SensorResult):
         return []
-    return [e for r in result.run_requests if r.job_name == REPATRIATION_JOB
-            for e in r.run_config["ops"]["repatriate_epns"]["config"]["epns"]]
+    return [
+        e
+        for r in result.run_requests
+        if r.job_name == REPATRIATION_JOB
+        for e in r.run_config["ops"]["repatriate_epns"]["config"]["epns"]
+    ]
 
 
 def tree_snapshot(root: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]:
@@ -43,6 +47,8 @@ def tree_snapshot(root: Path, skip: Path | None = None) -> dict[str, tuple[int, 
                 st = path.lstat()
             except FileNotFoundError:
                 continue
-            snap[str(path.relative_to(root))] = (st.st_size if not path.is_dir() else 0,
-                                                 st.st_mtime_ns if not path.is_dir() else 0)
+            snap[str(path.relative_to(root))] = (
+                st.st_size if not path.is_dir() else 0,
+                st.st_mtime_ns if not path.is_dir() else 0,
+            )
     return snap

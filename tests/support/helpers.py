@@ -49,8 +49,14 @@ MATCHES_SOURCE = dg.AssetCheckKey(EPN_DATA, "matches_source")
 # -- waiting and processes -------------------------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, *, proc: subprocess.Popen | None = None,
-             log: Path | None = None) -> None:
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    *,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> None:
     """Poll `predicate` until it is true; fail naming `what` after `timeout` seconds, or as
     soon as `proc` (a server the wait depends on) has exited, with the tail of its `log`."""
     deadline = time.monotonic() + timeout
@@ -94,8 +100,11 @@ def live_processes_mentioning(*texts: str) -> list[str]:
     for proc in psutil.process_iter(["cmdline", "status"]):
         try:
             line = " ".join(proc.info["cmdline"] or [])
-            if proc.pid != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE \
-                    and any(text in line for text in texts):
+            if (
+                proc.pid != os.getpid()
+                and proc.info["status"] != psutil.STATUS_ZOMBIE
+                and any(text in line for text in texts)
+            ):
                 found.append(f"{proc.pid}: {line}")
         except psutil.NoSuchProcess:
             pass
@@ -107,8 +116,11 @@ def live_processes_of(user: str) -> list[str]:
     found = []
     for proc in psutil.process_iter(["cmdline", "status", "username"]):
         try:
-            if proc.pid != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE \
-                    and proc.info["username"] == user:
+            if (
+                proc.pid != os.getpid()
+                and proc.info["status"] != psutil.STATUS_ZOMBIE
+                and proc.info["username"] == user
+            ):
                 found.append(f"{proc.pid}: {' '.join(proc.info['cmdline'] or [])}")
         except psutil.NoSuchProcess:
             pass
@@ -148,15 +160,25 @@ def config_with_secrets(folder: Path, log_level: str = "logging.INFO", log_dir: 
     """`sample_config` holding a portal password, a client password and an SMTP password,
     at `log_level`, with its log files under `log_dir` (default `folder/var/log`)."""
     log_dir = log_dir or folder / "var" / "log"
-    return sample_config(folder, **{
-        "equipment": [{"username": "mx@example.edu", "password": PORTAL_PASSWORD, "client_name": "mx-client",
-                       "client_password": CLIENT_PASSWORD, "id": 23}],
-        "smtp-username": SMTP_USER,
-        "smtp-password": SMTP_PASSWORD,
-        "smtp-starttls": True,
-        "log-level": log_level,
-        "log-files": {name: str(log_dir / f"{name}.log") for name in ("sync", "epnalert", "email")},
-    })
+    return sample_config(
+        folder,
+        **{
+            "equipment": [
+                {
+                    "username": "mx@example.edu",
+                    "password": PORTAL_PASSWORD,
+                    "client_name": "mx-client",
+                    "client_password": CLIENT_PASSWORD,
+                    "id": 23,
+                }
+            ],
+            "smtp-username": SMTP_USER,
+            "smtp-password": SMTP_PASSWORD,
+            "smtp-starttls": True,
+            "log-level": log_level,
+            "log-files": {name: str(log_dir / f"{name}.log") for name in ("sync", "epnalert", "email")},
+        },
+    )
 
 
 def log_text(path: Path) -> str:
@@ -187,8 +209,15 @@ JANE = Person("Jane", "Doe", "jane.doe@example.edu")
 MING = Person("Ming", "Li", "ming.li@example.edu")
 
 
-def visit_of(epn: str, principal: Person | None = JANE, scientists: Sequence[Person] = (JANE, MING),
-          equipment_id: int = 23, *, start: datetime = START, end: datetime | None = None) -> Visit:
+def visit_of(
+    epn: str,
+    principal: Person | None = JANE,
+    scientists: Sequence[Person] = (JANE, MING),
+    equipment_id: int = 23,
+    *,
+    start: datetime = START,
+    end: datetime | None = None,
+) -> Visit:
     """A visit of `epn` as PortalClient hands it on: from `start` to `end` (a day later unless
     given), with its principal and data scientists."""
     return Visit(
@@ -301,8 +330,16 @@ def demo_accounts_portal_data(visits: Sequence[tuple[str, str, str]]) -> dict:
     person = person_data("Ada", "Lovelace", "ada@example.edu")
     equipment = [{**account, "visits": []} for account in DEMO_EQUIPMENT]
     for i, (epn, start, end) in enumerate(visits):
-        equipment[0]["visits"].append({"id": 70000 + i, "epn": epn, "start_time": start, "end_time": end,
-                                       "principal_scientist": person, "data_scientists": []})
+        equipment[0]["visits"].append(
+            {
+                "id": 70000 + i,
+                "epn": epn,
+                "start_time": start,
+                "end_time": end,
+                "principal_scientist": person,
+                "data_scientists": [],
+            }
+        )
     return {"timezone": "UTC", "equipment": equipment}
 
 
@@ -395,15 +432,26 @@ def passed_checks(instance: dg.DagsterInstance) -> list[str]:
     """The partitions of every passed `matches_source` check. While a run is on, a record's event
     can still be the check's plan (`AssetCheckEvaluationPlanned`, no verdict yet): not passed."""
     records = instance.event_log_storage.get_asset_check_execution_history(MATCHES_SOURCE, limit=1000)
-    return [r.evaluation.partition for r in records
-            if isinstance(r.evaluation, dg.AssetCheckEvaluation) and r.evaluation.passed]
+    return [
+        r.evaluation.partition
+        for r in records
+        if isinstance(r.evaluation, dg.AssetCheckEvaluation) and r.evaluation.passed
+    ]
 
 
 def all_runs_ended(instance: dg.DagsterInstance) -> bool:
     """No run queued or running (stopping the daemon earlier would interrupt a run)."""
-    return not instance.get_runs(dg.RunsFilter(statuses=[
-        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-        dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]))
+    return not instance.get_runs(
+        dg.RunsFilter(
+            statuses=[
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.CANCELING,
+            ]
+        )
+    )
 
 
 # -- trees on disk -------------------------------------------------------------------------------
@@ -438,8 +486,11 @@ def tree_differences(source: Path, destination: Path) -> list[str]:
     wanted = visible_files(source)
     if not wanted:
         return [f"{source} holds no file to compare"]
-    return [rel for rel, path in sorted(wanted.items())
-            if not (destination / rel).is_file() or (destination / rel).read_bytes() != path.read_bytes()]
+    return [
+        rel
+        for rel, path in sorted(wanted.items())
+        if not (destination / rel).is_file() or (destination / rel).read_bytes() != path.read_bytes()
+    ]
 
 
 def frames_in_folders(folders: int = 8, per_folder: int = 8, size: int = 64 * 1024) -> dict:

@@ -16,8 +16,17 @@ import pytest
 # What "starting something" means here: the audit events of every way Python starts a process
 # or talks over a socket (a connection, or a bound socket that would be a server).
 STARTS = {
-    "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-    "os.fork", "os.forkpty", "pty.spawn", "socket.bind", "socket.connect", "socket.connect_ex",
+    "subprocess.Popen",
+    "os.system",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.fork",
+    "os.forkpty",
+    "pty.spawn",
+    "socket.bind",
+    "socket.connect",
+    "socket.connect_ex",
 }
 _armed: list[str] = []  # the id of the unit test running now, if any
 UNIT = Path(__file__).parent
@@ -30,8 +39,9 @@ class StartedSomething(AssertionError):
 def _refuse(event: str, args: tuple) -> None:
     if _armed and event in STARTS:
         what = f"{event}{args[:2]!r}" if not event.startswith("socket.") else f"{event} to {args[1]!r}"
-        raise StartedSomething(f"{_armed[0]}: a unit test may not start anything, but it tried {what}; "
-                               "move it to tests/integration/")
+        raise StartedSomething(
+            f"{_armed[0]}: a unit test may not start anything, but it tried {what}; move it to tests/integration/"
+        )
 
 
 sys.addaudithook(_refuse)

@@ -35,7 +35,9 @@ def test_seed_style_template_escapes_the_preformatted_details(tmp_path):
     (tmp_path / "h.j2").write_text("<html><body><pre>\n{{ epn_details }}\n{{ unknown_epns }}\n</pre></body></html>\n")
     evil = Person("<b>Bold</b>", "Tom & Jerry", "tom@example.edu")
 
-    rendered = render_unknown_epn_alert(tmp_path, "t.j2", "h.j2", [AlertEntry("12282a", (visit_of("12282a", evil, (evil,)),))])
+    rendered = render_unknown_epn_alert(
+        tmp_path, "t.j2", "h.j2", [AlertEntry("12282a", (visit_of("12282a", evil, (evil,)),))]
+    )
 
     assert "<b>" not in rendered.html
     assert "&lt;b&gt;Bold&lt;/b&gt; Tom &amp; Jerry tom@example.edu" in rendered.html

@@ -46,8 +46,12 @@ def storage(tmp_path: Path):
 def test_due_are_the_plans_mapped_ended_epns_not_home_each_with_why():
     plan = CyclePlan(
         repatriate=["12282a"],
-        held_back={"12282b": "last 2 run(s) failed; retrying after ...", "13001a": "no folder on the SFTP host yet",
-                   "13001b": "visit still running (ends ...)", "13001c": "no visit in the portal within visit-day-range"},
+        held_back={
+            "12282b": "last 2 run(s) failed; retrying after ...",
+            "13001a": "no folder on the SFTP host yet",
+            "13001b": "visit still running (ends ...)",
+            "13001c": "no visit in the portal within visit-day-range",
+        },
         in_flight=["13001d"],
     )
     visits = [visit_around_now(e) for e in ("12282a", "12282b", "13001a", "13001d", "13001e")]
@@ -93,26 +97,40 @@ def test_the_clock_starts_at_the_first_sighting_and_reasons_follow_the_latest_ti
 
 def test_each_stuck_epn_gets_the_reason_that_fits_what_the_instance_says_now():
     assert describe(REQUESTED, ("r1", "queued"), None) == "waiting on a run: run r1 is queued"
-    assert describe(NOT_ON_HOST, None, (3, "rsync exit 23")) == \
-        "failing: 3 run(s) failed in a row; last error: rsync exit 23"
+    assert (
+        describe(NOT_ON_HOST, None, (3, "rsync exit 23"))
+        == "failing: 3 run(s) failed in a row; last error: rsync exit 23"
+    )
     assert describe(NOT_ON_HOST, None, None) == NOT_ON_HOST
     assert describe(REQUESTED, None, None).startswith("waiting on a run")
-    assert describe("its folder on the SFTP host held no files", None, None) == \
-        "held back: its folder on the SFTP host held no files"
+    assert (
+        describe("its folder on the SFTP host held no files", None, None)
+        == "held back: its folder on the SFTP host held no files"
+    )
 
 
 # -- refresh failures ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("what", "exc", "kind"), [
-    ("portal", PortalAuthError("equipment 23: authentication refused (HTTP 401)"), "portal authentication"),
-    ("portal", PortalError("HTTP 500"), "portal unavailable"),
-    ("SFTP host", HostKeyError("host key changed", exit_code=255), "SSH host key"),
-    ("SFTP host", RsyncError("ssh failed", exit_code=255, stderr_tail="u@h: Permission denied (publickey)."),
-     "SSH authentication"),
-    ("SFTP host", RsyncError("ssh failed", exit_code=255, stderr_tail="Connection refused"), "SFTP host unavailable"),
-    ("SFTP host", TimeoutError("the SFTP host did not answer within 40 s"), "SFTP host not answering"),
-])
+@pytest.mark.parametrize(
+    ("what", "exc", "kind"),
+    [
+        ("portal", PortalAuthError("equipment 23: authentication refused (HTTP 401)"), "portal authentication"),
+        ("portal", PortalError("HTTP 500"), "portal unavailable"),
+        ("SFTP host", HostKeyError("host key changed", exit_code=255), "SSH host key"),
+        (
+            "SFTP host",
+            RsyncError("ssh failed", exit_code=255, stderr_tail="u@h: Permission denied (publickey)."),
+            "SSH authentication",
+        ),
+        (
+            "SFTP host",
+            RsyncError("ssh failed", exit_code=255, stderr_tail="Connection refused"),
+            "SFTP host unavailable",
+        ),
+        ("SFTP host", TimeoutError("the SFTP host did not answer within 40 s"), "SFTP host not answering"),
+    ],
+)
 def test_a_refresh_failure_is_named_by_its_kind(what, exc, kind):
     assert failure_kind(what, exc) == kind
 
@@ -139,18 +157,30 @@ def test_each_stuck_epn_is_reported_at_most_once_a_day(tmp_path):
 
 STUCK = [
     StuckEntry("12282a", NOW - timedelta(hours=50), "failing: 1 run(s) failed in a row; last error: <b>rsync</b> & co"),
-    StuckEntry("SFTP host", NOW - timedelta(hours=30), "SSH authentication failing at every refresh: Permission denied"),
+    StuckEntry(
+        "SFTP host", NOW - timedelta(hours=30), "SSH authentication failing at every refresh: Permission denied"
+    ),
 ]
 
 
 def test_the_digest_lists_each_stuck_epn_with_its_reason_in_both_parts_escaped_in_html():
-    rendered = render_unknown_epn_alert(ETC, TEXT, HTML, [AlertEntry("14500a")], digest=True, stuck=STUCK,
-                                        generated_at=NOW, timezone="Australia/Melbourne")
+    rendered = render_unknown_epn_alert(
+        ETC,
+        TEXT,
+        HTML,
+        [AlertEntry("14500a")],
+        digest=True,
+        stuck=STUCK,
+        generated_at=NOW,
+        timezone="Australia/Melbourne",
+    )
 
     assert rendered.subject == f"{SUBJECT}; stuck: 12282a, SFTP host"
     assert "14500a" in rendered.text and "Stuck EPNs" in rendered.text
-    assert "- 12282a, since 2026-11-18 21:00 AEDT (50 h): failing: 1 run(s) failed in a row; last error: " \
-           "<b>rsync</b> & co" in rendered.text
+    assert (
+        "- 12282a, since 2026-11-18 21:00 AEDT (50 h): failing: 1 run(s) failed in a row; last error: "
+        "<b>rsync</b> & co" in rendered.text
+    )
     assert "SFTP host, since 2026-11-19 17:00 AEDT (30 h): SSH authentication" in rendered.text
     assert "<td>12282a</td>" in rendered.html and "&lt;b&gt;rsync&lt;/b&gt; &amp; co" in rendered.html
     assert "<b>rsync</b>" not in rendered.html
@@ -168,8 +198,16 @@ def test_an_admins_template_without_the_canary_gets_the_stuck_section_appended(t
     (tmp_path / "t.j2").write_text("{{ epn_details }}\n{{ unknown_epns }}\n")
     (tmp_path / "h.j2").write_text("<html><body><pre>\n{{ unknown_epns }}\n</pre></body></html>\n")
 
-    rendered = render_unknown_epn_alert(tmp_path, "t.j2", "h.j2", [AlertEntry("14500a")], digest=True,
-                                        stuck=STUCK, notes=["the portal <said> no"], generated_at=NOW)
+    rendered = render_unknown_epn_alert(
+        tmp_path,
+        "t.j2",
+        "h.j2",
+        [AlertEntry("14500a")],
+        digest=True,
+        stuck=STUCK,
+        notes=["the portal <said> no"],
+        generated_at=NOW,
+    )
 
     assert "- 12282a, since 2026-11-18 10:00 UTC (50 h): failing" in rendered.text
     assert "Note: the portal <said> no" in rendered.text

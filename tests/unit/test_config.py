@@ -72,7 +72,7 @@ def test_every_mistake_is_reported_at_once_with_its_key_path(tmp_path):
     expected = [
         "config.yml: equipment[1].client_password: missing",
         'config.yml: epn_cap_map."12a": not an EPN base number',
-        'config.yml: epn_cap_map."13000": \'../escape\' is not a safe project folder',
+        "config.yml: epn_cap_map.\"13000\": '../escape' is not a safe project folder",
         "config.yml: max-tasks:",
         "config.yml: log-level:",
         "config.yml: sync-frequncy-hours: unknown setting",

@@ -17,11 +17,17 @@ def test_sample_config_builds_the_whole_location(tmp_path):
     dg.Definitions.validate_loadable(defs)
     repo = defs.get_repository_def()
     assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == {
-        "portal_visits", "epn_data", "repatriation_report"}
+        "portal_visits",
+        "epn_data",
+        "repatriation_report",
+    }
     report = repo.asset_graph.get(dg.AssetKey("repatriation_report"))
     assert report.parent_keys == {dg.AssetKey("epn_data")} and not report.is_partitioned
-    assert {s.name for s in repo.sensor_defs} == {"epn_sensor", "repatriation_failure_alert",
-                                                  "repatriation_report_refresh"}
+    assert {s.name for s in repo.sensor_defs} == {
+        "epn_sensor",
+        "repatriation_failure_alert",
+        "repatriation_report_refresh",
+    }
     assert {s.name for s in repo.schedule_defs} == {"unknown_epn_digest", "repatriation_report_daily"}
     assert repo.has_job("repatriation_report_job")
     epn_sensor = repo.get_sensor_def("epn_sensor")
@@ -33,15 +39,15 @@ def test_invalid_config_fails_with_the_check_config_message(tmp_path):
     data = yaml.safe_load((ETC / "config.yml").read_text())
     del data["host"]
     (tmp_path / "config.yml").write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match="config.yml: host: missing"):
+    with pytest.raises(ConfigError, match=r"config.yml: host: missing"):
         build_definitions(str(tmp_path / "config.yml"))
 
 
 def test_daily_digest_runs_at_one_in_the_configured_time_zone(tmp_path):
     data = yaml.safe_load((ETC / "config.yml").read_text()) | {"timezone": "Australia/Melbourne"}
     (tmp_path / "config.yml").write_text(yaml.safe_dump(data))
-    schedule = build_definitions(str(tmp_path / "config.yml")).get_repository_def().get_schedule_def(
-        "unknown_epn_digest"
+    schedule = (
+        build_definitions(str(tmp_path / "config.yml")).get_repository_def().get_schedule_def("unknown_epn_digest")
     )
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 1 * * *", "Australia/Melbourne")
 

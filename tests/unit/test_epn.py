@@ -1,6 +1,5 @@
 """EPN rules: every hostile name is refused before it reaches a path or a command."""
 
-
 import pytest
 
 from assyncy_dagster.epn import (

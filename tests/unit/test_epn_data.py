@@ -27,8 +27,15 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalSite:
     root = tmp_path / "scratch"
     for project in DEMO_CAP_MAP.values():
         (root / project).mkdir(parents=True)
-    config = sample_config(tmp_path, **{"epn_cap_map": DEMO_CAP_MAP, "destination-root-path": str(root),
-                                        "ignore": str(tmp_path / "ignore.yml"), "execute": True})
+    config = sample_config(
+        tmp_path,
+        **{
+            "epn_cap_map": DEMO_CAP_MAP,
+            "destination-root-path": str(root),
+            "ignore": str(tmp_path / "ignore.yml"),
+            "execute": True,
+        },
+    )
     monkeypatch.setenv("ASSYNCY_CONFIG", str(config))
     return LocalSite(config_path=config, destination_root=root)
 
@@ -37,10 +44,20 @@ def materialize_epn_data(epn: str, portal: CannedPortal, run_config: dict | None
     """epn_data (and its check) for one partition, as the UI launches it, on an in-memory instance."""
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(EPN_PARTITIONS_NAME, [epn])
-    resources = {"portal": portal, "sftp": CannedSource(files={epn: FILES}), "assyncy_config": AssyncyConfigResource(),
-                 "io_manager": NoStorageIOManager()}
-    return dg.materialize([epn_data, epn_data_matches_source], partition_key=epn, instance=instance,
-                          resources=resources, run_config=run_config, raise_on_error=False)
+    resources = {
+        "portal": portal,
+        "sftp": CannedSource(files={epn: FILES}),
+        "assyncy_config": AssyncyConfigResource(),
+        "io_manager": NoStorageIOManager(),
+    }
+    return dg.materialize(
+        [epn_data, epn_data_matches_source],
+        partition_key=epn,
+        instance=instance,
+        resources=resources,
+        run_config=run_config,
+        raise_on_error=False,
+    )
 
 
 def files_at(path: Path) -> list[Path]:
@@ -48,13 +65,15 @@ def files_at(path: Path) -> list[Path]:
 
 
 def test_a_dry_run_is_an_observation_of_what_would_be_copied_and_copies_nothing(site):
-    result = materialize_epn_data("12282a", CannedPortal(ended=["12282a"]),
-                         run_config={"ops": {"epn_data": {"config": {"execute": False}}}})
+    result = materialize_epn_data(
+        "12282a", CannedPortal(ended=["12282a"]), run_config={"ops": {"epn_data": {"config": {"execute": False}}}}
+    )
 
     assert result.success
     assert not result.get_asset_materialization_events(), "a dry-run must never show the EPN as home"
-    [observation] = [e.event_specific_data.asset_observation for e in result.all_events
-                     if e.event_type_value == "ASSET_OBSERVATION"]
+    [observation] = [
+        e.event_specific_data.asset_observation for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
+    ]
     assert (observation.asset_key, observation.partition) == (EPN_DATA, "12282a")
     metadata = {k: v.value for k, v in observation.metadata.items()}
     assert metadata["mode"] == DRY_RUN_MODE == "DRY-RUN: nothing copied"

@@ -19,8 +19,13 @@ def test_every_yaml_file_under_etc_parses(path):
 
 def test_examples_are_all_found():
     names = {str(p.relative_to(ETC)) for p in YAML_FILES}
-    assert {"dagster.yaml", "dagster-postgres.yaml", "scale-out/dagster.yaml", "scale-out/celery.yaml",
-            "scale-out/k8s-values.yaml"} <= names
+    assert {
+        "dagster.yaml",
+        "dagster-postgres.yaml",
+        "scale-out/dagster.yaml",
+        "scale-out/celery.yaml",
+        "scale-out/k8s-values.yaml",
+    } <= names
 
 
 def test_postgres_dagster_yaml_keeps_the_single_host_settings():

@@ -94,7 +94,9 @@ def test_a_full_file_is_rotated_and_the_oldest_dropped(tmp_path):
         handler.emit(logging.makeLogRecord({"msg": f"line {i:02d} " + "x" * 30}))
     handler.close()
     assert sorted(p.name for p in tmp_path.glob("sync.log*") if not p.name.endswith(".lock")) == [
-        "sync.log", "sync.log.1", "sync.log.2"
+        "sync.log",
+        "sync.log.1",
+        "sync.log.2",
     ]
     assert all(p.stat().st_size <= 200 for p in tmp_path.glob("sync.log*"))
     assert "line 39" in (tmp_path / "sync.log").read_text()

@@ -44,8 +44,14 @@ def instance():
 
 def started_run(instance: dg.DagsterInstance, task_id: str, worker: str = "mover1:4242:99", **tags: str) -> str:
     run_id = str(uuid.uuid4())
-    instance.add_run(dg.DagsterRun(job_name="repatriate_epn", run_id=run_id, status=dg.DagsterRunStatus.STARTED,
-                                   tags={CELERY_TASK_TAG: task_id, WORKER_TAG: worker, **tags}))
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="repatriate_epn",
+            run_id=run_id,
+            status=dg.DagsterRunStatus.STARTED,
+            tags={CELERY_TASK_TAG: task_id, WORKER_TAG: worker, **tags},
+        )
+    )
     return run_id
 
 
@@ -78,8 +84,9 @@ def test_a_worker_that_answers_again_is_forgiven(instance):
 
 def test_a_failed_celery_task_means_the_run_process_died(instance):
     run_id = started_run(instance, "task-1")
-    app = FakeCelery({"task-1": ("FAILURE", RuntimeError("Worker exited prematurely: signal 9 (SIGKILL)"))},
-                     answering={NODE})
+    app = FakeCelery(
+        {"task-1": ("FAILURE", RuntimeError("Worker exited prematurely: signal 9 (SIGKILL)"))}, answering={NODE}
+    )
     gone = celery_workers_gone(instance, records(instance), app=app)
     assert "signal 9" in gone[run_id]
 

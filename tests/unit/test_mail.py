@@ -35,5 +35,9 @@ def test_mailer_from_settings_uses_the_configured_server(tmp_path):
     mailer = Mailer.from_settings(load_settings(path))
 
     assert (mailer.host, mailer.port, mailer.starttls, mailer.username, mailer.timeout) == (
-        "mail.example.edu", 2525, True, SMTP_USER, 7.0,
+        "mail.example.edu",
+        2525,
+        True,
+        SMTP_USER,
+        7.0,
     )

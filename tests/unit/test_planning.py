@@ -10,21 +10,27 @@ from tests.support.helpers import NOW, visit_of
 
 def visit_days_ago(epn: str, start_days_ago: float = 5, end_days_ago: float = 4) -> Visit:
     """A visit of `epn` on equipment 23 from `start_days_ago` to `end_days_ago` days before NOW."""
-    return visit_of(epn, Person("Ada", "Lovelace", "ada@example.org"), (), 23,
-                 start=NOW - timedelta(days=start_days_ago), end=NOW - timedelta(days=end_days_ago))
+    return visit_of(
+        epn,
+        Person("Ada", "Lovelace", "ada@example.org"),
+        (),
+        23,
+        start=NOW - timedelta(days=start_days_ago),
+        end=NOW - timedelta(days=end_days_ago),
+    )
 
 
 def plan(**overrides):
-    facts = dict(
-        visits=[visit_days_ago("12282a"), visit_days_ago("13001b", 1, -1), visit_days_ago("14500a")],
-        on_sftp=["12282a", "13001b", "14500a"],
-        known_partitions=[],
-        repatriated=[],
-        alerted=[],
-        epn_cap_map=DEMO_CAP_MAP,
-        now=NOW,
-        dry_run=False,
-    )
+    facts = {
+        "visits": [visit_days_ago("12282a"), visit_days_ago("13001b", 1, -1), visit_days_ago("14500a")],
+        "on_sftp": ["12282a", "13001b", "14500a"],
+        "known_partitions": [],
+        "repatriated": [],
+        "alerted": [],
+        "epn_cap_map": DEMO_CAP_MAP,
+        "now": NOW,
+        "dry_run": False,
+    }
     return plan_cycle(**(facts | overrides))
 
 
@@ -85,9 +91,9 @@ def test_failed_repatriation_waits_with_growing_backoff():
 
 
 def test_an_empty_source_folder_is_held_back_with_its_reason_then_looked_at_again():
-    empty = lambda n, minutes_ago: {
-        "12282a": RunHistory(LastRun.EMPTY, "r1", NOW - timedelta(minutes=minutes_ago), n)
-    }
+    def empty(n, minutes_ago):
+        return {"12282a": RunHistory(LastRun.EMPTY, "r1", NOW - timedelta(minutes=minutes_ago), n)}
+
     base = timedelta(minutes=30)
     held = plan(history=empty(1, 10), retry_base=base)
     assert held.repatriate == []

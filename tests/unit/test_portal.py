@@ -21,7 +21,7 @@ from tests.support.helpers import equipment_for, last_days
 def test_base_url_without_scheme_is_reported_at_once():
     client = PortalClient("portal.example.edu", equipment_for(), retries=3, backoff=10)
 
-    with pytest.raises(PortalError, match="base-url in config.yml is not a usable URL"):
+    with pytest.raises(PortalError, match=r"base-url in config.yml is not a usable URL"):
         client.visits(*last_days())
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -46,7 +46,7 @@ def test_relative_times_count_elapsed_time_across_daylight_saving():
     moment = resolve_time("now-7d", melbourne_summer)
 
     # In UTC: Python subtracts two times of one zone as wall-clock times.
-    assert melbourne_summer.astimezone(timezone.utc) - moment.astimezone(timezone.utc) == timedelta(days=7)
+    assert melbourne_summer.astimezone(UTC) - moment.astimezone(UTC) == timedelta(days=7)
     assert moment.isoformat() == "2026-10-03T11:00:00+10:00"
 
 
@@ -65,7 +65,7 @@ def test_data_file_without_equipment_is_refused(tmp_path):
     path = tmp_path / "visits.yml"
     path.write_text("visits: []\n")
 
-    with pytest.raises(SimulatorDataError, match="visits.yml: 'equipment' must be a non-empty list"):
+    with pytest.raises(SimulatorDataError, match=r"visits.yml: 'equipment' must be a non-empty list"):
         PortalSimulator(path)
 
 

@@ -24,8 +24,13 @@ HOME = Verified(timestamp=SYNCED, source_files=5, source_bytes=5000)
 
 def facts(**overrides) -> EpnFacts:
     """A mapped EPN whose visit ended yesterday and whose folder is on the host: due, not synced."""
-    values = {"epn": "12282a", "project": "ny79", "visit_start": NOW - timedelta(days=2),
-              "visit_end": NOW - timedelta(days=1), "on_host": True}
+    values = {
+        "epn": "12282a",
+        "project": "ny79",
+        "visit_start": NOW - timedelta(days=2),
+        "visit_end": NOW - timedelta(days=1),
+        "on_host": True,
+    }
     return EpnFacts(**(values | overrides))
 
 
@@ -108,8 +113,10 @@ def test_partial_epn_no_longer_on_the_host_says_it_cannot_be_fetched_again():
 
 
 def test_partial_wins_over_changed():
-    assert state_of(recorded(destination=Holding(1, 10), changed="+3 file(s)", changed_seen_at=SYNCED + 60)) \
+    assert (
+        state_of(recorded(destination=Holding(1, 10), changed="+3 file(s)", changed_seen_at=SYNCED + 60))
         is State.PARTIAL
+    )
 
 
 def test_source_grown_since_the_verified_sync_is_changed():
@@ -170,9 +177,16 @@ def test_only_a_dry_run_has_seen_it_is_dry_run_only():
 
 def test_every_state_has_a_rule():
     examples = [
-        facts(visit_end=NOW + timedelta(hours=1)), facts(), recorded(), recorded(destination=None),
-        recorded(changed="+1 file(s)", changed_seen_at=SYNCED + 1), facts(project=None),
-        facts(attempt=Attempt.FAILED), facts(stuck=True), facts(on_host=False), facts(attempt=Attempt.DRY_RUN),
+        facts(visit_end=NOW + timedelta(hours=1)),
+        facts(),
+        recorded(),
+        recorded(destination=None),
+        recorded(changed="+1 file(s)", changed_seen_at=SYNCED + 1),
+        facts(project=None),
+        facts(attempt=Attempt.FAILED),
+        facts(stuck=True),
+        facts(on_host=False),
+        facts(attempt=Attempt.DRY_RUN),
     ]
     assert {state_of(e) for e in examples} == set(State)
 
@@ -180,40 +194,56 @@ def test_every_state_has_a_rule():
 def test_row_carries_source_and_destination_counts_and_the_state():
     row = report_row(recorded(destination=Holding(4, 4000), on_host=True, run_id="r1"), NOW)
     assert row["state"] == "partial"
-    assert (row["source_files"], row["source_bytes"], row["destination_files"], row["destination_bytes"]) == \
-        (5, 5000, 4, 4000)
+    assert (row["source_files"], row["source_bytes"], row["destination_files"], row["destination_bytes"]) == (
+        5,
+        5000,
+        4,
+        4000,
+    )
     assert row["last_verified"] == "2026-11-18T12:00+00:00"
     assert (row["recorded"], row["on_host"], row["last_run_id"]) == ("yes", "yes", "r1")
 
 
 def test_attention_lists_what_is_not_home_most_urgent_first():
-    rows = [report_row(f, NOW) for f in (
-        facts(epn="1a", visit_end=NOW + timedelta(hours=1)),
-        recorded(epn="2a"),
-        facts(epn="3a", attempt=Attempt.FAILED),
-        recorded(epn="4a", destination=None),
-        facts(epn="5a"),
-    )]
+    rows = [
+        report_row(f, NOW)
+        for f in (
+            facts(epn="1a", visit_end=NOW + timedelta(hours=1)),
+            recorded(epn="2a"),
+            facts(epn="3a", attempt=Attempt.FAILED),
+            recorded(epn="4a", destination=None),
+            facts(epn="5a"),
+        )
+    ]
     assert [r["epn"] for r in attention_order(rows)] == ["4a", "3a", "5a", "1a"]
     assert counts_by_state(rows) == {"partial": 1, "failed": 1, "waiting": 1, "running": 1, "home": 1}
 
 
 def test_repair_selection_names_the_partial_epns_a_backfill_can_fetch():
-    rows = [report_row(f, NOW) for f in (
-        recorded(epn="13001a", destination=None),
-        recorded(epn="12282a", destination=Holding(1, 1)),
-        recorded(epn="12282b", destination=None, on_host=False),  # gone from the host: no backfill can help
-        recorded(epn="12282c"),
-    )]
+    rows = [
+        report_row(f, NOW)
+        for f in (
+            recorded(epn="13001a", destination=None),
+            recorded(epn="12282a", destination=Holding(1, 1)),
+            recorded(epn="12282b", destination=None, on_host=False),  # gone from the host: no backfill can help
+            recorded(epn="12282c"),
+        )
+    ]
     assert repair_selection(rows) == "12282a, 13001a"
 
 
 def test_bytes_are_summed_per_project_per_week_starting_monday():
     monday = datetime(2026, 11, 16, 9, tzinfo=UTC).timestamp()
-    syncs = [(monday, "ny79", 100), (monday + 86400 * 6, "ny79", 50), (monday + 86400 * 7, "ny79", 7),
-             (monday, "ab12", 1)]
+    syncs = [
+        (monday, "ny79", 100),
+        (monday + 86400 * 6, "ny79", 50),
+        (monday + 86400 * 7, "ny79", 7),
+        (monday, "ab12", 1),
+    ]
     assert bytes_by_week(syncs, UTC) == {
-        (date(2026, 11, 16), "ny79"): 150, (date(2026, 11, 23), "ny79"): 7, (date(2026, 11, 16), "ab12"): 1,
+        (date(2026, 11, 16), "ny79"): 150,
+        (date(2026, 11, 23), "ny79"): 7,
+        (date(2026, 11, 16), "ab12"): 1,
     }
 
 
@@ -226,7 +256,10 @@ def test_backlog_counts_each_epn_from_its_visit_end_until_it_came_home():
         (ended + 2 * day, (ended + 2 * day + timedelta(hours=1)).timestamp()),  # home the same day: never counted
     ]
     assert backlog_by_day(due, date(2026, 11, 20), UTC) == {
-        date(2026, 11, 16): 1, date(2026, 11, 17): 2, date(2026, 11, 18): 1, date(2026, 11, 19): 1,
+        date(2026, 11, 16): 1,
+        date(2026, 11, 17): 2,
+        date(2026, 11, 18): 1,
+        date(2026, 11, 19): 1,
         date(2026, 11, 20): 1,
     }
 

@@ -27,15 +27,38 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def rows():
     verified = Verified(NOW.timestamp() - 86400, 5, 5000)
-    return [report_row(f, NOW) for f in (
-        EpnFacts("12282a", "ny79", visit_end=ENDED, on_host=True, recorded=True, verified=verified,
-                 destination=Holding(5, 5000)),
-        EpnFacts("12282b", "ny79", visit_end=ENDED, on_host=True, recorded=True, verified=verified,
-                 destination=Holding(4, 4000)),
-        EpnFacts("13001a", "ab12", visit_end=ENDED, on_host=True, attempt=Attempt.FAILED,
-                 error="rsync said | no <b>way</b>\nsecond line"),
-        EpnFacts("14500a", None, visit_end=ENDED, on_host=True),
-    )]
+    return [
+        report_row(f, NOW)
+        for f in (
+            EpnFacts(
+                "12282a",
+                "ny79",
+                visit_end=ENDED,
+                on_host=True,
+                recorded=True,
+                verified=verified,
+                destination=Holding(5, 5000),
+            ),
+            EpnFacts(
+                "12282b",
+                "ny79",
+                visit_end=ENDED,
+                on_host=True,
+                recorded=True,
+                verified=verified,
+                destination=Holding(4, 4000),
+            ),
+            EpnFacts(
+                "13001a",
+                "ab12",
+                visit_end=ENDED,
+                on_host=True,
+                attempt=Attempt.FAILED,
+                error="rsync said | no <b>way</b>\nsecond line",
+            ),
+            EpnFacts("14500a", None, visit_end=ENDED, on_host=True),
+        )
+    ]
 
 
 def test_totals_count_epns_per_project_and_per_state():
@@ -69,8 +92,11 @@ def test_attention_markdown_when_everything_is_home():
 
 
 def test_plot_is_a_png_and_travels_as_a_markdown_data_uri():
-    png = plot_png({(date(2026, 11, 16), "ny79"): 3 * 1024**3, (date(2026, 11, 9), "ab12"): 10},
-                   {date(2026, 11, 17): 2, date(2026, 11, 18): 1}, NOW)
+    png = plot_png(
+        {(date(2026, 11, 16), "ny79"): 3 * 1024**3, (date(2026, 11, 9), "ab12"): 10},
+        {date(2026, 11, 17): 2, date(2026, 11, 18): 1},
+        NOW,
+    )
     assert png.startswith(PNG_MAGIC)
     markdown = image_markdown(png, "the plot")
     assert markdown.startswith("![the plot](data:image/png;base64,")
@@ -91,7 +117,10 @@ def test_files_are_written_whole_and_the_page_escapes_what_it_shows(tmp_path):
     assert "&lt;b&gt;way&lt;/b&gt;" in text and "<b>way</b>" not in text
     assert 'src="repatriation_report.png"' in text
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
-        "repatriation_report.csv", "repatriation_report.html", "repatriation_report.png"]  # no temporary files left
+        "repatriation_report.csv",
+        "repatriation_report.html",
+        "repatriation_report.png",
+    ]  # no temporary files left
 
 
 def test_report_folder_that_is_a_file_names_report_dir(tmp_path):

@@ -57,7 +57,7 @@ def test_mxsync_stop_goes_through_mxsync_which_stops_its_workers_once():
 def test_unit_runs_a_command_that_the_package_installs(path):
     program = exec_start(path)[0]
     assert program.startswith(INSTALL_BIN)
-    name = program[len(INSTALL_BIN):]
+    name = program[len(INSTALL_BIN) :]
     if name == "dagster-celery":
         pytest.importorskip("dagster_celery", reason="dagster-celery is an optional install")
     assert (BIN / name).exists(), f"{name} is not a console script of the installed packages"
@@ -78,7 +78,10 @@ def test_webserver_listens_on_loopback_port_3000_by_default():
 
 def test_mxsync_unit_runs_the_old_command_line():
     assert exec_start(unit("mxsync.service")) == [
-        "/opt/assyncy/bin/mxsync", "--config", "/opt/assyncy/etc/config.yml", "--execute",
+        "/opt/assyncy/bin/mxsync",
+        "--config",
+        "/opt/assyncy/etc/config.yml",
+        "--execute",
     ]
 
 

@@ -14,8 +14,18 @@ from tests.support.helpers import facility_endpoint
 def test_transfer_command_has_the_intended_flags_as_separate_arguments(tmp_path):
     argv = transfer_command(facility_endpoint(), "12282a", tmp_path / "ny79" / "12282a" / "data", dry_run=False)
     assert argv[0] == "rsync"
-    for flag in ("-r", "-t", "--stats", "--chmod=Dg+s,ug+w,o-wx,ug+X,Fug-st", "--perms", "--size-only",
-                 "--partial-dir=.rsync-partial", "--mkpath", "--no-h", "--info=progress2"):
+    for flag in (
+        "-r",
+        "-t",
+        "--stats",
+        "--chmod=Dg+s,ug+w,o-wx,ug+X,Fug-st",
+        "--perms",
+        "--size-only",
+        "--partial-dir=.rsync-partial",
+        "--mkpath",
+        "--no-h",
+        "--info=progress2",
+    ):
         assert flag in argv
     assert argv[argv.index("--include") + 1] == ".info"
     assert argv[argv.index("--exclude") + 1] == ".*"

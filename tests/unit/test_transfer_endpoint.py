@@ -15,8 +15,13 @@ from tests.support.helpers import facility_endpoint
 def test_ssh_command_is_key_only_batch_and_strict():
     cmd = facility_endpoint().ssh_command()
     assert cmd[:5] == ["ssh", "-i", "/etc/assyncy/id_ed25519", "-p", "2222"]
-    for option in ("IdentitiesOnly=yes", "BatchMode=yes", "StrictHostKeyChecking=yes",
-                   "UserKnownHostsFile=/etc/assyncy/known_hosts", "GlobalKnownHostsFile=/dev/null"):
+    for option in (
+        "IdentitiesOnly=yes",
+        "BatchMode=yes",
+        "StrictHostKeyChecking=yes",
+        "UserKnownHostsFile=/etc/assyncy/known_hosts",
+        "GlobalKnownHostsFile=/dev/null",
+    ):
         assert cmd[cmd.index(option) - 1] == "-o"
     assert any(part.startswith("ConnectTimeout=") for part in cmd)
     assert any(part.startswith("ServerAliveInterval=") for part in cmd)
@@ -29,11 +34,23 @@ def test_ssh_command_without_known_hosts_file_uses_ssh_defaults():
 
 
 def test_endpoint_from_settings_uses_configured_user_and_root():
-    settings = SimpleNamespace(host="h.example", ssh_port=22, sftp_user="sync", key_file=Path("/k"),
-                               known_hosts_file=None, remote_root="/data/mx")
+    settings = SimpleNamespace(
+        host="h.example",
+        ssh_port=22,
+        sftp_user="sync",
+        key_file=Path("/k"),
+        known_hosts_file=None,
+        remote_root="/data/mx",
+    )
     ep = SshEndpoint.from_settings(settings)
     assert (ep.host, ep.port, ep.user, ep.key_file, ep.known_hosts_file, ep.source_root) == (
-        "h.example", 22, "sync", Path("/k"), None, "/data/mx")
+        "h.example",
+        22,
+        "sync",
+        Path("/k"),
+        None,
+        "/data/mx",
+    )
     assert ep.remote("/data/mx/") == "sync@h.example:/data/mx/"
 
 
@@ -48,9 +65,18 @@ def test_known_hosts_path_with_space_is_refused_with_the_setting_named():
         facility_endpoint(known_hosts_file=Path("/etc/my hosts"))
 
 
-@pytest.mark.parametrize("field,value", [("host", "-oProxyCommand=x"), ("host", "a b"), ("user", "-l"),
-                                         ("user", "a b"), ("port", 0), ("source_root", "data/mx"),
-                                         ("source_root", "/data/../etc")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("host", "-oProxyCommand=x"),
+        ("host", "a b"),
+        ("user", "-l"),
+        ("user", "a b"),
+        ("port", 0),
+        ("source_root", "data/mx"),
+        ("source_root", "/data/../etc"),
+    ],
+)
 def test_unsafe_endpoint_values_are_refused(field, value):
     with pytest.raises(SshConfigError):
         facility_endpoint(**{field: value})

@@ -15,7 +15,7 @@ LISTING = (
     "drwxr-xr-x        4096 2026/11/28 00:02:39 frames\n"
     "-rw-r--r--        1000 2026/11/28 00:02:39 frames/img 0002.cbf\n"
     "-rw-r--r--   3,000,000 2026/11/28 00:02:39 frames/img_0001.cbf\n"
-    "skipping non-regular file \"link\"\n"
+    'skipping non-regular file "link"\n'
 )
 
 
@@ -73,10 +73,16 @@ def test_parse_stats_reads_the_totals():
 
 
 def test_parse_stats_handles_digit_grouping():
-    stats = parse_stats("Number of files: 12,345 (reg: 12,000, dir: 345)\n"
-                        "Number of regular files transferred: 1,234\nTotal file size: 1,234,567,890 bytes\n")
+    stats = parse_stats(
+        "Number of files: 12,345 (reg: 12,000, dir: 345)\n"
+        "Number of regular files transferred: 1,234\nTotal file size: 1,234,567,890 bytes\n"
+    )
     assert (stats.total_files, stats.total_regular_files, stats.files_transferred, stats.total_size) == (
-        12345, 12000, 1234, 1234567890)
+        12345,
+        12000,
+        1234,
+        1234567890,
+    )
 
 
 def test_parse_progress_reads_bytes_rate_and_file_counts():
