@@ -53,12 +53,13 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy assyncy_dagster
 
-# Three workers on 2 cores: most tests wait on real servers and subprocesses, not on the CPU.
+# Four workers on 2 cores: most tests wait on real servers and subprocesses, not on the CPU;
+# longest first, one test at a time (see tests/conftest.py).
 # The package's own bytecode too: where PYTHONDONTWRITEBYTECODE is set, each of the many dagster
 # processes a test starts would compile the editable checkout's modules again.
 test: setup browser-packages
 	$(BIN)/python -m compileall -q assyncy_dagster >/dev/null
-	$(BIN)/pytest -q -p no:cacheprovider -n 3
+	$(BIN)/pytest -q -p no:cacheprovider -n 4 --maxschedchunk 1
 
 # The unit tier alone: plain logic and the assets with in-memory fakes, nothing started, so it
 # needs only the venv (no apt packages, no browser) and runs in seconds.

@@ -43,6 +43,7 @@ for _category in (dg.BetaWarning, dg.PreviewWarning):
     warnings.filterwarnings("ignore", category=_category)
 
 from .cycle import CycleReport, quiet_dagster_previews, run_cycle
+from .logs import tail
 from .names import ALERT_JOB, INTERVAL_ENV, REPATRIATION_JOB
 from .portal_sim import PortalSimulator
 from .run_records import EPN_DATA, step_failure_message, tagged_epns
@@ -241,9 +242,8 @@ def dagster_dev(home: Path, config: Path, port: int, log_path: Path) -> Iterator
             stop_group(proc, signal.SIGINT)  # as Ctrl-C in its terminal would
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    text = path.read_text(errors="replace").splitlines() if path.exists() else []
-    return "\n".join([f"--- {path}", *text[-lines:]])
+def _tail(path: Path) -> str:
+    return f"--- {path}\n{tail(path)}"
 
 
 class RunReporter:

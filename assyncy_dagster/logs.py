@@ -64,6 +64,14 @@ _TOKEN_PATTERNS = (
 _direct_files: set[str] = set()
 
 
+def tail(path: Path, lines: int = 30) -> str:
+    """The last `lines` lines of a server's or a run's log file, for an error message; never raises."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
 class LogSetupError(Exception):
     """A log file cannot be created or written; the message names it and what to fix."""
 

@@ -23,6 +23,7 @@ import dagster as dg
 from dagster._core.scheduler.instigation import InstigatorType
 
 from assyncy_dagster.etc_files import etc_path
+from assyncy_dagster.logs import tail as log_tail  # noqa: F401 (the benchmarks import it from here)
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.testing.stack import far_from_the_digest  # noqa: F401 (the benchmarks import it from here)
 from assyncy_dagster.transfer.process import stop_group
@@ -104,13 +105,6 @@ def wait_until(
             return None
         time.sleep(poll)
     return None
-
-
-def log_tail(log: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # -- reading the instance afterwards ----------------------------------------------------

@@ -78,9 +78,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 # -- the order the tests run in ----------------------------------------------------------------
-# Longest first: xdist hands the first quarter of the tests out one at a time, round-robin, so each
-# worker starts on its share of the minute-long end-to-end tests, and the second-long unit and
-# integration tests fill the gaps at the end instead of leaving one worker finishing a long test.
+# Longest first, handed out one at a time (`make test` passes `--maxschedchunk 1`): xdist's default
+# deals each worker a run of consecutive tests at the start, which would give one worker every
+# minute-long end-to-end test. One at a time, longest first, the short tests fill the gaps at the end.
 _FIRST = ("tests/e2e/test_scale_out.py", "tests/faults/test_kill_loop.py", "tests/e2e/test_automatic.py")
 _TIERS = ("tests/e2e/", "tests/faults/", "tests/integration/", "tests/unit/")
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Self
 
+from ..logs import tail
 from .ports import free_port
 
 REDIS_SERVER = "redis-server"
@@ -85,12 +86,12 @@ class LocalRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RedisUnavailable(f"redis-server exited with status {self.proc.returncode}:\n{self._tail()}")
+                raise RedisUnavailable(f"redis-server exited with status {self.proc.returncode}:\n{tail(self.log, 20)}")
             if self.ping():
                 return
             time.sleep(0.05)
         self.stop()
-        raise RedisUnavailable(f"redis-server did not answer within {timeout:.0f} s:\n{self._tail()}")
+        raise RedisUnavailable(f"redis-server did not answer within {timeout:.0f} s:\n{tail(self.log, 20)}")
 
     def ping(self) -> bool:
         """Whether the server answers an authenticated PING (plain RESP, no client library)."""
@@ -106,12 +107,6 @@ class LocalRedis:
                 return reply == b"+OK\r\n+PONG\r\n"
         except OSError:
             return False
-
-    def _tail(self) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            return "(no log)"
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -29,6 +29,7 @@ import psutil
 import yaml
 
 from ..etc_files import etc_path
+from ..logs import tail
 from ..transfer.process import stop_group
 from .postgres import PostgresServer
 
@@ -275,15 +276,8 @@ class Site:
     def problems(self) -> str:
         """The tail of every log, for a failed wait."""
         logs = [self.daemon.log, *(w.log for w in self.workers)]
-        parts = [f"--- {log} ---\n{_tail(log)}" for log in logs]
+        parts = [f"--- {log} ---\n{tail(log)}" for log in logs]
         return "\n".join(parts)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 @contextlib.contextmanager

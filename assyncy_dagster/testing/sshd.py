@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from ..logs import tail
 from ..transfer import SshEndpoint, list_command
 from .ports import free_port
 
@@ -225,12 +226,6 @@ class LocalSshd:
             "source-root": self.remote_root(beamline),
         }
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no sshd log)"
-
     def _check_reachable(self) -> None:
         """sshd reads authorized_keys and rrsync reads the tree as the account: every parent must be searchable."""
         if self.user == getpass.getuser():
@@ -350,7 +345,7 @@ class LocalSshd:
                 self._kill()
                 if attempt == 2:
                     self.stop()
-                    raise SshdError(f"sshd could not bind a free port; log:\n{self.log_tail()}") from None
+                    raise SshdError(f"sshd could not bind a free port; log:\n{tail(self.log_file)}") from None
                 continue
             except BaseException:
                 self.stop()
@@ -373,12 +368,12 @@ class LocalSshd:
         deadline = time.monotonic() + self.startup_timeout
         while not _port_open(self.port):
             if self._proc.poll() is not None:
-                if "Address already in use" in self.log_tail(5):
+                if "Address already in use" in tail(self.log_file, 5):
                     raise _PortTaken()
-                raise SshdError(f"sshd exited with code {self._proc.returncode}; log:\n{self.log_tail()}")
+                raise SshdError(f"sshd exited with code {self._proc.returncode}; log:\n{tail(self.log_file)}")
             if time.monotonic() > deadline:
                 raise SshdError(
-                    f"sshd did not open port {self.port} within {self.startup_timeout}s; log:\n{self.log_tail()}"
+                    f"sshd did not open port {self.port} within {self.startup_timeout}s; log:\n{tail(self.log_file)}"
                 )
             time.sleep(0.02)
         # The port is open, so sshd is ready: a failing probe is a real problem, not a race.
@@ -386,12 +381,12 @@ class LocalSshd:
             probe = self._probe()
         except subprocess.TimeoutExpired:
             raise SshdError(
-                f"rsync --list-only through sshd on port {self.port} timed out; log:\n{self.log_tail()}"
+                f"rsync --list-only through sshd on port {self.port} timed out; log:\n{tail(self.log_file)}"
             ) from None
         if probe.returncode != 0:
             raise SshdError(
                 f"rsync --list-only through sshd on port {self.port} exited {probe.returncode}: "
-                f"{probe.stderr.strip()[-500:]}\nsshd log:\n{self.log_tail()}"
+                f"{probe.stderr.strip()[-500:]}\nsshd log:\n{tail(self.log_file)}"
             )
 
     def _kill(self) -> None:

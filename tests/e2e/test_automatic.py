@@ -24,7 +24,6 @@ from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.testing.scale_out import ConcurrencyWatch
 from assyncy_dagster.testing.stack import far_from_the_digest
 from tests.support.helpers import (
-    BIN,
     EPN_DATA,
     all_repatriation_runs,
     all_runs_ended,
@@ -32,6 +31,7 @@ from tests.support.helpers import (
     demo_accounts_portal_data,
     live_processes_mentioning,
     log_text,
+    materialize_argv,
     passed_checks,
     running,
     transfer_started,
@@ -304,17 +304,7 @@ def test_e_a_ui_materialisation_and_the_sensor_never_transfer_one_epn_at_once(st
     dest = stack.destination("ny79", epn)
     instance = stack.instance
     cli_log = tmp_path / "materialize.log"
-    argv = [
-        str(BIN / "dagster"),
-        "asset",
-        "materialize",
-        "-m",
-        "assyncy_dagster.definitions",
-        "--select",
-        "epn_data",
-        "--partition",
-        epn,
-    ]
+    argv = materialize_argv(epn)
 
     with ConcurrencyWatch(dest, interval=0.2) as watch, dagster_daemon(tmp_path) as (daemon, log):
         # As a user clicking Materialize just as the sensor asks for the EPN.

@@ -15,22 +15,14 @@ from tests.support.helpers import (
     command,
     frames_in_folders,
     live_processes_mentioning,
+    materialize_argv,
     running,
     transfer_started,
     tree_differences,
     wait_for,
 )
 
-MATERIALIZE = [
-    str(BIN / "dagster"),
-    "asset",
-    "materialize",
-    "-m",
-    "assyncy_dagster.definitions",
-    "--select",
-    "portal_visits,epn_data",
-    "--partition",
-]
+MATERIALIZE = materialize_argv(select="portal_visits,epn_data")  # the partition follows
 
 pytestmark = pytest.mark.slow
 

@@ -44,7 +44,7 @@ from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.run_records import IN_FLIGHT, WORKER_TAG, Outcome, end_lost_runs, in_flight, outcome_tags
 from assyncy_dagster.tick import plan_tick
 from tests.support.faultkit import figure
-from tests.support.helpers import BIN, live_processes_mentioning, ticker, visible_files, wait_for
+from tests.support.helpers import live_processes_mentioning, materialize_argv, ticker, visible_files, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -71,20 +71,6 @@ def _worker_argv(config_path, run_id: str, epns: list[str]) -> list[str]:
         json.dumps(tags),
         "--run-id",
         run_id,
-    ]
-
-
-def _cli_argv(epn: str) -> list[str]:
-    return [
-        str(BIN / "dagster"),
-        "asset",
-        "materialize",
-        "-m",
-        "assyncy_dagster.definitions",
-        "--select",
-        "epn_data",
-        "--partition",
-        epn,
     ]
 
 
@@ -144,7 +130,7 @@ class Attempt:
         argv = (
             _worker_argv(config_path, str(uuid.uuid4()), [self.epn])
             if self.mode.startswith("worker")
-            else _cli_argv(self.epn)
+            else materialize_argv(self.epn)
         )
         with open(self.log, "w") as out:
             proc = subprocess.Popen(argv, start_new_session=True, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -308,7 +294,7 @@ def test_a_cli_retry_before_the_sweep_does_not_report_success_without_data(stack
         status=dg.DagsterRunStatus.STARTED,
     )
     retry = subprocess.run(
-        _cli_argv("12282a"),
+        materialize_argv("12282a"),
         capture_output=True,
         text=True,
         timeout=180,

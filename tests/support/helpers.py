@@ -82,6 +82,12 @@ def running(argv: list[str], **popen_kwargs) -> Iterator[subprocess.Popen]:
             proc.wait()
 
 
+def materialize_argv(epn: str | None = None, select: str = "epn_data") -> list[str]:
+    """`dagster asset materialize` of the code location, as a user types it; the partition last."""
+    argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "assyncy_dagster.definitions", "--select", select]
+    return [*argv, "--partition", epn] if epn else [*argv, "--partition"]
+
+
 def command(name: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """Run `name` (one of the venv's commands: assyncy, mxsync, dagster, ...; or a path) with `args`
     to its end, its output captured as text."""
