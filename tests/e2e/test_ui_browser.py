@@ -29,7 +29,7 @@ import requests
 
 from assyncy_dagster.assets.report import repatriation_report
 from assyncy_dagster.definitions import build_resources
-from tests.support.helpers import webserver
+from tests.support.helpers import CHROMIUM_OFFLINE, webserver
 
 CHROMIUM = shutil.which("chromium")
 
@@ -41,7 +41,14 @@ pytestmark = [
 ]
 
 # Without a virtual-time budget the single-page app is dumped before it has drawn anything.
-BROWSER = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000", "--window-size=1400,1000"]
+BROWSER = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--virtual-time-budget=15000",
+    "--window-size=1400,1000",
+    *CHROMIUM_OFFLINE,
+]
 COMMUNITY_DIALOG = "Join the Dagster community"
 
 

@@ -31,7 +31,7 @@ import yaml
 from assyncy_dagster.assets.report import repatriation_report
 from assyncy_dagster.definitions import build_resources
 from assyncy_dagster.testing.stack import far_from_the_digest
-from tests.support.helpers import EPN_DATA, dagster_daemon, passed_checks, wait_for, webserver
+from tests.support.helpers import CHROMIUM_OFFLINE, EPN_DATA, dagster_daemon, passed_checks, wait_for, webserver
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the `test` extra (`make setup`)")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
@@ -53,15 +53,6 @@ pytestmark = [
         reason="Debian's chromium and chromium-driver are not installed (`make test` installs them)",
     ),
 ]
-
-# Chromium, even driven, looks up its update, account and search-engine hosts in the background:
-# every host name but the UI's address resolves to nothing, without a DNS query, and the
-# component updater stays off, so the browser touches no network but the loopback.
-OFFLINE = (
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    "--disable-component-update",
-    "--disable-background-networking",
-)
 
 EPNS = ["12282a", "12282b", "13001a"]
 CHOSEN = ["12282b", "13001a"]  # what the person ticks: two of the three
@@ -140,7 +131,7 @@ def chromium(profile: Path) -> Iterator[WebDriver]:
         "--disable-gpu",
         "--window-size=1400,1000",
         f"--user-data-dir={profile}",
-        *OFFLINE,
+        *CHROMIUM_OFFLINE,
     ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)

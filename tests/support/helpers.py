@@ -82,6 +82,16 @@ def running(argv: list[str], **popen_kwargs) -> Iterator[subprocess.Popen]:
             proc.wait()
 
 
+# Chromium, even driven, looks up its update, account and search-engine hosts in the background:
+# every host name but the UI's address resolves to nothing, without a DNS query, and the
+# component updater stays off, so the browser touches no network but the loopback.
+CHROMIUM_OFFLINE = (
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--disable-component-update",
+    "--disable-background-networking",
+)
+
+
 def materialize_argv(epn: str | None = None, select: str = "epn_data") -> list[str]:
     """`dagster asset materialize` of the code location, as a user types it; the partition last."""
     argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "assyncy_dagster.definitions", "--select", select]
