@@ -27,7 +27,7 @@ from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.testing.sshd import make_source_tree
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
 from tests.support.faultkit import figure, requested_epns, tree_snapshot
-from tests.support.helpers import person_data, ticker
+from tests.support.helpers import alert_on_failed_run, person_data, ticker
 
 MARK = Path("/tmp") / f"assyncy-PWNED-{os.getpid()}"
 
@@ -319,19 +319,7 @@ def test_a_hostile_file_name_in_a_failure_email_is_escaped(stack):
         hostile.chmod(0o600)
     result = stack.materialize("12282a")
     assert not result.success
-    run = stack.instance.get_run_by_id(result.run_id)
-    failure = stack.instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
-    from assyncy_dagster.definitions import build_resources
-    from assyncy_dagster.sensors.failure_alerts import repatriation_failure_alert
-
-    context = dg.build_run_status_sensor_context(
-        sensor_name="repatriation_failure_alert",
-        dagster_event=failure[0].event_log_entry.dagster_event,
-        dagster_instance=stack.instance,
-        dagster_run=run,
-        resources=build_resources(),
-    ).for_run_failure()
-    repatriation_failure_alert(context)
+    alert_on_failed_run(stack.instance, result.run_id)
     [message] = stack.smtp.wait_for(1)
     html = message.get_body(("html",)).get_content()
     text = message.get_body(("plain",)).get_content()

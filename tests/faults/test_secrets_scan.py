@@ -22,15 +22,13 @@ import pytest
 import yaml
 
 from assyncy_dagster.cycle import run_cycle
-from assyncy_dagster.definitions import build_resources
 from assyncy_dagster.facts import SensorCursor
 from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB
 from assyncy_dagster.portal_sim import PortalSimulator
-from assyncy_dagster.sensors.failure_alerts import repatriation_failure_alert
 from assyncy_dagster.testing.smtp_sink import SmtpSink
 from assyncy_dagster.testing.stack import DEMO_VISITS
 from tests.support.faultkit import figure
-from tests.support.helpers import ticker
+from tests.support.helpers import alert_on_failed_run, ticker
 
 pytestmark = pytest.mark.slow
 
@@ -80,16 +78,7 @@ def test_no_secret_reaches_logs_event_log_metadata_storage_or_mail(stack, monkey
 
         failed = stack.materialize("12282b")  # no folder on the host: rsync fails
         assert not failed.success
-        run = stack.instance.get_run_by_id(failed.run_id)
-        failure = stack.instance.get_records_for_run(failed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
-        context = dg.build_run_status_sensor_context(
-            sensor_name="repatriation_failure_alert",
-            dagster_event=failure[0].event_log_entry.dagster_event,
-            dagster_instance=stack.instance,
-            dagster_run=run,
-            resources=build_resources(),
-        ).for_run_failure()
-        repatriation_failure_alert(context)
+        alert_on_failed_run(stack.instance, failed.run_id)
         sink.wait_for(2)
 
         portal.expire_tokens()  # 401 on the cached token: re-authentication

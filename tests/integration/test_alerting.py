@@ -4,11 +4,10 @@ import dagster as dg
 
 from assyncy_dagster.alerts import SUBJECT
 from assyncy_dagster.cycle import run_cycle
-from assyncy_dagster.definitions import build_definitions, build_resources
+from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.names import ALERT_JOB
-from assyncy_dagster.sensors.failure_alerts import repatriation_failure_alert
 from assyncy_dagster.state import ALERTED_KEY, read_epns
-from tests.support.helpers import text_and_html
+from tests.support.helpers import alert_on_failed_run, text_and_html
 
 
 def test_one_alert_covers_every_new_unmapped_epn_in_both_parts(stack):
@@ -71,16 +70,7 @@ def test_failed_repatriation_emails_the_helpdesk_with_a_link(stack):
     # 12282a is mapped and ended, but its folder is missing on the host: rsync fails.
     result = stack.materialize("12282a")
     assert not result.success
-    run = stack.instance.get_run_by_id(result.run_id)
-    failure = stack.instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
-    context = dg.build_run_status_sensor_context(
-        sensor_name="repatriation_failure_alert",
-        dagster_event=failure[0].event_log_entry.dagster_event,
-        dagster_instance=stack.instance,
-        dagster_run=run,
-        resources=build_resources(),
-    ).for_run_failure()
-    repatriation_failure_alert(context)
+    alert_on_failed_run(stack.instance, result.run_id)
     [message] = stack.smtp.wait_for(1)
     assert "12282a" in message["Subject"]
     text, _ = text_and_html(message)

@@ -29,3 +29,13 @@ def test_production_modules_import_no_stand_in_and_no_demo_dependency():
     assert done.returncode == 0, done.stderr
     loaded = done.stdout.split()
     assert [m for m in loaded if m.startswith((*STAND_INS, "aiosmtpd"))] == []
+
+
+def test_loading_the_code_location_does_not_load_pandas_or_matplotlib():
+    """Every run worker, CLI call and code server loads the definitions: the report's plotting
+    libraries are loaded only when a report is built."""
+    code = "import sys, assyncy_dagster.definitions\nprint(*sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert [m for m in done.stdout.split() if m.split(".")[0] in ("pandas", "matplotlib")] == []

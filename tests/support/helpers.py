@@ -387,6 +387,22 @@ class LocalSite:
 TEXT, HTML = "epnalert-text.j2", "epnalert-html.j2"  # the shipped alert templates in ETC
 
 
+def alert_on_failed_run(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Evaluate repatriation_failure_alert for the failed run `run_id`, as the daemon would
+    on the run's failure event: the e-mail goes to the config's SMTP server."""
+    from assyncy_dagster.sensors.failure_alerts import repatriation_failure_alert
+
+    [failure] = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    context = dg.build_run_status_sensor_context(
+        sensor_name="repatriation_failure_alert",
+        dagster_event=failure.event_log_entry.dagster_event,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run_id),
+        resources=build_resources(),
+    ).for_run_failure()
+    repatriation_failure_alert(context)
+
+
 def text_and_html(message: EmailMessage) -> tuple[str, str]:
     """A received message's plain and HTML parts as a mail client shows them (SMTP's CRLF line ends as LF)."""
     text, html = (message.get_body((kind,)).get_content().replace("\r\n", "\n") for kind in ("plain", "html"))
