@@ -10,16 +10,14 @@ instance says it at that moment (in flight, failing with its last error, held
 back, never found on the host), each EPN at most once a day.
 
 Every file lives in the instance's storage folder, holds EPNs, times and short
-error texts with secrets masked, and is replaced atomically.
+error texts with secrets masked, and is written and read through statefiles.py:
+fsynced, replaced atomically, and moved aside with a warning when corrupt.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -39,6 +37,7 @@ from .partitions import EPN_PARTITIONS_NAME
 from .planning import CyclePlan, LastRun
 from .portal import PortalAuthError, PortalClient, Visit
 from .run_records import epn_history, in_flight
+from .statefiles import read_json, write_json
 from .transfer import RsyncClient, RsyncError
 from .transfer.errors import HostKeyError
 
@@ -109,14 +108,14 @@ def record_due(instance: dg.DagsterInstance, reasons: Mapping[str, str], now: da
     due = update_due_since(instance, reasons, now)
     path = _path(instance, REASONS_FILE)
     kept = {epn: reasons[epn] for epn in due}
-    if _read_json(path) != kept:
-        _write_json(path, kept)
+    if read_json(path, {}) != kept:
+        write_json(path, kept)
     return due
 
 
 def read_reasons(instance: dg.DagsterInstance) -> dict[str, str]:
-    data = _read_json(_path(instance, REASONS_FILE))
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    data = read_json(_path(instance, REASONS_FILE), {})
+    return {str(k): str(v) for k, v in data.items()}
 
 
 # -- a refresh that keeps failing (expired password, revoked key, changed host key) ----
@@ -153,12 +152,12 @@ def record_refresh_failure(
 ) -> float:
     """Note a failed refresh: since when refreshes have failed (`since`, else the file's,
     else now), what failed and the error. Returns since when."""
-    before = _read_json(path)
+    before = read_json(path, {})
     stamp = now.timestamp()
     if since is None:
-        previous = before.get("since") if isinstance(before, dict) else None
+        previous = before.get("since")
         since = previous if isinstance(previous, (int, float)) else stamp
-    _write_json(
+    write_json(
         path,
         {
             "since": since,
@@ -253,8 +252,8 @@ def stuck_report(instance: dg.DagsterInstance, settings: Settings, now: datetime
             entries.append(
                 StuckEntry(epn, datetime.fromtimestamp(since, UTC), describe(reasons.get(epn, ""), flight, failing))
             )
-    failure = _read_json(refresh_failure_file(instance))
-    if isinstance(failure, dict) and isinstance(failure.get("since"), (int, float)):
+    failure = read_json(refresh_failure_file(instance), {})
+    if isinstance(failure.get("since"), (int, float)):
         since = float(failure["since"])
         if since <= now.timestamp() - hours * 3600:
             last = datetime.fromtimestamp(float(failure.get("last_failed_at") or since), UTC)
@@ -278,8 +277,8 @@ def unreported(entries: Sequence[StuckEntry], reported: Mapping[str, str], today
 
 
 def read_reported(instance: dg.DagsterInstance) -> dict[str, str]:
-    data = _read_json(_path(instance, REPORTED_FILE))
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    data = read_json(_path(instance, REPORTED_FILE), {})
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def mark_reported(instance: dg.DagsterInstance, names: Iterable[str], today: date) -> None:
@@ -287,7 +286,7 @@ def mark_reported(instance: dg.DagsterInstance, names: Iterable[str], today: dat
     day = today.isoformat()
     kept = {name: when for name, when in read_reported(instance).items() if when == day}
     kept.update(dict.fromkeys(names, day))
-    _write_json(_path(instance, REPORTED_FILE), kept)
+    write_json(_path(instance, REPORTED_FILE), kept)
 
 
 def send_daily_digest(
@@ -329,23 +328,3 @@ def send_daily_digest(
 
 def _path(instance: dg.DagsterInstance, name: str) -> Path:
     return Path(instance.storage_directory()) / name
-
-
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

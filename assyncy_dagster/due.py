@@ -8,20 +8,20 @@ from the first sighting, so a backlog found at first start is not stuck
 until `stuck-after-hours` later.
 
 Kept in a small JSON file in the instance's storage (EPNs and times only),
-written atomically, shared by epn_sensor, mxsync and the repatriation report.
+shared by epn_sensor, mxsync and the repatriation report; written and read
+through statefiles.py, so it survives a power cut, and a corrupt one is moved
+aside with a warning rather than silently restarting every clock.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+
+from .statefiles import read_json, write_json
 
 DUE_FILE = "epn_due_since.json"
 
@@ -31,13 +31,9 @@ def due_file(instance: dg.DagsterInstance) -> Path:
 
 
 def read_due_since(instance: dg.DagsterInstance) -> dict[str, float]:
-    """EPN -> epoch seconds when it was first seen due ({} when nothing was recorded yet)."""
-    try:
-        data = json.loads(due_file(instance).read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
+    """EPN -> epoch seconds when it was first seen due ({} when nothing was recorded yet,
+    or when the file was corrupt: then it is moved aside with a warning)."""
+    data = read_json(due_file(instance), {})
     return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))}
 
 
@@ -48,7 +44,7 @@ def update_due_since(instance: dg.DagsterInstance, due_now: Iterable[str], now: 
     stamp = now.timestamp()
     after = {epn: before.get(epn, stamp) for epn in sorted(set(due_now))}
     if after != before:
-        _write_atomically(due_file(instance), after)
+        write_json(due_file(instance), after)
     return after
 
 
@@ -56,16 +52,3 @@ def stuck_since(due_since: Mapping[str, float], now: datetime, stuck_after_hours
     """The EPNs due for longer than `stuck_after_hours`: EPN -> since when."""
     limit = (now - timedelta(hours=stuck_after_hours)).timestamp()
     return {epn: since for epn, since in due_since.items() if since <= limit}
-
-
-def _write_atomically(path: Path, data: Mapping[str, float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(dict(data), handle, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

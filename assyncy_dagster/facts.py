@@ -9,10 +9,7 @@ recently repatriated EPN to see whether data arrived after its verified sync.
 A refresh never runs past its budget, so a tick fits Dagster's 60 s deadline.
 """
 
-import contextlib
 import json
-import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -29,6 +26,7 @@ from .portal import PortalClient, PortalError, Visit, visit_window
 from .resources.portal import PortalResource
 from .resources.ssh_source import SshSourceResource
 from .run_records import last_verified
+from .statefiles import read_json, write_json
 from .transfer import RsyncError
 from .transfer.manifests import manifest_digest
 
@@ -100,21 +98,18 @@ def save_facts(path: Path, facts: Facts) -> None:
             for v in facts.visits
         ],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_json(path, data)
+
+
+def read_saved_facts(path: Path) -> dict:
+    """The facts file as `save_facts` wrote it; {} when there is none yet, or when it was
+    corrupt (then moved aside with a warning, and the next refresh writes a new one)."""
+    return read_json(path, {})
 
 
 def _load_facts(path: Path, refreshed_at: float | None) -> Facts | None:
     try:
-        data = json.loads(path.read_text())
+        data = read_saved_facts(path)
         if refreshed_at is None or data.get("refreshed_at") != refreshed_at:
             return None
         visits = [Visit.from_dict({**v, "principal_scientist": None, "data_scientists": []}) for v in data["visits"]]

@@ -13,11 +13,8 @@ No Dagster imports.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -27,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .report import COLUMNS, MEANING, URGENCY, State, attention_order
+from .statefiles import write_atomically
 
 CSV_NAME = "repatriation_report.csv"
 PNG_NAME = "repatriation_report.png"
@@ -217,20 +215,6 @@ table.report th, table.report td {{ border: 1px solid #ccc; padding: 0.2em 0.5em
 {table(frame)}
 </body></html>
 """
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it into place: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the report is for anyone who may read the folder
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_report(folder: Path, frame: pd.DataFrame, png: bytes, page: str) -> dict[str, Path]:

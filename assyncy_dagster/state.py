@@ -2,9 +2,11 @@
 
 Both keep the seed's shape, a YAML mapping with one sorted list of EPNs
 (`previouslySynched` in ignore.yml, `alerted` in alerted.yml). Every update is
-a read-modify-write under an exclusive lock, written to a temporary file and
-renamed into place, so concurrent runs and a crash mid-write never lose an
-entry. No Dagster imports.
+a read-modify-write under an exclusive lock, written with
+`statefiles.write_atomically` (fsynced, renamed into place), so concurrent runs,
+a crash mid-write and a power cut never lose an entry. A file that is not valid
+YAML or not of this shape is refused with an error naming it, never read as
+empty: an empty ignore.yml would copy every EPN again. No Dagster imports.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import contextlib
 import fcntl
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import yaml
+
+from .statefiles import write_atomically
 
 IGNORE_KEY = "previouslySynched"
 ALERTED_KEY = "alerted"
@@ -45,6 +48,10 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# Read as empty, a broken ignore.yml would have every EPN copied again: the admin repairs it.
+_FIX = " (repair or restore it by hand; it is not read as empty)"
+
+
 def _read(path: Path, key: str) -> tuple[dict, list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -52,15 +59,20 @@ def _read(path: Path, key: str) -> tuple[dict, list[str]]:
         return {}, []
     except OSError as exc:
         raise StateFileError(f"{path}: cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise StateFileError(f"{path}: not UTF-8 text{_FIX}: {exc}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise StateFileError(f"{path}: not valid YAML: {exc}") from None
+        raise StateFileError(f"{path}: not valid YAML{_FIX}: {exc}") from None
+    if data is None:
+        # What a crash in the middle of an in-place rewrite (the old tool's) leaves behind.
+        raise StateFileError(f"{path}: empty{_FIX}; if nothing is recorded yet, write `{key}: []` into it")
     if not isinstance(data, dict):
-        raise StateFileError(f"{path}: expected a mapping with a {key!r} list")
+        raise StateFileError(f"{path}: expected a mapping with a {key!r} list{_FIX}")
     entries = data.get(key) or []
     if not isinstance(entries, list):
-        raise StateFileError(f"{path}: {key!r} must be a list of EPNs")
+        raise StateFileError(f"{path}: {key!r} must be a list of EPNs{_FIX}")
     return data, [str(e) for e in entries]
 
 
@@ -83,29 +95,5 @@ def add_epns(path: Path, epns: Iterable[str], key: str = IGNORE_KEY) -> list[str
         if not new:
             return []
         data[key] = sorted(set(current) | set(new), key=_sort_key)
-        _write_atomically(path, "---\n" + yaml.safe_dump(data, default_flow_style=False, sort_keys=False))
+        write_atomically(path, "---\n" + yaml.safe_dump(data, default_flow_style=False, sort_keys=False))
     return new
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

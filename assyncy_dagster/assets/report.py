@@ -7,7 +7,6 @@ saw change, since when an EPN has been due). report.py decides each EPN's
 state from them; report_files.py draws and writes the result.
 """
 
-import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import dagster as dg
 from ..config import Settings
 from ..due import read_due_since, stuck_since
 from ..epn import InvalidEpnError, UnmappedEpnError, destination_for, is_valid_epn, project_for
-from ..facts import FACTS_FILE
+from ..facts import FACTS_FILE, read_saved_facts
 from ..planning import LastRun
 from ..portal import PortalError, Visit, visit_window, visits_by_epn
 from ..report import (
@@ -59,11 +58,7 @@ class Sources:
 
 def _sensor_facts(instance: dg.DagsterInstance) -> dict:
     """What epn_sensor last learned (its facts file): visits, the host's folders, changed sources."""
-    try:
-        data = json.loads((Path(instance.storage_directory()) / FACTS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_saved_facts(Path(instance.storage_directory()) / FACTS_FILE)
 
 
 def _cached_visits(cached: dict) -> list[Visit]:
