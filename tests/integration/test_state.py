@@ -33,12 +33,12 @@ def test_a_writer_killed_mid_update_leaves_the_old_file_intact(tmp_path):
     def crash_while_writing():
         # Die inside the critical section, after the temp file is written but
         # before the rename, as a power cut would.
-        import assyncy_dagster.state as state
+        import assyncy_dagster.statefiles as statefiles
 
         def die(*args):
             os._exit(9)
 
-        state.os.replace = die
+        statefiles.os.replace = die
         add_epns(path, ["3a"])
 
     proc = multiprocessing.get_context("fork").Process(target=crash_while_writing)
