@@ -154,7 +154,8 @@ def _fetch_visits(settings: Settings, portal: PortalResource, log, now: datetime
     # _bounded gives up before it); the sensor's own retries come 1, 2, 4 ... minutes later.
     quick = settings.model_copy(update={"portal_timeout_seconds": min(settings.portal_timeout_seconds, 10)})
     with PortalClient.from_settings(quick, logger=log) as client:
-        return client.visits(since, until), dict(client.rejected)
+        answer = client.answer(since, until)
+    return answer.visits, answer.malformed
 
 
 def _list_host(sftp: SshSourceResource, log) -> list[str]:

@@ -3,13 +3,15 @@
 `plan_cycle` is shared by `epn_sensor` and `mxsync`, so both apply the same
 rules: an EPN is repatriated when it is mapped, its visit has ended, its folder
 is on the SFTP host, and it is neither in ignore.yml nor already on its way.
+Whether an EPN's visits say its beamtime is over is `visits_hold`'s to decide,
+for the sensor, mxsync, `epn_data` and the report alike.
 No Dagster imports: the sensor gathers the facts, this module decides.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -66,6 +68,24 @@ def retry_delay(consecutive_failures: int, base: timedelta, cap: timedelta = tim
     return min(cap, base * (2 ** min(consecutive_failures - 1, 16)))
 
 
+def visits_hold(visits: Sequence[Visit], malformed: str, now: datetime) -> str | None:
+    """Why an EPN's visits say that its data may still grow, or None once they say its beamtime is over.
+
+    `malformed` is why the portal's malformed visits of the EPN were skipped (VisitsAnswer.malformed),
+    "" when there were none. A malformed visit holds its EPN back as a running visit does: its end
+    cannot be read, so the EPN's other visits cannot say that the beamtime is over, and an EPN
+    synced and recorded early would never fetch its later data."""
+    if malformed:
+        return (
+            f"the portal sent a malformed visit of it, so whether its beamtime is over is unknown: {malformed}; "
+            "held back until the portal sends that visit whole"
+        )
+    running = [v for v in visits if not v.has_ended(now)]
+    if running:
+        return f"visit still running (ends {max(v.end_time for v in running).isoformat()})"
+    return None
+
+
 def plan_cycle(
     *,
     visits: Iterable[Visit],
@@ -79,8 +99,13 @@ def plan_cycle(
     history: Mapping[str, RunHistory] | None = None,
     alert_in_flight: Iterable[str] = (),
     retry_base: timedelta = timedelta(minutes=30),
+    malformed: Mapping[str, str] | None = None,
 ) -> CyclePlan:
+    """`malformed`: the visits the portal sent malformed (VisitsAnswer.malformed), EPN -> why;
+    their EPNs are held back. One whose EPN cannot be read holds nothing back and is named."""
     history = history or {}
+    malformed = malformed or {}
+    unreadable = {key: why for key, why in malformed.items() if not is_valid_epn(key)}
     visits_by_epn: dict[str, list[Visit]] = {}
     for visit in visits:
         if is_valid_epn(visit.epn):
@@ -93,7 +118,7 @@ def plan_cycle(
     plan = CyclePlan()
     plan.new_partitions = sorted((on_sftp | visits_by_epn.keys()) - known)
 
-    for epn in sorted(on_sftp | visits_by_epn.keys()):
+    for epn in sorted(on_sftp | visits_by_epn.keys() | (malformed.keys() - unreadable.keys())):
         if project_for(epn, epn_cap_map) is None:
             if epn in on_sftp and epn not in skip_alert:
                 plan.alert.append(epn)
@@ -101,18 +126,27 @@ def plan_cycle(
         if epn in repatriated:
             continue
         reason = _hold_reason(
-            epn, visits_by_epn.get(epn, []), epn in on_sftp, history.get(epn), now, dry_run, retry_base
+            visits_by_epn.get(epn, []),
+            malformed.get(epn, ""),
+            epn in on_sftp,
+            history.get(epn),
+            now,
+            dry_run,
+            retry_base,
         )
         if reason is None:
             plan.repatriate.append(epn)
         elif reason:
             plan.held_back[epn] = reason
+    for key, why in unreadable.items():
+        # No EPN to hold back: named at every tick (the portal client logs it once), the operator's to chase.
+        plan.held_back[key] = f"the portal sent a malformed visit, skipped: {why}"
     return plan
 
 
 def _hold_reason(
-    epn: str,
     visits: list[Visit],
+    malformed: str,
     on_sftp: bool,
     last: RunHistory | None,
     now: datetime,
@@ -120,11 +154,11 @@ def _hold_reason(
     retry_base: timedelta,
 ) -> str | None:
     """Why a mapped EPN waits, None when it is due, "" when there is simply nothing to do."""
-    if not visits:
+    if not visits and not malformed:
         return "no visit in the portal within visit-day-range"
-    running = [v for v in visits if not v.has_ended(now)]
-    if running:
-        return f"visit still running (ends {max(v.end_time for v in running).isoformat()})"
+    held = visits_hold(visits, malformed, now)
+    if held:
+        return held
     if not on_sftp:
         return "no folder on the SFTP host yet"
     if last is None:

@@ -135,6 +135,19 @@ class Visit:
         )
 
 
+@dataclass(frozen=True)
+class VisitsAnswer:
+    """What the portal answered for a window: the visits it sent whole, and the ones it sent malformed.
+
+    `malformed` maps the EPN of each malformed visit (or "equipment N visit #i" when not even its
+    EPN can be read) to why, naming each such visit. A malformed visit of an EPN holds that EPN
+    back (planning.visits_hold): its end cannot be read, so the EPN's other visits cannot say that
+    its beamtime is over."""
+
+    visits: list[Visit]
+    malformed: dict[str, str] = field(default_factory=dict)
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -235,7 +248,7 @@ class PortalClient:
         self.session = session or requests.Session()
         self._tokens: dict[int, str] = {}
         self._lock = threading.Lock()
-        # Visits skipped as malformed in the last answers: EPN (or "equipment N visit #i") -> why.
+        # Visits skipped as malformed in every answer so far: EPN (or "equipment N visit #i") -> why.
         self.rejected: dict[str, str] = {}
         _install_urllib3_redaction()
 
@@ -303,15 +316,21 @@ class PortalClient:
 
         Each visit carries the id of the equipment that reported it. Raises
         PortalError (PortalAuthError, PortalDataError) naming the equipment.
+        Malformed visits are left out (see `answer`, which names them).
         """
+        return self.answer(since, until).visits
+
+    def answer(self, since: datetime, until: datetime) -> VisitsAnswer:
+        """The visits of `visits`, and the ones the portal sent malformed (skipped, never guessed at)."""
         for name, value in (("since", since), ("until", until)):
             if value.tzinfo is None or value.utcoffset() is None:
                 raise ValueError(f"{name} must be timezone-aware, got {value.isoformat()}")
         merged: list[Visit] = []
+        malformed: dict[str, str] = {}
         for equipment in self.equipment:
-            merged.extend(self._equipment_visits(equipment, since, until))
+            merged.extend(self._equipment_visits(equipment, since, until, malformed))
         merged.sort(key=lambda v: (v.start_time, v.epn))
-        return merged
+        return VisitsAnswer(merged, malformed)
 
     # -- internals ------------------------------------------------------------
 
@@ -327,7 +346,9 @@ class PortalClient:
         with self._lock:
             self._tokens.pop(equipment.id, None)
 
-    def _equipment_visits(self, equipment: EquipmentAccount, since: datetime, until: datetime) -> list[Visit]:
+    def _equipment_visits(
+        self, equipment: EquipmentAccount, since: datetime, until: datetime, malformed: dict[str, str]
+    ) -> list[Visit]:
         where = f"equipment {equipment.id}"
         url = self.base_url + VISITS_PATH.format(id=equipment.id)
         params = {"start_time": since.isoformat(timespec="seconds"), "end_time": until.isoformat(timespec="seconds")}
@@ -353,7 +374,7 @@ class PortalClient:
                 f"{self._portal()}: {where}: fetching visits failed: HTTP {response.status_code}"
                 f"{self._meta_suffix(response)}"
             )
-        visits = self._parse_visits(equipment.id, response)
+        visits = self._parse_visits(equipment.id, response, malformed)
         self.logger.debug(f"{where}: {len(visits)} visits between {params['start_time']} and {params['end_time']}")
         return visits
 
@@ -410,7 +431,7 @@ class PortalClient:
             f"{'s' if attempts != 1 else ''}: {cause}; check base-url in config.yml and that the portal is up"
         )
 
-    def _parse_visits(self, equipment_id: int, response: requests.Response) -> list[Visit]:
+    def _parse_visits(self, equipment_id: int, response: requests.Response, malformed: dict[str, str]) -> list[Visit]:
         where = f"equipment {equipment_id}"
         try:
             body = response.json()
@@ -433,17 +454,21 @@ class PortalClient:
                 visit = self._parse_visit(equipment_id, index, raw)
             except PortalDataError as exc:
                 # One malformed visit must not stop every other EPN from syncing: skip it alone.
+                # Its EPN, when it can be read, is held back by the caller (planning.visits_hold).
                 epn = raw.get("epn") if isinstance(raw, dict) and is_valid_epn(raw.get("epn")) else None
-                self._reject(epn or f"equipment {equipment_id} visit #{index}", str(exc))
+                self._reject(malformed, epn or f"equipment {equipment_id} visit #{index}", str(exc))
                 continue
             if visit is not None:
                 visits.append(visit)
         return visits
 
-    def _reject(self, key: str, reason: str) -> None:
-        """Record a skipped visit in `rejected`; log it once per process, not at every tick."""
+    def _reject(self, malformed: dict[str, str], key: str, reason: str) -> None:
+        """Record a skipped visit in `malformed` and `rejected` (several of one EPN are all named);
+        log it once per process, not at every tick."""
         reason = self._scrub(reason)
-        self.rejected[key] = reason
+        for found in (malformed, self.rejected):
+            if reason not in found.get(key, ""):
+                found[key] = f"{found[key]}; {reason}" if key in found else reason
         if (key, reason) not in _REPORTED_REJECTIONS:
             _REPORTED_REJECTIONS.add((key, reason))
             self.logger.warning(f"skipping a malformed visit ({key}); every other visit is used: {reason}")
@@ -452,6 +477,10 @@ class PortalClient:
         where = f"{self._portal()}: equipment {equipment_id}: visit #{index}"
         if not isinstance(raw, dict):
             raise PortalDataError(f"{where} is a {type(raw).__name__}, expected an object")
+        # The portal's own id and the EPN name the visit, so that an admin can chase it at the portal.
+        names = [f"id {_short_repr(raw['id'])}"] if raw.get("id") not in (None, "") else []
+        names += [f"EPN {raw['epn']}"] if is_valid_epn(raw.get("epn")) else []
+        where += f" ({', '.join(names)})" if names else ""
         missing = [name for name in REQUIRED_VISIT_FIELDS if raw.get(name) in (None, "")]
         if missing:
             raise PortalDataError(f"{where} lacks {', '.join(missing)}")
@@ -469,7 +498,7 @@ class PortalClient:
                 times[name] = _aware(datetime.fromisoformat(value), name)
             except (TypeError, ValueError):
                 raise PortalDataError(
-                    f"{where} (EPN {epn}): {name} {_short_repr(value)} is not an ISO 8601 time with UTC offset"
+                    f"{where}: {name} {_short_repr(value)} is not an ISO 8601 time with UTC offset"
                 ) from None
         return Visit(
             id=raw["id"],

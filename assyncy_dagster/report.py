@@ -8,7 +8,8 @@ tells the operator why:
 
 - running       the visit has not ended; its data may still grow
 - waiting       the visit has ended and the data is not home yet (queued, in
-                transfer, held back, or no visit in the portal)
+                transfer, held back, or no visit in the portal); a malformed visit
+                of the EPN from the portal holds it back, named
 - home          recorded in ignore.yml, and the destination still holds what the
                 verified sync counted
 - partial       recorded in ignore.yml, but the destination is missing or holds
@@ -129,6 +130,9 @@ class EpnFacts:
     changed_seen_at: float | None = None  # when it saw that (its last full refresh)
     due_since: float | None = None  # first seen due (due.py)
     stuck: bool = False  # due for longer than stuck-after-hours
+    # Why its visits hold it back although every visit read has ended (planning.visits_hold): the
+    # portal sent a malformed visit of it, named. "" when nothing holds it.
+    held: str = ""
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,8 @@ def _not_home(facts: EpnFacts, tz: tzinfo | None) -> Decision:
     run = f" (run {facts.run_id[:8]})" if facts.run_id else ""
     if facts.attempt is Attempt.IN_FLIGHT:
         return Decision(State.WAITING, f"queued or in transfer{run}")
+    if facts.held:
+        return Decision(State.WAITING, facts.held)
     if facts.attempt is Attempt.FAILED:
         # The error's first line (rsync's own words follow it in last_error).
         first = facts.error.strip().splitlines()[0] if facts.error.strip() else ""

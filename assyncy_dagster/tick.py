@@ -132,14 +132,11 @@ def plan_tick(
         history=history,
         alert_in_flight=alert_in_flight,
         retry_base=timedelta(minutes=settings.retry_backoff_minutes),
+        malformed=facts.rejected,
     )
     for epn in sorted(e for e in flights.epns if e in candidates):
         plan.in_flight.append(epn)
     plan.changed = {epn: why for epn, why in resync.items() if epn in plan.repatriate}
-    for key, why in facts.rejected.items():
-        # Named at every tick (the portal client logs it once): the operator's to chase.
-        if key not in repatriated_set and key not in plan.repatriate:  # more telling than "no visit"
-            plan.held_back[key] = f"the portal sent a malformed visit, skipped: {why}"
     # The stuck canary's clock, only from fresh facts (a failed refresh above keeps it as it was).
     record_due(
         instance,

@@ -19,6 +19,7 @@ from ..config import Settings
 from ..epn import InvalidEpnError, UnmappedEpnError, base_number, destination_for, validate_epn
 from ..names import RSYNC_POOL
 from ..partitions import epn_partitions
+from ..planning import visits_hold
 from ..portal import PortalError, Visit, visit_window, visits_by_epn
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
@@ -190,23 +191,24 @@ def _bring_home(
     *,
     dry_run: bool,
     allow_running_visit: bool,
+    malformed: str = "",
 ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation]:
-    """Transfer and verify one EPN, yielding its materialisation and check result.
+    """Transfer and verify one EPN, yielding its materialisation and check result. `malformed`:
+    why the portal's malformed visits of it were skipped (they hold it back, as a running one does).
     Raises EpnFailed when it cannot be brought home, EpnEmpty when there is nothing to fetch."""
     try:
         destination = destination_for(validate_epn(epn), settings.epn_cap_map, settings.destination_root_path)
     except (UnmappedEpnError, InvalidEpnError) as exc:
         raise EpnFailed(str(exc)) from None
-    if not visits:
+    if not visits and not malformed:
         raise EpnFailed(
             f"EPN {epn}: the portal has no visit for it in the last {settings.visit_day_range} days "
             "(check the EPN, or raise visit-day-range in config.yml)"
         )
-    running = [v for v in visits if not v.has_ended(datetime.now(UTC))]
-    if running and not allow_running_visit:
-        ends = max(v.end_time for v in running).isoformat()
+    held = visits_hold(visits, malformed, datetime.now(UTC))  # the sensor's rule, asked, not restated
+    if held and not allow_running_visit:
         raise EpnFailed(
-            f"EPN {epn}: the visit has not ended (ends {ends}); its data may still grow. "
+            f"EPN {epn}: {held}; its data may still grow. "
             "Set allow_running_visit: true in the run config to sync it anyway."
         )
     problem = _project_folder_problem(epn, destination, settings)
@@ -318,7 +320,8 @@ def repatriate(
     instance.add_run_tags(run_id, {WORKER_TAG: this_worker(), **outcome_tags(epns, Outcome.QUEUED)})
     since, until = visit_window(datetime.now(UTC), settings.visit_day_range)
     try:
-        by_epn = visits_by_epn(v for v in portal.visits(since, until, logger=context.log) if v.epn in set(epns))
+        answer = portal.answer(since, until, logger=context.log)
+        by_epn = visits_by_epn(v for v in answer.visits if v.epn in set(epns))
         client = sftp.client(logger=context.log)
     except (PortalError, RsyncError) as exc:
         instance.add_run_tags(run_id, outcome_tags(epns, Outcome.FAILED))
@@ -338,7 +341,14 @@ def repatriate(
         try:
             instance.add_run_tags(run_id, outcome_tags([epn], Outcome.RUNNING))
             yield from _bring_home(
-                context, epn, settings, client, visits, dry_run=dry_run, allow_running_visit=allow_running_visit
+                context,
+                epn,
+                settings,
+                client,
+                visits,
+                dry_run=dry_run,
+                allow_running_visit=allow_running_visit,
+                malformed=answer.malformed.get(epn, ""),
             )
         except EpnFailed as exc:
             failures[epn] = str(exc)

@@ -21,7 +21,7 @@ from ..config import Settings
 from ..due import read_due_since, stuck_since
 from ..epn import InvalidEpnError, UnmappedEpnError, destination_for, is_valid_epn, project_for
 from ..facts import FACTS_FILE, read_saved_facts
-from ..planning import LastRun
+from ..planning import LastRun, visits_hold
 from ..portal import PortalError, Visit, visit_window, visits_by_epn
 from ..report import (
     Attempt,
@@ -54,6 +54,7 @@ class Sources:
     visits: dict[str, list[Visit]]
     on_host: set[str] | None  # None: the SFTP host could not be listed, and no earlier listing is kept
     notes: list[str] = field(default_factory=list)
+    malformed: dict[str, str] = field(default_factory=dict)  # the portal's malformed visits: EPN -> why
 
 
 def _sensor_facts(instance: dg.DagsterInstance) -> dict:
@@ -84,7 +85,8 @@ def ask_sources(
     )
     notes = []
     try:
-        visits = portal.visits(since, until, logger=log)
+        answer = portal.answer(since, until, logger=log)
+        visits, malformed = answer.visits, answer.malformed
         notes.append(f"portal: {len(visits)} visit(s) within {settings.visit_day_range} days")
     except PortalError as exc:
         if when is None:
@@ -94,6 +96,7 @@ def ask_sources(
             ) from None
         log.warning(f"repatriation report: the portal cannot be asked ({exc}); using epn_sensor's visits of {when}")
         visits = _cached_visits(cached)
+        malformed = {str(k): str(v) for k, v in (cached.get("rejected") or {}).items()}
         notes.append(f"portal unavailable: visits as epn_sensor saw them at {when} (no scientists)")
     on_host: set[str] | None
     try:
@@ -111,7 +114,7 @@ def ask_sources(
             on_host = set(cached.get("on_sftp") or [])
             notes.append(f"SFTP host unavailable: folders as epn_sensor saw them at {when}")
     valid_visits = (v for v in visits if is_valid_epn(v.epn))
-    return Sources(visits_by_epn(valid_visits), on_host, notes)
+    return Sources(visits_by_epn(valid_visits), on_host, notes, malformed)
 
 
 def destination_epns(settings: Settings) -> set[str]:
@@ -253,7 +256,8 @@ def gather_facts(
     changed = changed_by_epn if isinstance(changed_by_epn, dict) else {}
     changed_seen_at = cached.get("refreshed_at") if isinstance(cached.get("refreshed_at"), (int, float)) else None
     synced = {epn for _, epn, _ in syncs.copied}
-    in_window = set(sources.visits) | (on_host or set()) | set(due) | synced
+    in_window = set(sources.visits) | {e for e in sources.malformed if is_valid_epn(e)}
+    in_window |= (on_host or set()) | set(due) | synced
     everyone = in_window | recorded | destination_epns(settings)
     for epn in sorted(everyone):
         project = project_for(epn, settings.epn_cap_map)
@@ -280,6 +284,7 @@ def gather_facts(
             changed_seen_at=changed_seen_at,
             due_since=due.get(epn),
             stuck=epn in stuck,
+            held=visits_hold(sources.visits.get(epn, []), sources.malformed.get(epn, ""), now) or "",
         )
 
 

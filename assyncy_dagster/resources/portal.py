@@ -8,7 +8,7 @@ from datetime import datetime
 import dagster as dg
 
 from ..config import Settings
-from ..portal import PortalClient, Visit
+from ..portal import PortalClient, Visit, VisitsAnswer
 from .settings import current_settings
 
 
@@ -33,5 +33,9 @@ class PortalResource(dg.ConfigurableResource):
 
     def visits(self, since: datetime, until: datetime, logger: logging.Logger | None = None) -> list[Visit]:
         """Visits overlapping [since, until] on every configured beamline, sorted by (start_time, epn)."""
+        return self.answer(since, until, logger=logger).visits
+
+    def answer(self, since: datetime, until: datetime, logger: logging.Logger | None = None) -> VisitsAnswer:
+        """The visits of `visits`, and the ones the portal sent malformed: EPN -> why (such an EPN is held back)."""
         with self.client(logger=logger) as client:
-            return client.visits(since, until)
+            return client.answer(since, until)

@@ -198,7 +198,7 @@ def test_a_malformed_visit_is_held_back_by_name_while_the_others_are_requested(s
     plan, _ = plan_tick(
         stack.instance, settings, PortalResource(), SshSourceResource(), logging.getLogger("test"), cursor
     )
-    assert plan.held_back["13001a"].startswith("the portal sent a malformed visit, skipped")
+    assert plan.held_back["13001a"].startswith("the portal sent a malformed visit of it")
     assert "end_time" in plan.held_back["13001a"]
 
 

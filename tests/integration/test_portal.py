@@ -288,7 +288,7 @@ def test_visit_missing_a_required_field_is_skipped_alone_naming_equipment_and_in
     epns, rejected = rejected_alone(sim, caplog)
     assert len(epns) == 3  # the other visits, on both beamlines, still count
     [(_key, why)] = rejected.items()
-    assert "equipment 24: visit #1 lacks start_time" in why
+    assert "equipment 24: visit #1 (id 2002, EPN 13001b) lacks start_time" in why
     assert "lacks start_time" in caplog.text
 
 
@@ -316,6 +316,22 @@ def test_a_malformed_visit_never_stops_the_others(make_portal_sim, caplog, field
     epns, rejected = rejected_alone(sim, caplog)
     assert epns == ["12282b", "13001a", "13001b"]
     assert why in rejected["12282a"]
+
+
+def test_every_malformed_visit_of_an_epn_is_named_by_id_in_the_answer(make_portal_sim):
+    data = portal_data_copy()
+    data["equipment"][0]["visits"][0]["end_time"] = "2026-12-07T09:00:00"  # no UTC offset
+    data["equipment"][1]["visits"].append({**data["equipment"][0]["visits"][0], "id": 2003, "start_time": "soon"})
+    data["equipment"][1]["visits"].append("not a visit")
+    sim = make_portal_sim(data, strict=False)
+
+    answer = client_for(sim).answer(*last_days())
+
+    assert sorted(v.epn for v in answer.visits) == ["12282b", "13001a", "13001b"]
+    assert sorted(answer.malformed) == ["12282a", "equipment 24 visit #3"]
+    why = answer.malformed["12282a"]
+    assert "equipment 23: visit #0 (id 1001, EPN 12282a): end_time '2026-12-07T09:00:00'" in why
+    assert "equipment 24: visit #2 (id 2003, EPN 12282a): start_time 'soon'" in why
 
 
 def test_a_malformed_visit_is_logged_once_not_at_every_tick(make_portal_sim, caplog):

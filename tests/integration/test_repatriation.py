@@ -113,7 +113,7 @@ def test_running_visit_is_refused_unless_allowed(stack):
     stack.lay_out("13001b")
     refused = stack.materialize("13001b")
     assert not refused.success
-    assert "has not ended" in failure_text(refused)
+    assert "visit still running (ends " in failure_text(refused)
     allowed = stack.materialize("13001b", run_config={"ops": {"epn_data": {"config": {"allow_running_visit": True}}}})
     assert allowed.success, failure_text(allowed)
     assert files_under(stack.destination("ab12", "13001b"))

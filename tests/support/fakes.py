@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field
 
-from assyncy_dagster.portal import Visit
+from assyncy_dagster.portal import VisitsAnswer
 from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.transfer import ProgressUpdate, RsyncClient, RsyncResult, TransferStats
@@ -82,9 +82,10 @@ class CannedPortal(PortalResource):
 
     ended: list[str] = Field(default_factory=list)
     running: list[str] = Field(default_factory=list)
+    malformed: dict[str, str] = Field(default_factory=dict)  # EPN -> why, as PortalClient.answer names it
 
-    def visits(self, since: datetime, until: datetime, logger: logging.Logger | None = None) -> list[Visit]:
+    def answer(self, since: datetime, until: datetime, logger: logging.Logger | None = None) -> VisitsAnswer:
         now = datetime.now(UTC)
-        return [visit_of(epn, start=now - timedelta(days=3), end=now - timedelta(days=2)) for epn in self.ended] + [
-            visit_of(epn, start=now - timedelta(hours=1), end=now + timedelta(days=1)) for epn in self.running
-        ]
+        visits = [visit_of(epn, start=now - timedelta(days=3), end=now - timedelta(days=2)) for epn in self.ended]
+        visits += [visit_of(epn, start=now - timedelta(hours=1), end=now + timedelta(days=1)) for epn in self.running]
+        return VisitsAnswer(visits, dict(self.malformed))

@@ -89,7 +89,7 @@ def test_a_visit_still_running_is_refused_naming_the_epn_and_copies_nothing(site
 
     assert not result.success
     message = failure_text(result)
-    assert message.startswith("EPN 13001b: the visit has not ended (ends ")
+    assert message.startswith("EPN 13001b: visit still running (ends ")
     assert "its data may still grow" in message
     assert "Set allow_running_visit: true in the run config to sync it anyway." in message
     assert files_at(site.destination_root) == [] and site.ignored() == []
@@ -114,3 +114,14 @@ def test_a_real_transfer_is_materialised_with_what_was_copied_verified_and_recor
     assert (check.check_name, check.partition, check.passed) == ("matches_source", "12282a", True)
     assert sorted(str(p.relative_to(destination)) for p in files_at(destination)) == sorted(FILES)
     assert site.ignored() == ["12282a"]
+
+
+def test_a_malformed_visit_of_an_ended_epn_is_refused_naming_it_and_copies_nothing(site):
+    why = "equipment 24: visit #2 (id 50199, EPN 12282a): end_time '2026-12-07T09:00:00' is not ... UTC offset"
+    result = materialize_epn_data("12282a", CannedPortal(ended=["12282a"], malformed={"12282a": why}))
+
+    assert not result.success
+    message = failure_text(result)
+    assert message.startswith("EPN 12282a: the portal sent a malformed visit of it"), message
+    assert why in message and "Set allow_running_visit: true" in message
+    assert files_at(site.destination_root) == [] and site.ignored() == []

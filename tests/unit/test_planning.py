@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 
-from assyncy_dagster.planning import LastRun, RunHistory, plan_cycle, retry_delay
+from assyncy_dagster.planning import LastRun, RunHistory, plan_cycle, retry_delay, visits_hold
 from assyncy_dagster.portal import Person, Visit
 from assyncy_dagster.testing.stack import DEMO_CAP_MAP
 from tests.support.helpers import NOW, visit_of
@@ -105,3 +105,36 @@ def test_an_empty_source_folder_is_held_back_with_its_reason_then_looked_at_agai
 def test_hostile_names_never_reach_the_plan():
     result = plan(on_sftp=["12282a", "../x", "1;rm"], visits=[visit_days_ago("12282a")])
     assert result.new_partitions == ["12282a"]
+
+
+MALFORMED = "equipment 24: visit #2 (id 50199, EPN 12282a): end_time '2026-12-07T09:00:00' lacks a UTC offset"
+
+
+def test_a_malformed_visit_holds_back_an_epn_whose_other_visits_have_ended_naming_it():
+    result = plan(malformed={"12282a": MALFORMED})
+    assert "12282a" not in result.repatriate
+    assert result.held_back["12282a"].startswith("the portal sent a malformed visit of it")
+    assert MALFORMED in result.held_back["12282a"]
+
+
+def test_a_malformed_visit_holds_back_an_epn_with_no_other_visit():
+    result = plan(visits=[], malformed={"12282a": MALFORMED})
+    assert result.repatriate == [] and MALFORMED in result.held_back["12282a"]
+
+
+def test_a_malformed_visit_whose_epn_cannot_be_read_holds_nothing_back_and_is_named():
+    result = plan(malformed={"equipment 23 visit #4": "visit #4 is a str, expected an object"})
+    assert result.repatriate == ["12282a"]
+    assert "visit #4 is a str" in result.held_back["equipment 23 visit #4"]
+
+
+def test_a_malformed_visit_of_a_recorded_epn_changes_nothing():
+    result = plan(repatriated=["12282a"], malformed={"12282a": MALFORMED})
+    assert "12282a" not in result.repatriate and "12282a" not in result.held_back
+
+
+def test_visits_hold_is_none_only_when_every_visit_has_ended_and_none_was_malformed():
+    ended, running = visit_days_ago("12282a"), visit_days_ago("12282a", 1, -1)
+    assert visits_hold([ended], "", NOW) is None
+    assert visits_hold([ended, running], "", NOW).startswith("visit still running (ends ")
+    assert MALFORMED in visits_hold([ended], MALFORMED, NOW)

@@ -266,3 +266,11 @@ def test_backlog_counts_each_epn_from_its_visit_end_until_it_came_home():
 
 def test_no_due_epn_means_no_backlog():
     assert backlog_by_day([], date(2026, 11, 20), UTC) == {}
+
+
+def test_ended_epn_held_back_by_a_malformed_visit_is_waiting_naming_it():
+    held = "the portal sent a malformed visit of it, so whether its beamtime is over is unknown: visit 50199 ..."
+    decision = decide(facts(held=held), NOW)
+    assert (decision.state, decision.detail) == (State.WAITING, held)
+    assert decide(facts(held=held, attempt=Attempt.FAILED, error="rsync failed"), NOW).detail == held
+    assert decide(facts(held=held, visit_end=NOW + timedelta(days=1)), NOW).state is State.RUNNING
