@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 from .config import MASK, ConfigError, Settings, load_settings
+from .escaping import log_block, log_text
 from .names import ALERT_JOB
 
 __all__ = [
@@ -53,6 +54,7 @@ BACKUP_COUNT = 5
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 
 _TAG = "_assyncy_handler"
+_CLEANED = "_assyncy_cleaned"
 _TOKEN_PATTERNS = (
     # ?access_token=T in a request URL (urllib3 logs those at DEBUG)
     (re.compile(r"(access_token=)[^&\s\"'<>)]+"), r"\1" + MASK),
@@ -85,11 +87,18 @@ def _variants(secret: str) -> set[str]:
 
 
 class SecretMaskingFilter(logging.Filter):
-    """Replaces every secret, and every portal access token, in a record with `********`.
+    """Replaces every secret, and every portal access token, in a record with `********`,
+    and keeps each record on one line.
 
     Give it `settings.secrets()`. It rewrites the record in place (message with
     its arguments merged, traceback text, stack text), so every handler after it
     sees the masked text too. One compiled pattern per filter keeps it cheap.
+
+    Messages carry text from outside (a portal's error message, a scientist's
+    name, a file name from the SFTP host): their line breaks and other control
+    characters are written as escapes (escaping.log_text), and a traceback's
+    lines are indented (escaping.log_block), so that only a record's first line
+    starts at column 0 and no message can forge a record of its own.
     """
 
     def __init__(self, secrets: Iterable[str] = ()):
@@ -114,15 +123,17 @@ class SecretMaskingFilter(logging.Filter):
         except Exception:
             # A message whose arguments do not fit its format: keep the parts, masked.
             message = f"{record.msg} {record.args!r}"
-        record.msg = self.mask(message)
+        record.msg = log_text(self.mask(message))
         record.args = ()
         if record.exc_info and not record.exc_text:
             # Formatter.format() reuses exc_text, so the masked traceback is what gets written.
             record.exc_text = _FORMATTER.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.mask(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.mask(record.stack_info)
+        if record.exc_text and not getattr(record, _CLEANED, False):
+            record.exc_text = log_block(self.mask(record.exc_text))
+        if record.stack_info and not getattr(record, _CLEANED, False):
+            record.stack_info = log_block(self.mask(record.stack_info))
+        # One record passes several of these filters (the run handler, then its file): indent once.
+        setattr(record, _CLEANED, True)
         return True
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from assyncy_dagster.config import MASK, load_settings
+from assyncy_dagster.escaping import LOG_INDENT
 from assyncy_dagster.logs import (
     BACKUP_COUNT,
     MAX_BYTES,
@@ -204,3 +206,29 @@ def test_secret_containing_another_is_masked_whole():
 def test_run_log_handler_names_a_broken_config(tmp_path):
     with pytest.raises(LogSetupError, match="cannot read the config"):
         RunLogFileHandler(config=str(tmp_path / "missing.yml"))
+
+
+# -- one record, one line ------------------------------------------------------------
+
+
+RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+def test_text_from_outside_cannot_forge_a_log_record(tmp_path):
+    settings = settings_for(tmp_path)
+    configure_logging(settings, "sync", console=False)
+    forged = "\n2026-01-01 00:00:00,000 ERROR assyncy.sync EPN 99999a: FORGED\r\x1b[2K"
+    logging.getLogger("assyncy.portal").warning("portal refresh failed: %s", f"bad password{forged}")
+    try:
+        raise RuntimeError(f"portal says{forged}")
+    except RuntimeError:
+        logging.getLogger("assyncy.sync").exception("refresh failed")
+    lines = log_text(settings.log_files.sync).splitlines()
+    assert [line for line in lines if RECORD_START.match(line)] == [
+        line for line in lines if not line.startswith(LOG_INDENT)
+    ]
+    assert len([line for line in lines if RECORD_START.match(line)]) == 2
+    assert not any(line.startswith("2026-01-01") for line in lines)  # inside a traceback: indented
+    assert "bad password\\n2026-01-01 00:00:00,000 ERROR assyncy.sync EPN 99999a: FORGED\\r\\x1b[2K" in lines[0]
+    assert any(line.startswith(LOG_INDENT + "RuntimeError: portal says") for line in lines)
+    assert not any(c in "\r\x1b" for line in lines for c in line)
