@@ -13,6 +13,7 @@ No Dagster imports.
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .escaping import csv_cell, markdown_text
 from .report import COLUMNS, MEANING, URGENCY, State, attention_order
 from .statefiles import write_atomically
 
@@ -79,17 +81,16 @@ def totals_by_state(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cell(value: object, limit: int = 160) -> str:
-    text = "" if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)) else str(value)
-    text = " ".join(text.split())  # one line per row
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text.replace("\\", "\\\\").replace("|", "\\|")
+    missing = value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value))
+    return markdown_text(None if missing else value, limit)
 
 
 def markdown_table(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured markdown table (what the UI's markdown metadata renders)."""
+    """A GitHub-flavoured markdown table (what the UI's markdown metadata renders). Every cell
+    and header is literal text (escaping.markdown_text): a scientist's name, a file name or a
+    portal error never becomes a link, an image or HTML in the UI."""
     columns = list(columns or frame.columns)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     for record in frame[columns].itertuples(index=False):
         lines.append("| " + " | ".join(_cell(v) for v in record) + " |")
     return "\n".join(lines)
@@ -217,12 +218,24 @@ table.report th, table.report td {{ border: 1px solid #ccc; padding: 0.2em 0.5em
 """
 
 
+def csv_text(frame: pd.DataFrame) -> str:
+    """The table as CSV for a spreadsheet, as OWASP advises against formula injection: every text
+    cell that would start a formula gets a leading `'` (escaping.csv_cell), and every text cell is
+    quoted (a `;` in a cell cannot start a new one where `;` is the separator). Count columns stay
+    numbers."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column]) and not pd.api.types.is_bool_dtype(safe[column]):
+            safe[column] = safe[column].map(csv_cell, na_action="ignore")
+    return safe.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
+
+
 def write_report(folder: Path, frame: pd.DataFrame, png: bytes, page: str) -> dict[str, Path]:
     """Write the CSV, the PNG and the HTML page into `folder` (created if missing). Returns their paths."""
     paths = {"csv": folder / CSV_NAME, "png": folder / PNG_NAME, "html": folder / HTML_NAME}
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(paths["csv"], frame.to_csv(index=False).encode("utf-8"))
+        write_atomically(paths["csv"], csv_text(frame).encode("utf-8"))
         write_atomically(paths["png"], png)
         write_atomically(paths["html"], page.encode("utf-8"))
     except OSError as exc:

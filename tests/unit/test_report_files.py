@@ -1,10 +1,12 @@
 """The report's tables, plot and files (pandas and matplotlib; no servers)."""
 
 import base64
+import csv
 from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import pytest
+from markdown_it import MarkdownIt
 
 from assyncy_dagster.report import Attempt, EpnFacts, Holding, Verified, report_row
 from assyncy_dagster.report_files import (
@@ -75,9 +77,36 @@ def test_unknown_source_counts_stay_empty_not_zero():
     assert frame.loc["12282b", "source_files"] == 5
 
 
-def test_markdown_cells_are_one_line_with_pipes_escaped():
+def test_markdown_cells_are_one_line_and_show_text_never_html():
     table = markdown_table(report_frame(rows()), ["epn", "last_error"])
-    assert "| 13001a | rsync said \\| no <b>way</b> second line |" in table.splitlines()
+    assert "| 13001a | rsync said \\| no \\<b\\>way\\<\\/b\\> second line |" in table.splitlines()
+    page = MarkdownIt("commonmark").enable("table").render(table)
+    assert "<td>rsync said | no &lt;b&gt;way&lt;/b&gt; second line</td>" in page
+
+
+def test_csv_cells_never_start_a_formula_and_counts_stay_numbers(tmp_path):
+    hostile = report_row(
+        EpnFacts(
+            "12282c",
+            "ny79",
+            visit_end=ENDED,
+            principal_scientist='=HYPERLINK("https://evil.example/x","click")',
+            on_host=True,
+            attempt=Attempt.FAILED,
+            error="-2+3 @SUM(A1) said rsync",
+        ),
+        NOW,
+    )
+    frame = report_frame([*rows(), hostile])
+    paths = write_report(tmp_path, frame, b"", "")
+    with open(paths["csv"], newline="") as handle:
+        table = {row["epn"]: row for row in csv.DictReader(handle)}
+    assert table["12282c"]["principal_scientist"] == '\'=HYPERLINK("https://evil.example/x","click")'
+    assert table["12282c"]["last_error"] == "'-2+3 @SUM(A1) said rsync"
+    cells = [cell for row in table.values() for cell in row.values()]
+    assert not [cell for cell in cells if cell.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    raw = paths["csv"].read_text().splitlines()
+    assert ",5,5000,5,5000," in next(line for line in raw if line.startswith('"12282a"'))  # numbers, unquoted
 
 
 def test_attention_markdown_names_the_partial_epns_to_backfill():
@@ -111,7 +140,7 @@ def test_files_are_written_whole_and_the_page_escapes_what_it_shows(tmp_path):
     frame = report_frame(rows())
     page = html_page(frame, totals_by_project(frame), totals_by_state(frame), NOW, "12282b")
     paths = write_report(tmp_path / "reports", frame, plot_png({}, {}, NOW), page)
-    assert paths["csv"].read_text().splitlines()[0].startswith("epn,project,equipment,visit_start")
+    assert paths["csv"].read_text().splitlines()[0].startswith('"epn","project","equipment","visit_start"')
     assert paths["png"].read_bytes().startswith(PNG_MAGIC)
     text = paths["html"].read_text()
     assert "&lt;b&gt;way&lt;/b&gt;" in text and "<b>way</b>" not in text
