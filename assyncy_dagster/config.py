@@ -228,11 +228,11 @@ class Settings(BaseModel):
         _, colon, port = self.epnalert_email_smtp.rpartition(":")
         return int(port) if colon else 25
 
-    @property
-    def report_path(self) -> Path:
-        """Where the repatriation report's CSV, PNG and HTML go: `report-dir`, else
-        `<destination-root-path>/reports`."""
-        return self.report_dir or self.destination_root_path / "reports"
+    def report_path(self, dagster_home: Path) -> Path:
+        """Where the repatriation report's CSV, PNG and HTML go: `report-dir`, else `reports` in
+        the Dagster instance's folder (DAGSTER_HOME). Never under `destination-root-path` by
+        default: every folder there is a project's (a project named `reports` would collide)."""
+        return self.report_dir or dagster_home / "reports"
 
     @property
     def alerted_path(self) -> Path:

@@ -257,9 +257,14 @@ def run_cycle(
 
 def refresh_report(defs: dg.Definitions, instance: dg.DagsterInstance, logger: logging.Logger) -> None:
     """Rebuild repatriation_report after a cycle that brought EPNs home, as the daemon's
-    repatriation_report_refresh sensor does (mxsync runs without the daemon). A report that
-    cannot be built is logged; it is never the cycle's failure."""
-    result = defs.resolve_job_def(REPORT_JOB).execute_in_process(instance=instance, raise_on_error=False)
+    repatriation_report_refresh sensor does (mxsync runs without the daemon). The cycle copied
+    for real (mxsync --execute whatever config.yml's `execute` says), so the report writes its
+    files. A report that cannot be built is logged; it is never the cycle's failure."""
+    result = defs.resolve_job_def(REPORT_JOB).execute_in_process(
+        instance=instance,
+        run_config={"ops": {"repatriation_report": {"config": {"execute": True}}}},
+        raise_on_error=False,
+    )
     if not result.success:
         logger.warning(f"repatriation report not rebuilt: {step_failure_message(result.all_events) or 'run failed'}")
         return

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+from pydantic import Field
 
 from ..config import Settings
 from ..due import read_due_since, stuck_since
@@ -40,7 +41,7 @@ from ..resources.ssh_source import SshSourceResource
 from ..run_records import EPN_DATA, LOST_TAG, epn_history, epn_tag, last_verified
 from ..state import StateFileError, read_epns
 from ..transfer import RsyncError, SshConfigError, local_manifest
-from .epn_data import OWNER, epn_data
+from .epn_data import OWNER, dry_run_for, epn_data
 
 REPATRIATION_REPORT = dg.AssetKey("repatriation_report")
 MAX_ERROR_CHARS = 500
@@ -302,6 +303,18 @@ def backlog_inputs(facts: Iterable[EpnFacts], syncs: Syncs, now: datetime) -> li
     return due
 
 
+class ReportConfig(dg.Config):
+    """Run config of repatriation_report."""
+
+    execute: bool | None = Field(
+        default=None,
+        description=(
+            "true writes the report's CSV, PNG and HTML files; false is a dry-run's report (metadata "
+            "only, no file written); unset follows config.yml's `execute`."
+        ),
+    )
+
+
 @dg.asset(
     deps=[epn_data],
     group_name="repatriation",
@@ -311,6 +324,7 @@ def backlog_inputs(facts: Iterable[EpnFacts], syncs: Syncs, now: datetime) -> li
 )
 def repatriation_report(
     context: dg.AssetExecutionContext,
+    config: ReportConfig,
     portal: PortalResource,
     sftp: SshSourceResource,
     assyncy_config: AssyncyConfigResource,
@@ -322,8 +336,9 @@ def repatriation_report(
 
     The metadata shows the EPNs that need attention, totals per project and per state, and a plot
     of the bytes repatriated per project per week and of the backlog. The full table (CSV), the
-    plot (PNG) and an HTML page are written to `report-dir` (default
-    `<destination-root-path>/reports/`). Refreshed after every repatriation run that ends, and daily.
+    plot (PNG) and an HTML page are written to `report-dir` (default `reports` in DAGSTER_HOME),
+    except in a dry-run (`execute: false`), which writes no file. Refreshed after every
+    repatriation run that ends, and daily.
     """
     # pandas and matplotlib would cost every Dagster process that loads this code location (run
     # workers, the CLI, the daemon's code server) 0.8 s of CPU at start (2.5 s where no bytecode is
@@ -364,17 +379,23 @@ def repatriation_report(
     backlog = backlog_by_day(backlog_inputs(facts, syncs, now), now.astimezone(tz).date(), tz)
     generated = now.astimezone(tz)
     png = plot_png(weekly, backlog, generated)
-    try:
-        page = html_page(frame, by_project, by_state, generated, repair)
-        paths = write_report(settings.report_path, frame, png, page)
-    except ReportWriteError as exc:
-        raise dg.Failure(description=str(exc)) from None
+    paths: dict[str, Path] = {}
+    if dry_run_for(settings, config.execute):
+        # A dry-run writes nothing outside the instance and the log files; the metadata still shows it all.
+        written = "not written: a dry-run (execute: false) writes no file"
+    else:
+        try:
+            page = html_page(frame, by_project, by_state, generated, repair)
+            paths = write_report(settings.report_path(Path(instance.root_directory)), frame, png, page)
+        except ReportWriteError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        written = f"written to {paths['html']}"
 
     attention = len(frame) - states.get("home", 0)
     context.log.info(
         f"repatriation report: {len(frame)} EPN(s), {states.get('home', 0)} home, {attention} needing attention "
         f"({', '.join(f'{n} {s}' for s, n in states.items() if s != 'home') or 'none'}); "
-        f"written to {paths['html']} in {time.monotonic() - started:.1f} s"
+        f"{written} in {time.monotonic() - started:.1f} s"
     )
     metadata: dict[str, dg.MetadataValue] = {
         "dagster/row_count": dg.MetadataValue.int(len(frame)),
@@ -387,9 +408,8 @@ def repatriation_report(
         ),
         "totals_by_state": dg.MetadataValue.md(markdown_table(by_state)),
         "totals_by_project": dg.MetadataValue.md(markdown_table(by_project)),
-        "csv": dg.MetadataValue.path(str(paths["csv"])),
-        "png": dg.MetadataValue.path(str(paths["png"])),
-        "html": dg.MetadataValue.path(str(paths["html"])),
+        **{kind: dg.MetadataValue.path(str(path)) for kind, path in paths.items()},
+        "files": dg.MetadataValue.text(written),
         "sources": dg.MetadataValue.text("; ".join(sources.notes)),
     }
     if repair:

@@ -7,13 +7,17 @@ from pathlib import Path
 import dagster as dg
 
 from assyncy_dagster.assets.report import repatriation_report
+from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.definitions import build_definitions, build_resources
-from assyncy_dagster.names import REPORT_JOB
+from assyncy_dagster.names import REPATRIATION_JOB, REPORT_JOB
 from assyncy_dagster.sensors.report_refresh import repatriation_report_refresh
+from tests.support.faultkit import tree_snapshot
 
 
-def materialize_report(stack) -> dict:
-    result = dg.materialize([repatriation_report], instance=stack.instance, resources=build_resources())
+def materialize_report(stack, run_config: dict | None = None) -> dict:
+    result = dg.materialize(
+        [repatriation_report], instance=stack.instance, resources=build_resources(), run_config=run_config
+    )
     assert result.success
     [event] = result.get_asset_materialization_events()
     return event.event_specific_data.materialization.metadata
@@ -50,7 +54,8 @@ def test_report_reconciles_portal_host_destination_and_runs_and_a_backfill_repai
     # The files, linked from the metadata; the plot is visible in the UI as a markdown image.
     for key, suffix in (("csv", ".csv"), ("png", ".png"), ("html", ".html")):
         path = metadata[key].value
-        assert path.startswith(str(stack.destination_root / "reports")) and path.endswith(suffix)
+        assert path.startswith(str(Path(stack.instance.root_directory) / "reports")) and path.endswith(suffix)
+    assert sorted(p.name for p in stack.destination_root.iterdir()) == ["ab12", "ny79"]  # project folders only
     assert Path(metadata["png"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](data:image/png;base64," in metadata["plot"].value
     attention = metadata["attention"].value
@@ -81,3 +86,36 @@ def test_report_refresh_asks_for_one_report_after_repatriation_runs_end(stack):
     assert stack.materialize("12282a").success
     waiting = repatriation_report_refresh(dg.build_sensor_context(instance=stack.instance, cursor=context.cursor))
     assert isinstance(waiting, dg.SkipReason) and "has not started yet" in waiting.skip_message
+
+
+def test_an_explicit_report_dir_wins(stack):
+    stack.configure(**{"report-dir": str(stack.root / "site-reports")})
+    metadata = materialize_report(stack)
+    assert metadata["csv"].value == str(stack.root / "site-reports" / "repatriation_report.csv")
+    assert not (Path(stack.instance.root_directory) / "reports").exists()
+
+
+def test_a_dry_run_report_writes_no_file_but_shows_its_metadata(stack):
+    stack.configure(execute=False)
+    metadata = materialize_report(stack)
+    assert "not written" in metadata["files"].value and "csv" not in metadata
+    assert metadata["epns"].value == 6 and "| 14500a |" in metadata["attention"].value
+    assert not (Path(stack.instance.root_directory) / "reports").exists()
+    # A run that copies for real (mxsync --execute) asks for the files whatever config.yml says.
+    metadata = materialize_report(stack, {"ops": {"repatriation_report": {"config": {"execute": True}}}})
+    assert Path(metadata["csv"].value).is_file()
+
+
+def test_a_dry_run_cycle_and_its_report_write_nothing_outside_the_instance_and_the_logs(stack):
+    stack.configure(execute=False)
+    stack.lay_out("12282a", "13001a")
+    before = tree_snapshot(stack.root)
+    report = run_cycle(stack.config_path, stack.instance)
+    dry = sorted(r.partition for r in report.by_job(REPATRIATION_JOB) if r.success)
+    metadata = materialize_report(stack)  # as the daily schedule would
+    after = tree_snapshot(stack.root)
+    allowed = ("dagster_home", "etc/log")  # the instance, and the log files (and their folder)
+    written = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k) and not k.startswith(allowed))
+    assert dry == ["12282a", "13001a"], report.runs
+    assert written == [], written
+    assert metadata["epns"].value >= 2 and "not written" in metadata["files"].value

@@ -147,3 +147,12 @@ def test_an_insecure_portal_is_refused_unless_allowed(tmp_path, change, key):
     assert problem.startswith(f"config.yml: {key}") or f": {key}" in problem
     allowed = load_settings(write(tmp_path, data | {"portal-allow-insecure": True}))
     assert len(allowed.insecure_warnings()) == 1
+
+
+def test_the_report_goes_to_dagster_home_unless_report_dir_says_otherwise(tmp_path):
+    settings = load_settings(write(tmp_path, seed_data()))
+    home = tmp_path / "dagster_home"
+    assert settings.report_path(home) == home / "reports"  # never a `reports` "project" in the root
+    assert not settings.report_path(home).is_relative_to(settings.destination_root_path)
+    chosen = load_settings(write(tmp_path, seed_data() | {"report-dir": "site-reports"}))
+    assert chosen.report_path(home) == tmp_path / "site-reports"
