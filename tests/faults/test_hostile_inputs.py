@@ -10,18 +10,27 @@ Figures: the number of hostile inputs, writes outside the destination root
 
 from __future__ import annotations
 
+import csv
+import html
+import json
 import os
+import re
 import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
+from dagster._serdes import serialize_value
+from markdown_it import MarkdownIt
 
+from assyncy_dagster.assets.report import repatriation_report
 from assyncy_dagster.config import ConfigError, load_settings
 from assyncy_dagster.cycle import run_cycle
-from assyncy_dagster.definitions import build_definitions
+from assyncy_dagster.definitions import build_definitions, build_resources
 from assyncy_dagster.epn import InvalidEpnError, destination_for
+from assyncy_dagster.escaping import LOG_INDENT
+from assyncy_dagster.logs import configure_logging
 from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB
 from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.testing.sshd import make_source_tree
@@ -247,9 +256,10 @@ def test_hostile_names_write_nothing_outside_the_root_run_nothing_and_are_escape
     assert config_accepted == [] and destination_accepted == []
     assert not linked.success, "data went through a symlinked project folder"
     assert not any(outside_link.iterdir())
-    # Only the EPN's data, and the repatriation report the cycle rebuilt (its HTML escapes every name).
-    assert all(p.startswith(("ny79/12282a/data/", "reports/repatriation_report.")) for p in inside), inside
-    report_page = (stack.destination_root / "reports" / "repatriation_report.html").read_text()
+    # Only the EPN's data; the repatriation report the cycle rebuilt is in the instance's folder
+    # (its HTML escapes every name).
+    assert all(p.startswith("ny79/12282a/data/") for p in inside), inside
+    report_page = (Path(stack.instance.root_directory) / "reports" / "repatriation_report.html").read_text()
     assert [n for n in HOSTILE_NAMES if ("<" in n or '"' in n) and n in report_page] == []
     assert "&lt;script&gt;" in report_page
     assert raw_html_hits == [] and "&lt;script&gt;" in html
@@ -335,3 +345,158 @@ def test_a_hostile_file_name_in_a_failure_email_is_escaped(stack):
         assert "&lt;img src=x" in html
     assert not evaluated
     assert stack.ignored() == []
+
+
+# -- what operators read: the report's CSV, the UI's markdown, the log files ------------------
+
+FORGED = "2026-01-01 00:00:00,000 ERROR assyncy.sync EPN 99999a: FORGED"
+# Scientists' names: formulas for a spreadsheet, markdown and HTML for the UI, forged log lines.
+HOSTILE_SCIENTISTS = [
+    ('=HYPERLINK("https://evil.example/n","click")', "Formula"),
+    ("+1+cmd|' /C calc'!A0", "Plus"),
+    ("-2+3", "Minus"),
+    ("@SUM(1+1)", "At"),
+    ("\t=1+1", "Tab"),
+    ("[click](https://evil.example/x)", "![](https://evil.example/t.png)"),
+    ("<img src=https://evil.example/i.png>", "**bold**"),
+    (f"Line\n{FORGED}", f"Cr\r{FORGED}\x1b[2K"),
+]
+# File names at the source (no "/" in a name): rsync cannot read them, and the failure names them.
+HOSTILE_FILES = [
+    '=HYPERLINK("https:evil.example")',
+    "[click](https:evil.example)",
+    "![](https:evil.example?t.png)",
+    "<img src=x onerror=alert(1)>",
+    f"x\n{FORGED}",
+]
+# A portal's error message.
+HOSTILE_PORTAL_ERROR = f"[click](https://evil.example/p) ![](https://evil.example/p.png) <b>x</b>\n{FORGED}\r\x1b[2K"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+MARKDOWN = MarkdownIt("commonmark").enable("table").enable("strikethrough")
+
+
+def _markdown_of_every_event(instance: dg.DagsterInstance) -> list[str]:
+    """Every markdown metadata value any run of the instance recorded (materialisations,
+    observations, check results, failures): what the UI renders as markdown."""
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "Markdown" in str(node.get("__class__")) and isinstance(node.get("md_str"), str):
+                found.append(node["md_str"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for run in instance.get_runs():
+        for event in instance.all_logs(run.run_id):
+            walk(json.loads(serialize_value(event)))
+    return found
+
+
+def _live_markup(markdown: str) -> list[str]:
+    """What a markdown value would render as other than text and our own tables: links, images
+    (but the report's own plot, a data: URI), HTML from outside."""
+    page = MARKDOWN.render(markdown)
+    tags = re.findall(r"<(/?[a-zA-Z][^>]*)>", page)
+    ours = re.compile(r"/?(p|strong|code|table|thead|tbody|tr|th|td)$|img src=\"data:image/png;base64,")
+    return [tag for tag in tags if not ours.match(tag)]
+
+
+@pytest.mark.slow
+def test_formula_markdown_and_newline_payloads_reach_no_operator_unneutralised(stack):
+    visits = [
+        {
+            "id": 700 + i,
+            "epn": f"12282{chr(ord('a') + i)}",
+            "start_time": "now-9d",
+            "end_time": "now-8d",
+            "principal_scientist": person_data(first, last, f"p{i}@example.edu"),
+            "data_scientists": [person_data(first, last, f"d{i}@example.edu")],
+        }
+        for i, (first, last) in enumerate(HOSTILE_SCIENTISTS)
+    ]
+    visits.append(
+        {
+            "id": 799,
+            "epn": "13001a",
+            "start_time": "now-9d",
+            "end_time": "now-8d",
+            "principal_scientist": person_data("Aroha", "Te Whare", "aroha@example.edu"),
+            "data_scientists": [],
+        }
+    )
+    data = {"equipment": [{**DEMO_EQUIPMENT[0], "visits": visits}, {**DEMO_EQUIPMENT[1], "visits": []}]}
+    with PortalSimulator(data) as portal:
+        stack.configure(**{"base-url": portal.url, "portal-retries": 0})
+        settings = stack.settings()
+        configure_logging(settings, "sync", console=False)  # as mxsync does; runs log through dagster.yaml
+        stack.lay_out("12282a", "12282b", frames=1, size=1024)
+        for name in HOSTILE_FILES:  # files the SFTP account cannot read: rsync fails naming them
+            hostile = stack.source / "12282a" / "frames" / name
+            hostile.write_bytes(b"x")
+            hostile.chmod(0o600)
+
+        # 1. A watch cycle: 12282a fails on its files, 12282b comes home, the report is rebuilt.
+        cycle = run_cycle(stack.config_path, stack.instance)
+        outcomes = {r.partition: r.success for r in cycle.by_job(REPATRIATION_JOB)}
+        # 2. The portal answers with a hostile error: a tick (mxsync's log) and a repatriation fail on it.
+        stack.lay_out("13001a", frames=1, size=1024)
+        refusal = {"meta": {"error_message": HOSTILE_PORTAL_ERROR}}  # and no token
+        portal.set_faults(body_next=100, body=refusal, path="oauth/token")
+        skipped = run_cycle(stack.config_path, stack.instance).skipped
+        batch = build_definitions(str(stack.config_path)).resolve_job_def(REPATRIATION_JOB)  # as from the UI
+        failed = batch.execute_in_process(
+            run_config={"ops": {"repatriate_epns": {"config": {"epns": ["13001a"]}}}},
+            instance=stack.instance,
+            raise_on_error=False,
+        )
+        portal.set_faults(body_next=0)
+        # 3. The report, as the refresh sensor or the daily schedule builds it.
+        result = dg.materialize([repatriation_report], instance=stack.instance, resources=build_resources())
+    [event] = result.get_asset_materialization_events()
+    metadata = event.step_materialization_data.materialization.metadata
+
+    with open(metadata["csv"].value, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    by_epn = {row["epn"]: row for row in rows}
+    formula_cells = [cell for row in rows for cell in row.values() if cell.startswith(FORMULA_START)]
+    neutralised = sum(by_epn[f"12282{chr(ord('a') + i)}"]["principal_scientist"].startswith("'") for i in range(5))
+    markdown = _markdown_of_every_event(stack.instance)
+    live = [tag for md in markdown for tag in _live_markup(md)]
+    shown = MARKDOWN.render(metadata["attention"].value)
+    logs = {
+        path.name: path.read_text()
+        for path in (settings.log_files.sync, settings.log_files.epnalert, settings.log_files.email)
+        if path.exists()
+    }
+    lines = [line for text in logs.values() for line in text.split("\n") if line]
+    forged = [line for line in lines if not RECORD_START.match(line) and not line.startswith(LOG_INDENT)]
+    raw_controls = [name for name, text in logs.items() if re.search("[\r\x1b\u2028]", text)]
+    figure(
+        "hostile inputs: formula, markdown and newline payloads in "
+        f"{len(HOSTILE_SCIENTISTS)} scientists' names, {len(HOSTILE_FILES)} file names and 1 portal error: "
+        f"{len(formula_cells)} CSV cells starting a formula ({neutralised} names neutralised with a quote), "
+        f"{len(live)} live links, images or HTML in {len(markdown)} markdown values, "
+        f"{len(forged)} forged log lines and {len(raw_controls)} log files with raw control characters "
+        f"in {len(lines)} log lines"
+    )
+    assert outcomes == {"12282a": False, "12282b": True}, cycle.runs
+    assert skipped and "FORGED" in skipped  # the tick said why, with the portal's words
+    assert not failed.success
+    # The CSV: every hostile name, file name and error is there, none as a formula.
+    assert formula_cells == [], formula_cells
+    assert neutralised == 5
+    assert "https:evil.example" in by_epn["12282a"]["last_error"]  # a file name, as text
+    assert "evil.example/p" in by_epn["13001a"]["last_error"], by_epn["13001a"]
+    assert int(by_epn["12282b"]["source_files"]) >= 1  # counts stay numbers
+    # The UI's markdown: the portal's error shown as text, nothing live.
+    assert live == [], live
+    assert "[click](https://evil.example/p)" in html.unescape(shown)
+    # The log files: one record per line, the portal's words escaped within it.
+    assert forged == [], forged
+    assert raw_controls == []
+    assert any("FORGED" in line and RECORD_START.match(line) for line in lines)
