@@ -21,6 +21,8 @@ from .epn import is_valid_base_number, is_valid_project
 
 CONFIG_ENV = "ASSYNCY_CONFIG"
 MASK = "********"
+# `portal-max-answer-mib`: a year of visits of a busy beamline is well under 1 MiB.
+DEFAULT_PORTAL_MAX_ANSWER_MIB = 64
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -105,6 +107,7 @@ class Settings(BaseModel):
     dagster_ui_url: str | None = None
     portal_timeout_seconds: float = Field(default=30, gt=0)
     portal_retries: int = Field(default=3, ge=0)
+    portal_max_answer_mib: float = Field(default=DEFAULT_PORTAL_MAX_ANSWER_MIB, gt=0)
     verify_tls: bool = True
     retry_backoff_minutes: float = Field(default=30, gt=0)
     rsync_bwlimit_kib: int | None = Field(default=None, gt=0)

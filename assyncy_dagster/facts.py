@@ -152,8 +152,11 @@ def _fetch_visits(settings: Settings, portal: PortalResource, log, now: datetime
     since, until = visit_window(now, settings.visit_day_range)
     # Short timeouts: the whole tick must fit Dagster's 60 s deadline (and
     # _bounded gives up before it); the sensor's own retries come 1, 2, 4 ... minutes later.
+    # The deadline ends this thread too, retries and all, however slowly the portal answers; a
+    # second before _bounded gives up, so that the tick reports the portal's own error (its equipment).
     quick = settings.model_copy(update={"portal_timeout_seconds": min(settings.portal_timeout_seconds, 10)})
-    with PortalClient.from_settings(quick, logger=log) as client:
+    deadline = time.monotonic() + max(1.0, REFRESH_BUDGET_SECONDS - 1)
+    with PortalClient.from_settings(quick, logger=log, deadline=deadline) as client:
         answer = client.answer(since, until)
     return answer.visits, answer.malformed
 

@@ -5,6 +5,13 @@ for its visits and returns them merged, as `Visit` objects. Failures are
 raised as `PortalError`s that name the equipment and the cause; they are never
 turned into "no visits", because an empty answer would look like a quiet week.
 
+Every answer is bounded twice: it is refused when larger than `max_answer_bytes`
+(config `portal-max-answer-mib`), and each request (connecting, the headers and
+the whole body) has one deadline, `timeout` seconds, kept by a watchdog that cuts
+the connection when it passes, so a portal that drips bytes slowly cannot keep a
+thread past it (socket timeouts alone are per read). `deadline` bounds every
+request and retry of a client, e.g. to the sensor's tick budget.
+
 Secrets (passwords, client passwords, access tokens) never reach a log line or
 an exception message: texts that could carry one are scrubbed first, and the
 request log of urllib3, which would print the access token from the visits
@@ -15,8 +22,10 @@ No Dagster imports: the resources, the CLI and the tests share this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,8 +34,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 
-from .config import Settings
+from .config import DEFAULT_PORTAL_MAX_ANSWER_MIB, Settings
 from .epn import is_valid_epn
 
 TOKEN_PATH = "/api/v1/oauth/token"
@@ -39,6 +50,8 @@ _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _MAX_BACKOFF_SECONDS = 30.0
 _REPR_LIMIT = 60
 _ACCESS_TOKEN_IN_URL = re.compile(r"(access_token=)[^&\s\"')]+")
+MIB = 1024 * 1024
+_CHUNK_BYTES = 64 * 1024
 
 
 class EquipmentAccount(Protocol):
@@ -206,6 +219,69 @@ def _install_urllib3_redaction() -> None:
                 logger.addFilter(_RedactAccessTokens())
 
 
+# -- one deadline per request ----------------------------------------------------
+
+# The connection each thread has in flight, so that a watchdog can cut it at the deadline.
+_in_flight: dict[int, Any] = {}
+_in_flight_lock = threading.Lock()
+
+
+# Named as urllib3's own pools, whose class name its error messages quote to the admin.
+class HTTPConnectionPool(urllib3.HTTPConnectionPool):
+    """urllib3's pool, telling the watchdog which connection each thread is using."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)
+        with _in_flight_lock:
+            _in_flight[threading.get_ident()] = conn
+        return conn
+
+
+class HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    """urllib3's pool, telling the watchdog which connection each thread is using."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)
+        with _in_flight_lock:
+            _in_flight[threading.get_ident()] = conn
+        return conn
+
+
+_WATCHED_POOLS = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter, with pools that tell the watchdog which connection a thread is using."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is urllib3.ProxyManager:  # a SOCKS proxy keeps its own pools (and per-read timeouts)
+            manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+        return manager
+
+
+def _cut(thread_id: int) -> None:
+    """The watchdog's act: end the connection `thread_id` is reading from, so its read returns now."""
+    with _in_flight_lock:
+        conn = _in_flight.get(thread_id)
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed: nothing left to cut
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Overdue(Exception):
+    """The request's deadline passed before its answer was whole."""
+
+
+class _TooLarge(Exception):
+    """The answer is larger than `max_answer_bytes`."""
+
+
 # -- client -----------------------------------------------------------------
 
 
@@ -219,8 +295,11 @@ class PortalClient:
     means the token expired, so the client authenticates again, once, and
     repeats the request. Connection errors, timeouts, HTTP 429 and 5xx are
     retried `retries` more times with exponential backoff (`backoff`,
-    `2 * backoff`, ...). Give `session` to reuse a `requests.Session`; the
-    client closes only the session it created.
+    `2 * backoff`, ...). Each request must be answered whole within `timeout`
+    seconds, and no request or retry runs past `deadline` (a time.monotonic()
+    instant); an answer larger than `max_answer_bytes` is refused, never
+    retried. Give `session` to reuse a `requests.Session`; the client closes
+    only the session it created.
     """
 
     def __init__(
@@ -234,9 +313,13 @@ class PortalClient:
         verify: bool | str = True,
         logger: logging.Logger | logging.LoggerAdapter | None = None,
         session: requests.Session | None = None,
+        max_answer_bytes: int = DEFAULT_PORTAL_MAX_ANSWER_MIB * MIB,
+        deadline: float | None = None,
     ):
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, got {retries}")
+        if max_answer_bytes <= 0:
+            raise ValueError(f"max_answer_bytes must be more than 0, got {max_answer_bytes}")
         self.base_url = base_url.rstrip("/")
         self.equipment = list(equipment)
         self.timeout = timeout
@@ -244,8 +327,12 @@ class PortalClient:
         self.backoff = backoff
         self.verify = verify
         self.logger = logger or logging.getLogger(DEFAULT_LOGGER_NAME)
+        self.max_answer_bytes = max_answer_bytes
+        self.deadline = deadline
         self._own_session = session is None
         self.session = session or requests.Session()
+        for prefix in ("https://", "http://"):
+            self.session.mount(prefix, _WatchedAdapter())
         self._tokens: dict[int, str] = {}
         self._lock = threading.Lock()
         # Visits skipped as malformed in every answer so far: EPN (or "equipment N visit #i") -> why.
@@ -253,7 +340,9 @@ class PortalClient:
         _install_urllib3_redaction()
 
     @classmethod
-    def from_settings(cls, settings: Settings, logger: logging.Logger | None = None) -> PortalClient:
+    def from_settings(
+        cls, settings: Settings, logger: logging.Logger | None = None, deadline: float | None = None
+    ) -> PortalClient:
         """A client for `base-url` and every `equipment` entry of config.yml."""
         return cls(
             settings.base_url,
@@ -262,6 +351,8 @@ class PortalClient:
             retries=settings.portal_retries,
             verify=settings.verify_tls,
             logger=logger,
+            max_answer_bytes=int(settings.portal_max_answer_mib * MIB),
+            deadline=deadline,
         )
 
     def close(self) -> None:
@@ -382,21 +473,35 @@ class PortalClient:
         """One request, retried on connection errors, timeouts, 429 and 5xx; raises PortalError when spent."""
         attempts = self.retries + 1
         cause = ""
+        tried = 0
         for attempt in range(attempts):
             if attempt:
                 delay = min(self.backoff * 2 ** (attempt - 1), _MAX_BACKOFF_SECONDS)
+                if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+                    break  # no time left for another try
                 self.logger.warning(
                     f"{where}: {action} failed ({cause}); retry {attempt} of {self.retries} in {delay:g} s"
                 )
                 time.sleep(delay)
+            now = time.monotonic()
+            patience = self.timeout
+            if self.deadline is not None and self.deadline - now < patience:
+                patience = round(self.deadline - now, 1)
+            ends = now + patience
+            if patience <= 0:
+                cause = cause or "no time left before the deadline"
+                break
+            tried += 1
             try:
-                # Never follow a redirect: requests would re-send the password form (307/308)
-                # or the access token in the query to wherever the answer points.
-                response = self.session.request(
-                    method, url, timeout=self.timeout, verify=self.verify, allow_redirects=False, **kwargs
-                )
-            except requests.Timeout:
-                cause = f"no answer within {self.timeout:g} s"
+                response = self._request_whole(method, url, ends, **kwargs)
+            except _TooLarge as exc:
+                raise PortalDataError(
+                    f"{self._portal()}: {where}: {action}: the answer is larger than portal-max-answer-mib "
+                    f"({self.max_answer_bytes / MIB:g} MiB): {exc}; refused, not read further. Check base-url "
+                    "in config.yml, or raise portal-max-answer-mib if the portal's answers really are this large"
+                ) from None
+            except (requests.Timeout, _Overdue):
+                cause = f"no answer within {patience:g} s"
                 continue
             except (
                 requests.exceptions.InvalidURL,
@@ -413,7 +518,8 @@ class PortalClient:
                     f"{self._portal()}: {where}: {action}: TLS verification failed: {self._describe(exc)}"
                 ) from None
             except requests.RequestException as exc:
-                cause = self._describe(exc)
+                # A connection the watchdog cut at the deadline reads as a broken one.
+                cause = f"no answer within {patience:g} s" if time.monotonic() >= ends else self._describe(exc)
                 continue
             if response.status_code in _RETRY_STATUSES:
                 cause = f"HTTP {response.status_code}{self._meta_suffix(response)}"
@@ -426,10 +532,53 @@ class PortalClient:
                     "set base-url in config.yml to the address the portal answers at"
                 )
             return response
+        within = " (the time allowed had run out)" if tried < attempts else ""
         raise PortalError(
-            f"{self._portal()}: {where}: could not {action} after {attempts} attempt"
-            f"{'s' if attempts != 1 else ''}: {cause}; check base-url in config.yml and that the portal is up"
+            f"{self._portal()}: {where}: could not {action} after {tried} attempt"
+            f"{'s' if tried != 1 else ''}{within}: {cause}; check base-url in config.yml and that the portal is up"
         )
+
+    def _request_whole(self, method: str, url: str, ends: float, **kwargs: Any) -> requests.Response:
+        """The response to one request with its body read whole, by `ends` (a time.monotonic() instant)
+        and within `max_answer_bytes`. Raises _Overdue, _TooLarge or what requests raises."""
+        thread_id = threading.get_ident()
+        watchdog = threading.Timer(max(0.0, ends - time.monotonic()), _cut, args=(thread_id,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            # Never follow a redirect: requests would re-send the password form (307/308)
+            # or the access token in the query to wherever the answer points.
+            response = self.session.request(
+                method,
+                url,
+                timeout=max(0.001, ends - time.monotonic()),  # connect, and each read: never past `ends`
+                verify=self.verify,
+                allow_redirects=False,
+                stream=True,
+                **kwargs,
+            )
+            try:
+                declared = int(response.headers.get("Content-Length") or 0)
+            except ValueError:
+                declared = 0
+            if declared > self.max_answer_bytes:
+                response.close()
+                raise _TooLarge(f"it declares {declared} bytes")
+            body = bytearray()
+            for chunk in response.iter_content(chunk_size=_CHUNK_BYTES):
+                body += chunk
+                if len(body) > self.max_answer_bytes:
+                    response.close()
+                    raise _TooLarge(f"it went on past {len(body)} bytes")
+                if time.monotonic() >= ends:
+                    response.close()
+                    raise _Overdue()
+            response._content = bytes(body)  # what .json() and .text read
+            return response
+        finally:
+            watchdog.cancel()
+            with _in_flight_lock:
+                _in_flight.pop(thread_id, None)
 
     def _parse_visits(self, equipment_id: int, response: requests.Response, malformed: dict[str, str]) -> list[Visit]:
         where = f"equipment {equipment_id}"

@@ -3,11 +3,16 @@
 For each fault the tick never raises, skips with a reason that names the
 fault (or, for one malformed visit, still requests the good due EPNs), and
 once the fault clears and the retry time has come, the due EPN is requested:
-none forgotten."""
+none forgotten. A portal whose answer is too large (200 MiB) or too slow (one
+byte a second) is refused within the tick's budget, in bounded memory, by a
+real HTTP server on 127.0.0.1 (tests/support/fixtures/portal.py)."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -15,10 +20,11 @@ import dagster as dg
 import pytest
 
 from assyncy_dagster.facts import SensorCursor
-from assyncy_dagster.portal import PortalClient, visit_window
+from assyncy_dagster.portal import PortalClient, PortalError, visit_window
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
 from tests.support.faultkit import figure, requested_epns
-from tests.support.helpers import ticker
+from tests.support.fixtures.portal import HostilePortal
+from tests.support.helpers import equipment_for, last_days, ticker
 
 FAST = {"portal-timeout-seconds": 1, "portal-retries": 0}
 
@@ -83,7 +89,8 @@ FAULTS = {
     "past-tick-budget": (
         lambda s: (s.configure(**{"portal-timeout-seconds": 30}), s.portal.set_faults(delay_seconds=30, path="visits")),
         lambda s: s.portal.set_faults(delay_seconds=0),
-        ["portal unavailable", "did not answer within 2 s"],
+        # The portal's own deadline ends a second before the tick gives up on it, naming the equipment.
+        ["portal unavailable", "equipment 23", "no answer within 1 s"],
     ),
 }
 
@@ -149,3 +156,107 @@ def test_a_malformed_visit_among_good_ones_holds_back_only_itself(stack, monkeyp
         f"portal fault malformed-visit: {broken + 2} malformed of {len(visits)} visits skipped alone, "
         f"2/2 good due EPNs requested; after the fault 13001a requested, 0 forgotten"
     )
+
+
+# -- a portal answer too large, or too slow (issue 18, item 4) ---------------------------------------
+
+# epn_sensor evaluated once in a process of its own, as the daemon's code server does; prints what
+# the tick said, how long it took, when the refresh threads had ended, and the process's peak RSS.
+SENSOR_IN_A_PROCESS = """
+import json, resource, sys, threading, time
+import dagster as dg
+from assyncy_dagster import facts
+from assyncy_dagster.definitions import build_definitions, build_resources
+
+facts.REFRESH_BUDGET_SECONDS = float(sys.argv[2])
+sensor = build_definitions(sys.argv[1]).get_sensor_def("epn_sensor")
+with dg.DagsterInstance.get() as instance:
+    with dg.build_sensor_context(instance=instance, resources=build_resources()) as context:
+        started = time.monotonic()
+        result = sensor(context)
+        evaluated = time.monotonic() - started
+        while any(t.name.startswith("epn-sensor-refresh") for t in threading.enumerate()):
+            if time.monotonic() - started > 120:
+                break
+            time.sleep(0.05)
+        threads_ended = time.monotonic() - started
+print(json.dumps({
+    "skip": getattr(result, "skip_message", None),
+    "evaluated": evaluated,
+    "threads_ended": threads_ended,
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+}))
+"""
+SENSOR_DEADLINE_SECONDS = 60  # Dagster's, for a sensor's evaluation
+MAX_RSS_MIB = 300
+
+
+def evaluate_sensor_in_a_process(stack, budget: float) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", SENSOR_IN_A_PROCESS, str(stack.config_path), str(budget)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("mode", ["huge", "huge-declared"])
+def test_a_200_mib_portal_answer_is_refused_at_the_cap_naming_it_within_the_tick_and_memory(
+    stack, hostile_portal, mode
+):
+    hostile_portal.mode = mode
+    stack.configure(**{"base-url": hostile_portal.url})
+    stack.lay_out("12282a")
+
+    seen = evaluate_sensor_in_a_process(stack, budget=40)  # the production tick budget
+
+    skip = seen["skip"] or ""
+    assert "portal unavailable" in skip and "equipment 23" in skip, seen
+    assert "larger than portal-max-answer-mib (64 MiB)" in skip, seen
+    assert seen["evaluated"] < 10 and seen["threads_ended"] < 10, seen
+    assert seen["peak_rss_mib"] < MAX_RSS_MIB, seen
+    assert all(sent < HostilePortal.SIZE // 2 for sent in hostile_portal.sent), "the answer must not be read whole"
+    figure(
+        f"portal fault {mode} (200 MiB answer): tick skipped in {seen['evaluated']:.1f} s naming the 64 MiB cap "
+        f"and equipment 23; refresh threads ended at {seen['threads_ended']:.1f} s; peak RSS of the sensor's "
+        f"process {seen['peak_rss_mib']:.0f} MiB (limit {MAX_RSS_MIB}); most read of one answer "
+        f"{max(hostile_portal.sent, default=0) / 2**20:.0f} MiB"
+    )
+
+
+def test_a_portal_dripping_one_byte_a_second_ends_the_refresh_within_the_tick_budget(stack, hostile_portal):
+    hostile_portal.mode = "drip"
+    # 10 s per request in the sensor and 3 retries: 43.5 s in all, were it not for the budget.
+    stack.configure(**{"base-url": hostile_portal.url, "portal-timeout-seconds": 30, "portal-retries": 3})
+    stack.lay_out("12282a")
+    budget = 12  # 40 s in production: the same rule, a shorter wait
+
+    seen = evaluate_sensor_in_a_process(stack, budget=budget)
+
+    skip = seen["skip"] or ""
+    assert "portal unavailable" in skip and "equipment 23" in skip, seen
+    assert seen["evaluated"] < budget + 2 < SENSOR_DEADLINE_SECONDS, seen
+    assert seen["threads_ended"] < budget + 2, f"a refresh thread outlived the tick budget: {seen}"
+    assert seen["peak_rss_mib"] < MAX_RSS_MIB, seen
+    figure(
+        f"portal fault drip (1 byte/s): tick skipped in {seen['evaluated']:.1f} s with a {budget} s budget; "
+        f"refresh threads ended at {seen['threads_ended']:.1f} s (the portal's timeouts alone are per read, "
+        f"which a byte a second never exceeds); peak RSS {seen['peak_rss_mib']:.0f} MiB"
+    )
+
+
+def test_each_portal_request_has_one_deadline_whatever_the_pace_of_its_bytes(hostile_portal):
+    hostile_portal.mode = "drip"
+    client = PortalClient(hostile_portal.url, equipment_for(), timeout=2, retries=0)
+    started = time.monotonic()
+
+    refused = r"equipment 23: could not fetch visits after 1 attempt: no answer within 2 s"
+    with pytest.raises(PortalError, match=refused):
+        client.visits(*last_days())
+
+    took = time.monotonic() - started
+    assert took < 3, f"the request ran {took:.1f} s past its 2 s deadline"
+    figure(f"portal fault drip (1 byte/s), one request with portal-timeout-seconds 2: refused after {took:.1f} s")

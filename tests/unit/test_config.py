@@ -149,6 +149,13 @@ def test_an_insecure_portal_is_refused_unless_allowed(tmp_path, change, key):
     assert len(allowed.insecure_warnings()) == 1
 
 
+def test_the_portal_answer_cap_is_64_mib_by_default_and_must_be_positive(tmp_path):
+    assert load_settings(write(tmp_path, seed_data())).portal_max_answer_mib == 64
+    assert load_settings(write(tmp_path, {**seed_data(), "portal-max-answer-mib": 0.5})).portal_max_answer_mib == 0.5
+    [problem] = problems_of(write(tmp_path, {**seed_data(), "portal-max-answer-mib": 0}))
+    assert problem.startswith("config.yml: portal-max-answer-mib"), problem
+
+
 def test_the_report_goes_to_dagster_home_unless_report_dir_says_otherwise(tmp_path):
     settings = load_settings(write(tmp_path, seed_data()))
     home = tmp_path / "dagster_home"
