@@ -18,6 +18,8 @@ browser that does not finish in 30 s is replaced once.
 
 from __future__ import annotations
 
+import html
+import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,11 @@ import pytest
 import requests
 
 from assyncy_dagster.assets.report import repatriation_report
-from assyncy_dagster.definitions import build_resources
+from assyncy_dagster.definitions import build_definitions, build_resources
+from assyncy_dagster.escaping import WORD_JOINER
+from assyncy_dagster.names import REPATRIATION_JOB
+from assyncy_dagster.portal_sim import PortalSimulator
+from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
 from tests.support.helpers import CHROMIUM_OFFLINE, webserver
 
 CHROMIUM = shutil.which("chromium")
@@ -130,3 +136,37 @@ def test_the_ui_shows_the_assets_the_epn_partitions_the_check_and_the_report(sta
     assert "needing_attention" in report and "totals_by_project" in report
     assert "14500a" in report and "base number 14500 is not in epn_cap_map" in report
     assert "plot" in report and "Show Markdown" in report
+
+
+def test_a_portal_error_in_the_report_is_shown_as_text_never_as_a_link_or_an_image(stack, tmp_path):
+    """The Dagster UI renders markdown metadata (GitHub-flavoured: it also links bare URLs, after
+    undoing backslash escapes); a portal error message with a link, an image, HTML and a bare
+    `www.` address, and the portal's own URL in the error, reach the report's attention table as
+    text, in the real UI."""
+    payload = "[a](https://e.example/p) ![](https://e.example/t) <b>x</b> www.e.example"
+    visit = {"id": 1, "epn": "12282a", "start_time": "now-9d", "end_time": "now-8d"}
+    data = {"equipment": [{**DEMO_EQUIPMENT[0], "visits": [visit]}, {**DEMO_EQUIPMENT[1], "visits": []}]}
+    with PortalSimulator(data) as portal:  # one EPN: the attention table is short enough to show inline
+        stack.configure(**{"base-url": portal.url})
+        stack.lay_out("12282a")
+        portal.set_faults(body_next=100, body={"meta": {"error_message": payload}}, path="oauth/token")
+        batch = build_definitions(str(stack.config_path)).resolve_job_def(REPATRIATION_JOB)
+        failed = batch.execute_in_process(
+            run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+            instance=stack.instance,
+            raise_on_error=False,
+        )
+        portal.set_faults(body_next=0)
+        report = dg.materialize([repatriation_report], instance=stack.instance, resources=build_resources())
+    assert not failed.success and report.success
+
+    with webserver(tmp_path) as graphql:
+        requests.post(graphql, json={"query": "mutation { setNuxSeen }"}, timeout=30).raise_for_status()
+        page = Browser(graphql.removesuffix("/graphql"), tmp_path).open("report", "/assets/repatriation_report")
+
+    text = page.replace(WORD_JOINER, "")  # invisible; it keeps the renderer from linking bare URLs
+    assert "authentication refused: " + html.escape(payload, quote=False)[:40] in text
+    assert 'href="https://e.example' not in page and 'src="https://e.example' not in page
+    assert 'href="http://www.e.example' not in page
+    assert not re.search(r'href="https?://127\.0\.0\.1', page), "the portal's URL in the error became a link"
+    assert "<b>x</b>" not in page

@@ -29,7 +29,7 @@ from assyncy_dagster.config import ConfigError, load_settings
 from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.definitions import build_definitions, build_resources
 from assyncy_dagster.epn import InvalidEpnError, destination_for
-from assyncy_dagster.escaping import LOG_INDENT
+from assyncy_dagster.escaping import LOG_INDENT, WORD_JOINER
 from assyncy_dagster.logs import configure_logging
 from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB
 from assyncy_dagster.portal_sim import PortalSimulator
@@ -467,7 +467,7 @@ def test_formula_markdown_and_newline_payloads_reach_no_operator_unneutralised(s
     neutralised = sum(by_epn[f"12282{chr(ord('a') + i)}"]["principal_scientist"].startswith("'") for i in range(5))
     markdown = _markdown_of_every_event(stack.instance)
     live = [tag for md in markdown for tag in _live_markup(md)]
-    shown = MARKDOWN.render(metadata["attention"].value)
+    shown = MARKDOWN.render(metadata["attention"].value).replace(WORD_JOINER, "")
     logs = {
         path.name: path.read_text()
         for path in (settings.log_files.sync, settings.log_files.epnalert, settings.log_files.email)

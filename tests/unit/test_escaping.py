@@ -9,7 +9,7 @@ import re
 import pytest
 from markdown_it import MarkdownIt
 
-from assyncy_dagster.escaping import LOG_INDENT, csv_cell, log_block, log_text, markdown_text
+from assyncy_dagster.escaping import LOG_INDENT, WORD_JOINER, csv_cell, log_block, log_text, markdown_text
 
 FORMULAS = ['=HYPERLINK("https://evil.example/x","click")', "+1+1", "-2+3", "@SUM(A1)", "\t=1+1", "\r=1+1"]
 MARKDOWN = [
@@ -23,13 +23,18 @@ MARKDOWN = [
     "a | b",
     "[ref]: https://evil.example/r",
     "# heading",
+    "- a list item",
+    "1. a numbered one",
+    "+ another",
+    "$x^2$",
     "back\\slash",
 ]
 RENDERER = MarkdownIt("commonmark").enable("table").enable("strikethrough")
 
 
 def rendered(markdown: str) -> str:
-    return RENDERER.render(markdown)
+    """The HTML a CommonMark renderer makes of `markdown`, without the invisible word joiners."""
+    return RENDERER.render(markdown).replace(WORD_JOINER, "")
 
 
 @pytest.mark.parametrize("formula", FORMULAS)
@@ -57,10 +62,18 @@ def test_markdown_in_a_table_cell_stays_in_its_cell():
 
 
 def test_bare_urls_cannot_be_autolinked():
-    # GFM links bare `https://…` and `www.…`; with `:` and `.` escaped, neither can form.
-    assert markdown_text("https://evil.example/x") == "https\\:\\/\\/evil\\.example\\/x"
-    assert markdown_text("www.evil.example") == "www\\.evil\\.example"
-    assert markdown_text("someone@evil.example") == "someone\\@evil\\.example"
+    # GFM links bare `https://…`, `www.…` and addresses after undoing escapes: a word joiner
+    # inside each stops all three (tests/e2e/test_ui_browser.py checks it in the Dagster UI).
+    assert markdown_text("https://evil.example/x") == f"https:{WORD_JOINER}//evil.example/x"
+    assert markdown_text("see www.evil.example") == f"see www{WORD_JOINER}.evil.example"
+    assert markdown_text("someone@evil.example") == f"someone@{WORD_JOINER}evil.example"
+
+
+def test_only_what_could_start_markdown_is_escaped():
+    # Every escape lengthens the text, and the UI folds markdown longer than 1,000 characters.
+    assert markdown_text("2026-11-15T21:12+00:00 (partial transfer), 3 files.") == (
+        "2026-11-15T21:12+00:00 (partial transfer), 3 files."
+    )
 
 
 def test_markdown_is_one_line_and_cut_at_the_limit():

@@ -79,7 +79,7 @@ def test_unknown_source_counts_stay_empty_not_zero():
 
 def test_markdown_cells_are_one_line_and_show_text_never_html():
     table = markdown_table(report_frame(rows()), ["epn", "last_error"])
-    assert "| 13001a | rsync said \\| no \\<b\\>way\\<\\/b\\> second line |" in table.splitlines()
+    assert "| 13001a | rsync said \\| no \\<b\\>way\\</b\\> second line |" in table.splitlines()
     page = MarkdownIt("commonmark").enable("table").render(table)
     assert "<td>rsync said | no &lt;b&gt;way&lt;/b&gt; second line</td>" in page
 
