@@ -12,6 +12,8 @@ tells the operator why:
                 of the EPN from the portal holds it back, named
 - home          recorded in ignore.yml, and the destination still holds what the
                 verified sync counted
+- corrupt       recorded, but the last fixity audit found files corrupt, missing or
+                changed at home (named); a backfill of the partition fetches them again
 - partial       recorded in ignore.yml, but the destination is missing or holds
                 fewer files or bytes than the last verified sync counted at the source
 - changed       recorded, but the source has grown since the verified sync
@@ -42,6 +44,7 @@ class State(str, enum.Enum):
     RUNNING = "running"
     WAITING = "waiting"
     HOME = "home"
+    CORRUPT = "corrupt"
     PARTIAL = "partial"
     CHANGED = "changed"
     UNMAPPED = "unmapped"
@@ -56,6 +59,7 @@ MEANING = {
     State.RUNNING: "the visit has not ended; its data may still grow",
     State.WAITING: "the visit has ended; the data is not home yet",
     State.HOME: "verified at the destination and recorded in ignore.yml",
+    State.CORRUPT: "recorded, but the last fixity audit found files corrupt, missing or changed at home",
     State.PARTIAL: (
         "recorded in ignore.yml, but the destination is missing or holds less than the verified sync counted"
     ),
@@ -69,6 +73,7 @@ MEANING = {
 
 # The attention table lists what is not home, the most urgent first.
 URGENCY = [
+    State.CORRUPT,
     State.PARTIAL,
     State.FAILED,
     State.STUCK,
@@ -133,6 +138,9 @@ class EpnFacts:
     # Why its visits hold it back although every visit read has ended (planning.visits_hold): the
     # portal sent a malformed visit of it, named. "" when nothing holds it.
     held: str = ""
+    # What the last fixity audit found wrong at home: (path under data/, problem), and when it ran.
+    damaged: tuple[tuple[str, str], ...] = ()
+    audited_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -170,12 +178,30 @@ def _changed(facts: EpnFacts) -> bool:
     return facts.verified is None or facts.changed_seen_at is None or facts.verified.timestamp < facts.changed_seen_at
 
 
+SHOWN_DAMAGED = 5
+
+
+def _damage(facts: EpnFacts, tz: tzinfo | None) -> str:
+    """The files the last fixity audit found, and the repair."""
+    shown = ", ".join(f"{path} ({problem})" for path, problem in facts.damaged[:SHOWN_DAMAGED])
+    more = f" and {len(facts.damaged) - SHOWN_DAMAGED} more" if len(facts.damaged) > SHOWN_DAMAGED else ""
+    when = f" of {_when(facts.audited_at, tz)}" if facts.audited_at is not None else ""
+    repair = (
+        "repair: a backfill of its epn_data partition fetches them again"
+        if facts.on_host is not False
+        else "its folder is no longer on the SFTP host, so they cannot be fetched again"
+    )
+    return f"the fixity audit{when} found {len(facts.damaged)} file(s) at home not as recorded: {shown}{more}; {repair}"
+
+
 def decide(facts: EpnFacts, now: datetime, tz: tzinfo | None = None) -> Decision:
     """The EPN's state and a one-line reason, from its facts alone."""
     if facts.project is None:
         base = base_number(facts.epn) if is_valid_epn(facts.epn) else facts.epn
         return Decision(State.UNMAPPED, f"base number {base} is not in epn_cap_map")
     if facts.recorded:
+        if facts.damaged:
+            return Decision(State.CORRUPT, _damage(facts, tz))
         short = shortfall(facts, tz)
         if short:
             repair = (
@@ -287,10 +313,13 @@ def attention_order(rows: Iterable[Mapping[Any, object]]) -> list[Mapping[Any, o
     return needing
 
 
+REPAIRABLE = (State.PARTIAL.value, State.CORRUPT.value)
+
+
 def repair_selection(rows: Iterable[Mapping[str, object]]) -> str:
-    """The partial EPNs that a backfill can repair (their folder is still on the SFTP host), as the
-    partition selection the UI's Materialize dialog takes: `12282a, 13001a`."""
-    return ", ".join(sorted(str(r["epn"]) for r in rows if r["state"] == State.PARTIAL.value and r["on_host"] != "no"))
+    """The partial and corrupt EPNs that a backfill can repair (their folder is still on the SFTP
+    host), as the partition selection the UI's Materialize dialog takes: `12282a, 13001a`."""
+    return ", ".join(sorted(str(r["epn"]) for r in rows if r["state"] in REPAIRABLE and r["on_host"] != "no"))
 
 
 def counts_by_state(rows: Iterable[Mapping[str, object]]) -> dict[str, int]:

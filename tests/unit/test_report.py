@@ -119,6 +119,32 @@ def test_partial_wins_over_changed():
     )
 
 
+def test_recorded_epn_with_files_the_fixity_audit_found_damaged_is_corrupt_and_names_them():
+    damaged = (("frames/img_0002.cbf", "corrupt"), ("processing/xds.log", "missing"))
+    decision = decide(recorded(damaged=damaged, audited_at=SYNCED + 3600), NOW)
+    assert decision.state is State.CORRUPT
+    assert "frames/img_0002.cbf (corrupt), processing/xds.log (missing)" in decision.detail
+    assert "fixity audit of 2026-11-18T13:00" in decision.detail
+    assert "a backfill of its epn_data partition" in decision.detail
+
+
+def test_corrupt_names_five_files_and_counts_the_rest():
+    damaged = tuple((f"frames/img_{i:04d}.cbf", "corrupt") for i in range(8))
+    detail = decide(recorded(damaged=damaged), NOW).detail
+    assert "found 8 file(s)" in detail and "img_0004.cbf (corrupt) and 3 more" in detail
+    assert "img_0005" not in detail
+
+
+def test_corrupt_wins_over_partial_and_says_when_it_cannot_be_fetched_again():
+    damaged = (("frames/img_0002.cbf", "missing"),)
+    assert state_of(recorded(damaged=damaged, destination=Holding(4, 4000))) is State.CORRUPT
+    assert "cannot be fetched again" in decide(recorded(damaged=damaged, on_host=False), NOW).detail
+
+
+def test_findings_of_an_epn_not_recorded_are_not_corrupt():
+    assert state_of(facts(damaged=(("a", "corrupt"),))) is State.WAITING
+
+
 def test_source_grown_since_the_verified_sync_is_changed():
     decision = decide(recorded(changed="source changed: +3 file(s), +12000 bytes", changed_seen_at=SYNCED + 60), NOW)
     assert decision.state is State.CHANGED
@@ -181,6 +207,7 @@ def test_every_state_has_a_rule():
         facts(),
         recorded(),
         recorded(destination=None),
+        recorded(damaged=(("frames/img_0001.cbf", "corrupt"),)),
         recorded(changed="+1 file(s)", changed_seen_at=SYNCED + 1),
         facts(project=None),
         facts(attempt=Attempt.FAILED),
@@ -230,6 +257,19 @@ def test_repair_selection_names_the_partial_epns_a_backfill_can_fetch():
         )
     ]
     assert repair_selection(rows) == "12282a, 13001a"
+
+
+def test_repair_selection_includes_corrupt_epns():
+    rows = [
+        report_row(f, NOW)
+        for f in (
+            recorded(epn="12282a", damaged=(("frames/img_0002.cbf", "corrupt"),)),
+            recorded(epn="12282b", damaged=(("x", "corrupt"),), on_host=False),
+            recorded(epn="13001a", destination=None),
+        )
+    ]
+    assert repair_selection(rows) == "12282a, 13001a"
+    assert [r["state"] for r in attention_order(rows)] == ["corrupt", "corrupt", "partial"]  # the most urgent first
 
 
 def test_bytes_are_summed_per_project_per_week_starting_monday():
