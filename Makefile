@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # redis-server: the Celery broker and result backend of tests/e2e/test_scale_out.py.
-SYSTEM_PACKAGES := rsync openssh-server openssh-client postgresql redis-server
+# xxhash: xxhsum, with which the tests check each EPN's manifest as an admin would (`xxhsum -c`).
+SYSTEM_PACKAGES := rsync openssh-server openssh-client postgresql redis-server xxhash
 # Debian's Chromium for tests/e2e/test_ui_browser.py, and its chromedriver, through which Selenium clicks
 # in tests/e2e/test_ui_click.py (headless, both named by path: nothing downloads a browser or a driver).
 BROWSER_PACKAGES := chromium chromium-driver
@@ -14,7 +15,7 @@ BROWSER_PACKAGES := chromium chromium-driver
 system-packages:
 	@if ! command -v rsync >/dev/null || [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null \
 		|| ! command -v ssh-keygen >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-		|| ! command -v redis-server >/dev/null; then \
+		|| ! command -v redis-server >/dev/null || ! command -v xxhsum >/dev/null; then \
 		echo "installing $(SYSTEM_PACKAGES) with apt"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	fi

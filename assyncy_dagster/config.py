@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -122,6 +122,11 @@ class Settings(BaseModel):
     create_project_folders: bool = False
     stuck_after_hours: float = Field(default=24, gt=0)
     report_dir: Path | None = None
+    # The content checksum recorded per file (rsync's sender computes it while sending):
+    # xxh128 (`xxhsum -c`) or md5 (the EPN folder is then a BagIt bag).
+    checksum_algorithm: Literal["xxh128", "md5"] = "xxh128"
+    # The fixity audit (fixity.py): how fast it reads at home, and how often it runs.
+    fixity_max_mib_per_second: float = Field(default=200, gt=0)
 
     def __repr_args__(self):  # never print the SMTP password by accident (Equipment masks its own)
         for name, value in super().__repr_args__():

@@ -28,7 +28,7 @@ from .resources.ssh_source import SshSourceResource
 from .run_records import last_verified
 from .statefiles import read_json, write_json
 from .transfer import RsyncError
-from .transfer.manifests import manifest_digest
+from .transfer.manifests import files_of, total_bytes, tree_digest
 
 # Never ask the portal or list the host more often than this, on average.
 MIN_REFRESH_SECONDS = 60
@@ -315,11 +315,11 @@ def look_for_new_data(
         log.warning(f"epn_sensor: looking for new data in {len(recorded)} recorded EPN(s) failed: {exc}")
         return
     changed = {}
-    for epn, files in listings.items():
+    for epn, tree in listings.items():
         before = recorded[epn]
-        if manifest_digest(files) == before["source_digest"]:
+        if tree_digest(tree) == before["source_digest"]:
             continue
-        size = sum(files.values())
+        files, size = files_of(tree), total_bytes(tree)
         when = datetime.fromtimestamp(before["timestamp"], UTC).isoformat(timespec="seconds")
         changed[epn] = (
             f"source changed since its verified sync at {when}: "

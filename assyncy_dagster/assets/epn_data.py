@@ -4,12 +4,20 @@ One step may bring many EPNs home (a sensor batch, a UI backfill range). Each
 EPN still gets its own `epn_data` materialisation and its own `matches_source`
 result, reported per partition as soon as that EPN is done; one EPN's failure
 is recorded for it alone and the step goes on with the next one.
+
+What "home" means is decided in one place, transfer/verification.py, and every
+path that records an EPN asks it: this step, the stand-alone `matches_source`
+check, mxsync (which runs this step's code). Then, in this order: the data is
+flushed to disk, the EPN's checksum manifest is written beside `data/`
+(transfer/bag.py), the materialisation is reported with the manifest's digest
+as its data version, and only then is the EPN appended to ignore.yml.
 """
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import dagster as dg
@@ -26,8 +34,11 @@ from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
 from ..run_records import WORKER_TAG, Outcome, epn_tag, last_verified, outcome_tags, this_worker, worker_is_gone
 from ..state import add_epns
-from ..transfer import RsyncClient, RsyncError, TransferStats, compare_manifests, local_manifest
-from ..transfer.manifests import is_unsafe_link, manifest_digest
+from ..transfer import RsyncClient, RsyncError, TransferStats, local_tree
+from ..transfer.bag import flush_to_disk, manifest_name, read_manifest, write_manifest
+from ..transfer.commands import CHECKSUM_ALGORITHMS
+from ..transfer.manifests import Kind, Tree, tree_digest, with_checksums
+from ..transfer.verification import Verdict, verify_tree
 from .visits import PORTAL_VISITS, visit_metadata
 
 EPN_DATA = dg.AssetKey("epn_data")
@@ -39,7 +50,12 @@ BACKFILL_EPNS_PER_RUN = 50
 PROGRESS_AFTER_SECONDS = 5.0
 OWNER = "team:research-data"
 # 2: symlinks kept and checked, source digest recorded, dry-runs are observations.
-CODE_VERSION = "2"
+# 3: content checksums (the sender's) in a manifest beside data/, mtimes compared, folders and
+#    special files checked, links judged by where they resolve, data flushed before recording.
+CODE_VERSION = "3"
+# Dagster's tag for a materialisation's data version (shown as such in the UI).
+DATA_VERSION_TAG = "dagster/data_version"
+SHOWN_CHANGES = 20
 
 
 class EpnDataConfig(dg.Config):
@@ -52,6 +68,12 @@ class EpnDataConfig(dg.Config):
     execute: bool | None = Field(
         default=None,
         description="true copies for real, false is an rsync dry-run; unset follows config.yml's `execute`.",
+    )
+    full_checksum: bool = Field(
+        default=False,
+        description="Read every file at both ends (rsync --checksum) so that each one gets a content "
+        "checksum in the manifest, also those brought home earlier ('verified by size only'). Costs a "
+        "full read of the EPN at the facility and at home.",
     )
 
 
@@ -81,50 +103,36 @@ def _check_evaluation(
     )
 
 
-def verify(
-    epn: str,
-    client: RsyncClient,
-    destination: Path,
-    expected: dict[str, int] | None = None,
-    actual: dict[str, int] | None = None,
-    expected_links: dict[str, str] | None = None,
-    actual_links: dict[str, str] | None = None,
-) -> tuple[bool, str, dict]:
-    """Compare the destination with the source manifest: (passed, description, metadata).
+def _recorded_tree(epn_folder: Path, settings: Settings) -> Tree:
+    """The checksums recorded at home, if they were made with the algorithm in use."""
+    recorded = read_manifest(epn_folder)
+    return recorded.tree if recorded is not None and recorded.algorithm == settings.checksum_algorithm else {}
 
-    `expected` (and `expected_links`) are what a transfer just reported: every
-    file it covered with its size at the source, every symlink with its target;
-    without them the source is listed afresh. Likewise `actual`/`actual_links`
-    for the destination, walked here without them."""
-    if expected is None:
-        expected_links = {}
-        try:
-            expected = client.source_manifest(epn, links=expected_links)
-        except RsyncError as exc:
-            raise EpnFailed(f"EPN {epn}: cannot list the source to verify: {exc}") from None
-    if actual is None:
-        actual_links = {}
-        actual = local_manifest(destination, actual_links)
-    diff = compare_manifests(expected, actual, expected_links or {}, actual_links or {})
-    metadata: dict[str, object] = {
-        "source_files": len(expected),
-        "source_bytes": sum(expected.values()),
-        "source_symlinks": len(expected_links or {}),
-        "missing": len(diff.missing),
-        "size_mismatch": len(diff.size_mismatch),
-        "symlinks_missing": len(diff.missing_links),
+
+def _check_metadata(verdict: Verdict) -> dict[str, dg.MetadataValue | int]:
+    metadata: dict[str, dg.MetadataValue | int] = {
+        "source_files": verdict.source_files,
+        "source_bytes": verdict.source_bytes,
+        "source_symlinks": verdict.source_symlinks,
+        "files_verified_by_content": verdict.verified_by_content,
+        "files_verified_by_size_only": verdict.verified_by_size_only,
+        "missing": len(verdict.diff.missing),
+        "size_mismatch": len(verdict.diff.size_mismatch),
+        "mtime_mismatch": len(verdict.diff.mtime_mismatch),
+        "symlinks_missing": len(verdict.diff.missing_links),
+        "folders_missing": len(verdict.diff.missing_dirs),
     }
-    if not diff.ok:
-        metadata["problems"] = _problem_table(diff)
-    return diff.ok, diff.summary(), metadata
+    if not verdict.diff.ok:
+        metadata["problems"] = _problem_table(verdict)
+    return metadata
 
 
-def _problem_table(diff) -> dg.TableMetadataValue:
-    """The check's failures as a table in the UI: the first 100 missing or different files."""
+def _problem_table(verdict: Verdict) -> dg.TableMetadataValue:
+    """The check's failures as a table in the UI: the first 100 missing or different entries."""
     return dg.MetadataValue.table(
         records=[
             dg.TableRecord({"path": path, "problem": problem, "source_bytes": want, "destination_bytes": have})
-            for path, problem, want, have in diff.problems(100)
+            for path, problem, want, have in verdict.diff.problems(100)
         ],
         schema=dg.TableSchema(
             columns=[
@@ -149,37 +157,78 @@ def _project_folder_problem(epn: str, destination: Path, settings: Settings) -> 
     )
 
 
-def _unsafe_links(epn: str, links: dict[str, str], destination: Path, dry_run: bool) -> None:
-    """Refuse links that leave the EPN folder: their data cannot be fetched (see transfer/commands.py).
-    The links rsync just made are removed, so nothing at home points outside it either."""
-    unsafe = sorted(p for p, target in links.items() if is_unsafe_link(p, target))
-    if not unsafe:
-        return
-    if not dry_run:
-        for path in unsafe:
-            with contextlib.suppress(FileNotFoundError):
-                if (destination / path).is_symlink():
-                    (destination / path).unlink()
-    shown = ", ".join(f"{p} -> {links[p]}" for p in unsafe[:10]) + (
-        f" and {len(unsafe) - 10} more" if len(unsafe) > 10 else ""
-    )
-    raise EpnFailed(
-        f"EPN {epn}: the source holds {len(unsafe)} symlink(s) pointing outside the EPN folder, whose data the "
-        f"SFTP account cannot fetch: {shown}; not recorded. Ask the facility to replace them with the files "
-        "they point to."
-    )
+def _remove_leaving_links(verdict: Verdict, destination: Path) -> None:
+    """The links rsync just made that resolve outside the EPN are removed, so nothing at
+    home points outside it (their data cannot be fetched: see transfer/commands.py)."""
+    for path in verdict.leaving:
+        with contextlib.suppress(FileNotFoundError):
+            if (destination / path).is_symlink():
+                (destination / path).unlink()
 
 
-def _change_since(previous: dict | None, files: int, size: int, digest: str) -> str:
+def _change_since(previous: Mapping | None, source: Tree, sent: Sequence[tuple[str, bool]], digest: str) -> str:
+    """What changed at the source since the EPN's last verified sync, naming the files fetched again."""
     if previous is None:
         return "first verified sync"
     if previous.get("source_digest") == digest:
         return "no change at the source since the last verified sync"
+    files = sum(1 for e in source.values() if e.kind is Kind.FILE)
+    size = sum(e.size for e in source.values() if e.kind is Kind.FILE)
     when = datetime.fromtimestamp(previous["timestamp"], UTC).isoformat(timespec="seconds")
-    return (
+    text = (
         f"the source changed since the last verified sync ({when}): {files - int(previous.get('source_files', 0)):+d} "
         f"file(s), {size - int(previous.get('source_bytes', 0)):+d} bytes"
     )
+    rewritten = [path for path, new in sent if not new]
+    added = [path for path, new in sent if new]
+    for label, paths in (("fetched again (changed at the source)", rewritten), ("new", added)):
+        if paths:
+            more = f" and {len(paths) - SHOWN_CHANGES} more" if len(paths) > SHOWN_CHANGES else ""
+            text += f"; {label}: {', '.join(paths[:SHOWN_CHANGES])}{more}"
+    return text
+
+
+def _bag_info(epn: str, visits: Sequence[Visit], settings: Settings) -> dict[str, str]:
+    """bag-info.txt's fields: what the EPN is and where and when it came from."""
+    try:
+        ours = version("assyncy-dagster")
+    except PackageNotFoundError:
+        ours = "unknown"
+    info = {
+        "External-Identifier": f"EPN {epn}",
+        "EPN": epn,
+        "Proposal": base_number(epn),
+        "Source-Organization": "Australian Synchrotron",
+        "Source-Host": settings.host,
+        "Bagging-Date": datetime.now(UTC).date().isoformat(),
+        "Bagged-At": datetime.now(UTC).isoformat(timespec="seconds"),
+        "Bag-Software-Agent": f"assyncy-dagster {ours}",
+    }
+    if visits:
+        info["Visit-Start"] = min(v.start_time for v in visits).isoformat()
+        info["Visit-End"] = max(v.end_time for v in visits).isoformat()
+    return info
+
+
+def _record_home(
+    context,
+    epn: str,
+    settings: Settings,
+    destination: Path,
+    source: Tree,
+    info: Mapping[str, str],
+) -> str:
+    """Make a verified EPN durable and write its manifest; returns the manifest's digest.
+    Only after this may the EPN be recorded in ignore.yml."""
+    flush_to_disk(destination)
+    epn_folder = destination.parent
+    digest = write_manifest(epn_folder, source, algorithm=settings.checksum_algorithm, info=info)
+    for other in CHECKSUM_ALGORITHMS:  # ours, made with the algorithm used before: it no longer holds
+        stale = epn_folder / manifest_name(other)
+        if other != settings.checksum_algorithm and stale.is_file():
+            stale.unlink()
+            context.log.info(f"EPN {epn}: removed {stale.name}, made with the checksum algorithm used before")
+    return digest
 
 
 def _bring_home(
@@ -192,6 +241,7 @@ def _bring_home(
     dry_run: bool,
     allow_running_visit: bool,
     malformed: str = "",
+    full_checksum: bool = False,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation]:
     """Transfer and verify one EPN, yielding its materialisation and check result. `malformed`:
     why the portal's malformed visits of it were skipped (they hold it back, as a running one does).
@@ -232,27 +282,21 @@ def _bring_home(
             on_progress=log_progress,
             streams=settings.transfer_streams,
             streams_min_mib=settings.transfer_streams_min_mib,
+            full_checksum=full_checksum,
         )
     except RsyncError as exc:
         raise EpnFailed(f"EPN {epn}: {exc}") from None
     duration = time.monotonic() - started
-    if not result.manifest and not result.links:
-        raise EpnEmpty(
-            f"EPN {epn}: its folder on the SFTP host holds no files (yet); not recorded, "
-            "held back and looked at again later"
-        )
-    _unsafe_links(epn, result.links, destination, dry_run)
-    if result.skipped:
-        # rsync passes devices and fifos over with exit 0: never data, but say so rather than guess.
-        shown = ", ".join(result.skipped[:10]) + (
-            f" and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
-        )
-        raise EpnFailed(
-            f"EPN {epn}: the source holds {len(result.skipped)} special file(s) (devices, fifos, sockets) that "
-            f"are not copied: {shown}; not recorded. Ask the facility what they should be."
-        )
+    # Files rsync did not send in this run are the files whose checksums were recorded before.
+    source = with_checksums(result.tree or {}, _recorded_tree(destination.parent, settings).items())
+    verdict = verify_tree(epn, source, {} if dry_run else local_tree(destination))
+    if verdict.empty:
+        raise EpnEmpty(f"{verdict.summary()}, held back and looked at again later")
+    if verdict.refusals:
+        if not dry_run:
+            _remove_leaving_links(verdict, destination)
+        raise EpnFailed(verdict.summary())
     stats = result.stats or TransferStats()
-    source_files, source_bytes = len(result.manifest or {}), sum((result.manifest or {}).values())
     metadata: dict[str, dg.MetadataValue | str | int | float] = {
         "mode": mode,
         "dry_run": dry_run,
@@ -263,9 +307,9 @@ def _bring_home(
         "bytes_transferred": stats.bytes_transferred,
         "duration_seconds": round(duration, 3),
         "throughput_mib_per_second": _mib_per_second(stats.bytes_transferred, duration),
-        "source_files": source_files,
-        "source_bytes": source_bytes,
-        "source_symlinks": len(result.links),
+        "source_files": verdict.source_files,
+        "source_bytes": verdict.source_bytes,
+        "source_symlinks": verdict.source_symlinks,
     }
     if dry_run:
         # An observation, not a materialisation: an `epn_data` materialisation always means
@@ -273,29 +317,42 @@ def _bring_home(
         context.log.warning(f"EPN {epn}: dry-run only (execute: false); nothing copied, not marked repatriated")
         yield dg.AssetObservation(asset_key=EPN_DATA, partition=epn, metadata=metadata)
         return
-    links_here: dict[str, str] = {}
-    files = local_manifest(destination, links_here)
-    digest = manifest_digest(result.manifest or {})
-    passed, summary, check_metadata = verify(epn, client, destination, result.manifest, files, result.links, links_here)
+    home = local_tree(destination)
+    source_digest = tree_digest(source)
     metadata.update(
         {
-            "files_at_destination": len(files),
-            "bytes_at_destination": sum(files.values()),
-            "verified": passed,
-            "source_digest": digest,
-            "change": _change_since(last_verified(context.instance, epn), source_files, source_bytes, digest),
+            "files_at_destination": sum(1 for e in home.values() if e.kind is Kind.FILE),
+            "bytes_at_destination": sum(e.size for e in home.values() if e.kind is Kind.FILE),
+            "verified": verdict.passed,
+            "files_verified_by_content": verdict.verified_by_content,
+            "files_verified_by_size_only": verdict.verified_by_size_only,
+            "checksum_algorithm": settings.checksum_algorithm,
+            "source_digest": source_digest,
+            "change": _change_since(last_verified(context.instance, epn), source, result.sent, source_digest),
         }
     )
-    yield dg.AssetMaterialization(asset_key=EPN_DATA, partition=epn, metadata=metadata)
-    yield _check_evaluation(epn, passed, description=summary, metadata=check_metadata)
-    if not passed:
-        context.log.error(f"EPN {epn}: destination does not match the source: {summary}")
-        raise EpnFailed(f"EPN {epn}: destination does not match the source after the transfer: {summary}")
+    if not verdict.passed:
+        yield dg.AssetMaterialization(asset_key=EPN_DATA, partition=epn, metadata=metadata)
+        yield _check_evaluation(epn, False, description=verdict.summary(), metadata=_check_metadata(verdict))
+        context.log.error(f"EPN {epn}: destination does not match the source: {verdict.summary()}")
+        raise EpnFailed(f"EPN {epn}: destination does not match the source after the transfer: {verdict.summary()}")
+    manifest_digest = _record_home(context, epn, settings, destination, source, _bag_info(epn, visits, settings))
+    metadata["manifest"] = dg.MetadataValue.path(str(destination.parent / manifest_name(settings.checksum_algorithm)))
+    metadata["manifest_digest"] = manifest_digest
+    yield dg.AssetMaterialization(
+        asset_key=EPN_DATA, partition=epn, metadata=metadata, tags={DATA_VERSION_TAG: manifest_digest}
+    )
+    yield _check_evaluation(epn, True, description=verdict.summary(), metadata=_check_metadata(verdict))
     recorded = add_epns(Path(settings.ignore), [epn])
     streams = f" over {result.streams} streams" if result.streams > 1 else ""
+    by_size = (
+        f" ({verdict.verified_by_size_only} file(s) by size only: no checksum recorded)"
+        if verdict.verified_by_size_only
+        else ""
+    )
     context.log.info(
         f"EPN {epn}: {stats.files_transferred} file(s), {stats.bytes_transferred} bytes copied to {destination} "
-        f"in {duration:.1f} s{streams}; verified"
+        f"in {duration:.1f} s{streams}; verified{by_size}"
         + (f"; recorded as repatriated in {settings.ignore}" if recorded else "")
     )
 
@@ -310,6 +367,7 @@ def repatriate(
     dry_run: bool,
     allow_running_visit: bool,
     report_visits: bool,
+    full_checksum: bool = False,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation]:
     """Bring `epns` home one after another, in this step's single `rsync` pool slot.
 
@@ -349,6 +407,7 @@ def repatriate(
                 dry_run=dry_run,
                 allow_running_visit=allow_running_visit,
                 malformed=answer.malformed.get(epn, ""),
+                full_checksum=full_checksum,
             )
         except EpnFailed as exc:
             failures[epn] = str(exc)
@@ -410,6 +469,7 @@ def repatriate_as_configured(
         dry_run=dry_run_for(settings, config.execute),
         allow_running_visit=config.allow_running_visit,
         report_visits=report_visits,
+        full_checksum=config.full_checksum,
     )
 
 
@@ -463,8 +523,10 @@ def epn_data(
     name=CHECK_NAME,
     blocking=True,
     partitions_def=epn_partitions,
-    description="Every file the SFTP host holds for this EPN (hidden files excluded, .info kept) is at "
-    "the destination with the same size, and every symlink with the same target. Passing after a real "
+    description="The one verification (transfer/verification.py): the source holds files, no special file "
+    "and no symlink resolving outside the EPN; every file (hidden files excluded, .info kept) is at the "
+    "destination with the same size and mtime, every symlink with the same target, every folder; content "
+    "checksums (the sender's, in the manifest beside data/) counted where known. Passing after a real "
     "transfer records the EPN in ignore.yml; failing lists the first 100 problems as a table.",
 )
 def epn_data_matches_source(
@@ -472,17 +534,23 @@ def epn_data_matches_source(
     sftp: SshSourceResource,
     assyncy_config: AssyncyConfigResource,
 ) -> dg.AssetCheckResult:
-    """Run on its own (the `verify_epn_data` job); a transfer step reports it itself."""
+    """Run on its own (the `verify_epn_data` job): lists the source afresh and compares; a
+    transfer step reports this check itself."""
     epn = validate_epn(context.partition_key)
     settings = assyncy_config.settings()
     destination = destination_for(epn, settings.epn_cap_map, settings.destination_root_path)
+    client = sftp.client(logger=context.log)
     try:
-        passed, summary, metadata = verify(epn, sftp.client(logger=context.log), destination)
-    except EpnFailed as exc:
-        raise dg.Failure(description=str(exc)) from None
-    if not passed:
-        context.log.error(f"EPN {epn}: destination does not match the source: {summary}")
-        return dg.AssetCheckResult(passed=False, description=summary, metadata=metadata)
+        listed = client.source_tree(epn)
+    except RsyncError as exc:
+        raise dg.Failure(description=f"EPN {epn}: cannot list the source to verify: {exc}") from None
+    source = with_checksums(listed, _recorded_tree(destination.parent, settings).items())
+    verdict = verify_tree(epn, source, local_tree(destination))
+    metadata = _check_metadata(verdict)
+    if not verdict.passed:
+        context.log.error(f"EPN {epn}: not verified: {verdict.summary()}")
+        return dg.AssetCheckResult(passed=False, description=verdict.summary(), metadata=metadata)
+    _record_home(context, epn, settings, destination, source, _bag_info(epn, [], settings))
     if add_epns(Path(settings.ignore), [epn]):
         context.log.info(f"EPN {epn}: verified; recorded as repatriated in {settings.ignore}")
-    return dg.AssetCheckResult(passed=True, metadata=metadata)
+    return dg.AssetCheckResult(passed=True, description=verdict.summary(), metadata=metadata)

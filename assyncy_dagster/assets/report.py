@@ -40,7 +40,8 @@ from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
 from ..run_records import EPN_DATA, LOST_TAG, epn_history, epn_tag, last_verified
 from ..state import StateFileError, read_epns
-from ..transfer import RsyncError, SshConfigError, local_manifest
+from ..transfer import RsyncError, SshConfigError, local_tree
+from ..transfer.manifests import files_of, total_bytes
 from .epn_data import OWNER, dry_run_for, epn_data
 
 REPATRIATION_REPORT = dg.AssetKey("repatriation_report")
@@ -148,8 +149,8 @@ def _holding(epn: str, settings: Settings, count: bool) -> Holding | None:
         return None
     if not count:
         return Holding()
-    files = local_manifest(path)
-    return Holding(len(files), sum(files.values()))
+    tree = local_tree(path)
+    return Holding(len(files_of(tree)), total_bytes(tree))
 
 
 def run_error(instance: dg.DagsterInstance, run_id: str, epn: str) -> str:

@@ -37,7 +37,12 @@ class SshSourceResource(dg.ConfigurableResource):
         settings = current_settings()
         endpoint = SshEndpoint.from_settings(settings)
         endpoint.check_files()
-        return RsyncClient(endpoint, logger=logger, bwlimit_kib=settings.rsync_bwlimit_kib)
+        return RsyncClient(
+            endpoint,
+            logger=logger,
+            bwlimit_kib=settings.rsync_bwlimit_kib,
+            checksum_algorithm=settings.checksum_algorithm,
+        )
 
 
 __all__ = ["SshConfigError", "SshSourceResource"]

@@ -9,7 +9,9 @@ exactly the same code.
 - `commands`: the rsync command lines, and why each flag is there.
 - `parsing`: reading rsync's output (listings, `--stats`, progress, itemized lines).
 - `process`: running rsync in its own process group, and stopping every run at shutdown.
-- `manifests`: what a destination holds, and how it differs from the source.
+- `manifests`: what an EPN folder holds (a tree of entries), and how two trees differ.
+- `verification`: the one verification every path that records an EPN asks.
+- `bag`: the EPN's checksum manifest at home (xxhsum- and BagIt-readable), and flushing it to disk.
 - `client`: `RsyncClient`, what the assets, the sensor and the CLI use.
 """
 
@@ -17,16 +19,17 @@ from .client import RsyncClient
 from .commands import PARTIAL_DIR, list_command, transfer_command
 from .endpoint import SshEndpoint
 from .errors import RSYNC_EXIT_MEANINGS, HostKeyError, RsyncError, SshConfigError, TransferTerminated, exit_meaning
-from .manifests import ManifestDiff, compare_manifests, is_transferred_name, local_manifest
+from .manifests import Entry, Kind, Tree, TreeDiff, compare_trees, is_transferred_name, local_tree
 from .parsing import ListingEntry, ProgressUpdate, TransferStats, parse_listing, parse_progress, parse_stats
 from .process import RsyncResult, live_transfer_pids, run_rsync, terminate_all_transfers
 
 __all__ = [
     "PARTIAL_DIR",
     "RSYNC_EXIT_MEANINGS",
+    "Entry",
     "HostKeyError",
+    "Kind",
     "ListingEntry",
-    "ManifestDiff",
     "ProgressUpdate",
     "RsyncClient",
     "RsyncError",
@@ -35,12 +38,14 @@ __all__ = [
     "SshEndpoint",
     "TransferStats",
     "TransferTerminated",
-    "compare_manifests",
+    "Tree",
+    "TreeDiff",
+    "compare_trees",
     "exit_meaning",
     "is_transferred_name",
     "list_command",
     "live_transfer_pids",
-    "local_manifest",
+    "local_tree",
     "parse_listing",
     "parse_progress",
     "parse_stats",

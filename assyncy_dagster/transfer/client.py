@@ -14,6 +14,7 @@ from typing import Any
 from ..epn import is_valid_epn, source_path_for
 from .commands import DEFAULT_IO_TIMEOUT_SECONDS, list_command, transfer_command
 from .endpoint import SshEndpoint
+from .manifests import Entry, Kind, Tree, files_of, with_checksums
 from .parsing import (
     SKIPPED_NON_REGULAR,
     ListingEntry,
@@ -40,12 +41,14 @@ class RsyncClient:
         *,
         progress_interval: float = 5.0,
         bwlimit_kib: int | None = None,
+        checksum_algorithm: str = "xxh128",
     ):
         self.endpoint = endpoint
         self.log = logger or log
         self.progress_interval = progress_interval
         # Spare the SFTP service (and the link) when several transfers share it.
         self.bwlimit_kib = bwlimit_kib
+        self.checksum_algorithm = checksum_algorithm
 
     def _run(self, argv: list[str], *, description: str, **kwargs: Any) -> RsyncResult:
         self.endpoint.check_files()
@@ -76,43 +79,39 @@ class RsyncClient:
                 self.log.warning("ignoring folder %s in %s: not an EPN name", repr(entry.path)[:80], root)
         return sorted(epns)
 
-    def source_manifest(self, epn: str, links: dict[str, str] | None = None) -> dict[str, int]:
-        """Relative path -> size of every regular file a transfer of `epn` copies (hidden skipped,
-        `.info` kept); given a `links` dict, fills it with each symlink's path -> target."""
-        manifest: dict[str, int] = {}
+    def source_tree(self, epn: str) -> Tree:
+        """Every entry a transfer of `epn` covers (hidden skipped, `.info` kept): files with
+        size and mtime, folders, symlinks with their target, and special files."""
+        tree: Tree = {}
 
         def collect(line: str) -> None:
             entry = parse_listing_line(line)
-            if entry is None:
-                return
-            if entry.is_file:
-                manifest[entry.path] = entry.size
-            elif entry.is_symlink and links is not None and entry.link_target is not None:
-                links[entry.path] = entry.link_target
+            if entry is not None:
+                tree[entry.path] = entry.entry
 
         path = source_path_for(epn, self.endpoint.source_root)
         self._run(list_command(self.endpoint, path, recursive=True), description=f"listing EPN {epn}", on_line=collect)
-        return manifest
+        return tree
 
-    def source_summaries(self, epns: Sequence[str], io_timeout_seconds: int = 60) -> dict[str, dict[str, int]]:
-        """Each EPN's source manifest (relative path -> size, the transfer's filters), from one
-        listing of all of them over one ssh connection. Every EPN must be on the host."""
-        manifests: dict[str, dict[str, int]] = {epn: {} for epn in epns}
+    def source_summaries(self, epns: Sequence[str], io_timeout_seconds: int = 60) -> dict[str, Tree]:
+        """Each EPN's source tree (the transfer's filters), from one listing of all of them
+        over one ssh connection. Every EPN must be on the host."""
+        trees: dict[str, Tree] = {epn: {} for epn in epns}
         if not epns:
-            return manifests
+            return trees
 
         def collect(line: str) -> None:
             entry = parse_listing_line(line)
-            if entry is not None and entry.is_file:
+            if entry is not None:
                 epn, _, relative = entry.path.partition("/")
-                if relative and epn in manifests:
-                    manifests[epn][relative] = entry.size
+                if relative and epn in trees:
+                    trees[epn][relative] = entry.entry
 
         paths = [source_path_for(epn, self.endpoint.source_root).rstrip("/") for epn in epns]
         argv = list_command(self.endpoint, paths[0], recursive=True, io_timeout_seconds=io_timeout_seconds)
         argv += [f":{path}" for path in paths[1:]]  # more folders from the same host, one connection
         self._run(argv, description=f"listing {len(epns)} EPN(s) to look for new data", on_line=collect)
-        return manifests
+        return trees
 
     def transfer(
         self,
@@ -124,20 +123,38 @@ class RsyncClient:
         extra_args: Sequence[str] = (),
         streams: int = 1,
         streams_min_mib: float = 1024,
+        full_checksum: bool = False,
     ) -> RsyncResult:
         """Copy EPN `epn` into `destination` (a dry run copies nothing); raises RsyncError on failure.
 
         With `streams` > 1 the source is listed first, and an EPN of at least
-        `streams_min_mib` MiB is pulled by that many rsyncs at once (streams.py)."""
+        `streams_min_mib` MiB is pulled by that many rsyncs at once (streams.py).
+        `full_checksum` reads every file at both ends (rsync `--checksum`), so that
+        every file, sent or not, comes with its checksum."""
         if self.bwlimit_kib:
             extra_args = (*extra_args, f"--bwlimit={int(self.bwlimit_kib)}")
         if streams > 1:
-            plan = plan_streams(self.source_manifest(epn), streams, streams_min_mib)
+            plan = plan_streams(
+                {path: entry.size for path, entry in files_of(self.source_tree(epn)).items()}, streams, streams_min_mib
+            )
             if plan is not None:
                 return self._transfer_streams(
-                    epn, destination, plan, dry_run=dry_run, on_progress=on_progress, extra_args=extra_args
+                    epn,
+                    destination,
+                    plan,
+                    dry_run=dry_run,
+                    full_checksum=full_checksum,
+                    on_progress=on_progress,
+                    extra_args=extra_args,
                 )
-        return self._transfer_one(epn, destination, dry_run=dry_run, on_progress=on_progress, extra_args=extra_args)
+        return self._transfer_one(
+            epn,
+            destination,
+            dry_run=dry_run,
+            full_checksum=full_checksum,
+            on_progress=on_progress,
+            extra_args=extra_args,
+        )
 
     def _transfer_one(
         self,
@@ -145,27 +162,34 @@ class RsyncClient:
         destination: Path,
         *,
         dry_run: bool,
+        full_checksum: bool,
         on_progress: Callable[[ProgressUpdate], None] | None,
         extra_args: Sequence[str],
         description: str = "",
         on_start: Callable[[int], None] | None = None,
     ) -> RsyncResult:
-        argv = transfer_command(self.endpoint, epn, destination, dry_run=dry_run, extra_args=extra_args)
-        manifest: dict[str, int] = {}
-        links: dict[str, str] = {}
-        skipped: list[str] = []
+        argv = transfer_command(
+            self.endpoint,
+            epn,
+            destination,
+            dry_run=dry_run,
+            extra_args=extra_args,
+            checksum_algorithm=self.checksum_algorithm,
+            full_checksum=full_checksum,
+        )
+        tree: Tree = {}
+        sent: list[tuple[str, bool]] = []
 
         def collect(line: str) -> None:
             item = parse_itemized_line(line)
             if item is not None:
-                if item.link_target is None:
-                    manifest[item.path] = item.size
-                else:
-                    links[item.path] = item.link_target
+                tree[item.path] = item.entry
+                if item.sent:
+                    sent.append((item.path, item.new))
                 return
             passed_over = SKIPPED_NON_REGULAR.match(line)
             if passed_over:
-                skipped.append(unescape_name(passed_over.group(1)))
+                tree[unescape_name(passed_over.group(1))] = Entry(Kind.SPECIAL)
 
         result = self._run(
             argv,
@@ -176,9 +200,8 @@ class RsyncClient:
             on_stderr_line=collect,
             on_start=on_start,
         )
-        result.manifest = manifest
-        result.links = links
-        result.skipped = skipped
+        result.tree = tree
+        result.sent = sent
         return result
 
     def _transfer_streams(
@@ -188,14 +211,22 @@ class RsyncClient:
         plan: StreamPlan,
         *,
         dry_run: bool,
+        full_checksum: bool,
         on_progress: Callable[[ProgressUpdate], None] | None,
         extra_args: Sequence[str],
     ) -> RsyncResult:
-        """Pull each chunk of `plan` with its own rsync, all at once; one result for them all.
+        """Pull each chunk of `plan` with its own rsync, all at once, then one plain rsync of
+        the whole EPN; one result for them all.
 
-        Each stream runs in its own thread (which also owns its rsync's death
-        signal, see process.py). Whatever interrupts this thread (Dagster's
-        termination, Ctrl-C) stops every stream before it propagates."""
+        `--files-from` carries only the listed files: the top folder's attributes
+        (`Dg+s`), symlinks and empty folders would never arrive. The closing
+        rsync brings them, and anything that appeared since the listing, and
+        its itemized lines are the transfer's tree, so a copy in streams is
+        the copy one rsync makes; it reads no file the streams brought (the
+        quick check sees them home). Each stream runs in its own thread (which
+        also owns its rsync's death signal, see process.py). Whatever
+        interrupts this thread (Dagster's termination, Ctrl-C) stops every
+        stream before it propagates."""
         total = sum(plan.chunk_bytes)
         latest: dict[int, ProgressUpdate] = {}
         lock = threading.Lock()
@@ -246,6 +277,7 @@ class RsyncClient:
                         epn,
                         destination,
                         dry_run=dry_run,
+                        full_checksum=full_checksum,
                         on_progress=progress_of(index),
                         extra_args=args,
                         on_start=stream_started,
@@ -267,7 +299,17 @@ class RsyncClient:
         if errors:
             raise errors[0]
         results = [f.result() for f in futures]
-        return _combined(results, time.monotonic() - started, total)
+        closing = self._transfer_one(
+            epn,
+            destination,
+            dry_run=dry_run,
+            full_checksum=full_checksum,
+            on_progress=progress_of(plan.streams),
+            extra_args=extra_args,
+            on_start=stream_started,
+            description=f"{'dry-run ' if dry_run else ''}transfer of EPN {epn} (closing pass after the streams)",
+        )
+        return _combined(results, closing, time.monotonic() - started)
 
 
 def _clock(seconds: float) -> str:
@@ -275,17 +317,15 @@ def _clock(seconds: float) -> str:
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
-def _combined(results: list[RsyncResult], duration: float, total: int) -> RsyncResult:
-    """One result for the streams of one transfer: totals summed, manifests merged."""
+def _combined(streams: list[RsyncResult], closing: RsyncResult, duration: float) -> RsyncResult:
+    """One result for a transfer in streams: totals summed; the tree is the closing pass's,
+    with the checksum of each file a stream sent (the closing pass found it home)."""
+    results = [*streams, closing]
     stats = [r.stats or TransferStats() for r in results]
     summed = TransferStats(
         **{name: sum(getattr(s, name) for s in stats) for name in TransferStats.__dataclass_fields__}
     )
-    manifest: dict[str, int] = {}
-    links: dict[str, str] = {}
-    for result in results:
-        manifest.update(result.manifest or {})
-        links.update(result.links)
+    tree = with_checksums(closing.tree or {}, (item for r in streams for item in (r.tree or {}).items()))
     return RsyncResult(
         exit_code=0,
         stats=summed,
@@ -293,9 +333,8 @@ def _combined(results: list[RsyncResult], duration: float, total: int) -> RsyncR
         stderr="\n".join(r.stderr for r in results if r.stderr),
         duration_seconds=duration,
         last_progress=None,
-        argv=results[0].argv,
-        manifest=manifest,
-        links=links,
-        skipped=[p for r in results for p in r.skipped],
-        streams=len(results),
+        argv=streams[0].argv,
+        tree=tree,
+        sent=list(dict.fromkeys(item for r in results for item in r.sent)),
+        streams=len(streams),
     )

@@ -2,14 +2,21 @@
 
 Why the flags are what they are (`transfer_command`):
 
-* `-r -t --perms --chmod=Dg+s,ug+w,o-wx,ug+X --size-only --include .info
-  --exclude .*` are the flags HPC ASSyncy meant to pass (its `-stats` typo
-  turned them into `-a`), plus `Fug-st` in `--chmod`: a setuid, setgid or
-  sticky bit on a source file never arrives (`--perms` would copy it).
-  `--size-only` because the beamline never rewrites a
-  frame in place, and comparing checksums of terabytes would take days. The
-  manifest check (`compare_manifests`) then catches missing and truncated
-  files; a frame rewritten at the same size is invisible to both, by design.
+* `-r -t --perms --chmod=Dg+s,ug+w,o-wx,ug+X --include .info --exclude .*` are
+  the flags HPC ASSyncy meant to pass (its `-stats` typo turned them into `-a`),
+  plus `Fug-st` in `--chmod`: a setuid, setgid or sticky bit on a source file
+  never arrives (`--perms` would copy it).
+* No `--size-only` (the old tool's): rsync's default quick check compares size
+  *and* mtime, and `-t` keeps the facility's mtimes, so a frame rewritten at
+  the same size is fetched again (only that file), while an unchanged EPN
+  costs no read at either end.
+* `--checksum-choice=xxh128` (or `md5`, `checksum-algorithm`): the whole-file
+  checksum that rsync's sender computes of every file *while sending it*, and
+  that the receiver checks after writing, is the one recorded in the EPN's
+  manifest (`%C` below): content verified end to end at no extra read. Named
+  rather than negotiated, so the manifest always says which it is.
+  `--checksum` (only for `full_checksum` runs, see epn_data) makes both ends
+  read every file, so files brought home earlier get a checksum too.
 * `--include .info --exclude .*` match *basenames at every level*: hidden files
   and folders anywhere are skipped, and anything named exactly `.info` is kept.
   `local_manifest` applies the same rule to the destination.
@@ -37,11 +44,13 @@ Why the flags are what they are (`transfer_command`):
   naming each such link (`unsafe_links`), and is not recorded.
 * `--info=progress2 --no-h --stats`: one overall progress record (ending in
   `\\r`) instead of a line per file, plain numbers, and the totals we report.
-* `-ii --out-format=%i|%l|%n%L`: one line per file and symlink the transfer
-  considered, changed or not, with its size at the source (a link's ` -> target`). That is the source manifest the
-  `matches_source` check compares the destination with, taken from the
-  transfer itself instead of a second listing over a second ssh connection
-  (which cost as much as the transfer of a small EPN).
+* `-ii --out-format=%i|%l|%M|%C|%n%L`: one line per entry the transfer considered
+  (files, symlinks, folders), changed or not, with its size (a link's: the length
+  of its target, which splits `name -> target` exactly), mtime, the sender's
+  checksum of a file it sent, and a link's ` -> target`. That is the source tree
+  the one verification (verification.py) compares the destination with, taken
+  from the transfer itself instead of a second listing over a second ssh
+  connection (which cost as much as the transfer of a small EPN).
 * `--timeout`: a stalled remote (hung file system at the facility) fails with
   exit code 30 instead of hanging the run forever.
 """
@@ -53,11 +62,12 @@ from pathlib import Path
 
 from ..epn import source_path_for, validate_epn
 from .endpoint import SshEndpoint
+from .manifests import KEPT_HIDDEN_NAME
 
 RSYNC = "rsync"
 PARTIAL_DIR = ".rsync-partial"
-ITEMIZE = ("-ii", "--out-format=%i|%l|%n%L")
-KEPT_HIDDEN_NAME = ".info"
+ITEMIZE = ("-ii", "--out-format=%i|%l|%M|%C|%n%L")
+CHECKSUM_ALGORITHMS = ("xxh128", "md5")
 # Each pair of items is one rsync filter; the order matters (first match wins).
 TRANSFER_FILTERS: tuple[str, ...] = ("--include", KEPT_HIDDEN_NAME, "--exclude", ".*")
 CHMOD = "--chmod=Dg+s,ug+w,o-wx,ug+X,Fug-st"
@@ -72,6 +82,8 @@ def transfer_command(
     dry_run: bool,
     extra_args: Sequence[str] = (),
     io_timeout_seconds: int = DEFAULT_IO_TIMEOUT_SECONDS,
+    checksum_algorithm: str = "xxh128",
+    full_checksum: bool = False,
 ) -> list[str]:
     """The rsync argv that copies EPN `epn` into `destination` (see the module docstring for why each flag)."""
     validate_epn(epn)
@@ -84,7 +96,7 @@ def transfer_command(
         "--stats",
         CHMOD,
         "--perms",
-        "--size-only",
+        f"--checksum-choice={checksum_algorithm}",
         *TRANSFER_FILTERS,
         f"--partial-dir={PARTIAL_DIR}",
         "--mkpath",
@@ -93,6 +105,10 @@ def transfer_command(
         *ITEMIZE,
         f"--timeout={int(io_timeout_seconds)}",
     ]
+    if checksum_algorithm not in CHECKSUM_ALGORITHMS:
+        raise ValueError(f"checksum algorithm {checksum_algorithm!r}: expected one of {', '.join(CHECKSUM_ALGORITHMS)}")
+    if full_checksum:
+        argv.append("--checksum")
     if dry_run:
         argv.append("--dry-run")
     argv += list(extra_args)

@@ -7,30 +7,44 @@ prints them under `LC_ALL=C`: every unprintable or non-ASCII byte escaped as
 
 from __future__ import annotations
 
+import calendar
 import re
 from dataclasses import dataclass
+
+from .manifests import Entry, Kind
 
 
 @dataclass(frozen=True)
 class ListingEntry:
-    """One line of `rsync --list-only`: a path relative to the listed folder."""
+    """One line of `rsync --list-only`: a path relative to the listed folder, and what it is."""
 
     path: str
-    size: int
-    is_dir: bool
-    is_symlink: bool = False
-    link_target: str | None = None
+    entry: Entry
+
+    @property
+    def size(self) -> int:
+        return self.entry.size
+
+    @property
+    def is_dir(self) -> bool:
+        return self.entry.kind is Kind.DIR
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.entry.kind is Kind.LINK
 
     @property
     def is_file(self) -> bool:
-        return not self.is_dir and not self.is_symlink
+        return self.entry.kind is Kind.FILE
 
 
 _LISTING_LINE = re.compile(
     r"^(?P<mode>[dlcbps-][rwxsStT-]{9})[.+@]?\s+(?P<size>[\d,.]+)\s+"
-    r"\d{4}/\d{2}/\d{2}\s+\d{2}:\d{2}:\d{2}\s(?P<name>.+)$"
+    r"(?P<mtime>\d{4}/\d{2}/\d{2}\s+\d{2}:\d{2}:\d{2})\s(?P<name>.+)$"
 )
 _ESCAPE = re.compile(r"\\#([0-7]{3})")
+LINK_ARROW = " -> "
+_DIGITS = re.compile(r"\d+")
 
 
 def unescape_name(name: str) -> str:
@@ -51,28 +65,47 @@ def _number(text: str) -> int:
     return int(text.replace(",", "").split(".")[0] or 0)
 
 
+def _epoch(text: str) -> int:
+    """rsync's `YYYY/MM/DD HH:MM:SS` (or with `-` between date and time) as seconds since the
+    epoch: rsync runs under TZ=UTC (process.py), so listings and itemized lines agree."""
+    year, month, day, hour, minute, second = (int(part) for part in _DIGITS.findall(text))
+    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+
+
+def split_link(text: str, target_length: int) -> tuple[str, str]:
+    """`name -> target` as (name, target), both unescaped. rsync gives a symlink's size as
+    the length of its target, so the split is exact even when a name holds ` -> ` itself."""
+    raw = unescape_name(text).encode("utf-8", "surrogateescape")
+    cut = len(raw) - target_length - len(LINK_ARROW)
+    if target_length <= 0 or cut < 1 or raw[cut : cut + len(LINK_ARROW)] != LINK_ARROW.encode():
+        name, _, target = unescape_name(text).partition(LINK_ARROW)  # not rsync's own line: best effort
+        return name, target
+    return (
+        raw[:cut].decode("utf-8", "surrogateescape"),
+        raw[cut + len(LINK_ARROW) :].decode("utf-8", "surrogateescape"),
+    )
+
+
+_KINDS = {"-": Kind.FILE, "d": Kind.DIR, "l": Kind.LINK}
+
+
 def parse_listing_line(line: str) -> ListingEntry | None:
-    """One listing line as an entry; None for the `.` entry, special files and non-listing lines."""
+    """One listing line as an entry (devices, fifos and sockets as special entries);
+    None for the `.` entry and non-listing lines."""
     match = _LISTING_LINE.match(line.rstrip("\r\n"))
     if match is None:
         return None
-    kind = match.group("mode")[0]
-    if kind not in "-dl":
-        return None  # devices, fifos, sockets: never data
-    name = unescape_name(match.group("name"))
-    is_symlink = kind == "l"
+    kind = _KINDS.get(match.group("mode")[0], Kind.SPECIAL)
+    size = _number(match.group("size"))
     target = None
-    if is_symlink and " -> " in name:
-        name, target = name.split(" -> ", 1)
+    if kind is Kind.LINK:
+        name, target = split_link(match.group("name"), size)
+    else:
+        name = unescape_name(match.group("name"))
     if name in (".", "./"):
         return None
-    return ListingEntry(
-        path=name.rstrip("/"),
-        size=_number(match.group("size")),
-        is_dir=kind == "d",
-        is_symlink=is_symlink,
-        link_target=target,
-    )
+    entry = Entry(kind, size if kind is Kind.FILE else 0, _epoch(match.group("mtime")), target=target)
+    return ListingEntry(path=name.rstrip("/"), entry=entry)
 
 
 def parse_listing(text: str) -> list[ListingEntry]:
@@ -205,33 +238,46 @@ def parse_progress(record: str) -> ProgressUpdate | None:
     )
 
 
-# One line per file or symlink of `-ii --out-format=%i|%l|%n%L` (`commands.ITEMIZE`).
+# One line per entry of `-ii --out-format=%i|%l|%M|%C|%n%L` (`commands.ITEMIZE`).
 # `%i` is 11 characters (e.g. `>f+++++++++`, `.f         `, `cL+++++++++`): the second is the kind.
-_ITEMIZED = re.compile(r"^([<>ch.*][fdLDS].{9})\|(\d+)\|(.+)$")
-LINK_ARROW = " -> "
+# `%C` is the whole-file checksum the sender computed while sending (blank for a file not sent).
+_ITEMIZED = re.compile(r"^([<>ch.*][fdLDS].{9})\|(\d+)\|([\d/:-]+)\|([0-9a-f ]*)\|(.+)$")
+_ITEM_KINDS = {"f": Kind.FILE, "d": Kind.DIR, "L": Kind.LINK}
 # What rsync prints (on stdout or stderr) for a source device or fifo it does not copy.
 SKIPPED_NON_REGULAR = re.compile(r'^skipping non-regular file "(.+)"$')
 
 
 @dataclass(frozen=True)
 class ItemizedEntry:
-    """One regular file or symlink a transfer covered: its path, size at the source, and a link's target."""
+    """One entry a transfer covered: its path, what it is at the source, and whether this run sent it."""
 
     path: str
-    size: int
-    link_target: str | None = None
+    entry: Entry
+    sent: bool = False  # the file's data came over in this run (new, or changed at the source)
+    new: bool = False  # it was not at the destination before
 
 
 def parse_itemized_line(line: str) -> ItemizedEntry | None:
-    """The entry of one itemized line of a regular file or a symlink, else None (folders, other output)."""
+    """The entry of one itemized line; None for the top folder and any other output."""
     match = _ITEMIZED.match(line)
     if match is None:
         return None
-    kind = match.group(1)[1]
-    if kind == "f":
-        return ItemizedEntry(unescape_name(match.group(3)), int(match.group(2)))
-    if kind == "L" and LINK_ARROW in match.group(3):
-        # `%n%L` is `name -> target`; a name holding " -> " itself is cut at its first one.
-        name, target = match.group(3).split(LINK_ARROW, 1)
-        return ItemizedEntry(unescape_name(name), int(match.group(2)), unescape_name(target))
-    return None
+    flags, size_text, mtime_text, checksum, name = match.groups()
+    kind = _ITEM_KINDS.get(flags[1], Kind.SPECIAL)
+    size = int(size_text)
+    target = None
+    if kind is Kind.LINK:
+        name, target = split_link(name, size)
+    else:
+        name = unescape_name(name)
+    path = name.rstrip("/")
+    if path in (".", ""):
+        return None
+    entry = Entry(
+        kind,
+        size if kind is Kind.FILE else 0,
+        _epoch(mtime_text),
+        checksum=checksum.strip() or None,
+        target=target,
+    )
+    return ItemizedEntry(path, entry, sent=kind is Kind.FILE and flags[0] == ">", new=flags[2:] == "+++++++++")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from .endpoint import SshEndpoint
 from .errors import HOST_KEY_PATTERNS, RsyncError, error_for, redact
+from .manifests import Entry
 from .parsing import ProgressUpdate, TransferStats, has_stats, parse_progress, parse_stats
 
 # How long rsync gets to save its partial file after SIGTERM before SIGKILL.
@@ -44,12 +45,11 @@ class RsyncResult:
     duration_seconds: float
     last_progress: ProgressUpdate | None = None
     argv: list[str] = field(default_factory=list, repr=False)
-    # Relative path -> size at the source of every regular file the transfer covered.
-    manifest: dict[str, int] | None = None
-    # Relative path -> target of every symlink the transfer covered.
-    links: dict[str, str] = field(default_factory=dict)
-    # Source entries rsync passed over as not regular files (devices, fifos), relative paths.
-    skipped: list[str] = field(default_factory=list)
+    # Every entry the transfer covered, as it is at the source (files with the sender's
+    # checksum when this run sent them; folders; symlinks; special files rsync passed over).
+    tree: dict[str, Entry] | None = None
+    # Files whose data came over in this run: (path, whether it was new at the destination).
+    sent: list[tuple[str, bool]] = field(default_factory=list)
     # How many rsyncs ran at once for this transfer (see streams.py).
     streams: int = 1
 
@@ -325,6 +325,7 @@ def run_rsync(
     stderr = _Tail(_STDERR_TAIL_LINES, on_stderr_record)
     env = dict(os.environ)
     env["LC_ALL"] = "C"  # rsync then escapes every non-ASCII byte in names, the same way everywhere
+    env["TZ"] = "UTC"  # and prints times (listings, %M) in UTC: parsing.py reads them so
 
     if shutil.which(argv[0]) is None:
         raise RsyncError(f"{argv[0]} is not installed or not on PATH: install rsync and openssh-client", exit_code=127)

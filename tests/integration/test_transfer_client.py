@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import filecmp
 import logging
+import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,11 @@ from assyncy_dagster.transfer import (
     ProgressUpdate,
     RsyncError,
     SshEndpoint,
-    compare_manifests,
-    local_manifest,
+    compare_trees,
+    local_tree,
     run_rsync,
 )
+from assyncy_dagster.transfer.manifests import files_of
 
 MX_FILES: dict[str, bytes | int] = {
     "frames/img_0001.cbf": 40_000,
@@ -70,8 +73,32 @@ def test_transfer_copies_data_and_info_files_but_no_hidden_files(sftp_source, ep
     destination = tmp_path / "ny79" / epn / "data"
     result = sftp_source.rsync_client().transfer(epn, destination, dry_run=False)
     assert all_files(destination) == set(EXPECTED)
-    assert local_manifest(destination) == EXPECTED
+    assert {path: entry.size for path, entry in files_of(local_tree(destination)).items()} == EXPECTED
     assert result.stats is not None and result.stats.files_transferred == len(EXPECTED)
+
+
+def test_every_file_sent_comes_with_the_senders_checksum_as_xxhsum_computes_it(sftp_source, epn_tree, tmp_path):
+    epn, folder = epn_tree
+    result = sftp_source.rsync_client().transfer(epn, tmp_path / "data", dry_run=False)
+    sent = files_of(result.tree or {})
+    assert set(sent) == set(EXPECTED)
+    for relative, entry in sent.items():
+        xxhsum = subprocess.run(["xxhsum", "-H2", folder / relative], capture_output=True, text=True, check=True)
+        assert entry.checksum == xxhsum.stdout.split()[0], relative
+        assert entry.mtime == int((folder / relative).stat().st_mtime), relative
+
+
+def test_a_frame_rewritten_at_the_same_size_is_fetched_again_alone(sftp_source, epn_tree, tmp_path):
+    epn, folder = epn_tree
+    client = sftp_source.rsync_client()
+    client.transfer(epn, tmp_path / "data", dry_run=False)
+    frame = folder / "frames" / "img_0002.cbf"
+    frame.write_bytes(b"y" * frame.stat().st_size)  # same size, new content...
+    later = time.time() + 60
+    os.utime(frame, (later, later))  # ...and a later mtime, as a rewrite minutes after the first copy has
+    again = client.transfer(epn, tmp_path / "data", dry_run=False)
+    assert again.sent == [("frames/img_0002.cbf", False)]
+    assert (tmp_path / "data" / "frames" / "img_0002.cbf").read_bytes() == frame.read_bytes()
 
 
 def test_transferred_files_are_byte_identical(sftp_source, epn_tree, tmp_path):
@@ -115,18 +142,19 @@ def test_the_client_fetches_again_a_source_file_that_changed_size(sftp_source, e
     assert (tmp_path / "data" / "frames" / "img_0002.cbf").read_bytes() == b"rewritten"
 
 
-def test_source_manifest_lists_what_the_transfer_copies(sftp_source, epn_tree):
+def test_source_tree_lists_what_the_transfer_copies(sftp_source, epn_tree):
     epn, _ = epn_tree
-    assert sftp_source.rsync_client().source_manifest(epn) == EXPECTED
+    tree = sftp_source.rsync_client().source_tree(epn)
+    assert {path: entry.size for path, entry in files_of(tree).items()} == EXPECTED
 
 
 def test_verification_catches_a_file_deleted_from_the_destination(sftp_source, epn_tree, tmp_path):
     epn, _ = epn_tree
     client = sftp_source.rsync_client()
     client.transfer(epn, tmp_path / "data", dry_run=False)
-    assert compare_manifests(client.source_manifest(epn), local_manifest(tmp_path / "data")).ok
+    assert compare_trees(client.source_tree(epn), local_tree(tmp_path / "data")).ok
     (tmp_path / "data" / "frames" / "img_0001.cbf").unlink()
-    diff = compare_manifests(client.source_manifest(epn), local_manifest(tmp_path / "data"))
+    diff = compare_trees(client.source_tree(epn), local_tree(tmp_path / "data"))
     assert not diff.ok and diff.missing == ["frames/img_0001.cbf"]
     assert "frames/img_0001.cbf" in diff.summary()
 

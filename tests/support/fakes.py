@@ -9,7 +9,9 @@ tier are in assyncy_dagster/testing/).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,8 +22,10 @@ from pydantic import Field
 from assyncy_dagster.portal import VisitsAnswer
 from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster.resources.ssh_source import SshSourceResource
-from assyncy_dagster.transfer import ProgressUpdate, RsyncClient, RsyncResult, TransferStats
+from assyncy_dagster.transfer import Entry, Kind, ProgressUpdate, RsyncClient, RsyncResult, TransferStats, Tree
 from tests.support.helpers import visit_of
+
+CANNED_MTIME = 1_790_000_000
 
 
 class CannedRsyncClient(RsyncClient):
@@ -32,8 +36,9 @@ class CannedRsyncClient(RsyncClient):
         self.files = {epn: dict(listing) for epn, listing in files.items()}
         self.transfers: list[tuple[str, Path, bool]] = []  # (epn, destination, dry_run) of each call
 
-    def source_manifest(self, epn: str, links: dict[str, str] | None = None) -> dict[str, int]:
-        return dict(self.files.get(epn, {}))
+    def source_tree(self, epn: str) -> Tree:
+        # One fixed mtime for every file, as the facility's -t preserved times would be.
+        return {path: Entry(Kind.FILE, size, CANNED_MTIME) for path, size in self.files.get(epn, {}).items()}
 
     def transfer(
         self,
@@ -45,24 +50,39 @@ class CannedRsyncClient(RsyncClient):
         extra_args: Sequence[str] = (),
         streams: int = 1,
         streams_min_mib: float = 1024,
+        full_checksum: bool = False,
     ) -> RsyncResult:
         self.transfers.append((epn, destination, dry_run))
-        listing = self.source_manifest(epn)
-        if not dry_run:
-            for relative, size in listing.items():
+        tree: Tree = {}
+        for relative, entry in self.source_tree(epn).items():
+            content = b"x" * entry.size
+            if not dry_run:
                 path = destination / relative
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(b"x" * size)
-        total = sum(listing.values())
+                path.write_bytes(content)
+                os.utime(path, (CANNED_MTIME, CANNED_MTIME))
+            # The sender's checksum as rsync prints it (`%C`); MD5 here, 32 hex digits as xxh128's.
+            tree[relative] = Entry(Kind.FILE, entry.size, CANNED_MTIME, checksum=hashlib.md5(content).hexdigest())
+        for folder in {str(Path(p).parent) for p in tree if "/" in p}:
+            tree[folder] = Entry(Kind.DIR, mtime=CANNED_MTIME)
+        total = sum(e.size for e in tree.values())
+        files = sum(1 for e in tree.values() if e.kind is Kind.FILE)
         stats = TransferStats(
-            files_transferred=len(listing),
+            files_transferred=files,
             bytes_transferred=total,
-            total_files=len(listing),
-            total_regular_files=len(listing),
+            total_files=files,
+            total_regular_files=files,
             total_size=total,
         )
         return RsyncResult(
-            exit_code=0, stats=stats, stdout_tail="", stderr="", duration_seconds=0.0, manifest=listing, streams=1
+            exit_code=0,
+            stats=stats,
+            stdout_tail="",
+            stderr="",
+            duration_seconds=0.0,
+            tree=tree,
+            sent=[(p, True) for p, e in tree.items() if e.kind is Kind.FILE],
+            streams=1,
         )
 
 

@@ -13,6 +13,7 @@ from assyncy_dagster.assets.epn_data import DRY_RUN_MODE, epn_data, epn_data_mat
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.resources.settings import AssyncyConfigResource, NoStorageIOManager
 from assyncy_dagster.testing.stack import DEMO_CAP_MAP
+from assyncy_dagster.transfer.bag import read_manifest
 from tests.support.fakes import CannedPortal, CannedSource
 from tests.support.helpers import EPN_DATA, LocalSite, check_results, epn_data_metadata, failure_text, sample_config
 
@@ -110,6 +111,14 @@ def test_a_real_transfer_is_materialised_with_what_was_copied_verified_and_recor
     assert metadata["change"] == "first verified sync"
     assert (metadata["rsync_exit_code"], metadata["streams"]) == (0, 1)
     assert len(metadata["source_digest"]) > 0
+    # Every file came with the sender's checksum: the manifest beside data/ lists each one,
+    # and its digest is the materialisation's data version.
+    assert (metadata["files_verified_by_content"], metadata["files_verified_by_size_only"]) == (len(FILES), 0)
+    recorded = read_manifest(destination.parent)
+    assert recorded is not None and sorted(recorded.tree) == sorted(FILES)
+    assert metadata["manifest_digest"] == recorded.digest
+    [materialization] = [e.event_specific_data.materialization for e in result.all_events if e.is_step_materialization]
+    assert materialization.tags["dagster/data_version"] == recorded.digest
     [check] = check_results(result)
     assert (check.check_name, check.partition, check.passed) == ("matches_source", "12282a", True)
     assert sorted(str(p.relative_to(destination)) for p in files_at(destination)) == sorted(FILES)

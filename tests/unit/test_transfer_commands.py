@@ -20,13 +20,15 @@ def test_transfer_command_has_the_intended_flags_as_separate_arguments(tmp_path)
         "--stats",
         "--chmod=Dg+s,ug+w,o-wx,ug+X,Fug-st",
         "--perms",
-        "--size-only",
+        "--checksum-choice=xxh128",
         "--partial-dir=.rsync-partial",
         "--mkpath",
         "--no-h",
         "--info=progress2",
     ):
         assert flag in argv
+    # The quick check compares size and mtime: a frame rewritten at the same size comes again.
+    assert "--size-only" not in argv and "--checksum" not in argv
     assert argv[argv.index("--include") + 1] == ".info"
     assert argv[argv.index("--exclude") + 1] == ".*"
     assert argv.index("--include") < argv.index("--exclude"), "first matching filter wins"
@@ -70,3 +72,10 @@ def test_list_command_recursive_uses_the_transfer_filters():
 def test_list_command_top_level_is_not_recursive_or_filtered():
     argv = list_command(facility_endpoint(), "/data/mx/", recursive=False)
     assert "-r" not in argv and "--exclude" not in argv
+
+
+def test_md5_and_a_full_checksum_pass_are_asked_by_name(tmp_path):
+    argv = transfer_command(
+        facility_endpoint(), "12282a", tmp_path / "d", dry_run=False, checksum_algorithm="md5", full_checksum=True
+    )
+    assert "--checksum-choice=md5" in argv and "--checksum" in argv

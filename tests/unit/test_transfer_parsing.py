@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from assyncy_dagster.transfer.parsing import ListingEntry, parse_listing, parse_progress, parse_stats
+from assyncy_dagster.transfer.manifests import Entry, Kind
+from assyncy_dagster.transfer.parsing import parse_itemized_line, parse_listing, parse_progress, parse_stats
 
 LISTING = (
     "drwxr-xr-x        4096 2026/11/28 00:02:39 .\n"
@@ -19,12 +20,13 @@ LISTING = (
 )
 
 
-def test_parse_listing_keeps_names_with_spaces_and_marks_symlinks():
-    entries = parse_listing(LISTING)
-    assert ListingEntry("frames/img 0002.cbf", 1000, False) in entries
-    assert ListingEntry("frames", 4096, True) in entries
-    assert ListingEntry("link", 6, False, is_symlink=True) in entries
-    assert not any(e.path == "." for e in entries)
+def test_parse_listing_keeps_names_with_spaces_and_marks_symlinks_and_special_files():
+    entries = {e.path: e for e in parse_listing(LISTING + "prw-r--r--           0 2026/11/28 00:02:39 pipe\n")}
+    assert entries["frames/img 0002.cbf"].entry == Entry(Kind.FILE, 1000, 1795824159)
+    assert entries["frames"].is_dir
+    assert entries["link"].is_symlink
+    assert entries["pipe"].entry.kind is Kind.SPECIAL
+    assert "." not in entries
 
 
 def test_parse_listing_reads_grouped_sizes_and_escaped_names():
@@ -34,9 +36,31 @@ def test_parse_listing_reads_grouped_sizes_and_escaped_names():
     assert "ütf" in by_path
 
 
-def test_parse_listing_drops_symlink_target():
+def test_parse_listing_splits_a_link_by_its_target_length():
     (entry,) = parse_listing("lrwxrwxrwx          6 2026/11/28 00:02:39 latest -> 12282a\n")
-    assert entry.path == "latest" and entry.is_symlink
+    assert entry.path == "latest" and entry.entry.target == "12282a"
+    # A link named `x -> ok` pointing at /etc: rsync's size (11) is the target's length.
+    (tricky,) = parse_listing("lrwxrwxrwx         11 2026/11/28 00:02:39 x -> ok -> /etc/passwd\n")
+    assert (tricky.path, tricky.entry.target) == ("x -> ok", "/etc/passwd")
+
+
+def test_parse_itemized_lines_carry_mtime_checksum_and_what_was_sent():
+    sent = parse_itemized_line(">f+++++++++|6|2026/12/05-20:56:51|6bba86c7e069f56d5a10b435f1c8e49c|a")
+    assert sent is not None and sent.sent and sent.new
+    assert sent.entry == Entry(Kind.FILE, 6, 1796504211, checksum="6bba86c7e069f56d5a10b435f1c8e49c")
+    kept = parse_itemized_line(".f         |100000|2026/12/05-20:56:51|                                |sub/b")
+    assert kept is not None and not kept.sent and kept.entry.checksum is None
+    rewritten = parse_itemized_line(">f..t......|6|2020/01/01-00:00:00|d06015dfa1a0e8057d187c6c5c0c0ee1|a")
+    assert rewritten is not None and rewritten.sent and not rewritten.new and rewritten.entry.mtime == 1577836800
+    folder = parse_itemized_line("cd+++++++++|4096|2026/12/05-20:56:51|                                |empty/")
+    assert folder is not None and folder.path == "empty" and folder.entry.kind is Kind.DIR
+    assert parse_itemized_line(".d         |4096|2026/12/05-20:56:51|                                |./") is None
+
+
+def test_parse_itemized_link_whose_name_holds_an_arrow():
+    blank = " " * 32  # no checksum: links have none
+    item = parse_itemized_line(f"cL+++++++++|11|2026/12/05-20:56:51|{blank}|x -> ok -> /etc/passwd")
+    assert item is not None and (item.path, item.entry.target) == ("x -> ok", "/etc/passwd")
 
 
 STATS = """

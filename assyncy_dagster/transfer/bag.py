@@ -1,0 +1,184 @@
+"""The EPN's manifest at home: what was verified, in forms that tools other than ours check.
+
+The seed's layout `<project>/<epn>/data/` is already a BagIt payload folder
+(RFC 8493), so the manifest goes beside `data/`:
+
+- `manifest-<algorithm>.txt`: `<checksum>  data/<path>` for every file (and
+  every symlink to a file of the EPN) whose checksum rsync's sender computed.
+  `xxhsum -c manifest-xxh128.txt` (Debian's xxhash) or
+  `md5sum -c manifest-md5.txt`, run in the EPN folder, re-checks the data.
+- with `checksum-algorithm: md5`, also `bagit.txt` and `bag-info.txt`, so the
+  EPN folder validates as a bag with the Library of Congress's `bagit` tool
+  (`bagit.py --validate <epn folder>`). With xxh128, `bag-info.txt` alone
+  (BagIt has no xxh128), for the provenance.
+- `assyncy-manifest.tsv`: our own full record, the one the tool reads back:
+  kind, size, mtime, checksum (blank where none is known: "verified by size
+  only") and path (and a symlink's target) of every file and symlink.
+
+Each is written atomically (statefiles). Nothing else beside `data/` is
+touched: a user's own files there stay as they are. Names holding a newline,
+a carriage return or a backslash cannot be written in xxhsum's format; they are
+left out of `manifest-xxh128.txt` (still in `assyncy-manifest.tsv`, and counted
+in `bag-info.txt`). BagIt's own encoding (`%0A`, `%0D`, `%25`) covers them in
+`manifest-md5.txt`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..statefiles import write_atomically
+from .manifests import Entry, Kind, resolve_link
+
+RECORD_NAME = "assyncy-manifest.tsv"
+RECORD_HEADER = "# assyncy-dagster EPN manifest 1"
+PAYLOAD = "data"
+BAGIT_DECLARATION = "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
+
+
+def manifest_name(algorithm: str) -> str:
+    return f"manifest-{algorithm}.txt"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the manifest at home says: the algorithm, every file and symlink, and its digest."""
+
+    algorithm: str
+    tree: dict[str, Entry]
+    digest: str
+
+
+def _encode(text: str, *, tab: bool = True) -> str:
+    """Percent-encode what would break a line (BagIt's rule: `%`, CR, LF) or a column (tab)."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace("\t", "%09") if tab else text
+
+
+def _decode(text: str) -> str:
+    return text.replace("%0A", "\n").replace("%0D", "\r").replace("%09", "\t").replace("%25", "%")
+
+
+def _record_text(tree: Mapping[str, Entry], algorithm: str) -> str:
+    lines = [f"{RECORD_HEADER}\talgorithm={algorithm}", "# kind\tsize\tmtime\tchecksum\tpath\ttarget"]
+    for path in sorted(tree):
+        entry = tree[path]
+        if entry.kind is Kind.FILE:
+            lines.append(f"f\t{entry.size}\t{entry.mtime}\t{entry.checksum or ''}\t{_encode(path)}\t")
+        elif entry.kind is Kind.LINK:
+            lines.append(f"l\t0\t{entry.mtime}\t\t{_encode(path)}\t{_encode(entry.target or '')}")
+    return "\n".join(lines) + "\n"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def checksum_lines(tree: Mapping[str, Entry], algorithm: str) -> tuple[list[str], int]:
+    """The lines of `manifest-<algorithm>.txt`, and how many files had to be left out of it.
+
+    A symlink to a file of the EPN is listed with that file's checksum: `xxhsum -c` and
+    BagIt both read a payload link as the file it resolves to."""
+    lines, left_out = [], 0
+    for path in sorted(tree):
+        entry = tree[path]
+        if entry.kind is Kind.LINK:
+            resolved = resolve_link(tree, path)
+            entry = tree.get(resolved, entry) if resolved is not None else entry
+        if entry.kind is not Kind.FILE or not entry.checksum:
+            continue
+        name = f"{PAYLOAD}/{path}"
+        if algorithm == "md5":
+            lines.append(f"{entry.checksum}  {_encode(name, tab=False)}")
+        elif any(c in name for c in "\n\r\\"):
+            left_out += 1
+        else:
+            lines.append(f"{entry.checksum}  {name}")
+    return lines, left_out
+
+
+def write_manifest(epn_folder: Path, tree: Mapping[str, Entry], *, algorithm: str, info: Mapping[str, str]) -> str:
+    """Write the EPN's manifest beside `data/` (see the module docstring); returns its digest,
+    the `epn_data` materialisation's data version. `info` fills bag-info.txt."""
+    kept = {p: e for p, e in tree.items() if e.kind in (Kind.FILE, Kind.LINK)}
+    record = _record_text(kept, algorithm)
+    lines, left_out = checksum_lines(kept, algorithm)
+    files = [e for e in kept.values() if e.kind is Kind.FILE]
+    bag_info = dict(info)
+    bag_info["Payload-Oxum"] = f"{sum(e.size for e in files)}.{len(files)}"
+    bag_info["Files-Verified-By-Content"] = str(sum(1 for e in files if e.checksum))
+    bag_info["Files-Verified-By-Size-Only"] = str(sum(1 for e in files if not e.checksum))
+    if left_out:
+        bag_info["Files-Not-In-Checksum-Manifest"] = f"{left_out} (names xxhsum cannot read; see {RECORD_NAME})"
+    if algorithm == "md5":
+        # BagIt's Oxum counts what its tools walk in data/: a symlink to a file counts as that file.
+        payload = [e for e in (_resolved(kept, p) for p in kept) if e is not None]
+        bag_info["Payload-Oxum"] = f"{sum(e.size for e in payload)}.{len(payload)}"
+        write_atomically(epn_folder / "bagit.txt", BAGIT_DECLARATION)
+    write_atomically(epn_folder / manifest_name(algorithm), "".join(line + "\n" for line in lines))
+    write_atomically(epn_folder / "bag-info.txt", "".join(f"{k}: {_one_line(v)}\n" for k, v in bag_info.items()))
+    write_atomically(epn_folder / RECORD_NAME, record)  # last: its digest is the data version
+    return _digest(record)
+
+
+def _resolved(tree: Mapping[str, Entry], path: str) -> Entry | None:
+    entry = tree[path]
+    if entry.kind is Kind.LINK:
+        target = resolve_link(tree, path)
+        entry = tree.get(target) if target is not None else None  # type: ignore[assignment]
+    return entry if entry is not None and entry.kind is Kind.FILE else None
+
+
+def _one_line(value: str) -> str:
+    return " ".join(str(value).split())
+
+
+def read_manifest(epn_folder: Path) -> Recorded | None:
+    """The manifest recorded at home, or None when there is none (brought home by the old tool
+    or an earlier version) or it is not ours. A damaged line is skipped, never guessed."""
+    try:
+        text = (epn_folder / RECORD_NAME).read_text(encoding="utf-8", errors="surrogateescape")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith(RECORD_HEADER) or "algorithm=" not in lines[0]:
+        return None
+    algorithm = lines[0].split("algorithm=", 1)[1].strip()
+    tree: dict[str, Entry] = {}
+    for line in lines[1:]:
+        if line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 6 or parts[0] not in ("f", "l"):
+            continue
+        kind, size, mtime, checksum, path, target = parts
+        try:
+            if kind == "f":
+                tree[_decode(path)] = Entry(Kind.FILE, int(size), int(mtime), checksum=checksum or None)
+            else:
+                tree[_decode(path)] = Entry(Kind.LINK, mtime=int(mtime), target=_decode(target))
+        except ValueError:
+            continue
+    return Recorded(algorithm, tree, _digest(text))
+
+
+def flush_to_disk(folder: Path) -> None:
+    """Make what rsync wrote under `folder` durable before the EPN is recorded: rsync does not
+    fsync, and after a power cut files renamed into place may come back empty. One syncfs(2) of
+    the folder's file system (Linux); elsewhere, sync(2)."""
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)  # the C library already loaded
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"syncfs of {folder}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)

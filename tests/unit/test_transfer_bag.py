@@ -1,0 +1,49 @@
+"""The EPN's manifest at home (transfer/bag.py): written beside data/, read back as written."""
+
+from __future__ import annotations
+
+from assyncy_dagster.transfer.bag import RECORD_NAME, manifest_name, read_manifest, write_manifest
+from assyncy_dagster.transfer.manifests import Entry, Kind
+
+TREE = {
+    "frames": Entry(Kind.DIR, mtime=5),
+    "frames/img 0001.cbf": Entry(Kind.FILE, 3, 100, checksum="a" * 32),
+    "frames/old.cbf": Entry(Kind.FILE, 4, 101),  # brought home before checksums: size only
+    "odd\tname%\n.cbf": Entry(Kind.FILE, 5, 102, checksum="b" * 32),
+    "latest": Entry(Kind.LINK, mtime=7, target="frames/img 0001.cbf"),
+}
+INFO = {"EPN": "12282a", "Source-Host": "sftp.example"}
+
+
+def test_the_manifest_reads_back_as_written_and_its_digest_is_stable(tmp_path):
+    (tmp_path / "notes.txt").write_text("a user's own file")
+    digest = write_manifest(tmp_path, TREE, algorithm="xxh128", info=INFO)
+    recorded = read_manifest(tmp_path)
+    assert recorded is not None and recorded.algorithm == "xxh128" and recorded.digest == digest
+    assert recorded.tree == {p: e for p, e in TREE.items() if e.kind is not Kind.DIR}
+    assert (tmp_path / "notes.txt").read_text() == "a user's own file"
+    assert write_manifest(tmp_path, TREE, algorithm="xxh128", info={**INFO, "Bagged-At": "later"}) == digest
+
+
+def test_the_xxh128_manifest_is_in_xxhsums_format_and_lists_links_as_their_file(tmp_path):
+    write_manifest(tmp_path, TREE, algorithm="xxh128", info=INFO)
+    lines = (tmp_path / manifest_name("xxh128")).read_text().splitlines()
+    # The name with a newline cannot be written in xxhsum's format; the size-only file has no checksum.
+    assert lines == ["a" * 32 + "  data/frames/img 0001.cbf", "a" * 32 + "  data/latest"]
+    info = (tmp_path / "bag-info.txt").read_text()
+    assert "Payload-Oxum: 12.3" in info and "Files-Verified-By-Size-Only: 1" in info
+    assert "Files-Not-In-Checksum-Manifest: 1" in info
+    assert not (tmp_path / "bagit.txt").exists()
+
+
+def test_an_md5_manifest_makes_a_bag_with_bagits_encoding(tmp_path):
+    write_manifest(tmp_path, TREE, algorithm="md5", info=INFO)
+    assert (tmp_path / "bagit.txt").read_text().startswith("BagIt-Version: 1.0\n")
+    lines = (tmp_path / manifest_name("md5")).read_text().splitlines()
+    assert "b" * 32 + "  data/odd\tname%25%0A.cbf" in lines
+
+
+def test_no_manifest_or_a_foreign_file_reads_as_none(tmp_path):
+    assert read_manifest(tmp_path) is None
+    (tmp_path / RECORD_NAME).write_text("something else\n")
+    assert read_manifest(tmp_path) is None
