@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,13 @@ def test_md5_and_a_full_checksum_pass_are_asked_by_name(tmp_path):
         facility_endpoint(), "12282a", tmp_path / "d", dry_run=False, checksum_algorithm="md5", full_checksum=True
     )
     assert "--checksum-choice=md5" in argv and "--checksum" in argv
+
+
+def test_the_readmes_rsync_line_is_the_one_the_code_builds(tmp_path):
+    """README's "The transfer" shows the command; it must not drift from transfer_command."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("### The transfer", 1)[1].split("```", 2)[1]
+    shown = shlex.split(block.replace("\\\n", " ").replace("[--checksum]", "").replace("[--dry-run]", ""))
+    argv = transfer_command(facility_endpoint(), "12282a", tmp_path / "data", dry_run=False)
+    built = argv[: argv.index("-e")]
+    assert shown[: shown.index("-e")] == built
