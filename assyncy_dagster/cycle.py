@@ -80,7 +80,8 @@ def _epn_errors(events: Iterable[dg.DagsterEvent]) -> dict[str, str]:
     return {}
 
 
-_NOT_FAILED = (Outcome.HOME.value, Outcome.DRY_RUN.value, Outcome.EMPTY.value)
+# Skipped: another run held the EPN's claim, or brought it home meanwhile; not this run's failure.
+_NOT_FAILED = (Outcome.HOME.value, Outcome.DRY_RUN.value, Outcome.EMPTY.value, Outcome.SKIPPED.value)
 
 
 def execute_request(

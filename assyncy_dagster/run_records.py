@@ -3,32 +3,31 @@
 A run may carry many EPNs (a batch from `epn_sensor` or `mxsync`, a backfill
 range from the UI), so each EPN's own outcome is kept as a run tag,
 `assyncy/epn/<epn>`: `queued` when the sensor asks for it, `running` when the
-step starts, then `home`, `dry-run`, `failed` or `empty` (nothing to fetch yet:
-held back, not failed). The run that does the work
-also names its worker process (`assyncy/worker`), so that a worker killed
-outright (SIGKILL, OOM, host crash), which Dagster's default run launcher
-cannot see, is noticed and its run ended. A run on another host (a Celery
-worker of a scaled-out set-up) is checked through Celery: its task's worker
-node must still answer a ping.
+step starts, then `home`, `dry-run`, `failed`, `skipped` or `empty` (nothing to
+fetch yet: held back, not failed). The run that does the work also names its
+worker process (`assyncy/worker`) and writes a heartbeat (claims.py), so that a
+worker killed outright (SIGKILL, OOM, host crash), which Dagster's default run
+launcher cannot see, is noticed and its run ended, on positive evidence only.
+Once a run has ended, none of its EPNs stays `queued` or `running`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import os
+import logging
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
+from .claims import WORKER_TAG, forget_run, heartbeats, why_gone, worker_is_gone
 from .planning import LastRun, RunHistory
 
 EPN_TAG_PREFIX = "assyncy/epn/"
-WORKER_TAG = "assyncy/worker"
 INTERRUPTED_TAG = "assyncy/interrupted"
 LOST_TAG = "assyncy/worker-lost"
 # Set by dagster-celery's CeleryRunLauncher: the Celery task that carries the run.
@@ -49,6 +48,7 @@ IN_FLIGHT = (
     dg.DagsterRunStatus.CANCELING,
 )
 ENDED_BADLY = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+_log = logging.getLogger("assyncy.sync")
 
 
 class Outcome(str, enum.Enum):
@@ -72,39 +72,6 @@ def outcome_tags(epns: Iterable[str], outcome: Outcome) -> dict[str, str]:
 def tagged_epns(tags: Mapping[str, str]) -> dict[str, str]:
     """EPN -> outcome, from a run's `assyncy/epn/<epn>` tags."""
     return {k[len(EPN_TAG_PREFIX) :]: v for k, v in tags.items() if k.startswith(EPN_TAG_PREFIX)}
-
-
-# -- the worker process ---------------------------------------------------------
-
-
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (from /proc), or None when it is gone.
-
-    A pid alone is not an identity: after a crash the number may be reused."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
-        return None
-    if fields and fields[0] == b"Z":
-        return None  # a zombie has finished; its parent just has not reaped it
-    return fields[19].decode() if len(fields) > 19 else None
-
-
-def this_worker() -> str:
-    """`host:pid:start` of this process, for the run's WORKER_TAG."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or '?'}"
-
-
-def worker_is_gone(worker: str) -> bool:
-    """Whether the worker named by a WORKER_TAG is known dead. Only a worker on this
-    host can be checked; one elsewhere (a Celery data mover) is left to run monitoring."""
-    host, _, rest = worker.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    return _start_ticks(int(pid_text)) != start
 
 
 # -- which EPNs a run carries --------------------------------------------------
@@ -154,32 +121,37 @@ def in_flight(instance: dg.DagsterInstance, repatriation_job: str, partition_ord
 
 
 def end_lost_runs(
-    instance: dg.DagsterInstance, flights: InFlight, stale_after_hours: float, now: datetime | None = None
+    instance: dg.DagsterInstance,
+    flights: InFlight,
+    stale_after_hours: float,
+    now: datetime | None = None,
+    log: logging.Logger | Any = None,
 ) -> dict[str, str]:
-    """End runs whose worker died or that ran past `stale_after_hours`; free their pool slots.
+    """End runs whose worker is known to be gone or that ran past `stale_after_hours`; free
+    their pool slots and their EPN claims, and fail the EPNs they left queued or running.
 
-    Returns run id -> why, for the sensor's report. Their EPNs then count as
-    failed, so they are retried with the usual backoff."""
+    A worker is gone only on positive evidence (claims.why_gone: a stopped heartbeat, or its
+    process dead as seen from its own host and PID namespace), or when its Celery task failed
+    or, for a run without a heartbeat, its Celery worker stopped answering. Returns run id ->
+    why, for the sensor's report. Their EPNs then count as failed, so they are retried with
+    the usual backoff."""
+    log = log or _log
     now = now or datetime.now(UTC)
     ended: dict[str, str] = {}
-    elsewhere = celery_workers_gone(instance, flights.runs)
+    beats = heartbeats(instance, [r.dagster_run.run_id for r in flights.runs])
+    elsewhere = celery_workers_gone(instance, flights.runs, log=log, heartbeats=beats)
     for record in flights.runs:
         run = record.dagster_run
-        worker = run.tags.get(WORKER_TAG)
         started = record.start_time
-        why = None
-        if (
-            run.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
-            and worker
-            and worker_is_gone(worker)
-        ):
-            why = f"its worker process ({worker.rsplit(':', 1)[0]}) is gone: killed or crashed"
+        why = why_gone(run, beats.get(run.run_id), now.timestamp())
+        if why is not None and not worker_is_gone(run.tags.get(WORKER_TAG, "")):
+            _terminate(instance, run.run_id, log)  # its heartbeat stopped: it may be only cut off, not dead
         elif run.run_id in elsewhere:
             why = elsewhere[run.run_id]
-            _terminate(instance, run.run_id)  # in case the worker is only cut off, not dead
+            _terminate(instance, run.run_id, log)
         elif started and now.timestamp() - started > stale_after_hours * 3600:
             why = f"in flight for more than stale-run-hours ({stale_after_hours:g} h)"
-            _terminate(instance, run.run_id)
+            _terminate(instance, run.run_id, log)
         if why is None:
             continue
         fresh = instance.get_run_by_id(run.run_id)
@@ -188,6 +160,7 @@ def end_lost_runs(
         instance.add_run_tags(run.run_id, {LOST_TAG: why})
         instance.report_run_failed(fresh, message=f"assyncy: run ended as failed: {why}")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        forget_run(instance, run.run_id, tagged_epns(fresh.tags))
         ended[run.run_id] = why
     # A run that Dagster itself saw end (e.g. its code server noticed the worker die)
     # can still hold its rsync slot until run monitoring's next pass; free it now.
@@ -197,27 +170,72 @@ def end_lost_runs(
         for record in instance.get_run_records(dg.RunsFilter(run_ids=list(holders))):
             if record.dagster_run.status not in IN_FLIGHT:
                 storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
+    settle_ended_runs(instance, log, now)
     return ended
 
 
-def _terminate(instance: dg.DagsterInstance, run_id: str) -> None:
+# How far back (by the run's last update) the sweep looks for ended runs that left EPNs unsettled.
+SETTLE_WINDOW = timedelta(hours=6)
+_UNSETTLED = (Outcome.QUEUED.value, Outcome.RUNNING.value)
+
+
+def settle_ended_runs(
+    instance: dg.DagsterInstance, log: logging.Logger | Any = None, now: datetime | None = None
+) -> dict[str, list[str]]:
+    """The sweep's assertion that no ended run keeps an EPN `queued` or `running`: each one found
+    (a worker killed outright, a run terminated before its step began) is tagged `failed`, with
+    a log line naming it. Returns run id -> the EPNs settled."""
+    log = log or _log
+    now = now or datetime.now(UTC)
+    records = instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, *ENDED_BADLY], updated_after=now - SETTLE_WINDOW),
+        limit=500,
+    )
+    settled: dict[str, list[str]] = {}
+    for record in records:
+        run = record.dagster_run
+        left = sorted(epn for epn, outcome in tagged_epns(run.tags).items() if outcome in _UNSETTLED)
+        if not left:
+            continue
+        instance.add_run_tags(run.run_id, outcome_tags(left, Outcome.FAILED))
+        log.warning(
+            f"run {run.run_id} ended ({run.status.value}) with EPN(s) {', '.join(left)} still queued or running: "
+            "recorded as failed"
+        )
+        settled[run.run_id] = left
+    return settled
+
+
+def _terminate(instance: dg.DagsterInstance, run_id: str, log: logging.Logger | Any) -> None:
     # A launcher that cannot reach the worker raises: the run is ended anyway.
-    with contextlib.suppress(Exception):
+    try:
         instance.run_launcher.terminate(run_id)
+    except Exception as exc:
+        log.warning(f"run {run_id}: the run launcher could not terminate it ({exc}); ending it anyway")
 
 
-def celery_workers_gone(instance: dg.DagsterInstance, records: Sequence[dg.RunRecord], app=None) -> dict[str, str]:
+def celery_workers_gone(
+    instance: dg.DagsterInstance,
+    records: Sequence[dg.RunRecord],
+    app=None,
+    log: logging.Logger | Any = None,
+    heartbeats: Mapping[str, float] | None = None,
+) -> dict[str, str]:
     """Run id -> why, for started runs whose Celery worker (on another host) is gone.
 
     The daemon's run monitoring asks Celery only for the task's state, and a worker
     killed outright (SIGKILL of the whole worker, OOM of its cgroup, power loss)
-    leaves it STARTED for ever. So: a run whose task is STARTED on a worker node
-    that answered no ping at two checks in a row (two sensor ticks, 30 s apart in
-    production; the first is remembered in SILENT_TAG) is gone, and so is one whose
-    task FAILED (the worker saw its run's process die). Needs a result backend that
-    every process can read (Redis), not `rpc://`. Anything Celery cannot answer
-    (no Celery launcher, broker down) ends nothing. `app`: the Celery app to ask
-    (default: the instance's CeleryRunLauncher's)."""
+    leaves it STARTED for ever. So: a run whose task FAILED (the worker saw its run's
+    process die) is gone; and a run without a heartbeat (claims.py: a transfer step
+    judged by its heartbeat is never judged by pings, so a worker cut off from the
+    broker but still copying keeps its run) whose task is STARTED on a worker node that
+    answered no ping at two checks in a row (two sensor ticks, 30 s apart in production;
+    the first is remembered in SILENT_TAG) is gone too. Needs a result backend that
+    every process can read (Redis), not `rpc://`. Anything Celery cannot answer (no
+    Celery launcher, broker down) ends nothing, with a log line. `app`: the Celery app
+    to ask (default: the instance's CeleryRunLauncher's)."""
+    log = log or _log
+    beating = set(heartbeats or {})
     candidates = [
         r.dagster_run
         for r in records
@@ -238,10 +256,16 @@ def celery_workers_gone(instance: dg.DagsterInstance, records: Sequence[dg.RunRe
             result = app.AsyncResult(run.tags[CELERY_TASK_TAG])
             if result.state == "FAILURE":
                 gone[run.run_id] = f"its Celery task failed: {result.result!r}"[:300]
-            elif result.state == "STARTED" and isinstance(result.info, dict) and result.info.get("hostname"):
+            elif (
+                run.run_id not in beating
+                and result.state == "STARTED"
+                and isinstance(result.info, dict)
+                and result.info.get("hostname")
+            ):
                 nodes[run.run_id] = str(result.info["hostname"])
         silent = _silent_nodes(app, set(nodes.values()))
-    except Exception:  # the broker or backend is unreachable: run monitoring's bounds remain
+    except Exception as exc:  # the broker or backend is unreachable: run monitoring's bounds remain
+        log.warning(f"epn_sensor: cannot ask Celery about {len(candidates)} run(s) on other hosts: {exc!r}")
         return gone
     stamp = time.time()
     for run in candidates:
@@ -349,3 +373,18 @@ def step_failure_message(events: Iterable[dg.DagsterEvent]) -> str | None:
         if data and data.error:
             return data.error.message.strip()
     return None
+
+
+def home_since_requested(instance: dg.DagsterInstance, epn: str, run_id: str) -> str | None:
+    """The run that materialised `epn` (its data at the destination) after run `run_id` was
+    created, or None: a run that waited behind another one for an EPN finds it done."""
+    record = instance.get_run_record_by_id(run_id)
+    if record is None:
+        return None
+    found = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=EPN_DATA, asset_partitions=[epn], after_timestamp=record.create_timestamp.timestamp()
+        ),
+        limit=5,
+    ).records
+    return next((r.run_id for r in found if r.run_id != run_id), None)

@@ -87,7 +87,7 @@ def plan_tick(
     tick_started = time.monotonic()
     partitions = instance.get_dynamic_partitions(EPN_PARTITIONS_NAME)
     flights = in_flight(instance, REPATRIATION_JOB, partitions)
-    lost = end_lost_runs(instance, flights, settings.stale_run_hours, now)
+    lost = end_lost_runs(instance, flights, settings.stale_run_hours, now, log=log)
     lost_text = "".join(f"; ended run {run_id} as failed: {why}" for run_id, why in lost.items())
     for run_id, why in lost.items():
         log.warning(f"epn_sensor: ended run {run_id} as failed: {why}; its EPNs will be retried")

@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from ..claims import WORKER_TAG, Heartbeat, claim_epn, release_epn, this_worker
 from ..config import Settings
 from ..epn import InvalidEpnError, UnmappedEpnError, base_number, destination_for, validate_epn
 from ..names import RSYNC_POOL
@@ -32,9 +33,9 @@ from ..portal import PortalError, Visit, visit_window, visits_by_epn
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
-from ..run_records import WORKER_TAG, Outcome, epn_tag, last_verified, outcome_tags, this_worker, worker_is_gone
-from ..state import add_epns
-from ..transfer import RsyncClient, RsyncError, TransferStats, local_tree
+from ..run_records import Outcome, home_since_requested, last_verified, outcome_tags, tagged_epns
+from ..state import add_epns, read_epns
+from ..transfer import RsyncClient, RsyncError, SshConfigError, TransferStats, local_tree
 from ..transfer.bag import flush_to_disk, manifest_name, read_manifest, write_manifest
 from ..transfer.commands import CHECKSUM_ALGORITHMS
 from ..transfer.manifests import Kind, Tree, tree_digest, with_checksums
@@ -375,72 +376,108 @@ def repatriate(
     EPN's outcome (see run_records). Raises dg.Failure at the end naming every
     EPN that failed, so the run shows as failed while the others are home."""
     instance, run_id = context.instance, context.run_id
-    instance.add_run_tags(run_id, {WORKER_TAG: this_worker(), **outcome_tags(epns, Outcome.QUEUED)})
-    since, until = visit_window(datetime.now(UTC), settings.visit_day_range)
-    try:
-        answer = portal.answer(since, until, logger=context.log)
-        by_epn = visits_by_epn(v for v in answer.visits if v.epn in set(epns))
-        client = sftp.client(logger=context.log)
-    except (PortalError, RsyncError) as exc:
-        instance.add_run_tags(run_id, outcome_tags(epns, Outcome.FAILED))
-        raise dg.Failure(description=f"EPN(s) {', '.join(epns)}: cannot start: {exc}") from None
-
-    failures: dict[str, str] = {}
-    for epn in epns:
-        visits = by_epn.get(epn, [])
-        if report_visits and visits:
-            yield dg.AssetMaterialization(asset_key=PORTAL_VISITS, partition=epn, metadata=visit_metadata(visits))
-        other = _transferring_elsewhere(instance, epn, run_id)
-        if other:
-            # Not this EPN's failure, and no second rsync into the same destination.
-            context.log.warning(f"EPN {epn}: not started: run {other} is transferring it right now")
-            instance.add_run_tags(run_id, outcome_tags([epn], Outcome.SKIPPED))
-            continue
+    # The heartbeat first: every claim's holder has one, and a worker killed outright is noticed
+    # by its silence (claims.py). Whatever ends the step, no EPN stays tagged queued or running.
+    with Heartbeat(instance, run_id, context.log):
+        instance.add_run_tags(run_id, {WORKER_TAG: this_worker(), **outcome_tags(epns, Outcome.QUEUED)})
         try:
-            instance.add_run_tags(run_id, outcome_tags([epn], Outcome.RUNNING))
-            yield from _bring_home(
-                context,
-                epn,
-                settings,
-                client,
-                visits,
-                dry_run=dry_run,
-                allow_running_visit=allow_running_visit,
-                malformed=answer.malformed.get(epn, ""),
-                full_checksum=full_checksum,
-            )
-        except EpnFailed as exc:
-            failures[epn] = str(exc)
-            context.log.error(str(exc))
-            instance.add_run_tags(run_id, outcome_tags([epn], Outcome.FAILED))
-            continue
-        except EpnEmpty as exc:
-            context.log.warning(str(exc))
-            instance.add_run_tags(run_id, outcome_tags([epn], Outcome.EMPTY))
-            continue
-        instance.add_run_tags(run_id, outcome_tags([epn], Outcome.DRY_RUN if dry_run else Outcome.HOME))
-    if failures:
-        if len(epns) == 1:
-            description = next(iter(failures.values()))
-        else:
-            description = f"{len(failures)} of {len(epns)} EPN(s) failed; the others are home.\n" + "\n".join(
-                failures.values()
-            )
-        raise dg.Failure(description=description, metadata={"errors": dg.MetadataValue.json(failures)})
+            since, until = visit_window(datetime.now(UTC), settings.visit_day_range)
+            try:
+                answer = portal.answer(since, until, logger=context.log)
+                by_epn = visits_by_epn(v for v in answer.visits if v.epn in set(epns))
+                client = sftp.client(logger=context.log)
+            except (PortalError, RsyncError, SshConfigError) as exc:  # a settings error names the setting
+                instance.add_run_tags(run_id, outcome_tags(epns, Outcome.FAILED))
+                raise dg.Failure(description=f"EPN(s) {', '.join(epns)}: cannot start: {exc}") from None
+
+            failures: dict[str, str] = {}
+            for epn in epns:
+                visits = by_epn.get(epn, [])
+                if report_visits and visits:
+                    yield dg.AssetMaterialization(
+                        asset_key=PORTAL_VISITS, partition=epn, metadata=visit_metadata(visits)
+                    )
+                why_not = _transferring_elsewhere(instance, epn, run_id, settings, dry_run, context.log)
+                if why_not:
+                    # Not this EPN's failure, and no second rsync into the same destination.
+                    context.log.warning(f"EPN {epn}: not started: {why_not}")
+                    instance.add_run_tags(run_id, outcome_tags([epn], Outcome.SKIPPED))
+                    continue
+                try:
+                    instance.add_run_tags(run_id, outcome_tags([epn], Outcome.RUNNING))
+                    yield from _bring_home(
+                        context,
+                        epn,
+                        settings,
+                        client,
+                        visits,
+                        dry_run=dry_run,
+                        allow_running_visit=allow_running_visit,
+                        malformed=answer.malformed.get(epn, ""),
+                        full_checksum=full_checksum,
+                    )
+                except EpnFailed as exc:
+                    failures[epn] = str(exc)
+                    context.log.error(str(exc))
+                    instance.add_run_tags(run_id, outcome_tags([epn], Outcome.FAILED))
+                    continue
+                except (SshConfigError, OSError) as exc:  # a setting (key-file, known-hosts-file) or the destination
+                    failures[epn] = f"EPN {epn}: {_named_cause(exc)}"
+                    context.log.error(failures[epn])
+                    instance.add_run_tags(run_id, outcome_tags([epn], Outcome.FAILED))
+                    continue
+                except EpnEmpty as exc:
+                    context.log.warning(str(exc))
+                    instance.add_run_tags(run_id, outcome_tags([epn], Outcome.EMPTY))
+                    continue
+                finally:
+                    release_epn(instance, epn, run_id)
+                instance.add_run_tags(run_id, outcome_tags([epn], Outcome.DRY_RUN if dry_run else Outcome.HOME))
+            if failures:
+                if len(epns) == 1:
+                    description = next(iter(failures.values()))
+                else:
+                    description = f"{len(failures)} of {len(epns)} EPN(s) failed; the others are home.\n" + "\n".join(
+                        failures.values()
+                    )
+                raise dg.Failure(description=description, metadata={"errors": dg.MetadataValue.json(failures)})
+        finally:
+            _fail_unsettled(instance, run_id)
 
 
-def _transferring_elsewhere(instance: dg.DagsterInstance, epn: str, run_id: str) -> str | None:
-    """Another started run in the middle of this EPN (e.g. one launched from the UI while a
-    sensor batch waited): two rsyncs into one destination must never run at once."""
-    records = instance.get_run_records(
-        dg.RunsFilter(tags={epn_tag(epn): Outcome.RUNNING.value}, statuses=[dg.DagsterRunStatus.STARTED]), limit=5
-    )
-    for record in records:
-        run = record.dagster_run
-        worker = run.tags.get(WORKER_TAG)
-        if run.run_id != run_id and not (worker and worker_is_gone(worker)):  # a dead worker transfers nothing
-            return run.run_id
+def _transferring_elsewhere(
+    instance: dg.DagsterInstance, epn: str, run_id: str, settings: Settings, dry_run: bool, log
+) -> str | None:
+    """Take this run's exclusive claim on the EPN (claims.py) before any rsync into it, or say
+    why not: another run holds it (e.g. one launched from the UI while a sensor batch waited; two
+    rsyncs into one destination must never run at once, on one host or on many), or another run
+    brought it home after this one was requested. The caller gives the claim back."""
+    holder = claim_epn(instance, epn, run_id, log)
+    if holder is not None:
+        return f"run {holder} is transferring it right now"
+    done = None if dry_run or epn not in read_epns(settings.ignore) else home_since_requested(instance, epn, run_id)
+    if done is not None:
+        release_epn(instance, epn, run_id)
+        return f"run {done} brought it home after this run was requested"
     return None
+
+
+def _named_cause(exc: OSError | SshConfigError) -> str:
+    """An OSError names the path and what failed; the admin is told where to look."""
+    if isinstance(exc, SshConfigError):
+        return str(exc)
+    return f"{exc.strerror or exc} ({exc.filename or 'no file named'}): check destination-root-path and its permissions"
+
+
+def _fail_unsettled(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Tag `failed` every EPN of the run still `queued` or `running` when the step ends (an error
+    no EPN's handling caught, an interruption): none stays in flight after its run."""
+    run = instance.get_run_by_id(run_id)
+    left = [
+        e for e, o in tagged_epns(run.tags if run else {}).items() if o in (Outcome.QUEUED.value, Outcome.RUNNING.value)
+    ]
+    if left:
+        instance.add_run_tags(run_id, outcome_tags(left, Outcome.FAILED))
 
 
 def repatriate_as_configured(

@@ -35,6 +35,7 @@ import dagster as dg
 import psutil
 import pytest
 
+from assyncy_dagster.claims import _pid_namespace
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.facts import SensorCursor
 from assyncy_dagster.names import REPATRIATION_JOB
@@ -290,7 +291,10 @@ def test_a_cli_retry_before_the_sweep_does_not_report_success_without_data(stack
     stack.instance.create_run_for_job(  # what a SIGKILLed worker leaves behind (see the kill loop above)
         job_def=job,
         run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
-        tags={WORKER_TAG: f"{socket.gethostname()}:{gone.pid}:0", **outcome_tags(["12282a"], Outcome.RUNNING)},
+        tags={
+            WORKER_TAG: f"{socket.gethostname()}:{gone.pid}:0:{_pid_namespace()}",
+            **outcome_tags(["12282a"], Outcome.RUNNING),
+        },
         status=dg.DagsterRunStatus.STARTED,
     )
     retry = subprocess.run(

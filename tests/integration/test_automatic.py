@@ -9,21 +9,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from assyncy_dagster.claims import WORKER_TAG, _pid_namespace, _start_ticks, worker_is_gone
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.facts import SensorCursor, refresh_retry_delay
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.planning import LastRun
-from assyncy_dagster.run_records import (
-    WORKER_TAG,
-    Outcome,
-    _start_ticks,
-    end_lost_runs,
-    epn_history,
-    in_flight,
-    outcome_tags,
-    worker_is_gone,
-)
+from assyncy_dagster.run_records import Outcome, end_lost_runs, epn_history, in_flight, outcome_tags
 from tests.support.helpers import ticker
 
 
@@ -94,10 +86,16 @@ def test_a_worker_process_is_known_dead_only_when_it_is():
     try:
         import socket
 
-        worker = f"{socket.gethostname()}:{proc.pid}:{_start_ticks(proc.pid)}"
+        here, namespace = socket.gethostname(), _pid_namespace()
+        worker = f"{here}:{proc.pid}:{_start_ticks(proc.pid)}:{namespace}"
         assert not worker_is_gone(worker)
-        assert worker_is_gone(f"{socket.gethostname()}:{proc.pid}:1")  # same pid, another process
-        assert not worker_is_gone(f"another-host:{proc.pid}:1")  # cannot tell: left to run monitoring
+        assert worker_is_gone(f"{here}:{proc.pid}:1:{namespace}")  # same pid, another process
+        # Not evidence: another host, another PID namespace, a start time that could not be read
+        # (a host without /proc, e.g. macOS), an old tag without its namespace.
+        assert not worker_is_gone(f"another-host:{proc.pid}:1:{namespace}")
+        assert not worker_is_gone(f"{here}:{proc.pid}:1:4026530000")
+        assert not worker_is_gone(f"{here}:{proc.pid}:?:?")
+        assert not worker_is_gone(f"{here}:{proc.pid}:1")
     finally:
         proc.kill()
         proc.wait()
@@ -111,7 +109,7 @@ def test_a_run_whose_worker_died_is_ended_as_failed_and_frees_its_rsync_slot(sta
     proc.wait()
     import socket
 
-    dead = f"{socket.gethostname()}:{proc.pid}:0"
+    dead = f"{socket.gethostname()}:{proc.pid}:0:{_pid_namespace()}"
     run = stack.instance.create_run_for_job(
         job_def=job,
         run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},

@@ -5,6 +5,7 @@ import stat
 
 import dagster as dg
 
+from assyncy_dagster.claims import claim_epn
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.planning import LastRun
 from assyncy_dagster.run_records import epn_history
@@ -179,6 +180,7 @@ def test_an_epn_another_run_is_transferring_is_not_started_twice(stack):
         tags={"assyncy/epn/12282a": "running"},
         status=dg.DagsterRunStatus.STARTED,
     )
+    assert claim_epn(stack.instance, "12282a", other.run_id) is None  # as its step does before rsync
     result = stack.materialize("12282a")
     assert result.success  # not the EPN's failure: no failure e-mail, no backoff
     assert not [

@@ -1,0 +1,192 @@
+"""claims.py: a run's worker is gone only on positive evidence, and each EPN has one claim holder.
+
+On a real Dagster instance on disk (SQLite in a temporary DAGSTER_HOME), whose key-value
+table every process of the instance shares; threads stand in for processes here (the
+integration and fault tiers race real processes)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assyncy_dagster import claims
+from assyncy_dagster.claims import (
+    HEARTBEAT_LIMIT_SECONDS,
+    HEARTBEAT_PREFIX,
+    WORKER_TAG,
+    Heartbeat,
+    claim_epn,
+    heartbeats,
+    release_epn,
+    this_worker,
+    why_gone,
+    worker_is_gone,
+)
+from assyncy_dagster.run_records import Outcome, outcome_tags, settle_ended_runs, tagged_epns
+
+
+@pytest.fixture
+def instance(tmp_path: Path):
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as on_disk:
+        yield on_disk
+
+
+def started_run(instance: dg.DagsterInstance, worker: str | None = None, **tags: str) -> str:
+    run_id = str(uuid.uuid4())
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="repatriate_epn",
+            run_id=run_id,
+            status=dg.DagsterRunStatus.STARTED,
+            tags={WORKER_TAG: worker or this_worker(), **tags},
+        )
+    )
+    return run_id
+
+
+def beat_at(instance: dg.DagsterInstance, run_id: str, stamp: float) -> None:
+    instance.run_storage.set_cursor_values({HEARTBEAT_PREFIX + run_id: f"{stamp:.3f}"})
+
+
+def free_pid() -> int:
+    """A pid no process can have: above the kernel's pid_max."""
+    return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+
+
+# -- death only on positive evidence -----------------------------------------------------
+
+
+def test_this_process_is_tagged_with_its_host_pid_start_and_pid_namespace():
+    host, pid, start, namespace = this_worker().split(":")
+    assert (host, int(pid)) == (socket.gethostname(), os.getpid())
+    assert start.isdigit() and namespace.isdigit()
+    assert not worker_is_gone(this_worker())
+
+
+def test_a_free_pid_in_this_namespace_is_evidence_of_death():
+    here = this_worker().split(":")
+    assert worker_is_gone(f"{here[0]}:{free_pid()}:{here[2]}:{here[3]}")
+    assert worker_is_gone(f"{here[0]}:{os.getpid()}:1:{here[3]}")  # the pid now names another process
+
+
+@pytest.mark.parametrize(
+    "why, tag",
+    [
+        ("another host", "mover2:{pid}:1:{ns}"),
+        ("another PID namespace (a container, unshare --pid)", "{host}:{pid}:1:4026530000"),
+        ("a host without /proc (macOS): start time unknown", "{host}:{pid}:?:?"),
+        ("start time unknown, namespace known", "{host}:{pid}:?:{ns}"),
+        ("an old tag without its namespace", "{host}:{pid}:1"),
+        ("not a tag at all", "garbage"),
+    ],
+)
+def test_what_cannot_be_looked_at_is_never_death(why, tag):
+    host, _, _, ns = this_worker().split(":")
+    assert not worker_is_gone(tag.format(host=host, pid=free_pid(), ns=ns)), why
+
+
+def test_an_unreadable_proc_is_not_death(monkeypatch):
+    """/proc/<pid>/stat unreadable (hidepid, a locked-down container): faked, as it cannot be
+    produced for root on this machine."""
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError("hidepid")
+
+    host, _, start, ns = this_worker().split(":")
+    monkeypatch.setattr("builtins.open", unreadable)
+    assert not worker_is_gone(f"{host}:{free_pid()}:{start}:{ns}")
+
+
+def test_a_stopped_heartbeat_is_death_and_a_fresh_one_is_not(instance):
+    unknowable = "mac.local:123:?:?"
+    run_id = started_run(instance, unknowable)
+    run = instance.get_run_by_id(run_id)
+    now = time.time()
+    assert why_gone(run, None, now) is None  # no heartbeat (yet, or any more): no evidence
+    assert why_gone(run, now - HEARTBEAT_LIMIT_SECONDS + 1, now) is None
+    why = why_gone(run, now - HEARTBEAT_LIMIT_SECONDS - 1, now)
+    assert why is not None and "heartbeat stopped" in why
+    ended = run.with_status(dg.DagsterRunStatus.SUCCESS)
+    assert why_gone(ended, now - 3600, now) is None  # only started runs are judged
+
+
+def test_the_heartbeat_is_written_while_the_step_runs_and_removed_after(instance, monkeypatch):
+    monkeypatch.setattr(claims, "HEARTBEAT_SECONDS", 0.05)
+    run_id = started_run(instance)
+    with Heartbeat(instance, run_id):
+        first = heartbeats(instance, [run_id])[run_id]
+        time.sleep(0.3)
+        assert heartbeats(instance, [run_id])[run_id] > first
+    assert heartbeats(instance, [run_id]) == {}
+
+
+# -- one claim per EPN -------------------------------------------------------------------
+
+
+def test_an_epn_has_one_claim_holder_until_it_is_given_back(instance):
+    a, b = started_run(instance), started_run(instance)
+    assert claim_epn(instance, "12282a", a) is None
+    assert claim_epn(instance, "12282a", a) is None  # already its own
+    assert claim_epn(instance, "12282a", b) == a
+    release_epn(instance, "12282a", b)  # not its claim: nothing happens
+    assert claim_epn(instance, "12282a", b) == a
+    release_epn(instance, "12282a", a)
+    assert claim_epn(instance, "12282a", b) is None
+
+
+def test_many_runs_asking_at_once_get_one_claim(instance):
+    runs = [started_run(instance) for _ in range(8)]
+    for round_ in range(10):
+        epn = f"12282{'abcdefghij'[round_]}"
+        barrier = threading.Barrier(len(runs))
+        got: list[str] = []
+
+        def ask(run_id: str, epn: str = epn, barrier: threading.Barrier = barrier, got: list = got) -> None:
+            barrier.wait()
+            if claim_epn(instance, epn, run_id) is None:
+                got.append(run_id)
+
+        threads = [threading.Thread(target=ask, args=(r,)) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(got) == 1, (epn, got)
+
+
+def test_a_claim_expires_when_its_run_ended_or_its_heartbeat_stopped(instance):
+    ended, stalled, alive, taker = (started_run(instance, "mac.local:1:?:?") for _ in range(4))
+    for epn, holder in (("12282a", ended), ("12282b", stalled), ("12282c", alive)):
+        assert claim_epn(instance, epn, holder) is None
+    instance.report_run_failed(instance.get_run_by_id(ended))
+    beat_at(instance, stalled, time.time() - HEARTBEAT_LIMIT_SECONDS - 5)
+    beat_at(instance, alive, time.time())
+    assert claim_epn(instance, "12282a", taker) is None
+    assert claim_epn(instance, "12282b", taker) is None
+    assert claim_epn(instance, "12282c", taker) == alive
+
+
+# -- nothing stays in flight after its run ------------------------------------------------
+
+
+def test_the_sweep_fails_the_epns_an_ended_run_left_queued_or_running(instance):
+    run_id = started_run(
+        instance, **outcome_tags(["12282a"], Outcome.HOME), **outcome_tags(["12282b"], Outcome.RUNNING)
+    )
+    instance.add_run_tags(run_id, outcome_tags(["13001a"], Outcome.QUEUED))
+    assert settle_ended_runs(instance) == {}  # still in flight: not the sweep's business
+    instance.report_run_failed(instance.get_run_by_id(run_id))
+    assert settle_ended_runs(instance) == {run_id: ["12282b", "13001a"]}
+    assert tagged_epns(instance.get_run_by_id(run_id).tags) == {
+        "12282a": "home",
+        "12282b": "failed",
+        "13001a": "failed",
+    }
+    assert settle_ended_runs(instance) == {}
