@@ -10,12 +10,15 @@ from typing import Any
 import dagster as dg
 
 from .assets.epn_data import epn_data, epn_data_matches_source
+from .assets.fixity import epn_data_intact_at_home
 from .assets.report import repatriation_report
 from .assets.visits import portal_visits
 from .config import CONFIG_ENV, config_path_from_env, load_settings
 from .jobs import (
     build_digest_schedule,
+    build_fixity_schedule,
     build_report_schedule,
+    fixity_audit_job,
     repatriation_job,
     repatriation_report_job,
     unknown_epn_alert_job,
@@ -46,8 +49,8 @@ def build_definitions(config_path: str | os.PathLike[str] | None = None) -> dg.D
         logging.getLogger("assyncy").warning(warning)
     return dg.Definitions(
         assets=[portal_visits, epn_data, repatriation_report],
-        asset_checks=[epn_data_matches_source],
-        jobs=[repatriation_job, verification_job, unknown_epn_alert_job, repatriation_report_job],
+        asset_checks=[epn_data_matches_source, epn_data_intact_at_home],
+        jobs=[repatriation_job, verification_job, unknown_epn_alert_job, repatriation_report_job, fixity_audit_job],
         sensors=[
             build_epn_sensor(sensor_interval_seconds(settings)),
             repatriation_failure_alert,
@@ -56,6 +59,7 @@ def build_definitions(config_path: str | os.PathLike[str] | None = None) -> dg.D
         schedules=[
             build_digest_schedule(settings.schedule_timezone),
             build_report_schedule(settings.schedule_timezone),
+            build_fixity_schedule(settings.schedule_timezone),
         ],
         resources=build_resources(),
         # The heavy work is rsync's, in its own process; running the steps inside

@@ -1,14 +1,15 @@
-"""The jobs the sensors and the schedules launch, and the two daily schedules."""
+"""The jobs the sensors and the schedules launch, the two daily schedules and the weekly fixity audit."""
 
 import dagster as dg
 from pydantic import Field
 
-from .assets.epn_data import EpnDataConfig, epn_data, repatriate_as_configured
+from .assets.epn_data import EpnDataConfig, epn_data_matches_source, repatriate_as_configured
+from .assets.fixity import audit_recorded_epns
 from .assets.report import repatriation_report
 from .assets.visits import portal_visits
 from .canary import send_daily_digest
 from .epnalert import ALERT_ERRORS, send_unknown_epn_alert
-from .names import ALERT_JOB, KIND_TAG, REPATRIATION_JOB, REPORT_JOB, RSYNC_POOL, VERIFY_JOB
+from .names import ALERT_JOB, FIXITY_JOB, KIND_TAG, REPATRIATION_JOB, REPORT_JOB, RSYNC_POOL, VERIFY_JOB
 from .partitions import epn_partitions
 from .resources.portal import PortalResource
 from .resources.settings import AssyncyConfigResource
@@ -52,8 +53,9 @@ def repatriation_job():
 verification_job = dg.define_asset_job(
     VERIFY_JOB,
     # portal_visits rides along because Dagster cannot yet run a partitioned
-    # check on its own in a job; refreshing the visit record is harmless.
-    selection=dg.AssetSelection.assets(portal_visits) | dg.AssetSelection.checks_for_assets(epn_data),
+    # check on its own in a job; refreshing the visit record is harmless. Only
+    # matches_source: the fixity audit (intact_at_home) has its own job.
+    selection=dg.AssetSelection.assets(portal_visits) | dg.AssetSelection.checks(epn_data_matches_source),
     partitions_def=epn_partitions,
     tags={KIND_TAG: "verification"},
     description="Re-check that an EPN's data at the destination still matches the SFTP host.",
@@ -133,4 +135,46 @@ def build_report_schedule(timezone: str) -> dg.ScheduleDefinition:
         execution_timezone=timezone,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Rebuild the repatriation report once a day, whatever ran.",
+    )
+
+
+class FixityAuditConfig(dg.Config):
+    epns: list[str] = Field(
+        default_factory=list, description="EPNs to audit; empty (the default): every EPN recorded in ignore.yml."
+    )
+
+
+@dg.op(
+    name="audit_fixity",
+    description="Re-hash recorded EPNs at home against their checksum manifests (at most "
+    "fixity-max-mib-per-second); each EPN's intact_at_home result is reported on its own partition.",
+)
+def audit_fixity_op(context: dg.OpExecutionContext, config: FixityAuditConfig, assyncy_config: AssyncyConfigResource):
+    yield from audit_recorded_epns(context, config.epns, assyncy_config.settings())
+
+
+@dg.job(
+    name=FIXITY_JOB,
+    tags={KIND_TAG: "fixity"},
+    description="Fixity audit: is every recorded EPN's data at home still what was brought home? One intact_at_home "
+    "result per EPN; a damaged EPN fails the run too, and a backfill of its epn_data partition repairs it.",
+)
+def fixity_audit_job():
+    audit_fixity_op()
+
+
+# Weekly, at night, at a time no daily job uses: an audit reads every recorded EPN again.
+FIXITY_CRON = "0 3 * * 0"
+
+
+def build_fixity_schedule(timezone: str) -> dg.ScheduleDefinition:
+    """Sundays at 03:00 in `timezone`: every recorded EPN re-hashed against its manifest."""
+    return dg.ScheduleDefinition(
+        name="fixity_audit_weekly",
+        job=fixity_audit_job,
+        cron_schedule=FIXITY_CRON,
+        execution_timezone=timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Weekly fixity audit (Sundays 03:00): every recorded EPN's files re-hashed against the manifest "
+        "written when it came home, at most fixity-max-mib-per-second.",
     )

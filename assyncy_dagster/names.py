@@ -9,6 +9,7 @@ REPATRIATION_JOB = "repatriate_epn"
 ALERT_JOB = "unknown_epn_alert"
 VERIFY_JOB = "verify_epn_data"
 REPORT_JOB = "repatriation_report_job"
+FIXITY_JOB = "fixity_audit"
 # The concurrency pool that lets `max-tasks` transfers run at once, whoever launched them.
 RSYNC_POOL = "rsync"
 # Seconds between epn_sensor's evaluations instead of its 30 s (the demo, tests, benchmarks).

@@ -26,6 +26,7 @@ from pydantic import Field
 from ..claims import WORKER_TAG, Heartbeat, claim_epn, release_epn, this_worker
 from ..config import Settings
 from ..epn import InvalidEpnError, UnmappedEpnError, base_number, destination_for, validate_epn
+from ..fixity import clear_findings, findings_for, findings_path, mark_for_refetch
 from ..names import RSYNC_POOL
 from ..partitions import epn_partitions
 from ..planning import visits_hold
@@ -275,6 +276,9 @@ def _bring_home(
         if time.monotonic() - started >= PROGRESS_AFTER_SECONDS:
             context.log.info(f"EPN {epn}: {update}")
 
+    fixity_findings = findings_path(context.instance.storage_directory())
+    if not dry_run:  # the files the last fixity audit found damaged: rsync's quick check sends them again
+        mark_for_refetch(destination, findings_for(fixity_findings, epn))
     try:
         result = client.transfer(
             epn,
@@ -345,6 +349,7 @@ def _bring_home(
     )
     yield _check_evaluation(epn, True, description=verdict.summary(), metadata=_check_metadata(verdict))
     recorded = add_epns(Path(settings.ignore), [epn])
+    clear_findings(fixity_findings, epn)  # fetched again and verified: the audit's findings no longer hold
     streams = f" over {result.streams} streams" if result.streams > 1 else ""
     by_size = (
         f" ({verdict.verified_by_size_only} file(s) by size only: no checksum recorded)"

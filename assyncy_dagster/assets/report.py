@@ -22,6 +22,7 @@ from ..config import Settings
 from ..due import read_due_since, stuck_since
 from ..epn import InvalidEpnError, UnmappedEpnError, destination_for, is_valid_epn, project_for
 from ..facts import FACTS_FILE, read_saved_facts
+from ..fixity import findings_path, read_findings
 from ..planning import LastRun, visits_hold
 from ..portal import PortalError, Visit, visit_window, visits_by_epn
 from ..report import (
@@ -258,6 +259,7 @@ def gather_facts(
     changed = changed_by_epn if isinstance(changed_by_epn, dict) else {}
     changed_seen_at = cached.get("refreshed_at") if isinstance(cached.get("refreshed_at"), (int, float)) else None
     synced = {epn for _, epn, _ in syncs.copied}
+    findings = read_findings(findings_path(instance.storage_directory()))  # the last fixity audit's
     in_window = set(sources.visits) | {e for e in sources.malformed if is_valid_epn(e)}
     in_window |= (on_host or set()) | set(due) | synced
     everyone = in_window | recorded | destination_epns(settings)
@@ -271,6 +273,7 @@ def gather_facts(
             if found
             else None
         )
+        audited = findings.get(epn)
         yield EpnFacts(
             epn=epn,
             project=project,
@@ -287,6 +290,8 @@ def gather_facts(
             due_since=due.get(epn),
             stuck=epn in stuck,
             held=visits_hold(sources.visits.get(epn, []), sources.malformed.get(epn, ""), now) or "",
+            damaged=tuple(audited.problems()) if audited else (),
+            audited_at=audited.audited_at if audited else None,
         )
 
 
@@ -332,7 +337,7 @@ def repatriation_report(
 ) -> dg.MaterializeResult:
     """What is home, what is not and why: one row per EPN known to the portal (within
     visit-day-range), the SFTP host, the destination or ignore.yml, with its state (running,
-    waiting, home, partial, changed, unmapped, failed, stuck, not on host, dry-run only), files and
+    waiting, home, corrupt, partial, changed, unmapped, failed, stuck, not on host, dry-run only), files and
     bytes at the source (last verified sync) and at the destination, and the last error.
 
     The metadata shows the EPNs that need attention, totals per project and per state, and a plot

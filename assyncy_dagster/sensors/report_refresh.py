@@ -2,7 +2,8 @@
 
 `repatriation_report_refresh` watches for repatriation runs that ended
 (succeeded, failed or were cancelled), whoever launched them: epn_sensor's
-batches, a UI backfill, `dagster asset materialize`. Each tick that finds
+batches, a UI backfill, `dagster asset materialize`; and for fixity audits
+that ended (what they found shows as `corrupt`). Each tick that finds
 some asks for one report run covering them all, unless a report run is
 already waiting to start (it will see them too), so a burst of runs never
 piles up report runs. The daily schedule (`jobs.build_report_schedule`) catches
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from ..jobs import repatriation_report_job
-from ..names import REPORT_JOB
+from ..names import FIXITY_JOB, REPORT_JOB
 from .failure_alerts import is_repatriation
 
 REFRESH_SECONDS = 60
@@ -25,9 +26,16 @@ NOT_STARTED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.D
 
 
 def ended_repatriations(instance: dg.DagsterInstance, after: float) -> list[dg.RunRecord]:
-    """Repatriation runs (the batch job, or any run that planned to materialise an EPN) that ended after `after`."""
+    """Repatriation runs (the batch job, or any run that planned to materialise an EPN) and fixity audits
+    that ended after `after`."""
     records = instance.get_run_records(dg.RunsFilter(statuses=ENDED, updated_after=datetime.fromtimestamp(after, UTC)))
-    return [r for r in records if r.end_time and r.end_time > after and is_repatriation(instance, r.dagster_run)]
+    return [
+        r
+        for r in records
+        if r.end_time
+        and r.end_time > after
+        and (r.dagster_run.job_name == FIXITY_JOB or is_repatriation(instance, r.dagster_run))
+    ]
 
 
 @dg.sensor(

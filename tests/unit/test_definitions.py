@@ -28,8 +28,14 @@ def test_sample_config_builds_the_whole_location(tmp_path):
         "repatriation_failure_alert",
         "repatriation_report_refresh",
     }
-    assert {s.name for s in repo.schedule_defs} == {"unknown_epn_digest", "repatriation_report_daily"}
-    assert repo.has_job("repatriation_report_job")
+    assert {s.name for s in repo.schedule_defs} == {
+        "unknown_epn_digest",
+        "repatriation_report_daily",
+        "fixity_audit_weekly",
+    }
+    assert repo.has_job("repatriation_report_job") and repo.has_job("fixity_audit")
+    checks = {key.name for key in repo.asset_graph.asset_check_keys}
+    assert checks == {"matches_source", "intact_at_home"}
     epn_sensor = repo.get_sensor_def("epn_sensor")
     assert epn_sensor.minimum_interval_seconds == 30  # looks often; refreshes every sync-frequency-hours
     assert epn_sensor.default_status == dg.DefaultSensorStatus.RUNNING
@@ -50,6 +56,16 @@ def test_daily_digest_runs_at_one_in_the_configured_time_zone(tmp_path):
         build_definitions(str(tmp_path / "config.yml")).get_repository_def().get_schedule_def("unknown_epn_digest")
     )
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 1 * * *", "Australia/Melbourne")
+
+
+def test_fixity_audit_runs_weekly_on_sunday_night_in_the_configured_time_zone(tmp_path):
+    data = yaml.safe_load((ETC / "config.yml").read_text()) | {"timezone": "Australia/Melbourne"}
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(data))
+    schedule = (
+        build_definitions(str(tmp_path / "config.yml")).get_repository_def().get_schedule_def("fixity_audit_weekly")
+    )
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 3 * * 0", "Australia/Melbourne")
+    assert schedule.job_name == "fixity_audit" and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
 def test_unknown_time_zone_is_a_config_error(tmp_path):
