@@ -17,7 +17,7 @@ import dagster as dg
 from ..config import Settings
 from ..epn import InvalidEpnError, UnmappedEpnError, destination_for, is_valid_epn, validate_epn
 from ..fixity import Audit, FixityError, audit_epn, findings_path, record_findings
-from ..names import REPATRIATION_JOB
+from ..names import FIXITY_JOB, REPATRIATION_JOB
 from ..partitions import EPN_PARTITIONS_NAME, epn_partitions
 from ..resources.settings import AssyncyConfigResource
 from ..run_records import in_flight
@@ -149,6 +149,12 @@ def audit_recorded_epns(
     transferring right now is skipped (its files are being replaced). Raises dg.Failure at the end
     naming every EPN found damaged, so the run shows it too."""
     instance = context.instance
+    others = instance.get_run_records(
+        dg.RunsFilter(job_name=FIXITY_JOB, statuses=[dg.DagsterRunStatus.STARTED]), limit=5
+    )
+    other = next((r.dagster_run.run_id for r in others if r.dagster_run.run_id != context.run_id), None)
+    if other:  # two audits would read every EPN twice over, each at the full rate
+        raise dg.Failure(description=f"fixity audit: run {other} is auditing already; not started")
     try:
         recorded = read_epns(settings.ignore)
     except StateFileError as exc:

@@ -106,3 +106,26 @@ def test_an_epn_recorded_without_a_manifest_is_reported_as_verified_by_size_only
     check = intact_at_home(result)["12282a"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert "no manifest: verified by size only" in check.description
+
+
+def test_an_epn_in_transfer_is_skipped_and_a_second_audit_is_refused(stack):
+    stack.lay_out("12282a")
+    assert stack.materialize("12282a").success
+    definitions = build_definitions(str(stack.config_path))
+    stack.instance.create_run_for_job(
+        job_def=definitions.resolve_job_def("repatriate_epn"),
+        run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+        tags={"assyncy/epn/12282a": "running"},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    skipped = audit(stack)
+    assert skipped.success and intact_at_home(skipped) == {}  # its files are being replaced: not judged
+    messages = [entry.user_message for entry in stack.instance.all_logs(skipped.run_id)]
+    assert any("EPN 12282a: not audited" in m and "transferring it right now" in m for m in messages)
+
+    running = stack.instance.create_run_for_job(
+        job_def=definitions.resolve_job_def(FIXITY_JOB), status=dg.DagsterRunStatus.STARTED
+    )
+    refused = audit(stack)
+    assert not refused.success
+    assert f"run {running.run_id} is auditing already" in failure_text(refused)
