@@ -256,9 +256,9 @@ def test_hostile_names_write_nothing_outside_the_root_run_nothing_and_are_escape
     assert config_accepted == [] and destination_accepted == []
     assert not linked.success, "data went through a symlinked project folder"
     assert not any(outside_link.iterdir())
-    # Only the EPN's data; the repatriation report the cycle rebuilt is in the instance's folder
-    # (its HTML escapes every name).
-    assert all(p.startswith("ny79/12282a/data/") for p in inside), inside
+    # Only the EPN's own folder (its data and its manifests); the repatriation report the cycle
+    # rebuilt is in the instance's folder (its HTML escapes every name).
+    assert all(p.startswith("ny79/12282a/") for p in inside), inside
     report_page = (Path(stack.instance.root_directory) / "reports" / "repatriation_report.html").read_text()
     assert [n for n in HOSTILE_NAMES if ("<" in n or '"' in n) and n in report_page] == []
     assert "&lt;script&gt;" in report_page
