@@ -138,19 +138,22 @@ class _Pacer:
             time.sleep(ahead)
 
 
-def _inside(data_folder: Path, relative: str) -> Path | None:
+def _inside(data_folder: Path, relative: str, folders: dict[str, bool] | None = None) -> Path | None:
     """The file's path at home, or None when the recorded path, or a folder on its way at home,
     leads out of `data/` (a hand-edited manifest, a folder replaced by a symlink): never read or
-    touched."""
+    touched. `folders` remembers each folder's verdict within one audit (many files share one)."""
     parts = relative.split("/")
     if relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
         return None
     path = data_folder / relative
-    parent = os.path.realpath(path.parent)
-    top = os.path.realpath(data_folder)
-    if parent != top and not parent.startswith(top + os.sep):
-        return None
-    return path
+    folder = "/".join(parts[:-1])
+    inside = folders.get(folder) if folders is not None else None
+    if inside is None:
+        parent, top = os.path.realpath(path.parent), os.path.realpath(data_folder)
+        inside = parent == top or parent.startswith(top + os.sep)
+        if folders is not None:
+            folders[folder] = inside
+    return path if inside else None
 
 
 def audit_epn(
@@ -169,10 +172,11 @@ def audit_epn(
     pacer = _Pacer(max_mib_per_second)
     buffer = bytearray(CHUNK_BYTES)
     view = memoryview(buffer)
+    folders: dict[str, bool] = {}
     started = time.monotonic()
     for relative in sorted(recorded.tree):
         entry = recorded.tree[relative]
-        path = _inside(data_folder, relative)
+        path = _inside(data_folder, relative, folders)
         if entry.kind is Kind.LINK:
             _audit_link(audit, path, relative, entry.target)
             continue
