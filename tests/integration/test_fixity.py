@@ -5,12 +5,14 @@ damaged at home; the audit fails that partition's intact_at_home check, the repo
 from __future__ import annotations
 
 import os
+import time
 
 import dagster as dg
 
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.fixity import findings_path, read_findings
 from assyncy_dagster.names import FIXITY_JOB
+from assyncy_dagster.sensors.report_refresh import repatriation_report_refresh
 from tests.integration.test_report_asset import materialize_report, states
 from tests.support.helpers import check_results, epn_data_metadata, failure_text
 
@@ -129,3 +131,13 @@ def test_an_epn_in_transfer_is_skipped_and_a_second_audit_is_refused(stack):
     refused = audit(stack)
     assert not refused.success
     assert f"run {running.run_id} is auditing already" in failure_text(refused)
+
+
+def test_the_report_is_rebuilt_after_an_audit_ends(stack):
+    stack.lay_out("12282a")
+    assert stack.materialize("12282a").success
+    start = time.time()
+    flip_a_bit(stack.destination("ny79", "12282a") / "frames" / "img_0001.cbf")
+    assert not audit(stack).success
+    request = repatriation_report_refresh(dg.build_sensor_context(instance=stack.instance, cursor=str(start)))
+    assert isinstance(request, dg.RunRequest)  # so the report shows `corrupt` without waiting for 00:30
