@@ -47,6 +47,9 @@ CLAIM_PREFIX = "assyncy/claim/"
 # worker slowed by a loaded host or a busy database for up to half a minute is still alive.
 HEARTBEAT_SECONDS = 5.0
 HEARTBEAT_LIMIT_SECONDS = 30.0
+# A heartbeat this old (two beats missed) is not proof of death on its own, but it corroborates
+# another sign (a Celery worker node that stopped answering pings, see run_records).
+HEARTBEAT_QUIET_SECONDS = 2 * HEARTBEAT_SECONDS
 _WATCHED = (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 
 log = logging.getLogger("assyncy.claims")

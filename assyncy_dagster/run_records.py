@@ -24,7 +24,7 @@ from typing import Any
 
 import dagster as dg
 
-from .claims import WORKER_TAG, forget_run, heartbeats, why_gone, worker_is_gone
+from .claims import HEARTBEAT_QUIET_SECONDS, WORKER_TAG, forget_run, heartbeats, why_gone, worker_is_gone
 from .planning import LastRun, RunHistory
 
 EPN_TAG_PREFIX = "assyncy/epn/"
@@ -139,7 +139,7 @@ def end_lost_runs(
     now = now or datetime.now(UTC)
     ended: dict[str, str] = {}
     beats = heartbeats(instance, [r.dagster_run.run_id for r in flights.runs])
-    elsewhere = celery_workers_gone(instance, flights.runs, log=log, heartbeats=beats)
+    elsewhere = celery_workers_gone(instance, flights.runs, log=log, beats=beats)
     for record in flights.runs:
         run = record.dagster_run
         started = record.start_time
@@ -219,23 +219,24 @@ def celery_workers_gone(
     records: Sequence[dg.RunRecord],
     app=None,
     log: logging.Logger | Any = None,
-    heartbeats: Mapping[str, float] | None = None,
+    beats: Mapping[str, float] | None = None,
 ) -> dict[str, str]:
     """Run id -> why, for started runs whose Celery worker (on another host) is gone.
 
     The daemon's run monitoring asks Celery only for the task's state, and a worker
     killed outright (SIGKILL of the whole worker, OOM of its cgroup, power loss)
     leaves it STARTED for ever. So: a run whose task FAILED (the worker saw its run's
-    process die) is gone; and a run without a heartbeat (claims.py: a transfer step
-    judged by its heartbeat is never judged by pings, so a worker cut off from the
-    broker but still copying keeps its run) whose task is STARTED on a worker node that
+    process die) is gone; and so is a run whose task is STARTED on a worker node that
     answered no ping at two checks in a row (two sensor ticks, 30 s apart in production;
-    the first is remembered in SILENT_TAG) is gone too. Needs a result backend that
-    every process can read (Redis), not `rpc://`. Anything Celery cannot answer (no
+    the first is remembered in SILENT_TAG), unless its transfer step's heartbeat is
+    younger than claims.HEARTBEAT_QUIET_SECONDS: a worker cut off from the broker but
+    still copying (and writing its heartbeat to the database) keeps its run, and the
+    heartbeat's own limit judges it. Needs a result backend that every process can read
+    (Redis), not `rpc://`. Anything Celery cannot answer (no
     Celery launcher, broker down) ends nothing, with a log line. `app`: the Celery app
     to ask (default: the instance's CeleryRunLauncher's)."""
     log = log or _log
-    beating = set(heartbeats or {})
+    beats = beats or {}
     candidates = [
         r.dagster_run
         for r in records
@@ -256,12 +257,7 @@ def celery_workers_gone(
             result = app.AsyncResult(run.tags[CELERY_TASK_TAG])
             if result.state == "FAILURE":
                 gone[run.run_id] = f"its Celery task failed: {result.result!r}"[:300]
-            elif (
-                run.run_id not in beating
-                and result.state == "STARTED"
-                and isinstance(result.info, dict)
-                and result.info.get("hostname")
-            ):
+            elif result.state == "STARTED" and isinstance(result.info, dict) and result.info.get("hostname"):
                 nodes[run.run_id] = str(result.info["hostname"])
         silent = _silent_nodes(app, set(nodes.values()))
     except Exception as exc:  # the broker or backend is unreachable: run monitoring's bounds remain
@@ -277,8 +273,18 @@ def celery_workers_gone(
             if since is not None:
                 instance.add_run_tags(run.run_id, {SILENT_TAG: ""})
         elif since is not None:
+            beat = beats.get(run.run_id)
+            if beat is not None and stamp - beat <= HEARTBEAT_QUIET_SECONDS:
+                log.warning(
+                    f"run {run.run_id}: its Celery worker {node} has not answered for {stamp - since:.0f} s, but "
+                    f"its transfer step wrote its heartbeat {max(0.0, stamp - beat):.0f} s ago: cut off from the "
+                    "broker, still working; not ended"
+                )
+                continue
+            quiet = f", and its heartbeat stopped {stamp - beat:.0f} s ago" if beat is not None else ""
             gone[run.run_id] = (
-                f"its Celery worker {node} has not answered for {stamp - since:.0f} s: the worker or its host is gone"
+                f"its Celery worker {node} has not answered for {stamp - since:.0f} s{quiet}: "
+                "the worker or its host is gone"
             )
         else:
             instance.add_run_tags(run.run_id, {SILENT_TAG: f"{stamp:.3f}"})

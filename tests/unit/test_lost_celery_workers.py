@@ -4,12 +4,14 @@ another host is gone (tests/e2e/test_scale_out.py does it for real with a SIGKIL
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from types import SimpleNamespace
 
 import dagster as dg
 import pytest
 
+from assyncy_dagster.claims import HEARTBEAT_QUIET_SECONDS
 from assyncy_dagster.run_records import CELERY_TASK_TAG, SILENT_TAG, WORKER_TAG, celery_workers_gone
 
 NODE = "assyncy-mover1@mover1"
@@ -107,3 +109,22 @@ def test_what_celery_cannot_tell_ends_nothing(instance):
 def test_without_a_celery_launcher_nothing_is_asked(instance):
     started_run(instance, "task-1")
     assert celery_workers_gone(instance, records(instance)) == {}  # the default run launcher has no Celery app
+
+
+def test_a_worker_cut_off_from_the_broker_but_still_beating_keeps_its_run(instance, caplog):
+    """Two missed pings are not enough while the run's transfer step still writes its heartbeat
+    to the database; with the heartbeat quiet too, the run is gone."""
+    beating, quiet = started_run(instance, "task-1"), started_run(instance, "task-2")
+    app = FakeCelery({t: ("STARTED", {"hostname": NODE}) for t in ("task-1", "task-2")}, answering=set())
+    now = time.time()
+    beats = {beating: now - 2, quiet: now - HEARTBEAT_QUIET_SECONDS - 5}
+    assert celery_workers_gone(instance, records(instance), app=app, beats=beats) == {}
+    gone = celery_workers_gone(instance, records(instance), app=app, beats=beats)
+    assert list(gone) == [quiet] and "heartbeat stopped" in gone[quiet]
+    assert "cut off from the broker, still working; not ended" in caplog.text
+
+
+def test_a_broker_that_cannot_be_asked_is_said_in_the_log(instance, caplog):
+    started_run(instance, "task-1")
+    assert celery_workers_gone(instance, records(instance), app=FakeCelery({}, answering=set(), broken=True)) == {}
+    assert "cannot ask Celery" in caplog.text and "broker unreachable" in caplog.text
