@@ -26,6 +26,7 @@ from assyncy_dagster.canary import REASONS_FILE, REFRESH_FAILURE_FILE, REPORTED_
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.due import DUE_FILE, read_due_since
 from assyncy_dagster.facts import FACTS_FILE, Facts, read_saved_facts, save_facts
+from assyncy_dagster.fixity import FINDINGS_FILE, Audit, read_findings, record_findings
 from assyncy_dagster.portal import PortalError
 from assyncy_dagster.report_files import PNG_NAME
 from assyncy_dagster.state import ALERTED_KEY, IGNORE_KEY, StateFileError, add_epns, read_epns
@@ -183,8 +184,13 @@ def _write_version(kind: str, folder: Path, version: int) -> None:
         save_facts(folder / kind, Facts([], ON_HOST, float(version)))
     elif kind == PNG_NAME:
         write_atomically(folder / kind, _png(version))
+    elif kind == FINDINGS_FILE:
+        record_findings(folder / kind, "12282a", _DAMAGED, audited_at=BASE + version)
     else:
         raise AssertionError(kind)
+
+
+_DAMAGED = Audit("xxh128", corrupt=["frames/img_0001.cbf"])  # what a fixity audit found
 
 
 def _png(version: int) -> bytes:
@@ -219,6 +225,10 @@ def _version_of(name: str, raw: bytes) -> int:
     elif name == FACTS_FILE:
         version = int(data["refreshed_at"])
         assert data["on_sftp"] == ON_HOST and data["visits"] == []
+    elif name == FINDINGS_FILE:
+        [(epn, found)] = data.items()
+        version = round(found["audited_at"] - BASE)
+        assert epn == "12282a" and found["corrupt"] == ["frames/img_0001.cbf"]
     else:
         raise AssertionError(name)
     return version
@@ -232,6 +242,7 @@ KINDS = {  # each kind of write, and the files it writes
     REPORTED_FILE: [REPORTED_FILE],
     FACTS_FILE: [FACTS_FILE],
     PNG_NAME: [PNG_NAME],
+    FINDINGS_FILE: [FINDINGS_FILE],
 }
 _SETTINGS: list = []  # the sample config's Settings (short_error masks its secrets), set before forking
 
@@ -312,6 +323,8 @@ def _read_through_its_module(name: str, folder: Path) -> object:
         return canary.read_reported(instance)
     if name == FACTS_FILE:
         return read_saved_facts(folder / name)
+    if name == FINDINGS_FILE:
+        return read_findings(folder / name)
     if name == REFRESH_FAILURE_FILE:  # read when the next failure is recorded, for since when
         later = NOW + timedelta(hours=1)
         since = canary.record_refresh_failure(folder / name, "portal", PortalError("x"), later, _SETTINGS[0])
@@ -325,6 +338,7 @@ JSON_FILES = {  # each JSON state file, and how it is first written
     REFRESH_FAILURE_FILE: REFRESH_FAILURE_FILE,
     REPORTED_FILE: REPORTED_FILE,
     FACTS_FILE: FACTS_FILE,
+    FINDINGS_FILE: FINDINGS_FILE,
 }
 
 
