@@ -187,6 +187,9 @@ def audit_epn(
         except (FileNotFoundError, NotADirectoryError):
             audit.missing.append(relative)
             continue
+        except PermissionError:  # a folder on its way made unreadable at home
+            audit.changed.append(relative)
+            continue
         if info is None or not stat.S_ISREG(info.st_mode):
             audit.changed.append(relative)  # a folder, a link or anything else now stands where the file was
             continue
@@ -201,6 +204,12 @@ def audit_epn(
             digest = _hash_file(path, new_hash(), view, pacer)
         except FileNotFoundError:
             audit.missing.append(relative)  # removed while it was being read
+            continue
+        except PermissionError:  # its mode changed at home: the service cannot read it any more
+            audit.changed.append(relative)
+            continue
+        except OSError:  # EIO and the like: the disk cannot give the recorded content back
+            audit.corrupt.append(relative)
             continue
         audit.bytes_read += info.st_size
         if digest == entry.checksum.lower():

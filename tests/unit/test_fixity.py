@@ -121,6 +121,30 @@ def test_a_symlink_pointing_elsewhere_or_gone_is_found(tmp_path):
     assert audit_epn(epn_folder, _recorded(epn_folder), max_mib_per_second=None).missing == ["latest.cbf"]
 
 
+def _failing_open(monkeypatch, name: str, error: OSError) -> None:
+    real_open = os.open
+
+    def failing_open(path, *args, **kwargs):
+        if str(path).endswith(name):
+            raise error
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", failing_open)
+
+
+def test_a_file_made_unreadable_at_home_is_changed(tmp_path, monkeypatch):
+    epn_folder = _epn(tmp_path)
+    _failing_open(monkeypatch, "img_0001.cbf", PermissionError(13, "Permission denied"))  # root reads any mode
+    assert audit_epn(epn_folder, _recorded(epn_folder), max_mib_per_second=None).changed == ["frames/img_0001.cbf"]
+
+
+def test_a_read_error_is_corrupt(tmp_path, monkeypatch):
+    epn_folder = _epn(tmp_path)
+    _failing_open(monkeypatch, "img_0002.cbf", OSError(5, "Input/output error"))  # what a bad sector gives
+    audit = audit_epn(epn_folder, _recorded(epn_folder), max_mib_per_second=None)
+    assert audit.corrupt == ["frames/img_0002.cbf"] and audit.verified == 3
+
+
 def test_files_recorded_without_a_checksum_are_counted_unchecked_not_read(tmp_path):
     epn_folder = _epn(tmp_path, unchecked=("frames/img_0001.cbf",))
     frame = epn_folder / "data" / "frames" / "img_0001.cbf"
