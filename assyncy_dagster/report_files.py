@@ -97,7 +97,7 @@ def markdown_table(frame: pd.DataFrame, columns: Sequence[str] | None = None) ->
 
 
 def attention_markdown(frame: pd.DataFrame, repair: str, limit: int = ATTENTION_LIMIT) -> str:
-    """The EPNs that are not home, the most urgent first, and how to repair the partial ones."""
+    """The EPNs that are not home, the most urgent first, and how to repair the partial and corrupt ones."""
     needing = pd.DataFrame(attention_order(frame.to_dict("records")), columns=COLUMNS)
     if needing.empty:
         return "Every EPN in the report is home."
@@ -109,8 +109,8 @@ def attention_markdown(frame: pd.DataFrame, repair: str, limit: int = ATTENTION_
         parts += [
             "",
             (
-                f"**Repair:** one backfill of `epn_data` for the partial EPNs (Materialize → partitions "
-                f"`{repair}`) fetches what is missing and verifies it again."
+                f"**Repair:** one backfill of `epn_data` for the partial and corrupt EPNs (Materialize → "
+                f"partitions `{repair}`) fetches what is missing or damaged and verifies it again."
             ),
         ]
     return "\n".join(parts)
@@ -186,7 +186,7 @@ def html_page(
     needing = pd.DataFrame(attention_order(frame.to_dict("records")), columns=COLUMNS)
     repair_html = (
         f"<p><strong>Repair:</strong> one backfill of <code>epn_data</code> for the partitions "
-        f"<code>{html.escape(repair)}</code> fetches what is missing.</p>"
+        f"<code>{html.escape(repair)}</code> fetches what is missing or damaged.</p>"
         if repair
         else ""
     )
