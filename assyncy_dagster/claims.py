@@ -221,7 +221,7 @@ class Heartbeat:
         self._thread.join(timeout=HEARTBEAT_SECONDS)
         try:
             _delete(self._storage, [self._key])
-        except Exception as exc:  # left behind, it goes stale; the sweep forgets it once the run ended
+        except Exception as exc:  # left behind, it only goes stale: an ended run is never judged by it
             self._log.warning(f"assyncy: this run's heartbeat could not be removed: {exc}")
 
 

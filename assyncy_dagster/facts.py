@@ -27,7 +27,7 @@ from .resources.portal import PortalResource
 from .resources.ssh_source import SshSourceResource
 from .run_records import last_verified
 from .statefiles import read_json, write_json
-from .transfer import RsyncError
+from .transfer import RsyncError, SshConfigError
 from .transfer.manifests import files_of, total_bytes, tree_digest
 
 # Never ask the portal or list the host more often than this, on average.
@@ -203,7 +203,7 @@ def gather_facts(
                     cursor.listed_at = stamp
                     if cache_file is not None:
                         save_facts(cache_file, facts)
-                except (RsyncError, TimeoutError) as exc:
+                except (RsyncError, SshConfigError, TimeoutError) as exc:
                     log.warning(f"epn_sensor: listing the SFTP host for {', '.join(waiting[:5])} failed: {exc}")
             return facts, None
     if cursor is not None and cursor.retry_at and stamp < cursor.retry_at:
@@ -218,7 +218,8 @@ def gather_facts(
             REFRESH_BUDGET_SECONDS,
         )
         (visits, rejected), on_sftp = answers["portal"], answers["SFTP host"]
-    except (PortalError, RsyncError, TimeoutError) as exc:
+    # A settings error (a missing key-file or known-hosts-file) is a failed refresh too, naming the setting.
+    except (PortalError, RsyncError, SshConfigError, TimeoutError) as exc:
         what = "portal" if isinstance(exc, PortalError) or "the portal" in str(exc) else "SFTP host"
         if failure_file is not None:
             since = record_refresh_failure(
@@ -311,7 +312,7 @@ def look_for_new_data(
         listings = _bounded(
             {"SFTP host": lambda: client.source_summaries(list(recorded), io_timeout_seconds=20)}, budget
         )["SFTP host"]
-    except (RsyncError, TimeoutError) as exc:
+    except (RsyncError, SshConfigError, TimeoutError) as exc:
         log.warning(f"epn_sensor: looking for new data in {len(recorded)} recorded EPN(s) failed: {exc}")
         return
     changed = {}
