@@ -108,7 +108,8 @@ def test_the_ui_shows_the_assets_the_epn_partitions_the_check_and_the_report(sta
             {
                 "lineage": "/asset-groups",
                 "epn_data_partitions": "/assets/epn_data?view=partitions",
-                "epn_data_checks": "/assets/epn_data?view=checks",
+                # Two checks: the page opens the first by name (intact_at_home) unless told which.
+                "epn_data_checks": "/assets/epn_data?view=checks&checkDetail=matches_source",
                 "portal_visits": "/assets/portal_visits",
                 "repatriation_report": "/assets/repatriation_report",
             }
@@ -128,6 +129,7 @@ def test_the_ui_shows_the_assets_the_epn_partitions_the_check_and_the_report(sta
     # The check, its result and the partition it was for.
     checks = pages["epn_data_checks"]
     assert "matches_source" in checks and "Passed" in checks and "12282a" in checks
+    assert "intact_at_home" in checks  # the fixity audit's, not run yet
     # The visit record as metadata: the principal scientist of 12282a in the demo portal.
     assert "Jane Citizen" in pages["portal_visits"]
     # The report: its attention table (an unmapped EPN, and why) and totals. Its plot is markdown
