@@ -39,6 +39,8 @@ from dagster._core.storage.runs.schema import KeyValueStoreTable
 from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 from sqlalchemy import exc as db_exc
 
+from .transfer import terminate_all_transfers
+
 WORKER_TAG = "assyncy/worker"
 HEARTBEAT_PREFIX = "assyncy/heartbeat/"
 CLAIM_PREFIX = "assyncy/claim/"
@@ -192,9 +194,15 @@ def heartbeats(instance: dg.DagsterInstance, run_ids: Iterable[str]) -> dict[str
 class Heartbeat:
     """While a transfer step runs: its run's heartbeat, written now and then every
     HEARTBEAT_SECONDS by a daemon thread, and removed when the step ends (however it ends;
-    a worker killed outright leaves it to go stale, which is how the sweep knows)."""
+    a worker killed outright leaves it to go stale, which is how the sweep knows).
+
+    A run ended by someone else while its step still runs (the sweep judged its worker gone:
+    stopped, or cut off from the database, past the limit) may have lost its claims to
+    another run: at its next beat the step stops its rsyncs at once and beats no more."""
 
     def __init__(self, instance: dg.DagsterInstance, run_id: str, logger: Any = None) -> None:
+        self._instance = instance
+        self._run_id = run_id
         self._storage = _storage(instance)
         self._key = HEARTBEAT_PREFIX + run_id
         self._log = logger or log
@@ -207,9 +215,22 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
+                if self._ended_elsewhere():
+                    return
                 self.beat()
             except Exception as exc:  # the database is busy or away: say so, and beat again
                 self._log.warning(f"assyncy: this run's heartbeat could not be written (trying again): {exc}")
+
+    def _ended_elsewhere(self) -> bool:
+        run = self._instance.get_run_by_id(self._run_id)
+        if run is None or not run.is_finished:
+            return False
+        stopped = terminate_all_transfers()
+        self._log.error(
+            f"assyncy: run {self._run_id} was ended ({run.status.value}) while its step still ran, its worker "
+            f"judged gone; stopped its {stopped} rsync(s) at once: another run may hold its EPNs now"
+        )
+        return True
 
     def __enter__(self) -> Heartbeat:
         self.beat()  # before anything is claimed, so that every claim's holder has a heartbeat

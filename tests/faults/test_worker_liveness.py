@@ -27,12 +27,19 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assyncy_dagster.claims import HEARTBEAT_LIMIT_SECONDS, WORKER_TAG, claims, heartbeats
+from assyncy_dagster.claims import HEARTBEAT_LIMIT_SECONDS, HEARTBEAT_SECONDS, WORKER_TAG, claims, heartbeats
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.run_records import IN_FLIGHT, LOST_TAG, Outcome, outcome_tags
 from tests.support.faultkit import figure
-from tests.support.helpers import materialize_argv, running, ticker, transfer_started, wait_for
+from tests.support.helpers import (
+    live_processes_mentioning,
+    materialize_argv,
+    running,
+    ticker,
+    transfer_started,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -190,3 +197,36 @@ def test_a_worker_killed_where_only_its_heartbeat_tells_is_noticed_within_a_minu
     )
     assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
     assert _epn_data_records(stack.instance, epn) == 1
+
+
+def test_a_run_ended_while_its_worker_still_copies_stops_its_rsync_at_its_next_beat(stack, tmp_path):
+    """What follows when the sweep judges a worker gone that is only stopped or cut off (its
+    heartbeat past the limit) and another run may take its claims: as soon as the worker beats
+    again it sees its run ended and stops its rsync, recording nothing. The sweep's ending is
+    done here by hand, on a worker that is in fact alive, as the sweep would."""
+    epn = "12282a"
+    stack.configure(**{"rsync-bwlimit-kib": SLOW_KIB})
+    stack.lay_out(epn, frames=FILES, size=FILE_SIZE)
+    stack.instance.add_dynamic_partitions(EPN_PARTITIONS_NAME, [epn])
+    run_id = str(uuid.uuid4())
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "ASSYNCY_QUIET_PREVIEWS": "1"}
+    with (
+        open(log, "w") as out,
+        running(
+            _worker_argv(stack.config_path, run_id, [epn]), stdout=out, stderr=subprocess.STDOUT, env=env
+        ) as worker,
+    ):
+        destination = stack.destination("ny79", epn)
+        wait_for(lambda: transfer_started(destination), 120, "rsync to start", proc=worker, log=log)
+        run = stack.instance.get_run_by_id(run_id)
+        stack.instance.add_run_tags(run_id, {LOST_TAG: "judged gone by hand"})
+        stack.instance.report_run_failed(run, message="assyncy: run ended as failed: judged gone by hand")
+        ended = time.monotonic()
+        wait_for(lambda: not live_processes_mentioning(str(destination)), 30, "its rsync to stop", log=log)
+        stopped = time.monotonic() - ended
+        worker.wait(timeout=120)
+    figure(f"worker liveness: a run ended while its worker still copied: its rsync stopped {stopped:.1f} s later")
+    assert stopped < HEARTBEAT_SECONDS + 6
+    assert "was ended (FAILURE) while its step still ran" in log.read_text()
+    assert _epn_data_records(stack.instance, epn) == 0 and stack.ignored() == []

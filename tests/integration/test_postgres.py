@@ -4,7 +4,12 @@ and check result are stored there, where every host of a scaled-out set-up can s
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
+import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +18,7 @@ import pytest
 import yaml
 
 from assyncy_dagster.assets.epn_data import CHECK_NAME
+from assyncy_dagster.claims import claims
 from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.portal_sim import PortalSimulator
@@ -156,3 +162,41 @@ def test_repatriation_run_materialisation_and_check_are_stored_in_postgresql(
         )
         == 1
     )
+
+
+CLAIMER = """
+import sys, time
+import dagster as dg
+from assyncy_dagster.claims import claim_epn
+run_id, start, epns = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+with dg.DagsterInstance.get() as instance:
+    while time.time() < start:
+        time.sleep(0.001)
+    print(" ".join(epn for epn in epns if claim_epn(instance, epn, run_id) is None), flush=True)
+"""
+
+
+def test_processes_racing_for_epn_claims_in_postgresql_get_one_each(postgres_home):
+    """claims.py's one-statement claim on PostgreSQL (autocommit, several connections): six
+    processes reach for the same 30 EPNs at the same instant; each EPN has one holder."""
+    epns = [f"12282{chr(ord('a') + i)}" for i in range(26)] + ["13001a", "13001b", "13001c", "13001d"]
+    with dg.DagsterInstance.get() as instance:
+        runs = []
+        for _ in range(6):
+            run_id = str(uuid.uuid4())
+            instance.add_run(
+                dg.DagsterRun(job_name=REPATRIATION_JOB, run_id=run_id, status=dg.DagsterRunStatus.STARTED)
+            )
+            runs.append(run_id)
+        start = time.time() + 8  # after every process has started and opened the instance
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", CLAIMER, run_id, str(start), *epns], stdout=subprocess.PIPE, text=True
+            )
+            for run_id in runs
+        ]
+        got = {run_id: proc.communicate(timeout=120)[0].split() for run_id, proc in zip(runs, procs, strict=True)}
+        held = claims(instance, epns)
+    winners = [epn for taken in got.values() for epn in taken]
+    assert sorted(winners) == sorted(epns), json.dumps(got)
+    assert held == {epn: run_id for run_id, taken in got.items() for epn in taken}
