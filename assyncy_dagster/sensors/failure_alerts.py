@@ -29,6 +29,10 @@ def is_repatriation(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
 @dg.run_failure_sensor(
     name="repatriation_failure_alert",
     default_status=dg.DefaultSensorStatus.RUNNING,
+    # A run-failure sensor watches its own code location's runs only, and a run that
+    # `dagster asset materialize -m ...` starts belongs to none: every run is looked at,
+    # and is_repatriation keeps those that meant to bring an EPN home, whoever started them.
+    monitor_all_code_locations=True,
     description="E-mails epnalert-email-to when a repatriation run fails.",
 )
 def repatriation_failure_alert(
