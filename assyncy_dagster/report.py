@@ -104,6 +104,9 @@ class Verified:
     timestamp: float
     source_files: int
     source_bytes: int
+    # Files with no content checksum recorded (brought home before checksums, or by the old
+    # tool): "verified by size only" until a full_checksum run gives them one.
+    by_size_only: int = 0
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,14 @@ def decide(facts: EpnFacts, now: datetime, tz: tzinfo | None = None) -> Decision
             return Decision(State.CHANGED, f"{facts.changed}{busy}")
         if facts.verified is None:
             return Decision(State.HOME, "recorded in ignore.yml (no verified sync in this instance to compare with)")
-        return Decision(State.HOME, f"verified {_when(facts.verified.timestamp, tz)}")
+        by_size = facts.verified.by_size_only
+        size_only = (
+            f"; {by_size} of {facts.verified.source_files} file(s) verified by size only (no checksum recorded; "
+            "a full_checksum run of epn_data gives them one)"
+            if by_size
+            else ""
+        )
+        return Decision(State.HOME, f"verified {_when(facts.verified.timestamp, tz)}{size_only}")
     if facts.visit_end is not None and facts.visit_end > now:
         return Decision(State.RUNNING, f"visit ends {_when(facts.visit_end, tz)}")
     underlying = _not_home(facts, tz)

@@ -269,7 +269,13 @@ def gather_facts(
         attempt, run_id, error = last_attempt(instance, epn) if full else (None, "", "")
         found = last_verified(instance, epn) if full else None
         verified = (
-            Verified(found["timestamp"], int(found.get("source_files") or 0), int(found.get("source_bytes") or 0))
+            Verified(
+                found["timestamp"],
+                int(found.get("source_files") or 0),
+                int(found.get("source_bytes") or 0),
+                # A sync recorded before checksums counted none: all by size only.
+                int(found.get("files_verified_by_size_only", found.get("source_files")) or 0),
+            )
             if found
             else None
         )

@@ -79,6 +79,12 @@ def test_verified_and_recorded_with_everything_at_the_destination_is_home():
     assert decision.detail == "verified 2026-11-18T12:00+00:00"
 
 
+def test_home_with_files_verified_by_size_only_says_so_and_how_to_fill_the_gap():
+    decision = decide(recorded(verified=Verified(SYNCED, 5, 5000, by_size_only=2)), NOW)
+    assert decision.state is State.HOME
+    assert "2 of 5 file(s) verified by size only" in decision.detail and "full_checksum" in decision.detail
+
+
 def test_more_at_the_destination_than_the_source_counted_is_still_home():
     assert state_of(recorded(destination=Holding(7, 9000))) is State.HOME
 
