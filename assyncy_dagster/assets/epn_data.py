@@ -219,10 +219,12 @@ def _record_home(
     destination: Path,
     source: Tree,
     info: Mapping[str, str],
-) -> str:
-    """Make a verified EPN durable and write its manifest; returns the manifest's digest.
-    Only after this may the EPN be recorded in ignore.yml."""
+) -> dict[str, str | float]:
+    """Make a verified EPN durable and write its manifest; returns the manifest's digest and what
+    each took (metadata). Only after this may the EPN be recorded in ignore.yml."""
+    started = time.monotonic()
     flush_to_disk(destination)
+    flushed = time.monotonic()
     epn_folder = destination.parent
     digest = write_manifest(epn_folder, source, algorithm=settings.checksum_algorithm, info=info)
     for other in CHECKSUM_ALGORITHMS:  # ours, made with the algorithm used before: it no longer holds
@@ -230,7 +232,11 @@ def _record_home(
         if other != settings.checksum_algorithm and stale.is_file():
             stale.unlink()
             context.log.info(f"EPN {epn}: removed {stale.name}, made with the checksum algorithm used before")
-    return digest
+    return {
+        "manifest_digest": digest,
+        "flush_seconds": round(flushed - started, 3),
+        "manifest_seconds": round(time.monotonic() - flushed, 3),
+    }
 
 
 def _bring_home(
@@ -341,11 +347,14 @@ def _bring_home(
         yield _check_evaluation(epn, False, description=verdict.summary(), metadata=_check_metadata(verdict))
         context.log.error(f"EPN {epn}: destination does not match the source: {verdict.summary()}")
         raise EpnFailed(f"EPN {epn}: destination does not match the source after the transfer: {verdict.summary()}")
-    manifest_digest = _record_home(context, epn, settings, destination, source, _bag_info(epn, visits, settings))
+    recorded_home = _record_home(context, epn, settings, destination, source, _bag_info(epn, visits, settings))
     metadata["manifest"] = dg.MetadataValue.path(str(destination.parent / manifest_name(settings.checksum_algorithm)))
-    metadata["manifest_digest"] = manifest_digest
+    metadata.update(recorded_home)
     yield dg.AssetMaterialization(
-        asset_key=EPN_DATA, partition=epn, metadata=metadata, tags={DATA_VERSION_TAG: manifest_digest}
+        asset_key=EPN_DATA,
+        partition=epn,
+        metadata=metadata,
+        tags={DATA_VERSION_TAG: str(recorded_home["manifest_digest"])},
     )
     yield _check_evaluation(epn, True, description=verdict.summary(), metadata=_check_metadata(verdict))
     recorded = add_epns(Path(settings.ignore), [epn])
