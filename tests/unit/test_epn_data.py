@@ -134,3 +134,22 @@ def test_a_malformed_visit_of_an_ended_epn_is_refused_naming_it_and_copies_nothi
     assert message.startswith("EPN 12282a: the portal sent a malformed visit of it"), message
     assert why in message and "Set allow_running_visit: true" in message
     assert files_at(site.destination_root) == [] and site.ignored() == []
+
+
+def test_the_data_is_flushed_to_disk_before_its_manifest_and_ignore_yml_are_written(site, monkeypatch):
+    # A power cut cannot be produced here: the flush itself is observed (the real one runs in
+    # the integration tier), and what was already written when it ran is recorded.
+    import assyncy_dagster.assets.epn_data as epn_data_module
+    from assyncy_dagster.transfer.bag import flush_to_disk
+
+    seen: list[tuple[bool, list[str]]] = []
+
+    def observed_flush(folder: Path) -> None:
+        seen.append(((folder.parent / "assyncy-manifest.tsv").exists(), site.ignored()))
+        flush_to_disk(folder)
+
+    monkeypatch.setattr(epn_data_module, "flush_to_disk", observed_flush)
+    result = materialize_epn_data("12282a", CannedPortal(ended=["12282a"]))
+    assert result.success, failure_text(result)
+    assert seen == [(False, [])]  # flushed once, before the manifest and before ignore.yml
+    assert site.ignored() == ["12282a"]
