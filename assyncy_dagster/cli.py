@@ -1,4 +1,4 @@
-"""The `assyncy` command (check-config, portal-sim, add-epn, demo) and the seed's
+"""The `assyncy` command (check-config, portal-sim, add-epn, fixity-audit, demo) and the seed's
 `mxsync` and `epnalert` commands."""
 
 from __future__ import annotations
@@ -114,6 +114,50 @@ def add_epn(args: argparse.Namespace) -> int:
             project = project_for(epn, settings.epn_cap_map)
             note = f" -> project {project}" if project else " (not mapped in epn_cap_map: it will not be repatriated)"
         print(f"{epn}: {state}{note}")
+    return 0
+
+
+# -- fixity-audit -------------------------------------------------------------
+
+
+def fixity_audit(args: argparse.Namespace) -> int:
+    """The fixity_audit job, run in this process against the instance in $DAGSTER_HOME (so the UI
+    shows the run and each partition's intact_at_home result), for the EPNs named or every recorded
+    one. Prints one line per EPN; exit status 1 when an EPN is damaged or the audit cannot run."""
+    from dagster import AssetCheckEvaluation, DagsterInstance
+
+    from .definitions import build_definitions
+    from .names import FIXITY_JOB
+    from .run_records import step_failure_message
+
+    bad = []
+    for value in args.epns:
+        try:
+            validate_epn(value)
+        except InvalidEpnError as exc:
+            bad.append(str(exc))
+    if bad:
+        return _fail("refused, nothing audited:\n" + "\n".join(f"- {b}" for b in bad))
+    if not os.environ.get("DAGSTER_HOME"):
+        return _fail("DAGSTER_HOME is not set: the audit's results would go to a throwaway instance")
+    try:
+        job = build_definitions(args.config).resolve_job_def(FIXITY_JOB)
+    except ConfigError as exc:
+        return _fail(f"config is invalid:\n{exc}")
+    run_config = {"ops": {"audit_fixity": {"config": {"epns": list(dict.fromkeys(args.epns))}}}}
+    with DagsterInstance.get() as instance:
+        result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    for event in result.all_events:
+        evaluation = event.event_specific_data
+        if isinstance(evaluation, AssetCheckEvaluation):
+            warning = evaluation.severity.value == "WARN"  # no manifest: nothing could be read
+            verdict = "intact" if evaluation.passed else "warning" if warning else "damaged"
+            first = (evaluation.description or "").splitlines()[0].removeprefix(f"EPN {evaluation.partition}: ")
+            print(f"{evaluation.partition}: {verdict}: {first}")
+    if not result.success:
+        print(step_failure_message(result.all_events) or f"fixity audit: run {result.run_id} failed", file=sys.stderr)
+        return 1
+    print(f"fixity audit: nothing damaged (run {result.run_id})")
     return 0
 
 
@@ -257,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("epns", nargs="+", metavar="EPN")
     _config_argument(add)
     add.set_defaults(func=add_epn)
+
+    audit = commands.add_parser(
+        "fixity-audit",
+        help="re-hash recorded EPNs at home against their manifests (the fixity_audit job, in this process)",
+    )
+    audit.add_argument("epns", nargs="*", metavar="EPN", help="EPNs to audit (default: every one in ignore.yml)")
+    _config_argument(audit)
+    audit.set_defaults(func=fixity_audit)
 
     demo = commands.add_parser(
         "demo", help="run against local stand-ins of the synchrotron, then keep the Dagster UI up (make demo)"

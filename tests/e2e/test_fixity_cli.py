@@ -36,3 +36,23 @@ def test_dagster_job_execute_finds_a_flipped_bit_and_a_materialize_repairs_it(st
     again = command(*AUDIT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert latest_intact_at_home(stack.instance, "12282a") is True
+
+
+def test_assyncy_fixity_audit_names_each_epn_and_exits_1_on_damage(stack):
+    stack.lay_out("12282a", "13001a")
+    for epn in ("12282a", "13001a"):
+        assert stack.materialize(epn).success
+    flip_a_bit(stack.destination("ny79", "12282a") / "frames" / "img_0002.cbf")
+
+    found = command("assyncy", "fixity-audit")
+    assert found.returncode == 1, found.stderr[-3000:]
+    lines = found.stdout.splitlines()
+    assert "12282a: damaged: 1 corrupt at home; 4 file(s) verified by content (xxh128), 0 by size only" in lines
+    assert any(line.startswith("13001a: intact: ") for line in lines), lines
+    assert "12282a" in found.stderr and "backfill" in found.stderr
+    assert latest_intact_at_home(stack.instance, "12282a") is False  # the UI shows the run and its results
+
+    only = command("assyncy", "fixity-audit", "13001a")
+    assert only.returncode == 0, only.stderr[-3000:]
+    assert [line.split(":")[0] for line in only.stdout.splitlines()[:-1]] == ["13001a"]
+    assert only.stdout.splitlines()[-1].startswith("fixity audit: nothing damaged (run ")
