@@ -7,7 +7,11 @@ across 8 folders. Both sides run `dagster asset materialize` of the same
 partition into an emptied destination, with config.yml's `transfer-streams`
 1 or 4 (`transfer-streams-min-mib: 0`); the step's time is read from the
 event log (STEP_START -> STEP_SUCCESS), so the streams' source listing counts.
-Goal: the median per-round speed-up (one stream / four) >= 1.5.
+Goal: the median per-round speed-up (one stream / four) >= 1.5, with the copies the same:
+after every run the destination is compared entry by entry (testing/copies.py: type,
+mode with setgid, mtime, bytes, link targets, empty folders) with the first one-stream
+copy, and a run whose copy differs fails the benchmark. The EPN holds a symlink and an
+empty folder, which `--files-from` alone would not bring.
 
     .venv/bin/python benchmarks/streams.py [--rounds 3] [--cap 40] [--mib 512]
 """
@@ -29,6 +33,7 @@ from step_overhead import materialize
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.epn import destination_for
 from assyncy_dagster.portal_sim import PortalSimulator
+from assyncy_dagster.testing.copies import copy_entries
 from assyncy_dagster.testing.smtp_sink import SmtpSink
 from assyncy_dagster.testing.sshd import LocalSshd
 from assyncy_dagster.testing.stack import lay_out_epns, write_config
@@ -55,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             PortalSimulator(portal_data({23: [visit(310001, EPN, "now-3d", "now-2d")], 24: []})) as portal,
         ):
             size = args.mib * (1 << 20) // 64
-            lay_out_epns(sshd, {EPN: {f"run_{i // 8}/img_{i:03d}.h5": size for i in range(64)}})
+            source = lay_out_epns(sshd, {EPN: {f"run_{i // 8}/img_{i:03d}.h5": size for i in range(64)}}) / EPN
+            os.symlink("run_0/img_000.h5", source / "first.h5")
+            (source / "run_7" / "empty").mkdir()
             home = fresh_dagster_home(work / "dagster_home")
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 instance.add_dynamic_partitions("epn", [EPN])
@@ -80,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.rounds} round(s)",
                 flush=True,
             )
+            reference: dict | None = None
+            differing: list[str] = []
             for round_ in range(args.rounds):
                 order = list(seconds) if round_ % 2 == 0 else list(seconds)[::-1]
                 for streams in order:
@@ -88,9 +97,15 @@ def main(argv: list[str] | None = None) -> int:
                         load_settings(config).ignore.write_text("---\npreviouslySynched: []\n")
                     os.sync()
                     seconds[streams].append(materialize(home, configs[streams], EPN))
+                    copy = copy_entries(destination)
+                    reference = reference if reference is not None or streams != 1 else copy
+                    same = reference is None or copy == reference
+                    if not same:
+                        differing.append(f"round {round_ + 1}, {streams} stream(s)")
                     print(
                         f"round {round_ + 1}: {streams} stream(s) {seconds[streams][-1]:7.2f} s "
-                        f"({args.mib / seconds[streams][-1]:.1f} MiB/s)",
+                        f"({args.mib / seconds[streams][-1]:.1f} MiB/s); {len(copy)} entries, "
+                        f"{'the same copy as one stream makes' if same else 'NOT the copy one stream makes'}",
                         flush=True,
                     )
     finally:
@@ -105,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         f"speed-up, median of per-round ratios: {speedup:.2f} (goal >= {GOAL}): "
         f"{'met' if speedup >= GOAL else 'MISSED'}; per round {', '.join(f'{s:.2f}' for s in speedups)}"
     )
-    return 0 if speedup >= GOAL else 1
+    verdict = "all the same" if not differing else "DIFFERENT: " + "; ".join(differing)
+    print(f"copies compared entry by entry: {verdict}")
+    return 0 if speedup >= GOAL and not differing else 1
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.facts import SensorCursor
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.resources.ssh_source import SshSourceResource
+from assyncy_dagster.testing.copies import copy_entries
 from assyncy_dagster.testing.sshd import make_source_tree
 from assyncy_dagster.transfer.bag import read_manifest
 from tests.support.helpers import (
     check_results,
-    copy_entries,
     epn_data_metadata,
     failure_text,
     frames_in_folders,
