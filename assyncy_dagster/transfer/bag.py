@@ -107,6 +107,8 @@ def write_manifest(epn_folder: Path, tree: Mapping[str, Entry], *, algorithm: st
     the `epn_data` materialisation's data version. `info` fills bag-info.txt."""
     kept = {p: e for p, e in tree.items() if e.kind in (Kind.FILE, Kind.LINK)}
     record = _record_text(kept, algorithm)
+    if _unchanged(epn_folder, record, algorithm):
+        return _digest(record)  # a re-sync that changed nothing: the manifest (and its date) stand
     lines, left_out = checksum_lines(kept, algorithm)
     files = [e for e in kept.values() if e.kind is Kind.FILE]
     bag_info = dict(info)
@@ -124,6 +126,16 @@ def write_manifest(epn_folder: Path, tree: Mapping[str, Entry], *, algorithm: st
     write_atomically(epn_folder / "bag-info.txt", "".join(f"{k}: {_one_line(v)}\n" for k, v in bag_info.items()))
     write_atomically(epn_folder / RECORD_NAME, record)  # last: its digest is the data version
     return _digest(record)
+
+
+def _unchanged(epn_folder: Path, record: str, algorithm: str) -> bool:
+    """Whether the manifest at home already says exactly this (and its checksum file is there)."""
+    try:
+        return (epn_folder / RECORD_NAME).read_text(encoding="utf-8", errors="surrogateescape") == record and (
+            epn_folder / manifest_name(algorithm)
+        ).is_file()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def _resolved(tree: Mapping[str, Entry], path: str) -> Entry | None:

@@ -47,3 +47,13 @@ def test_no_manifest_or_a_foreign_file_reads_as_none(tmp_path):
     assert read_manifest(tmp_path) is None
     (tmp_path / RECORD_NAME).write_text("something else\n")
     assert read_manifest(tmp_path) is None
+
+
+def test_a_re_sync_that_changed_nothing_leaves_the_manifest_as_it_was(tmp_path):
+    write_manifest(tmp_path, TREE, algorithm="xxh128", info={**INFO, "Bagged-At": "first"})
+    again = write_manifest(tmp_path, TREE, algorithm="xxh128", info={**INFO, "Bagged-At": "second"})
+    assert "Bagged-At: first" in (tmp_path / "bag-info.txt").read_text()
+    assert again == read_manifest(tmp_path).digest
+    changed = {**TREE, "frames/new.cbf": Entry(Kind.FILE, 1, 103, checksum="c" * 32)}
+    write_manifest(tmp_path, changed, algorithm="xxh128", info={**INFO, "Bagged-At": "third"})
+    assert "Bagged-At: third" in (tmp_path / "bag-info.txt").read_text()
