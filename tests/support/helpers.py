@@ -616,4 +616,3 @@ def webserver(tmp_path: Path) -> Iterator[str]:
 
         wait_for(answers, 90, "the webserver", proc=web, log=log)
         yield f"http://127.0.0.1:{port}/graphql"
-
