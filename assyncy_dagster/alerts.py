@@ -2,6 +2,12 @@
 
 Pure logic, no Dagster imports: the epnalert asset, the CLI and the tests all
 render through here; `mail.py` makes the rendered e-mail a message and sends it.
+Every text is a Jinja template in etc/, none in this module: ``epnalert-text.j2``
+and ``epnalert-html.j2`` (named in config.yml), ``stuck-section-text.j2`` and
+``stuck-section-html.j2`` (the digest's stuck section for an admin's older
+templates), ``failure-alert-text.j2`` and ``failure-alert-html.j2``. The last
+four have fixed names: a copy in ``epnalert-template-folder`` wins, and a folder
+without one gets the shipped file.
 
 The unknown-EPN alert keeps HPC ASSyncy's contract, so that an admin's own
 templates keep working:
@@ -59,10 +65,10 @@ SFTP-host refresh failing for as long, each with its reason:
 * ``digest_notes``: what the digest could not ask (the host, the portal).
 
 A template that names none of ``stuck``, ``stuck_text`` (or ``digest_notes``)
-gets a built-in section appended (before ``</body>`` in the HTML part), so an
-admin's own templates from HPC ASSyncy still report stuck EPNs. With stuck
-entries the subject becomes ``Unknown ownership of EPNs; stuck: 12282a, ...``;
-a digest goes out when either list holds something.
+gets the stuck section appended (``stuck-section-*.j2``, before ``</body>`` in
+the HTML part), so an admin's own templates from HPC ASSyncy still report
+stuck EPNs. With stuck entries the subject becomes ``Unknown ownership of
+EPNs; stuck: 12282a, ...``; a digest goes out when either list holds something.
 
 Unlike HPC ASSyncy, the HTML part is rendered with autoescaping: a scientist
 called ``<script>`` arrives as text, not markup. Nothing from the portal is
@@ -87,6 +93,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from .epn import base_number, validate_epn
+from .etc_files import etc_path
 from .mail import RenderedEmail
 from .portal import Person, Visit
 
@@ -96,6 +103,13 @@ SCIENTIST_HEADERS = ("First name", "Last name", "Email")
 # A failure alert is a pointer to the run, not a log: the full error is in Dagster.
 MAX_ERROR_LINES = 2
 MAX_ERROR_CHARS = 300
+# The templates of the other e-mail texts, shipped in etc/ beside epnalert-text.j2 and
+# epnalert-html.j2. A copy in epnalert-template-folder wins; a folder without one (set up
+# before these existed) gets the shipped file.
+FAILURE_TEXT = "failure-alert-text.j2"
+FAILURE_HTML = "failure-alert-html.j2"
+STUCK_SECTION_TEXT = "stuck-section-text.j2"
+STUCK_SECTION_HTML = "stuck-section-html.j2"
 
 
 class TemplateError(Exception):
@@ -312,7 +326,8 @@ def _template_line(exc: BaseException, folder: Path) -> tuple[str | None, int | 
     return found
 
 
-def _render(folder: Path, name: str, variables: dict[str, Any], *, html: bool, setting: str) -> str:
+def _render(folder: Path, name: str, variables: dict[str, Any], *, html: bool, setting: str | None) -> str:
+    """`name` in `folder` rendered; `setting` is the config.yml key that names it (None: a fixed name)."""
     folder = Path(folder)
     path = folder / name
     env = _environment(folder, html=html)
@@ -320,9 +335,8 @@ def _render(folder: Path, name: str, variables: dict[str, Any], *, html: bool, s
         template = env.get_template(name)
     except jinja2.TemplateNotFound as exc:
         missing = str(path) if exc.name == name else f"{folder / str(exc.name)} (included from {path})"
-        raise TemplateError(
-            missing, f"template not found; check {setting} and epnalert-template-folder in config.yml"
-        ) from None
+        check = f"{setting} and epnalert-template-folder" if setting else "epnalert-template-folder"
+        raise TemplateError(missing, f"template not found; check {check} in config.yml") from None
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(exc.filename or str(path), f"syntax error: {exc.message}", exc.lineno) from None
     except OSError as exc:
@@ -341,21 +355,12 @@ def _render(folder: Path, name: str, variables: dict[str, Any], *, html: bool, s
         raise TemplateError(filename or template.filename or str(path), problem, lineno) from None
 
 
-_CANARY_TEXT = """\
-{% if stuck %}
-Stuck for more than {{ stuck_after_hours }} h without coming home
-{{ stuck_text }}
-{% endif %}{% for note in digest_notes %}
-Note: {{ note }}
-{% endfor %}"""
-
-_CANARY_HTML = """\
-{% if stuck %}<h3>Stuck for more than {{ stuck_after_hours }} h without coming home</h3>
-<table><tr><th>EPN</th><th>since</th><th>reason</th></tr>
-{% for s in stuck %}<tr><td>{{ s.name }}</td><td>{{ s.since_text }} ({{ s.hours }} h)</td><td>{{ s.reason }}</td></tr>
-{% endfor %}</table>
-{% endif %}{% for note in digest_notes %}<p><strong>Note:</strong> {{ note }}</p>
-{% endfor %}"""
+def shipped_or_admin(name: str, template_folder: Path | None) -> Path:
+    """The folder to read the fixed-name template `name` from: the admin's epnalert-template-folder
+    when it holds one, else etc/ as shipped."""
+    if template_folder is not None and (Path(template_folder) / name).is_file():
+        return Path(template_folder)
+    return etc_path()
 
 
 def _names_used(folder: Path, name: str) -> set[str]:
@@ -394,8 +399,8 @@ def _with_canary(body: str, folder: Path, name: str, variables: dict[str, Any], 
         shown["digest_notes"] = []
     if not (shown["stuck"] or shown["digest_notes"]):
         return body
-    env = SandboxedEnvironment(autoescape=html, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    section = env.from_string(_CANARY_HTML if html else _CANARY_TEXT).render(**shown)
+    section_name = STUCK_SECTION_HTML if html else STUCK_SECTION_TEXT
+    section = _render(shipped_or_admin(section_name, folder), section_name, shown, html=html, setting=None)
     end = body.lower().rfind("</body>") if html else -1
     return body[:end] + section + body[end:] if end >= 0 else body + section
 
@@ -463,7 +468,10 @@ def _sample_canary() -> dict[str, Any]:
 
 
 def check_templates(template_folder: Path, text_template: str, html_template: str) -> list[str]:
-    """Problems with the alert templates, one line each; empty when both render sample alerts."""
+    """Problems with the e-mail templates, one line each; empty when each renders a sample e-mail.
+
+    The two named in config.yml, and the fixed-name ones (the failure alert, the digest's stuck
+    section) wherever they are read from: the admin's folder, else etc/ as shipped."""
     folder = Path(template_folder)
     if not folder.is_dir():
         return [f"{folder} is not a folder"]
@@ -481,6 +489,18 @@ def check_templates(template_folder: Path, text_template: str, html_template: st
                 if str(exc) not in problems:
                     problems.append(str(exc))
                 break
+    a_digest = template_variables(_sample_entries(), digest=True, **_sample_canary())
+    failure = _failure_variables("12282a", "rsync exit 23", "abc123", "https://dagster.example.edu/runs/abc123")
+    for name, html, variables in (
+        (STUCK_SECTION_TEXT, False, a_digest),
+        (STUCK_SECTION_HTML, True, a_digest),
+        (FAILURE_TEXT, False, failure),
+        (FAILURE_HTML, True, failure),
+    ):
+        try:
+            _render(shipped_or_admin(name, folder), name, variables, html=html, setting=None)
+        except TemplateError as exc:
+            problems.append(str(exc))
     return problems
 
 
@@ -501,46 +521,24 @@ def _one_line(value: str) -> str:
     return " ".join(str(value).split())
 
 
-_FAILURE_TEXT = """\
-Repatriation of EPN {{ epn }} failed.
-
-Error: {{ error }}
-
-Run: {{ run_id }}{% if run_url %}
-{{ run_url }}{% endif %}
-
-The run's logs hold the full error.
-"""
-
-_FAILURE_HTML = """\
-<html>
-<body>
-<p>Repatriation of EPN <strong>{{ epn }}</strong> failed.</p>
-<p>Error:</p>
-<pre>{{ error }}</pre>
-<p>Run: {% if link %}<a href="{{ run_url }}">{{ run_id }}</a>{% else %}
-  {{- run_id }}{% if run_url %} ({{ run_url }}){% endif %}{% endif %}</p>
-<p>The run's logs hold the full error.</p>
-</body>
-</html>
-"""
+def render_failure_alert(
+    epn: str, error: str, run_id: str, run_url: str | None = None, template_folder: Path | None = None
+) -> RenderedEmail:
+    """A short e-mail saying that repatriating `epn` failed, with the error and a link to the run,
+    from failure-alert-text.j2 and failure-alert-html.j2 (the admin's `template_folder` first, then etc/)."""
+    variables = _failure_variables(epn, error, run_id, run_url)
+    text = _render(shipped_or_admin(FAILURE_TEXT, template_folder), FAILURE_TEXT, variables, html=False, setting=None)
+    html = _render(shipped_or_admin(FAILURE_HTML, template_folder), FAILURE_HTML, variables, html=True, setting=None)
+    return RenderedEmail(subject=f"Repatriation of EPN {variables['epn']} failed", text=text, html=html)
 
 
-def render_failure_alert(epn: str, error: str, run_id: str, run_url: str | None = None) -> RenderedEmail:
-    """A short e-mail saying that repatriating `epn` failed, with the error and a link to the run."""
-    epn = _one_line(epn)
-    variables = {
-        "epn": epn,
+def _failure_variables(epn: str, error: str, run_id: str, run_url: str | None) -> dict[str, Any]:
+    """What failure-alert-text.j2 and failure-alert-html.j2 may use."""
+    return {
+        "epn": _one_line(epn),
         "error": _short_error(error),
         "run_id": _one_line(run_id),
         "run_url": _one_line(run_url) if run_url else None,
         # Only web links become hrefs: a javascript: URL stays text.
         "link": bool(run_url and _one_line(run_url).lower().startswith(("http://", "https://"))),
     }
-    text_env = SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    html_env = SandboxedEnvironment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return RenderedEmail(
-        subject=f"Repatriation of EPN {epn} failed",
-        text=text_env.from_string(_FAILURE_TEXT).render(**variables),
-        html=html_env.from_string(_FAILURE_HTML).render(**variables),
-    )

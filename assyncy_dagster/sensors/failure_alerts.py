@@ -50,6 +50,8 @@ def repatriation_failure_alert(
     epn = ", ".join(unfinished) or run.tags.get("dagster/partition", "(unknown EPN)")
     url = f"{settings.dagster_ui_url.rstrip('/')}/runs/{run.run_id}" if settings.dagster_ui_url else None
     error = step_failure_message(context.get_step_failure_events()) or context.failure_event.message
-    rendered = render_failure_alert(epn, error or "the run failed", run.run_id, url)
+    rendered = render_failure_alert(
+        epn, error or "the run failed", run.run_id, url, template_folder=settings.epnalert_template_folder
+    )
     smtp.send(build_message(rendered, settings.epnalert_email_from, settings.epnalert_email_to))
     context.log.info(f"failure alert for EPN {epn} (run {run.run_id}) sent to {settings.epnalert_email_to}")

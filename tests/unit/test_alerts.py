@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 
+from assyncy_dagster import alerts
 from assyncy_dagster.alerts import (
+    FAILURE_HTML,
+    FAILURE_TEXT,
+    STUCK_SECTION_HTML,
+    STUCK_SECTION_TEXT,
     SUBJECT,
     AlertEntry,
+    StuckEntry,
     TemplateError,
     check_templates,
     render_failure_alert,
@@ -148,3 +157,58 @@ def test_failure_alert_escapes_the_error_and_links_only_web_urls():
 
     assert "<img" not in rendered.html and "&lt;img" in rendered.html
     assert "href" not in rendered.html
+
+
+def test_every_email_text_is_a_template_in_etc():
+    package = Path(alerts.__file__).parent
+    for name in (FAILURE_TEXT, FAILURE_HTML, STUCK_SECTION_TEXT, STUCK_SECTION_HTML, TEXT, HTML):
+        assert (ETC / name).is_file(), name
+    inline = [p.name for p in package.rglob("*.py") if "from_string(" in p.read_text()]
+    assert inline == []
+
+
+def test_a_template_folder_without_the_failure_templates_gets_the_shipped_ones(tmp_path):
+    (tmp_path / TEXT).write_text("{{ epn_details }}\n")  # an admin's folder from before they existed
+
+    from_admin = render_failure_alert("12282a", "rsync exit 23", "r1", "https://ui/runs/r1", template_folder=tmp_path)
+
+    assert from_admin == render_failure_alert("12282a", "rsync exit 23", "r1", "https://ui/runs/r1")
+    assert from_admin.text.startswith("Repatriation of EPN 12282a failed.\n\nError: rsync exit 23\n")
+
+
+def test_the_admins_copy_of_a_failure_template_wins(tmp_path):
+    (tmp_path / FAILURE_TEXT).write_text("EPN {{ epn }} did not come home: {{ error }}\n")
+
+    rendered = render_failure_alert("12282a", "rsync exit 23", "r1", None, template_folder=tmp_path)
+
+    assert rendered.text == "EPN 12282a did not come home: rsync exit 23\n"
+    assert rendered.html == render_failure_alert("12282a", "rsync exit 23", "r1", None).html  # shipped
+
+
+def test_an_old_template_folder_gets_the_shipped_stuck_section_and_an_admins_copy_wins(tmp_path):
+    (tmp_path / "t.j2").write_text("{{ epn_details }}\n")
+    (tmp_path / "h.j2").write_text("<html><body></body></html>\n")
+    stuck = [StuckEntry("12282a", datetime(2026, 11, 18, 10, tzinfo=UTC), "failing: rsync exit 23")]
+    now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+    shipped = render_unknown_epn_alert(tmp_path, "t.j2", "h.j2", [], digest=True, stuck=stuck, generated_at=now)
+    (tmp_path / STUCK_SECTION_TEXT).write_text("{% for s in stuck %}STUCK {{ s.name }}{% endfor %}\n")
+    own = render_unknown_epn_alert(tmp_path, "t.j2", "h.j2", [], digest=True, stuck=stuck, generated_at=now)
+
+    assert shipped.text == (
+        "\n\nStuck for more than 24 h without coming home\n"
+        "- 12282a, since 2026-11-18 10:00 UTC (50 h): failing: rsync exit 23\n"
+    )
+    assert own.text == "\nSTUCK 12282a\n"
+    assert own.html == shipped.html and "<h3>Stuck for more than 24 h" in shipped.html
+
+
+def test_check_templates_tries_an_admins_copy_of_the_fixed_name_templates(tmp_path):
+    (tmp_path / "t.j2").write_text("{{ epn_details }}\n")
+    (tmp_path / "h.j2").write_text("<p>{{ epn_details }}</p>\n")
+    assert check_templates(tmp_path, "t.j2", "h.j2") == []
+    (tmp_path / FAILURE_HTML).write_text("<p>{{ run_link }}</p>\n")
+
+    [problem] = check_templates(tmp_path, "t.j2", "h.j2")
+
+    assert str(tmp_path / FAILURE_HTML) in problem and "run_link" in problem
