@@ -25,6 +25,7 @@ import dagster as dg
 from .config import load_settings
 from .definitions import build_definitions, build_resources
 from .names import ALERT_JOB, REPATRIATION_JOB, REPORT_JOB
+from .run_configs import batch_epns
 from .run_records import EPN_DATA, INTERRUPTED_TAG, Outcome, step_failure_message, tagged_epns
 from .tick import plan_tick
 
@@ -201,8 +202,7 @@ def _job_name(request: dg.RunRequest) -> str:
 
 
 def _request_epns(request: dg.RunRequest) -> list[str]:
-    ops = (request.run_config or {}).get("ops", {})
-    return list(ops.get("repatriate_epns", {}).get("config", {}).get("epns", [])) or [str(request.partition_key)]
+    return batch_epns(request.run_config) or [str(request.partition_key)]
 
 
 def run_cycle(

@@ -9,7 +9,17 @@ from .assets.report import repatriation_report
 from .assets.visits import portal_visits
 from .canary import send_daily_digest
 from .epnalert import ALERT_ERRORS, send_unknown_epn_alert
-from .names import ALERT_JOB, FIXITY_JOB, KIND_TAG, REPATRIATION_JOB, REPORT_JOB, RSYNC_POOL, VERIFY_JOB
+from .names import (
+    ALERT_JOB,
+    ALERT_OP,
+    FIXITY_JOB,
+    KIND_TAG,
+    REPATRIATION_JOB,
+    REPATRIATION_OP,
+    REPORT_JOB,
+    RSYNC_POOL,
+    VERIFY_JOB,
+)
 from .partitions import epn_partitions
 from .resources.portal import PortalResource
 from .resources.settings import AssyncyConfigResource
@@ -24,7 +34,7 @@ class RepatriationConfig(EpnDataConfig):
 
 
 @dg.op(
-    name="repatriate_epns",
+    name=REPATRIATION_OP,
     pool=RSYNC_POOL,
     description="Bring a batch of EPNs home: each one's portal_visits and epn_data materialisation and its "
     "matches_source result are recorded per partition, as if materialised one by one.",
@@ -70,7 +80,7 @@ class UnknownEpnAlertConfig(dg.Config):
     )
 
 
-@dg.op(description="E-mail the helpdesk about EPNs whose base number is not in epn_cap_map.")
+@dg.op(name=ALERT_OP, description="E-mail the helpdesk about EPNs whose base number is not in epn_cap_map.")
 def send_unknown_epn_alert_op(
     context: dg.OpExecutionContext,
     config: UnknownEpnAlertConfig,
@@ -110,7 +120,7 @@ def build_digest_schedule(timezone: str) -> dg.ScheduleDefinition:
         job=unknown_epn_alert_job,
         cron_schedule="0 1 * * *",
         execution_timezone=timezone,
-        run_config=dg.RunConfig(ops={"send_unknown_epn_alert_op": UnknownEpnAlertConfig(digest=True)}),
+        run_config=dg.RunConfig(ops={ALERT_OP: UnknownEpnAlertConfig(digest=True)}),
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Daily digest of every EPN on the SFTP host that is still unmapped, and of every EPN stuck "
         "for more than stuck-after-hours, with its reason.",

@@ -1,4 +1,4 @@
-"""The names the modules agree on: jobs, the run-kind tag, the rsync pool, the sensor's interval override.
+"""The names the modules agree on: jobs and their ops, the run-kind tag, the rsync pool, the sensor's interval override.
 
 No imports, so that any module can use them: logs.py is read by config-level
 code before any Dagster definition exists, and jobs.py imports the assets.
@@ -10,6 +10,9 @@ ALERT_JOB = "unknown_epn_alert"
 VERIFY_JOB = "verify_epn_data"
 REPORT_JOB = "repatriation_report_job"
 FIXITY_JOB = "fixity_audit"
+# The ops whose run config names a run's EPNs (read and written only through run_configs.py).
+REPATRIATION_OP = "repatriate_epns"
+ALERT_OP = "send_unknown_epn_alert_op"
 # The concurrency pool that lets `max-tasks` transfers run at once, whoever launched them.
 RSYNC_POOL = "rsync"
 # Seconds between epn_sensor's evaluations instead of its 30 s (the demo, tests, benchmarks).

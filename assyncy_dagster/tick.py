@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 
@@ -21,12 +20,12 @@ from .canary import due_reasons, record_due, refresh_failure_file
 from .config import Settings
 from .epn import is_valid_epn, project_for
 from .facts import FACTS_FILE, SensorCursor, due_for_resync, gather_facts, look_for_new_data, save_facts
-from .jobs import RepatriationConfig, UnknownEpnAlertConfig
 from .names import ALERT_JOB, KIND_TAG, REPATRIATION_JOB, RSYNC_POOL
 from .partitions import EPN_PARTITIONS_NAME, epn_partitions
 from .planning import CyclePlan, LastRun, RunHistory, plan_cycle
 from .resources.portal import PortalResource
 from .resources.ssh_source import SshSourceResource
+from .run_configs import alert_epns, alert_run_config, batch_run_config
 from .run_records import IN_FLIGHT, InFlight, Outcome, end_lost_runs, epn_history, in_flight, outcome_tags
 from .state import ALERTED_KEY, StateFileError, read_epns
 
@@ -47,8 +46,7 @@ def alert_state(instance: dg.DagsterInstance) -> tuple[set[str], str]:
     """EPNs in alert runs still queued or running, and the id of the last failed alert run."""
     in_flight: set[str] = set()
     for run in instance.get_runs(dg.RunsFilter(job_name=ALERT_JOB, statuses=list(IN_FLIGHT))):
-        ops: Any = (run.run_config or {}).get("ops", {})  # run config: nested plain data, typed object
-        in_flight.update(ops.get("send_unknown_epn_alert_op", {}).get("config", {}).get("epns", []))
+        in_flight.update(alert_epns(run.run_config))
     failed = instance.get_runs(dg.RunsFilter(job_name=ALERT_JOB, statuses=list(_FAILED_RUN)), limit=1)
     return in_flight, failed[0].run_id if failed else "none"
 
@@ -193,7 +191,7 @@ def repatriation_requests(
                 run_key=f"repatriate:{mode}:{_digest(attempts)}",
                 job_name=REPATRIATION_JOB,
                 # The mode is decided here, with the plan (mxsync --execute overrides config.yml's `execute`).
-                run_config=dg.RunConfig(ops={"repatriate_epns": RepatriationConfig(epns=batch, execute=not dry_run)}),
+                run_config=batch_run_config(batch, execute=not dry_run),
                 tags={
                     KIND_TAG: "repatriation",
                     "assyncy/mode": mode,
@@ -212,7 +210,7 @@ def alert_requests(epns: list[str], last_failed_alert: str) -> list[dg.RunReques
         dg.RunRequest(
             run_key=f"alert:{_digest(epns)}:{last_failed_alert}",
             job_name=ALERT_JOB,
-            run_config=dg.RunConfig(ops={"send_unknown_epn_alert_op": UnknownEpnAlertConfig(epns=epns)}),
+            run_config=alert_run_config(epns),
             tags={KIND_TAG: "alert", "assyncy/epn_count": str(len(epns))},
         )
     ]

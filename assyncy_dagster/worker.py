@@ -13,6 +13,7 @@ import dagster as dg
 
 from .cycle import WORKER_RESULT_PREFIX, RunOutcome, execute_request, quiet_dagster_previews
 from .definitions import build_definitions
+from .run_configs import batch_epns
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     # as failed, never as repatriated.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     request = dg.RunRequest(job_name=args.job, run_config=json.loads(args.run_config), tags=json.loads(args.tags))
-    epns = request.run_config.get("ops", {}).get("repatriate_epns", {}).get("config", {}).get("epns", [])
+    epns = batch_epns(request.run_config)
     with dg.DagsterInstance.get() as instance:
         try:
             outcomes = execute_request(build_definitions(args.config), instance, request, run_id=args.run_id)

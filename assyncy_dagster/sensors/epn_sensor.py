@@ -19,6 +19,7 @@ from ..planning import CyclePlan
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
+from ..run_configs import alert_epns, batch_epns
 from ..tick import held_text, plan_tick
 
 # The sensor looks every 30 s: between refreshes it decides from what it last
@@ -102,10 +103,5 @@ def _log_to_sync_file(settings: Settings, result: dg.SensorResult | dg.SkipReaso
 
 
 def _describe_request(request: dg.RunRequest) -> str:
-    ops = (request.run_config or {}).get("ops", {})
-    epns = (
-        ops.get("repatriate_epns", {}).get("config", {}).get("epns")
-        or ops.get("send_unknown_epn_alert_op", {}).get("config", {}).get("epns")
-        or []
-    )
+    epns = batch_epns(request.run_config) or alert_epns(request.run_config)
     return f"{request.job_name} {', '.join(epns)}".strip()

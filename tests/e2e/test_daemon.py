@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from assyncy_dagster.names import REPATRIATION_OP
 from assyncy_dagster.testing.stack import far_from_the_digest
 from tests.support.helpers import dagster_daemon, live_processes_mentioning, wait_for
 
@@ -76,7 +77,7 @@ def test_daemon_repatriates_due_epns_alerts_and_stops_cleanly(stack, tmp_path):
         assert re.search(r"EPN 12282a: .* copied to .*; verified", sync_log)  # and the runs' own lines
         assert "demo-password" not in sync_log
 
-        windows = step_windows(stack.instance, "repatriate_epns")
+        windows = step_windows(stack.instance, REPATRIATION_OP)
         assert len(windows) >= 3
         for (_, end), (start, _) in itertools.pairwise(windows):
             assert start >= end - 0.05, f"rsync pool of 1 let transfers overlap: {windows}"

@@ -34,6 +34,7 @@ from assyncy_dagster.definitions import build_definitions, build_resources
 from assyncy_dagster.escaping import WORD_JOINER
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.portal_sim import PortalSimulator
+from assyncy_dagster.run_configs import batch_run_config
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
 from tests.support.helpers import CHROMIUM_OFFLINE, webserver
 
@@ -154,7 +155,7 @@ def test_a_portal_error_in_the_report_is_shown_as_text_never_as_a_link_or_an_ima
         portal.set_faults(body_next=100, body={"meta": {"error_message": payload}}, path="oauth/token")
         batch = build_definitions(str(stack.config_path)).resolve_job_def(REPATRIATION_JOB)
         failed = batch.execute_in_process(
-            run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+            run_config=batch_run_config(["12282a"]),
             instance=stack.instance,
             raise_on_error=False,
         )

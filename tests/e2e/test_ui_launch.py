@@ -4,6 +4,7 @@ that names a file, a folder, a host or a key can be set at launch time."""
 import pytest
 import requests
 
+from assyncy_dagster.run_configs import alert_run_config
 from assyncy_dagster.testing.stack import far_from_the_digest
 from tests.support.helpers import dagster_daemon, wait_for, webserver
 
@@ -51,7 +52,7 @@ def test_a_launch_that_overrides_a_path_or_host_is_refused(stack, tmp_path):
             body = requests.post(url, json={"query": LAUNCH, "variables": {"params": params}}, timeout=60).json()
             return body["data"]["launchRun"]
 
-        safe = launch("unknown_epn_alert", {"ops": {"send_unknown_epn_alert_op": {"config": {"epns": []}}}})
+        safe = launch("unknown_epn_alert", alert_run_config([]))
         assert safe["__typename"] == "LaunchRunSuccess", safe  # the form is right: safe choices go through
         for resource, fields in OVERRIDES.items():
             for field, value in fields.items():

@@ -33,6 +33,7 @@ from assyncy_dagster.escaping import LOG_INDENT, WORD_JOINER
 from assyncy_dagster.logs import configure_logging
 from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB
 from assyncy_dagster.portal_sim import PortalSimulator
+from assyncy_dagster.run_configs import batch_run_config
 from assyncy_dagster.testing.sshd import make_source_tree
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
 from tests.support.faultkit import figure, requested_epns, tree_snapshot
@@ -181,7 +182,7 @@ def test_hostile_names_write_nothing_outside_the_root_run_nothing_and_are_escape
         accepted = []
         for epn in HOSTILE_EPNS:
             result = job.execute_in_process(
-                run_config={"ops": {"repatriate_epns": {"config": {"epns": [epn], "execute": True}}}},
+                run_config=batch_run_config([epn], execute=True),
                 instance=stack.instance,
                 raise_on_error=False,
             )
@@ -221,7 +222,7 @@ def test_hostile_names_write_nothing_outside_the_root_run_nothing_and_are_escape
             }
         )
         linked = job.execute_in_process(
-            run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282b"], "execute": True}}}},
+            run_config=batch_run_config(["12282b"], execute=True),
             instance=stack.instance,
             raise_on_error=False,
         )
@@ -450,7 +451,7 @@ def test_formula_markdown_and_newline_payloads_reach_no_operator_unneutralised(s
         skipped = run_cycle(stack.config_path, stack.instance).skipped
         batch = build_definitions(str(stack.config_path)).resolve_job_def(REPATRIATION_JOB)  # as from the UI
         failed = batch.execute_in_process(
-            run_config={"ops": {"repatriate_epns": {"config": {"epns": ["13001a"]}}}},
+            run_config=batch_run_config(["13001a"]),
             instance=stack.instance,
             raise_on_error=False,
         )

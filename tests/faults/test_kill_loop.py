@@ -42,6 +42,7 @@ from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster.resources.ssh_source import SshSourceResource
+from assyncy_dagster.run_configs import batch_run_config
 from assyncy_dagster.run_records import IN_FLIGHT, WORKER_TAG, Outcome, end_lost_runs, in_flight, outcome_tags
 from assyncy_dagster.tick import plan_tick
 from tests.support.faultkit import figure
@@ -56,7 +57,7 @@ BWLIMIT_KIB = 48 * 1024  # ~1 s for the whole EPN
 
 
 def _worker_argv(config_path, run_id: str, epns: list[str]) -> list[str]:
-    run_config = {"ops": {"repatriate_epns": {"config": {"epns": epns, "execute": True}}}}
+    run_config = batch_run_config(epns, execute=True)
     tags = {"assyncy/kind": "repatriation", **outcome_tags(epns, Outcome.QUEUED)}
     return [
         sys.executable,
@@ -290,7 +291,7 @@ def test_a_cli_retry_before_the_sweep_does_not_report_success_without_data(stack
     gone.wait()
     stack.instance.create_run_for_job(  # what a SIGKILLed worker leaves behind (see the kill loop above)
         job_def=job,
-        run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+        run_config=batch_run_config(["12282a"]),
         tags={
             WORKER_TAG: f"{socket.gethostname()}:{gone.pid}:0:{_pid_namespace()}",
             **outcome_tags(["12282a"], Outcome.RUNNING),

@@ -30,6 +30,7 @@ import pytest
 from assyncy_dagster.claims import HEARTBEAT_LIMIT_SECONDS, HEARTBEAT_SECONDS, WORKER_TAG, claims, heartbeats
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
+from assyncy_dagster.run_configs import batch_run_config
 from assyncy_dagster.run_records import IN_FLIGHT, LOST_TAG, Outcome, outcome_tags
 from tests.support.faultkit import figure
 from tests.support.helpers import (
@@ -79,7 +80,7 @@ def _run_carrying(instance: dg.DagsterInstance, epn: str) -> dg.DagsterRun | Non
 
 def _worker_argv(config_path: Path, run_id: str, epns: list[str]) -> list[str]:
     """A repatriation run in a process of its own, as mxsync starts one (cycle.Workers)."""
-    run_config = {"ops": {"repatriate_epns": {"config": {"epns": epns, "execute": True}}}}
+    run_config = batch_run_config(epns, execute=True)
     tags = {"assyncy/kind": "repatriation", **outcome_tags(epns, Outcome.QUEUED)}
     return [
         sys.executable,

@@ -13,8 +13,9 @@ from assyncy_dagster.claims import WORKER_TAG, _pid_namespace, _start_ticks, wor
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.facts import SensorCursor, refresh_retry_delay
-from assyncy_dagster.names import REPATRIATION_JOB
+from assyncy_dagster.names import REPATRIATION_JOB, REPATRIATION_OP, RSYNC_POOL
 from assyncy_dagster.planning import LastRun
+from assyncy_dagster.run_configs import batch_epns, batch_run_config
 from assyncy_dagster.run_records import Outcome, end_lost_runs, epn_history, in_flight, outcome_tags
 from tests.support.helpers import ticker
 
@@ -51,11 +52,7 @@ def test_a_failed_refresh_is_retried_after_a_minute_and_says_when(stack):
     state["cursor"] = SensorCursor(failures=1, retry_at=time.time() - 1).dumps()
     result = tick()
     assert isinstance(result, dg.SensorResult)
-    assert [
-        r.run_config["ops"]["repatriate_epns"]["config"]["epns"]
-        for r in result.run_requests
-        if r.job_name == REPATRIATION_JOB
-    ] == [["12282a"]]
+    assert [batch_epns(r.run_config) for r in result.run_requests if r.job_name == REPATRIATION_JOB] == [["12282a"]]
     assert SensorCursor.parse(state["cursor"]).failures == 0
 
 
@@ -73,12 +70,9 @@ def test_a_visit_that_ends_is_requested_without_asking_the_portal_again(stack):
     result = tick()
     assert stack.portal.stats()["visits_requests"] == asked
     assert isinstance(result, dg.SensorResult)
-    assert [
-        e
-        for r in result.run_requests
-        if r.job_name == REPATRIATION_JOB
-        for e in r.run_config["ops"]["repatriate_epns"]["config"]["epns"]
-    ] == ["13001b"]
+    assert [e for r in result.run_requests if r.job_name == REPATRIATION_JOB for e in batch_epns(r.run_config)] == [
+        "13001b"
+    ]
 
 
 def test_a_worker_process_is_known_dead_only_when_it_is():
@@ -112,11 +106,11 @@ def test_a_run_whose_worker_died_is_ended_as_failed_and_frees_its_rsync_slot(sta
     dead = f"{socket.gethostname()}:{proc.pid}:0:{_pid_namespace()}"
     run = stack.instance.create_run_for_job(
         job_def=job,
-        run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+        run_config=batch_run_config(["12282a"]),
         tags={WORKER_TAG: dead, **outcome_tags(["12282a"], Outcome.RUNNING)},
         status=dg.DagsterRunStatus.STARTED,
     )
-    stack.instance.event_log_storage.claim_concurrency_slot("rsync", run.run_id, "repatriate_epns")
+    stack.instance.event_log_storage.claim_concurrency_slot(RSYNC_POOL, run.run_id, REPATRIATION_OP)
     assert stack.instance.event_log_storage.get_concurrency_info("rsync").active_slot_count == 1
 
     flights = in_flight(stack.instance, REPATRIATION_JOB, [])
@@ -182,12 +176,7 @@ def test_a_malformed_visit_is_held_back_by_name_while_the_others_are_requested(s
     tick, state = ticker(stack)
     result = tick()
     assert isinstance(result, dg.SensorResult)
-    requested = [
-        e
-        for r in result.run_requests
-        if r.job_name == REPATRIATION_JOB
-        for e in r.run_config["ops"]["repatriate_epns"]["config"]["epns"]
-    ]
+    requested = [e for r in result.run_requests if r.job_name == REPATRIATION_JOB for e in batch_epns(r.run_config)]
     assert requested == ["12282a"]
     # The next tick decides from the same answer, and still names the skipped visit.
     from assyncy_dagster.resources.portal import PortalResource
@@ -217,7 +206,7 @@ def test_data_written_after_the_sync_is_fetched_within_resync_days(stack):
     result = tick()
     assert stack.portal.stats()["visits_requests"] > asked
     [request] = [r for r in result.run_requests if r.job_name == REPATRIATION_JOB]
-    assert request.run_config["ops"]["repatriate_epns"]["config"]["epns"] == ["12282a"]
+    assert batch_epns(request.run_config) == ["12282a"]
     log = (stack.settings().log_files.sync).read_text()
     assert "re-syncing 12282a (source changed since its verified sync" in log and "+1 file(s), +5000 bytes" in log
 

@@ -12,6 +12,7 @@ import dagster as dg
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.fixity import findings_path, read_findings
 from assyncy_dagster.names import FIXITY_JOB
+from assyncy_dagster.run_configs import batch_run_config
 from assyncy_dagster.sensors.report_refresh import repatriation_report_refresh
 from tests.integration.test_report_asset import materialize_report, states
 from tests.support.helpers import check_results, epn_data_metadata, failure_text
@@ -116,7 +117,7 @@ def test_an_epn_in_transfer_is_skipped_and_a_second_audit_is_refused(stack):
     definitions = build_definitions(str(stack.config_path))
     stack.instance.create_run_for_job(
         job_def=definitions.resolve_job_def("repatriate_epn"),
-        run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+        run_config=batch_run_config(["12282a"]),
         tags={"assyncy/epn/12282a": "running"},
         status=dg.DagsterRunStatus.STARTED,
     )

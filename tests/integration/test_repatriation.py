@@ -8,6 +8,7 @@ import dagster as dg
 from assyncy_dagster.claims import claim_epn
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.planning import LastRun
+from assyncy_dagster.run_configs import batch_run_config
 from assyncy_dagster.run_records import epn_history
 from tests.support.helpers import check_results, epn_data_metadata, failure_text, files_under
 
@@ -176,7 +177,7 @@ def test_an_epn_another_run_is_transferring_is_not_started_twice(stack):
     job = build_definitions(str(stack.config_path)).resolve_job_def("repatriate_epn")
     other = stack.instance.create_run_for_job(
         job_def=job,
-        run_config={"ops": {"repatriate_epns": {"config": {"epns": ["12282a"]}}}},
+        run_config=batch_run_config(["12282a"]),
         tags={"assyncy/epn/12282a": "running"},
         status=dg.DagsterRunStatus.STARTED,
     )

@@ -6,6 +6,7 @@ import yaml
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB, RSYNC_POOL
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
+from assyncy_dagster.run_configs import alert_epns, batch_epns
 from tests.support.helpers import sensor_tick
 
 DEMO_EPNS = ("12282a", "12282b", "13001a", "13001b", "14500a", "14777a")
@@ -22,20 +23,12 @@ def requested(result, job):
     return [r for r in result.run_requests if r.job_name == job]
 
 
-def batch_epns(request):
-    return request.run_config["ops"]["repatriate_epns"]["config"]["epns"]
-
-
 def repatriations(result):
-    return sorted(epn for r in requested(result, REPATRIATION_JOB) for epn in batch_epns(r))
+    return sorted(epn for r in requested(result, REPATRIATION_JOB) for epn in batch_epns(r.run_config))
 
 
 def alerted_epns(result):
-    return [
-        epn
-        for r in requested(result, ALERT_JOB)
-        for epn in r.run_config["ops"]["send_unknown_epn_alert_op"]["config"]["epns"]
-    ]
+    return [epn for r in requested(result, ALERT_JOB) for epn in alert_epns(r.run_config)]
 
 
 def test_new_epns_become_partitions_and_due_ones_are_requested(stack):
@@ -107,7 +100,7 @@ def test_epn_materialised_from_the_ui_is_not_requested_while_that_run_is_in_flig
 def test_a_backlog_is_shared_out_in_batches_over_max_tasks(stack):
     stack.configure(**{"max-tasks": 2, "max-epns-per-run": 2})
     stack.lay_out("12282a", "12282b", "13001a")
-    batches = [batch_epns(r) for r in requested(first_tick(stack), REPATRIATION_JOB)]
+    batches = [batch_epns(r.run_config) for r in requested(first_tick(stack), REPATRIATION_JOB)]
     assert sorted(e for b in batches for e in b) == ["12282a", "12282b", "13001a"]
     assert [len(b) for b in batches] == [2, 1]
 

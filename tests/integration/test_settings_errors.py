@@ -21,6 +21,7 @@ from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.portal import Visit
 from assyncy_dagster.resources.ssh_source import SshSourceResource
+from assyncy_dagster.run_configs import batch_run_config
 from assyncy_dagster.run_records import Outcome, tagged_epns
 from tests.support.helpers import failure_text, ticker
 
@@ -31,7 +32,7 @@ def _batch(stack, epns: list[str]) -> dg.ExecuteInProcessResult:
     """A repatriate_epn batch run, as epn_sensor and mxsync launch it."""
     job = build_definitions(str(stack.config_path)).resolve_job_def(REPATRIATION_JOB)
     return job.execute_in_process(
-        run_config={"ops": {"repatriate_epns": {"config": {"epns": epns, "execute": True}}}},
+        run_config=batch_run_config(epns, execute=True),
         instance=stack.instance,
         tags={f"assyncy/epn/{e}": Outcome.QUEUED.value for e in epns},
         raise_on_error=False,

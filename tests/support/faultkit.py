@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from assyncy_dagster.names import REPATRIATION_JOB
+from assyncy_dagster.run_configs import batch_epns
 
 
 def figure(text: str) -> None:
@@ -26,12 +27,7 @@ def requested_epns(result) -> list[str]:
     """EPNs of the repatriation runs a sensor result requests (none for a SkipReason)."""
     if not isinstance(result, dg.SensorResult):
         return []
-    return [
-        e
-        for r in result.run_requests
-        if r.job_name == REPATRIATION_JOB
-        for e in r.run_config["ops"]["repatriate_epns"]["config"]["epns"]
-    ]
+    return [e for r in result.run_requests if r.job_name == REPATRIATION_JOB for e in batch_epns(r.run_config)]
 
 
 def tree_snapshot(root: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]:
