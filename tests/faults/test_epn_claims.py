@@ -37,6 +37,7 @@ from assyncy_dagster.claims import claims
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.portal_sim import PortalSimulator
+from assyncy_dagster.run_configs import batch_run_config
 from assyncy_dagster.run_records import Outcome, outcome_tags, tagged_epns
 from assyncy_dagster.testing.stack import lay_out_epns, mx_frames
 from tests.support.faultkit import figure
@@ -81,7 +82,7 @@ def _round_epns(number: int) -> list[str]:
 def _argv(kind: str, config_path: Path, epns: list[str]) -> list[str]:
     if kind == "backfill":
         return [sys.executable, "-c", BACKFILL, epns[0], epns[-1]]
-    run_config = {"ops": {"repatriate_epns": {"config": {"epns": epns, "execute": True}}}}
+    run_config = batch_run_config(epns, execute=True)
     tags = {"assyncy/kind": "repatriation", **outcome_tags(epns, Outcome.QUEUED)}
     return [
         sys.executable,

@@ -16,7 +16,9 @@ def test_a_batch_reads_back_the_epns_it_was_written_with():
 
 def test_execute_is_set_only_when_chosen():
     assert batch_run_config(["12282a"]) == {"ops": {REPATRIATION_OP: {"config": {"epns": ["12282a"]}}}}
-    assert batch_run_config(["12282a"], execute=True)["ops"][REPATRIATION_OP]["config"]["execute"] is True
+    assert batch_run_config(["12282a"], execute=True) == {
+        "ops": {REPATRIATION_OP: {"config": {"epns": ["12282a"], "execute": True}}}
+    }
 
 
 def test_a_run_that_names_no_batch_has_no_epns():
