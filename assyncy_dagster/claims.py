@@ -279,7 +279,8 @@ def claim_epn(instance: dg.DagsterInstance, epn: str, run_id: str, logger: Any =
         if _replace(storage, key, holder, run_id):
             (logger or log).warning(f"EPN {epn}: took over the claim of run {holder}: {why}")
             return None
-    return holder
+    # Still contended after five looks: another run has it, or is about to; never assume it is free.
+    return holder or "(another run: the claim changed hands while this run asked for it)"
 
 
 def release_epn(instance: dg.DagsterInstance, epn: str, run_id: str) -> None:

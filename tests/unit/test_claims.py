@@ -190,3 +190,12 @@ def test_the_sweep_fails_the_epns_an_ended_run_left_queued_or_running(instance):
         "13001a": "failed",
     }
     assert settle_ended_runs(instance) == {}
+
+
+def test_a_claim_that_keeps_changing_hands_is_never_taken_for_free(instance, monkeypatch):
+    """Another run taking and giving back the claim between each of this run's looks, five
+    times over: faked (the interleaving cannot be forced with real processes), as the answer
+    must still be 'held', never 'yours'."""
+    monkeypatch.setattr(claims, "_insert", lambda storage, key, value: False)
+    monkeypatch.setattr(type(instance.run_storage), "get_cursor_values", lambda self, keys: {})
+    assert claim_epn(instance, "12282a", started_run(instance)) is not None
