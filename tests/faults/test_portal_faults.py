@@ -59,7 +59,7 @@ FAULTS = {
     "timeout": (
         lambda s: s.portal.set_faults(delay_seconds=3, path="visits"),
         lambda s: s.portal.set_faults(delay_seconds=0),
-        ["portal unavailable", "no answer within 1 s"],
+        ["portal unavailable", "no answer within"],  # 1 s, or what was left of the deadline
     ),
     "connection-dropped": (
         lambda s: s.portal.set_faults(down=True),
@@ -90,7 +90,7 @@ FAULTS = {
         lambda s: (s.configure(**{"portal-timeout-seconds": 30}), s.portal.set_faults(delay_seconds=30, path="visits")),
         lambda s: s.portal.set_faults(delay_seconds=0),
         # The portal's own deadline ends a second before the tick gives up on it, naming the equipment.
-        ["portal unavailable", "equipment 23", "no answer within 1 s"],
+        ["portal unavailable", "equipment 23", "no answer within"],
     ),
 }
 
@@ -163,7 +163,7 @@ def test_a_malformed_visit_among_good_ones_holds_back_only_itself(stack, monkeyp
 # epn_sensor evaluated once in a process of its own, as the daemon's code server does; prints what
 # the tick said, how long it took, when the refresh threads had ended, and the process's peak RSS.
 SENSOR_IN_A_PROCESS = """
-import json, resource, sys, threading, time
+import json, sys, threading, time
 import dagster as dg
 from assyncy_dagster import facts
 from assyncy_dagster.definitions import build_definitions, build_resources
@@ -184,7 +184,11 @@ print(json.dumps({
     "skip": getattr(result, "skip_message", None),
     "evaluated": evaluated,
     "threads_ended": threads_ended,
-    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # VmHWM: this process image's own peak. ru_maxrss would also count the pytest worker it was
+    # forked from (Linux keeps the highest RSS across fork and exec).
+    "peak_rss_mib": next(
+        int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")
+    ) / 1024,
 }))
 """
 SENSOR_DEADLINE_SECONDS = 60  # Dagster's, for a sensor's evaluation
