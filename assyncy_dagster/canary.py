@@ -30,6 +30,7 @@ from .config import Settings
 from .due import read_due_since, stuck_since, update_due_since
 from .epn import is_valid_epn, project_for
 from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
+from .errors_of_runs import epn_last_error
 from .logs import SecretMaskingFilter
 from .mail import Mailer
 from .names import REPATRIATION_JOB
@@ -200,36 +201,6 @@ def describe(tick_reason: str, flight: tuple[str, str] | None, failing: tuple[in
     return f"held back: {tick_reason}"
 
 
-def last_error(instance: dg.DagsterInstance, run_id: str, epn: str) -> str:
-    """The error a failed run gave for `epn`: its own line of a batch step's failure,
-    else the step's failure, else the run's (e.g. a worker that died)."""
-    records = instance.get_records_for_run(
-        run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
-    ).records
-    run_message = None
-    for record in records:
-        event = record.event_log_entry.dagster_event
-        if event is None:
-            continue
-        if event.is_step_failure:
-            data = event.step_failure_data
-            failure = data.user_failure_data if data else None
-            if failure is not None:
-                errors = failure.metadata.get("errors")
-                value = getattr(errors, "value", None)
-                if isinstance(value, dict):
-                    if epn in value:
-                        return str(value[epn])
-                    continue  # other EPNs of the batch failed; this one went down with the run
-                if failure.description:
-                    return failure.description
-            if data and data.error:
-                return data.error.message.strip()
-        elif run_message is None:
-            run_message = record.event_log_entry.message or event.message
-    return run_message or f"run {run_id} failed (its log holds the error)"
-
-
 def stuck_report(instance: dg.DagsterInstance, settings: Settings, now: datetime) -> list[StuckEntry]:
     """Every EPN due for longer than `stuck-after-hours`, oldest first, each with its reason,
     then a portal or SFTP-host refresh failing for as long."""
@@ -247,7 +218,7 @@ def stuck_report(instance: dg.DagsterInstance, settings: Settings, now: datetime
             failing = None
             history = epn_history(instance, epn) if flight is None else None
             if history is not None and history.status is LastRun.FAILED:
-                error = short_error(last_error(instance, history.run_id, epn), settings)
+                error = short_error(epn_last_error(instance, history.run_id, epn), settings)
                 failing = (max(history.consecutive_failures, 1), error)
             entries.append(
                 StuckEntry(epn, datetime.fromtimestamp(since, UTC), describe(reasons.get(epn, ""), flight, failing))

@@ -21,6 +21,7 @@ from pydantic import Field
 from ..config import Settings
 from ..due import read_due_since, stuck_since
 from ..epn import InvalidEpnError, UnmappedEpnError, destination_for, is_valid_epn, project_for
+from ..errors_of_runs import epn_last_error
 from ..facts import FACTS_FILE, read_saved_facts
 from ..fixity import findings_path, read_findings
 from ..planning import LastRun, visits_hold
@@ -39,7 +40,7 @@ from ..report import (
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
-from ..run_records import EPN_DATA, LOST_TAG, epn_history, epn_tag, last_verified
+from ..run_records import EPN_DATA, epn_history, epn_tag, last_verified
 from ..state import StateFileError, read_epns
 from ..transfer import RsyncError, SshConfigError, local_tree
 from ..transfer.manifests import files_of, total_bytes
@@ -154,30 +155,6 @@ def _holding(epn: str, settings: Settings, count: bool) -> Holding | None:
     return Holding(len(files_of(tree)), total_bytes(tree))
 
 
-def run_error(instance: dg.DagsterInstance, run_id: str, epn: str) -> str:
-    """Why the run failed for this EPN: its own entry in the failure's `errors`, else the step's
-    failure, else why the run was ended (a lost worker), else the run's failure message."""
-    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
-        data = record.event_log_entry.dagster_event.step_failure_data if record.event_log_entry.dagster_event else None
-        if data is None:
-            continue
-        user = data.user_failure_data
-        errors = getattr(user.metadata.get("errors"), "value", None) if user else None
-        if isinstance(errors, dict) and epn in errors:
-            return str(errors[epn])[:MAX_ERROR_CHARS]
-        if user and user.description:
-            return user.description[:MAX_ERROR_CHARS]
-        if data.error:
-            return data.error.message.strip()[:MAX_ERROR_CHARS]
-    run = instance.get_run_by_id(run_id)
-    if run is not None and LOST_TAG in run.tags:
-        return f"run ended as failed: {run.tags[LOST_TAG]}"[:MAX_ERROR_CHARS]
-    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records:
-        if record.event_log_entry.dagster_event and record.event_log_entry.dagster_event.message:
-            return record.event_log_entry.dagster_event.message[:MAX_ERROR_CHARS]
-    return ""
-
-
 def last_attempt(instance: dg.DagsterInstance, epn: str) -> tuple[Attempt | None, str, str]:
     """The EPN's latest repatriation run: (what came of it, run id, error when it failed)."""
     history = epn_history(instance, epn)
@@ -188,7 +165,7 @@ def last_attempt(instance: dg.DagsterInstance, epn: str) -> tuple[Attempt | None
         outcome = run.tags.get(epn_tag(epn)) if run else None
         return (Attempt.DRY_RUN if outcome == Attempt.DRY_RUN.value else Attempt.HOME), history.run_id, ""
     attempt = _ATTEMPTS[history.status]
-    error = run_error(instance, history.run_id, epn) if attempt is Attempt.FAILED else ""
+    error = epn_last_error(instance, history.run_id, epn)[:MAX_ERROR_CHARS] if attempt is Attempt.FAILED else ""
     return attempt, history.run_id, error
 
 
