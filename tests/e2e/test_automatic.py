@@ -240,7 +240,7 @@ def test_d_a_sigkilled_run_worker_is_recovered_from(stack, tmp_path):
             for r in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
             if r.tags.get(f"assyncy/epn/{victim}") == "running"
         ]
-        _host, pid, _start = run.tags["assyncy/worker"].split(":")
+        _host, pid, *_ = run.tags["assyncy/worker"].split(":")  # host:pid:start:pid-namespace
         worker = psutil.Process(int(pid))
         victims = list(worker.children(recursive=True))
         assert any(p.name() == "rsync" for p in victims), [p.cmdline() for p in victims]
