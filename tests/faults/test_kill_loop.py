@@ -43,7 +43,15 @@ from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.run_configs import batch_run_config
-from assyncy_dagster.run_records import IN_FLIGHT, WORKER_TAG, Outcome, end_lost_runs, in_flight, outcome_tags
+from assyncy_dagster.run_records import (
+    IN_FLIGHT,
+    WORKER_TAG,
+    Outcome,
+    end_lost_runs,
+    in_flight,
+    outcome_tags,
+    tagged_epns,
+)
 from assyncy_dagster.tick import plan_tick
 from tests.support.faultkit import figure
 from tests.support.helpers import live_processes_mentioning, materialize_argv, ticker, visible_files, wait_for
@@ -248,6 +256,13 @@ def test_kill_loop_never_leaves_a_partial_file_a_record_a_process_or_a_slot(stac
     assert leftovers == []
     assert slots == 0
     assert in_flight_now == []
+    # The sweep's assertion: no ended run keeps an EPN queued or running, killed workers' runs included.
+    unsettled = {
+        run.run_id: left
+        for run in stack.instance.get_runs()
+        if (left := {e: o for e, o in tagged_epns(run.tags).items() if o in ("queued", "running")})
+    }
+    assert unsettled == {}, unsettled
     assert lost_ended == modes.count("worker-SIGKILL")
     for epn in EPNS:  # not forgotten: every kill counts as a failed attempt, and the EPN waits for its retry
         tries = sum(a.epn == epn for a in attempts)
