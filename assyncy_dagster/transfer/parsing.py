@@ -8,6 +8,7 @@ prints them under `LC_ALL=C`: every unprintable or non-ASCII byte escaped as
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from dataclasses import dataclass
 
@@ -65,6 +66,7 @@ def _number(text: str) -> int:
     return int(text.replace(",", "").split(".")[0] or 0)
 
 
+@functools.lru_cache(maxsize=4096)  # the files of one EPN share few distinct seconds
 def _epoch(text: str) -> int:
     """rsync's `YYYY/MM/DD HH:MM:SS` (or with `-` between date and time) as seconds since the
     epoch: rsync runs under TZ=UTC (process.py), so listings and itemized lines agree."""
