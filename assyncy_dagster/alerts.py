@@ -92,10 +92,10 @@ import jinja2.meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
+from .domain import Person, Visit
 from .epn import base_number, validate_epn
 from .etc_files import etc_path
 from .mail import RenderedEmail
-from .portal import Person, Visit
 
 SUBJECT = "Unknown ownership of EPNs"
 EPNS_PER_ROW = 8
@@ -132,7 +132,7 @@ class AlertEntry:
 
     A visit is any object with `id`, `epn`, `start_time`, `end_time`,
     `principal_scientist`, `data_scientists` and `equipment_id` (see
-    `assyncy_dagster.portal.Visit`). A malformed EPN raises InvalidEpnError.
+    `assyncy_dagster.domain.Visit`). A malformed EPN raises InvalidEpnError.
     """
 
     epn: str

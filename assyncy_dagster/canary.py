@@ -27,6 +27,7 @@ import dagster as dg
 
 from .alerts import StuckEntry
 from .config import Settings
+from .domain import Visit
 from .due import read_due_since, stuck_since, update_due_since
 from .epn import is_valid_epn, project_for
 from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
@@ -36,7 +37,7 @@ from .mail import Mailer
 from .names import REPATRIATION_JOB
 from .partitions import EPN_PARTITIONS_NAME
 from .planning import CyclePlan, LastRun
-from .portal import PortalAuthError, PortalClient, Visit
+from .portal import PortalAuthError, PortalClient
 from .run_records import epn_history, in_flight
 from .statefiles import read_json, write_json
 from .transfer import RsyncClient, RsyncError

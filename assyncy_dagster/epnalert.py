@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 
 from .alerts import AlertEntry, StuckEntry, TemplateError, render_unknown_epn_alert
 from .config import Settings
+from .domain import visit_window, visits_by_epn
 from .epn import project_for, validate_epn
 from .logs import SecretMaskingFilter
 from .mail import Mailer, MailError, build_message
-from .portal import PortalClient, PortalError, visit_window, visits_by_epn
+from .portal import PortalClient, PortalError
 from .state import ALERTED_KEY, add_epns
 from .transfer import RsyncClient, RsyncError
 

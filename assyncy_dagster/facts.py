@@ -21,8 +21,9 @@ import dagster as dg
 
 from .canary import clear_refresh_failure, record_refresh_failure
 from .config import Settings
+from .domain import Visit, visit_window
 from .epn import is_valid_epn, project_for
-from .portal import PortalClient, PortalError, Visit, visit_window
+from .portal import PortalClient, PortalError
 from .resources.portal import PortalResource
 from .resources.ssh_source import SshSourceResource
 from .run_records import last_verified

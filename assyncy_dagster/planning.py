@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from .domain import Visit
 from .epn import is_valid_epn, project_for
-from .portal import Visit
 
 
 class LastRun(enum.Enum):

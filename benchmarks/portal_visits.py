@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from visit_data import generate_visits
 
 from assyncy_dagster.config import Equipment
-from assyncy_dagster.portal import PortalClient, visit_window
+from assyncy_dagster.domain import visit_window
+from assyncy_dagster.portal import PortalClient
 from assyncy_dagster.portal_sim import PortalSimulator, equipment_credentials
 
 TARGET_SECONDS = 2.0

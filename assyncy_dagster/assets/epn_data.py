@@ -25,12 +25,13 @@ from pydantic import Field
 
 from ..claims import WORKER_TAG, Heartbeat, claim_epn, release_epn, this_worker
 from ..config import Settings
+from ..domain import Visit, visit_window, visits_by_epn
 from ..epn import InvalidEpnError, UnmappedEpnError, base_number, destination_for, validate_epn
 from ..fixity import clear_findings, findings_for, findings_path, mark_for_refetch
 from ..names import RSYNC_POOL
 from ..partitions import epn_partitions
 from ..planning import visits_hold
-from ..portal import PortalError, Visit, visit_window, visits_by_epn
+from ..portal import PortalError
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource

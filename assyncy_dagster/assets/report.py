@@ -19,13 +19,14 @@ import dagster as dg
 from pydantic import Field
 
 from ..config import Settings
+from ..domain import Visit, visit_window, visits_by_epn
 from ..due import read_due_since, stuck_since
 from ..epn import InvalidEpnError, UnmappedEpnError, destination_for, is_valid_epn, project_for
 from ..errors_of_runs import epn_last_error
 from ..facts import FACTS_FILE, read_saved_facts
 from ..fixity import findings_path, read_findings
 from ..planning import LastRun, visits_hold
-from ..portal import PortalError, Visit, visit_window, visits_by_epn
+from ..portal import PortalError
 from ..report import (
     Attempt,
     EpnFacts,

@@ -4,9 +4,10 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from ..domain import Visit, visit_window, visits_by_epn
 from ..epn import InvalidEpnError, validate_epn
 from ..partitions import epn_partitions
-from ..portal import PortalError, Visit, visit_window, visits_by_epn
+from ..portal import PortalError
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 

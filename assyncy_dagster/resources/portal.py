@@ -8,7 +8,8 @@ from datetime import datetime
 import dagster as dg
 
 from ..config import Settings
-from ..portal import PortalClient, Visit, VisitsAnswer
+from ..domain import Visit, VisitsAnswer
+from ..portal import PortalClient
 from .settings import current_settings
 
 

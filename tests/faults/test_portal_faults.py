@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
+from assyncy_dagster.domain import visit_window
 from assyncy_dagster.facts import SensorCursor
-from assyncy_dagster.portal import PortalClient, PortalError, visit_window
+from assyncy_dagster.portal import PortalClient, PortalError
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
 from tests.support.faultkit import figure, requested_epns
 from tests.support.fixtures.portal import HostilePortal

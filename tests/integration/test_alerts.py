@@ -9,8 +9,8 @@ from assyncy_dagster.alerts import (
     render_failure_alert,
     render_unknown_epn_alert,
 )
+from assyncy_dagster.domain import Person
 from assyncy_dagster.mail import Mailer, build_message
-from assyncy_dagster.portal import Person
 from assyncy_dagster.testing.stack import ETC
 from tests.support.helpers import HTML, TEXT, text_and_html, visit_of
 

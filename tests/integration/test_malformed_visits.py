@@ -15,8 +15,9 @@ import dagster as dg
 
 from assyncy_dagster.assets.report import repatriation_report
 from assyncy_dagster.definitions import build_resources
+from assyncy_dagster.domain import visit_window
 from assyncy_dagster.facts import SensorCursor
-from assyncy_dagster.portal import PortalClient, visit_window
+from assyncy_dagster.portal import PortalClient
 from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.tick import plan_tick

@@ -9,8 +9,8 @@ import pytest
 import requests
 
 from assyncy_dagster.config import Equipment
+from assyncy_dagster.domain import Person
 from assyncy_dagster.portal import (
-    Person,
     PortalAuthError,
     PortalClient,
     PortalDataError,

@@ -16,10 +16,10 @@ import dagster as dg
 import pytest
 
 from assyncy_dagster.definitions import build_definitions
+from assyncy_dagster.domain import Visit
 from assyncy_dagster.facts import Facts, look_for_new_data
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
-from assyncy_dagster.portal import Visit
 from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.run_configs import batch_run_config
 from assyncy_dagster.run_records import Outcome, tagged_epns

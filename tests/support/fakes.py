@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import Field
 
-from assyncy_dagster.portal import VisitsAnswer
+from assyncy_dagster.domain import VisitsAnswer
 from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.transfer import Entry, Kind, ProgressUpdate, RsyncClient, RsyncResult, TransferStats, Tree

@@ -21,9 +21,10 @@ from assyncy_dagster.canary import (
     record_due,
     unreported,
 )
+from assyncy_dagster.domain import Visit
 from assyncy_dagster.due import due_file, read_due_since
 from assyncy_dagster.planning import CyclePlan
-from assyncy_dagster.portal import PortalAuthError, PortalError, Visit
+from assyncy_dagster.portal import PortalAuthError, PortalError
 from assyncy_dagster.testing.stack import DEMO_CAP_MAP, ETC
 from assyncy_dagster.transfer import RsyncError
 from assyncy_dagster.transfer.errors import HostKeyError

@@ -2,8 +2,8 @@
 
 from datetime import timedelta
 
+from assyncy_dagster.domain import Person, Visit
 from assyncy_dagster.planning import LastRun, RunHistory, plan_cycle, retry_delay, visits_hold
-from assyncy_dagster.portal import Person, Visit
 from assyncy_dagster.testing.stack import DEMO_CAP_MAP
 from tests.support.helpers import NOW, visit_of
 

@@ -7,14 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from assyncy_dagster.portal import (
-    Person,
-    PortalClient,
-    PortalError,
-    Visit,
-    visit_window,
-    visits_by_epn,
-)
+from assyncy_dagster.domain import Person, Visit, visit_window, visits_by_epn
+from assyncy_dagster.portal import PortalClient, PortalError
 from tests.support.helpers import equipment_for, last_days
 
 
