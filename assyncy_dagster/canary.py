@@ -3,7 +3,7 @@
 At each tick with fresh facts, `epn_sensor` (and each mxsync cycle) records which
 EPNs are due (visit ended, mapped, not in ignore.yml) and why they are not home
 yet (`record_due`): the clock lives in due.py, the tick's reason beside it. A
-failed portal or SFTP-host refresh is recorded too (`record_refresh_failure`),
+failed portal or SFTP-host refresh is recorded too (refresh_failures.py),
 and cleared by the next good one. The 01:00 digest (`send_daily_digest`) lists
 what has been stuck longer than `stuck-after-hours`, each with its reason as the
 instance says it at that moment (in flight, failing with its last error, held
@@ -16,7 +16,6 @@ fsynced, replaced atomically, and moved aside with a warning when corrupt.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -32,21 +31,17 @@ from .due import read_due_since, stuck_since, update_due_since
 from .epn import is_valid_epn, project_for
 from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
 from .errors_of_runs import epn_last_error
-from .logs import SecretMaskingFilter
 from .mail import Mailer
-from .names import REPATRIATION_JOB
-from .partitions import EPN_PARTITIONS_NAME
+from .names import EPN_PARTITIONS_NAME, REPATRIATION_JOB
 from .planning import CyclePlan, LastRun
-from .portal import PortalAuthError, PortalClient
+from .portal import PortalClient
+from .refresh_failures import refresh_failure_file, short_error
 from .run_records import epn_history, in_flight
 from .statefiles import read_json, write_json
 from .transfer import RsyncClient, RsyncError
-from .transfer.errors import HostKeyError
 
 REASONS_FILE = "epn_due_reasons.json"
-REFRESH_FAILURE_FILE = "epn_sensor_refresh_failure.json"
 REPORTED_FILE = "stuck_reported.json"
-MAX_ERROR_CHARS = 300
 
 # What a due EPN waits for, as the tick saw it (the digest says more: see describe).
 REQUESTED = "a repatriation run was requested"
@@ -60,7 +55,6 @@ _RUN_STATES = {
     dg.DagsterRunStatus.STARTED: "running",
     dg.DagsterRunStatus.CANCELING: "being cancelled",
 }
-_SSH_AUTH_WORDS = ("permission denied", "account has expired", "password has expired", "authentication")
 
 log = logging.getLogger("assyncy.sync")
 
@@ -118,67 +112,6 @@ def record_due(instance: dg.DagsterInstance, reasons: Mapping[str, str], now: da
 def read_reasons(instance: dg.DagsterInstance) -> dict[str, str]:
     data = read_json(_path(instance, REASONS_FILE), {})
     return {str(k): str(v) for k, v in data.items()}
-
-
-# -- a refresh that keeps failing (expired password, revoked key, changed host key) ----
-
-
-def failure_kind(what: str, exc: BaseException) -> str:
-    """What kind of refresh failure `exc` is, in the admin's words."""
-    if isinstance(exc, PortalAuthError):
-        return "portal authentication"
-    if isinstance(exc, HostKeyError):
-        return "SSH host key"
-    if isinstance(exc, RsyncError):
-        said = f"{exc}\n{exc.stderr_tail}".lower()
-        if exc.exit_code == 255 and any(word in said for word in _SSH_AUTH_WORDS):
-            return "SSH authentication"
-    if isinstance(exc, TimeoutError):
-        return f"{what} not answering"
-    return f"{what} unavailable"
-
-
-def short_error(text: str, settings: Settings) -> str:
-    """One line, secrets masked, at most MAX_ERROR_CHARS."""
-    line = " ".join(SecretMaskingFilter(settings.secrets()).mask(str(text)).split())
-    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 6].rstrip() + " [...]"
-
-
-def record_refresh_failure(
-    path: Path,
-    what: str,
-    exc: BaseException,
-    now: datetime,
-    settings: Settings,
-    since: float | None = None,
-) -> float:
-    """Note a failed refresh: since when refreshes have failed (`since`, else the file's,
-    else now), what failed and the error. Returns since when."""
-    before = read_json(path, {})
-    stamp = now.timestamp()
-    if since is None:
-        previous = before.get("since")
-        since = previous if isinstance(previous, (int, float)) else stamp
-    write_json(
-        path,
-        {
-            "since": since,
-            "last_failed_at": stamp,
-            "what": what,
-            "kind": failure_kind(what, exc),
-            "error": short_error(str(exc), settings),
-        },
-    )
-    return float(since)
-
-
-def clear_refresh_failure(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def refresh_failure_file(instance: dg.DagsterInstance) -> Path:
-    return _path(instance, REFRESH_FAILURE_FILE)
 
 
 # -- at the digest: what is stuck, and why ------------------------------------------------

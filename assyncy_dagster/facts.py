@@ -16,23 +16,38 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Protocol
 
 import dagster as dg
 
-from .canary import clear_refresh_failure, record_refresh_failure
 from .config import Settings
 from .domain import Visit, visit_window
 from .epn import is_valid_epn, project_for
 from .portal import PortalClient, PortalError
-from .resources.portal import PortalResource
-from .resources.ssh_source import SshSourceResource
+from .refresh_failures import clear_refresh_failure, record_refresh_failure
 from .run_records import last_verified
 from .statefiles import read_json, write_json
-from .transfer import RsyncError, SshConfigError
+from .transfer import RsyncClient, RsyncError, SshConfigError
 from .transfer.manifests import files_of, total_bytes, tree_digest
 
 # Never ask the portal or list the host more often than this, on average.
 MIN_REFRESH_SECONDS = 60
+
+
+class PortalSource(Protocol):
+    """What the facts need of the portal (resources.portal.PortalResource fits: the facts sit below
+    the Dagster wiring and do not import it). The refresh builds its own client from the settings,
+    with the tick's deadline."""
+
+    def settings(self) -> Settings: ...
+
+
+class SourceHost(Protocol):
+    """What the facts need of the SFTP host (resources.ssh_source.SshSourceResource fits)."""
+
+    def client(self, logger: Any = None) -> RsyncClient: ...
+
+
 # A tick must end within Dagster's 60 s sensor deadline, whatever the portal or host do.
 REFRESH_BUDGET_SECONDS = 40
 
@@ -46,7 +61,7 @@ class SensorCursor:
     failures: int = 0  # refreshes failed in a row
     retry_at: float | None = None  # not before this after a failure
     # When the refreshes now failing in a row began (the canary reports it after
-    # stuck-after-hours; what failed is in canary.REFRESH_FAILURE_FILE).
+    # stuck-after-hours; what failed is in refresh_failures.REFRESH_FAILURE_FILE).
     failing_since: float | None = None
 
     @classmethod
@@ -149,7 +164,7 @@ def _bounded(calls: dict, budget: float) -> dict:
         pool.shutdown(wait=False)
 
 
-def _fetch_visits(settings: Settings, portal: PortalResource, log, now: datetime):
+def _fetch_visits(settings: Settings, portal: PortalSource, log, now: datetime):
     since, until = visit_window(now, settings.visit_day_range)
     # Short timeouts: the whole tick must fit Dagster's 60 s deadline (and
     # _bounded gives up before it); the sensor's own retries come 1, 2, 4 ... minutes later.
@@ -162,7 +177,7 @@ def _fetch_visits(settings: Settings, portal: PortalResource, log, now: datetime
     return answer.visits, answer.malformed
 
 
-def _list_host(sftp: SshSourceResource, log) -> list[str]:
+def _list_host(sftp: SourceHost, log) -> list[str]:
     client = sftp.client(logger=log)
     client.endpoint = replace(client.endpoint, connect_timeout_seconds=10)
     return client.list_epns(io_timeout_seconds=20)
@@ -170,8 +185,8 @@ def _list_host(sftp: SshSourceResource, log) -> list[str]:
 
 def gather_facts(
     settings: Settings,
-    portal: PortalResource,
-    sftp: SshSourceResource,
+    portal: PortalSource,
+    sftp: SourceHost,
     log,
     cursor: SensorCursor | None,
     now: datetime,
@@ -265,7 +280,7 @@ def _waiting_for_folder(facts: Facts, settings: Settings, now: datetime) -> list
 def look_for_new_data(
     instance: dg.DagsterInstance,
     settings: Settings,
-    sftp: SshSourceResource,
+    sftp: SourceHost,
     log,
     facts: Facts,
     repatriated: set[str],

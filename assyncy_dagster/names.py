@@ -4,6 +4,8 @@ No imports, so that any module can use them: logs.py is read by config-level
 code before any Dagster definition exists, and jobs.py imports the assets.
 """
 
+# The dynamic partitions, one key per EPN (partitions.py defines them; the instance is asked by this name).
+EPN_PARTITIONS_NAME = "epn"
 KIND_TAG = "assyncy/kind"
 REPATRIATION_JOB = "repatriate_epn"
 ALERT_JOB = "unknown_epn_alert"

@@ -2,6 +2,8 @@
 
 import dagster as dg
 
-EPN_PARTITIONS_NAME = "epn"
+from .names import EPN_PARTITIONS_NAME
+
+__all__ = ["EPN_PARTITIONS_NAME", "epn_partitions"]
 
 epn_partitions = dg.DynamicPartitionsDefinition(name=EPN_PARTITIONS_NAME)

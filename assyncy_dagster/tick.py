@@ -16,13 +16,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from .canary import due_reasons, record_due, refresh_failure_file
+from .canary import due_reasons, record_due
 from .config import Settings
 from .epn import is_valid_epn, project_for
 from .facts import FACTS_FILE, SensorCursor, due_for_resync, gather_facts, look_for_new_data, save_facts
 from .names import ALERT_JOB, KIND_TAG, REPATRIATION_JOB, RSYNC_POOL
 from .partitions import EPN_PARTITIONS_NAME, epn_partitions
 from .planning import CyclePlan, LastRun, RunHistory, plan_cycle
+from .refresh_failures import refresh_failure_file
 from .resources.portal import PortalResource
 from .resources.ssh_source import SshSourceResource
 from .run_configs import alert_epns, alert_run_config, batch_run_config

@@ -22,12 +22,13 @@ import pytest
 import yaml
 
 from assyncy_dagster import canary
-from assyncy_dagster.canary import REASONS_FILE, REFRESH_FAILURE_FILE, REPORTED_FILE
+from assyncy_dagster.canary import REASONS_FILE, REPORTED_FILE
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.due import DUE_FILE, read_due_since
 from assyncy_dagster.facts import FACTS_FILE, Facts, read_saved_facts, save_facts
 from assyncy_dagster.fixity import FINDINGS_FILE, Audit, read_findings, record_findings
 from assyncy_dagster.portal import PortalError
+from assyncy_dagster.refresh_failures import REFRESH_FAILURE_FILE, record_refresh_failure
 from assyncy_dagster.report_files import PNG_NAME
 from assyncy_dagster.state import ALERTED_KEY, IGNORE_KEY, StateFileError, add_epns, read_epns
 from assyncy_dagster.statefiles import write_atomically
@@ -175,7 +176,7 @@ def _write_version(kind: str, folder: Path, version: int) -> None:
     elif kind == "due clock and reasons":
         canary.record_due(_instance(folder), dict.fromkeys(_window(version), "requested"), stamp)
     elif kind == REFRESH_FAILURE_FILE:
-        canary.record_refresh_failure(
+        record_refresh_failure(
             folder / kind, "portal", PortalError(f"failure {version}"), stamp, _SETTINGS[0], since=BASE
         )
     elif kind == REPORTED_FILE:
@@ -327,7 +328,7 @@ def _read_through_its_module(name: str, folder: Path) -> object:
         return read_findings(folder / name)
     if name == REFRESH_FAILURE_FILE:  # read when the next failure is recorded, for since when
         later = NOW + timedelta(hours=1)
-        since = canary.record_refresh_failure(folder / name, "portal", PortalError("x"), later, _SETTINGS[0])
+        since = record_refresh_failure(folder / name, "portal", PortalError("x"), later, _SETTINGS[0])
         return {} if since == later.timestamp() else {"since": since}
     raise AssertionError(name)
 

@@ -6,16 +6,20 @@ from datetime import timedelta
 
 import dagster as dg
 
-from assyncy_dagster import canary
 from assyncy_dagster.canary import (
     NOT_ON_HOST,
     REQUESTED,
     record_due,
-    record_refresh_failure,
     stuck_report,
 )
 from assyncy_dagster.config import Settings
 from assyncy_dagster.portal import PortalAuthError
+from assyncy_dagster.refresh_failures import (
+    MAX_ERROR_CHARS,
+    clear_refresh_failure,
+    record_refresh_failure,
+    refresh_failure_file,
+)
 from assyncy_dagster.run_records import Outcome, outcome_tags
 from tests.support.helpers import NOW
 
@@ -68,7 +72,7 @@ def test_a_refresh_failure_keeps_its_first_time_masks_secrets_and_is_reported_af
     first = NOW - timedelta(hours=30)
     again = PortalAuthError("SMTP said s3cret-smtp " + "x" * 1000)
     with dg.instance_for_test() as instance:
-        path = canary.refresh_failure_file(instance)
+        path = refresh_failure_file(instance)
         assert (
             record_refresh_failure(path, "portal", PortalAuthError("refused"), first, canary_settings())
             == first.timestamp()
@@ -80,9 +84,9 @@ def test_a_refresh_failure_keeps_its_first_time_masks_secrets_and_is_reported_af
         saved = json.loads(path.read_text())
         [entry] = stuck_report(instance, canary_settings(), NOW)
         assert stuck_report(instance, canary_settings(stuck_after_hours=48), NOW) == []
-        canary.clear_refresh_failure(path)
+        clear_refresh_failure(path)
         assert stuck_report(instance, canary_settings(), NOW) == []
 
-    assert "s3cret-smtp" not in saved["error"] and len(saved["error"]) <= canary.MAX_ERROR_CHARS
+    assert "s3cret-smtp" not in saved["error"] and len(saved["error"]) <= MAX_ERROR_CHARS
     assert (entry.name, entry.since) == ("portal", first)
     assert entry.reason.startswith("portal authentication failing at every refresh (last tried ")

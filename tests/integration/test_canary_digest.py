@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from assyncy_dagster.alerts import SUBJECT
-from assyncy_dagster.canary import refresh_failure_file
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.due import due_file, read_due_since
 from assyncy_dagster.facts import SensorCursor
 from assyncy_dagster.names import ALERT_JOB
+from assyncy_dagster.refresh_failures import refresh_failure_file
 from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
 from tests.support.helpers import text_and_html, ticker
 

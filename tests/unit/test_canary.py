@@ -15,7 +15,6 @@ from assyncy_dagster.canary import (
     REQUESTED,
     describe,
     due_reasons,
-    failure_kind,
     mark_reported,
     read_reported,
     record_due,
@@ -25,6 +24,7 @@ from assyncy_dagster.domain import Visit
 from assyncy_dagster.due import due_file, read_due_since
 from assyncy_dagster.planning import CyclePlan
 from assyncy_dagster.portal import PortalAuthError, PortalError
+from assyncy_dagster.refresh_failures import failure_kind
 from assyncy_dagster.testing.stack import DEMO_CAP_MAP, ETC
 from assyncy_dagster.transfer import RsyncError
 from assyncy_dagster.transfer.errors import HostKeyError
