@@ -1,0 +1,233 @@
+"""Layers one way (STYLE.md, "One home for every rule"): every module of assyncy_dagster sits on one
+floor, and an import never climbs a floor. Read from the sources with `ast` (nothing is imported,
+so an import inside a function counts as much as one at the top).
+
+A new module fails `test_every_module_is_on_a_floor` until it is placed in FLOORS below; the
+README's "Layers" section lists the same floors, and `test_the_readme_lists_the_floors` keeps them equal.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+from tests.support.helpers import REPO
+
+PACKAGE = REPO / "assyncy_dagster"
+
+# Lowest first. A module may import its own floor and the floors below it, never one above.
+FLOORS: dict[str, tuple[str, ...]] = {
+    # Plain types and rules: no I/O, no Dagster (tests in microseconds).
+    "domain": ("", "domain", "epn", "names", "escaping", "run_configs", "planning", "report"),
+    # The outside world and the files: config.yml, etc/, logs, state files, the portal, rsync, mail.
+    "io": (
+        "config",
+        "etc_files",
+        "logs",
+        "statefiles",
+        "state",
+        "portal",
+        "transfer",
+        "transfer.errors",
+        "transfer.endpoint",
+        "transfer.commands",
+        "transfer.parsing",
+        "transfer.process",
+        "transfer.manifests",
+        "transfer.verification",
+        "transfer.bag",
+        "transfer.streams",
+        "transfer.client",
+        "mail",
+        "alerts",
+        "report_files",
+        "fixity",
+    ),
+    # What the instance and the state files record, what the portal and the host last said, and the
+    # e-mails made of them (the digest, the unknown-EPN alert).
+    "records": (
+        "run_records",
+        "claims",
+        "errors_of_runs",
+        "due",
+        "refresh_failures",
+        "facts",
+        "canary",
+        "epnalert",
+    ),
+    # Dagster's definitions and what only they use.
+    "wiring": (
+        "partitions",
+        "resources",
+        "resources.settings",
+        "resources.portal",
+        "resources.ssh_source",
+        "resources.smtp",
+        "assets",
+        "assets.visits",
+        "assets.epn_data",
+        "assets.fixity",
+        "assets.report",
+        "sensors",
+        "sensors.epn_sensor",
+        "sensors.failure_alerts",
+        "sensors.report_refresh",
+        "tick",
+        "jobs",
+        "definitions",
+    ),
+    # The commands: what a person or a cron line runs.
+    "commands": ("cycle", "worker", "cli"),
+    # The stand-ins of the synchrotron and the demo: nothing of the product imports them.
+    "stand-ins": (
+        "portal_sim",
+        "demo",
+        "testing",
+        "testing.*",
+    ),
+}
+
+# Upward arrows kept for now, each with why; (importer, imported). Empty it, don't grow it.
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {
+    # `assyncy demo` and `assyncy portal-sim` are subcommands of the product's command. Both imports
+    # are inside the functions (the product runs without the demo extra: tests/unit/test_packaging.py).
+    # They go when the stand-ins leave for their own distribution (issue 20), which adds its
+    # subcommands through an entry point.
+    ("cli", "demo"): "the `assyncy demo` subcommand",
+    ("cli", "portal_sim"): "the `assyncy portal-sim` subcommand",
+}
+
+
+def _floor_of() -> dict[str, int]:
+    """Module -> floor number, for every module in the package (`testing.*` places each module of testing/)."""
+    placed = {module: n for n, modules in enumerate(FLOORS.values()) for module in modules}
+    for module in _modules():
+        for pattern, n in list(placed.items()):
+            if pattern.endswith(".*") and module.startswith(pattern[:-1]):
+                placed.setdefault(module, n)
+    return placed
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {
+        _module_name(path): path
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(PACKAGE).parts[0] != "etc"
+    }
+
+
+def _imported(module: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules that `module` imports, at the top or inside a function."""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    package = [p for p in package if p]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                source = ".".join(["assyncy_dagster", *base, *([node.module] if node.module else [])])
+            else:
+                source = node.module or ""
+            # `from . import canary` imports the module canary; `from .portal import Visit`, portal.
+            names = [f"{source}.{alias.name}" for alias in node.names] + [source]
+        else:
+            continue
+        for name in names:
+            if name != "assyncy_dagster" and not name.startswith("assyncy_dagster."):
+                continue
+            relative = name.removeprefix("assyncy_dagster").lstrip(".")
+            # The longest known module the name starts with (`transfer.manifests.files_of` -> transfer.manifests).
+            while relative not in known and "." in relative:
+                relative = relative.rsplit(".", 1)[0]
+            if relative in known and relative != module:
+                found.add(relative)
+    # `from . import canary` also names the package itself (""), whose __init__ is empty.
+    found.discard("")
+    return found
+
+
+def _upward_arrows() -> list[str]:
+    floor_of = _floor_of()
+    floors = list(FLOORS)
+    modules = _modules()
+    arrows = []
+    for module, path in modules.items():
+        for target in sorted(_imported(module, path, set(modules))):
+            if module not in floor_of or target not in floor_of:
+                continue  # test_every_module_is_on_a_floor names it
+            if floor_of[target] > floor_of[module] and (module, target) not in ALLOWED_UPWARD:
+                arrows.append(f"{module} ({floors[floor_of[module]]}) imports {target} ({floors[floor_of[target]]})")
+    return arrows
+
+
+def test_every_module_is_on_a_floor():
+    floor_of = _floor_of()
+    modules = set(_modules())
+    unplaced = sorted(modules - set(floor_of))
+    assert not unplaced, f"place each new module on a floor in FLOORS: {', '.join(unplaced)}"
+    named = {m for m in floor_of if not m.endswith(".*")}
+    gone = sorted(named - modules)
+    assert not gone, f"FLOORS names modules that no longer exist: {', '.join(gone)}"
+
+
+def test_no_import_climbs_a_floor():
+    arrows = _upward_arrows()
+    assert not arrows, "imports that climb a floor:\n" + "\n".join(arrows)
+
+
+def test_each_allowed_upward_arrow_is_still_there():
+    """An allowance outlives its arrow only by mistake: remove it with the import."""
+    floor_of = _floor_of()
+    modules = _modules()
+    for module, target in ALLOWED_UPWARD:
+        assert floor_of[target] > floor_of[module], f"{module} -> {target} is not upward"
+        assert target in _imported(module, modules[module], set(modules)), f"{module} no longer imports {target}"
+
+
+def test_the_domain_floor_imports_only_the_standard_library():
+    """No Dagster, no HTTP, no YAML: a rule of the domain floor tests in microseconds."""
+    modules = _modules()
+    outside = []
+    for module in FLOORS["domain"]:
+        for node in ast.walk(ast.parse(modules[module].read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            top = {name.split(".")[0] for name in names} - {"assyncy_dagster", "__future__"}
+            outside += [f"{module} imports {name}" for name in sorted(top - sys.stdlib_module_names)]
+    assert not outside, "\n".join(outside)
+
+
+def test_the_walk_sees_imports_inside_functions_and_relative_ones():
+    modules = _modules()
+    known = set(modules)
+    cli = _imported("cli", modules["cli"], known)
+    assert {"demo", "portal_sim", "definitions", "config"} <= cli  # the first two only inside functions
+    assert "domain" in _imported("assets.visits", modules["assets.visits"], known)  # `from ..domain import`
+
+
+def test_the_readme_lists_the_floors():
+    """README.md's "Layers" section: one line per floor, `floor: module, module, ...`, lowest first."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Layers", 1)[1].split("\n#", 1)[0]
+    listed = {
+        m.group(1): tuple(name.strip("` ") for name in m.group(2).split(","))
+        for m in re.finditer(r"^- \*\*([\w-]+)\*\*[^:]*: (.+)$", section, re.M)
+    }
+    expected = {floor: tuple(m or "__init__" for m in modules) for floor, modules in FLOORS.items()}
+    assert list(listed) == list(FLOORS)
+    assert listed == expected
