@@ -151,3 +151,19 @@ def test_looking_for_new_data_with_a_missing_key_file_logs_and_goes_on(stack, tm
     )
     assert facts.changed == {}
     assert "key-file" in caplog.text
+
+
+def test_an_epn_folder_that_cannot_take_its_manifest_fails_the_epn_naming_the_path(stack):
+    """rsync fills data/, but the checksum manifest beside it cannot be written (the EPN's folder
+    is immutable): an OSError after the transfer fails that EPN alone, naming the path."""
+    stack.lay_out(*EPNS)
+    epn_folder = stack.destination_root / "ny79" / "12282a"
+    (epn_folder / "data").mkdir(parents=True)
+    with immutable(epn_folder):
+        result = _batch(stack, EPNS)
+    text = failure_text(result)
+    assert "Operation not permitted" in text and str(epn_folder) in text, text
+    assert "check destination-root-path and its permissions" in text, text
+    assert _outcomes(stack, result) == {"12282a": "failed", "13001a": "home"}
+    assert stack.ignored() == ["13001a"]
+    _nothing_in_flight(stack)
