@@ -32,6 +32,7 @@ from pathlib import Path
 from ..logs import tail
 from ..transfer import SshEndpoint, list_command
 from .ports import free_port
+from .session_log import Session, read_sessions
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class LocalSshd:
         workdir: Path | None = None,
         startup_timeout: float = 20.0,
         rate_limit_mib: float | None = None,
+        record_sessions: bool = False,
     ):
         self.host = "127.0.0.1"
         self.port = 0
@@ -187,6 +189,10 @@ class LocalSshd:
         self.startup_timeout = startup_timeout
         # Cap each ssh connection's data at this many MiB/s, as a WAN link caps each flow.
         self.rate_limit_mib = rate_limit_mib
+        # Append each ssh session's start and end, as the host sees them, to `session_log_file`
+        # (session_log.py; read back with `sessions()`).
+        self.record_sessions = record_sessions
+        self.session_log_file = self.workdir / "server" / "sessions.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- layout ---------------------------------------------------------------
@@ -304,12 +310,29 @@ class LocalSshd:
 
     def _forced_command(self) -> str:
         command = f"{RRSYNC} -ro {self.source_root}"
-        if self.rate_limit_mib is None:
-            return command
-        relay = self.workdir / "server" / "rate_relay.py"
-        shutil.copyfile(Path(__file__).with_name("rate_relay.py"), relay)
-        relay.chmod(0o644)  # read by the account's python3
-        return f"/usr/bin/python3 -I {relay} {float(self.rate_limit_mib)} {command}"
+        if self.rate_limit_mib is not None:
+            relay = self._server_script("rate_relay.py")
+            command = f"/usr/bin/python3 -I {relay} {float(self.rate_limit_mib)} {command}"
+        if self.record_sessions:
+            # Outermost, so a session's end is when the host has sent its last byte, relay included.
+            recorder = self._server_script("session_log.py")
+            self.session_log_file.touch()
+            self.session_log_file.chmod(0o666)  # appended to by the account, not root
+            command = f"/usr/bin/python3 -I {recorder} {self.session_log_file} {command}"
+        return command
+
+    def _server_script(self, name: str) -> Path:
+        """A copy of this package's script `name` where the account's python3 can read it."""
+        script = self.workdir / "server" / name
+        shutil.copyfile(Path(__file__).with_name(name), script)
+        script.chmod(0o644)
+        return script
+
+    def sessions(self) -> list[Session]:
+        """Every ssh session so far, as the host saw it (needs `record_sessions=True`)."""
+        if not self.record_sessions:
+            raise SshdError("this sshd does not record its sessions: start it with record_sessions=True")
+        return read_sessions(self.session_log_file)
 
     # -- lifecycle ------------------------------------------------------------
 
