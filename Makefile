@@ -60,7 +60,7 @@ lint: setup
 # processes a test starts would compile the editable checkout's modules again.
 test: setup browser-packages
 	$(BIN)/python -m compileall -q assyncy_dagster >/dev/null
-	$(BIN)/pytest -q -p no:cacheprovider -n 4 --maxschedchunk 1
+	$(BIN)/pytest -q -p no:cacheprovider -n 4 --maxschedchunk 1 --durations=25
 
 # The unit tier alone: plain logic and the assets with in-memory fakes, nothing started, so it
 # needs only the venv (no apt packages, no browser) and runs in seconds.

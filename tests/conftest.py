@@ -81,7 +81,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # Longest first, handed out one at a time (`make test` passes `--maxschedchunk 1`): xdist's default
 # deals each worker a run of consecutive tests at the start, which would give one worker every
 # minute-long end-to-end test. One at a time, longest first, the short tests fill the gaps at the end.
-_FIRST = ("tests/e2e/test_scale_out.py", "tests/faults/test_kill_loop.py", "tests/e2e/test_automatic.py")
+_FIRST = (
+    "tests/e2e/test_scale_out.py",
+    "tests/faults/test_kill_loop.py",
+    "tests/faults/test_epn_claims.py",
+    "tests/faults/test_worker_liveness.py",
+    "tests/e2e/test_automatic.py",
+    "tests/e2e/test_max_tasks.py",
+    "tests/e2e/test_cli_failure_alert.py",
+)
 _TIERS = ("tests/e2e/", "tests/faults/", "tests/integration/", "tests/unit/")
 
 
