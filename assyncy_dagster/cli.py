@@ -28,6 +28,17 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _invalid_epns(values: list[str]) -> list[str]:
+    """Why each of `values` is not an EPN name (all of them, so one run names every mistake)."""
+    bad = []
+    for value in values:
+        try:
+            validate_epn(value)
+        except InvalidEpnError as exc:
+            bad.append(str(exc))
+    return bad
+
+
 # -- check-config -----------------------------------------------------------
 
 
@@ -86,12 +97,7 @@ def add_epn(args: argparse.Namespace) -> int:
 
     from .partitions import EPN_PARTITIONS_NAME
 
-    bad = []
-    for value in args.epns:
-        try:
-            validate_epn(value)
-        except InvalidEpnError as exc:
-            bad.append(str(exc))
+    bad = _invalid_epns(args.epns)
     if bad:
         return _fail("refused, nothing added:\n" + "\n".join(f"- {b}" for b in bad))
     if not os.environ.get("DAGSTER_HOME"):
@@ -130,12 +136,7 @@ def fixity_audit(args: argparse.Namespace) -> int:
     from .names import FIXITY_JOB
     from .run_records import step_failure_message
 
-    bad = []
-    for value in args.epns:
-        try:
-            validate_epn(value)
-        except InvalidEpnError as exc:
-            bad.append(str(exc))
+    bad = _invalid_epns(args.epns)
     if bad:
         return _fail("refused, nothing audited:\n" + "\n".join(f"- {b}" for b in bad))
     if not os.environ.get("DAGSTER_HOME"):

@@ -28,19 +28,18 @@ I/O floor: no Dagster import.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import xxhash
 
-from .statefiles import read_json, write_json
+from .statefiles import locked, read_json, write_json
 from .transfer.bag import PAYLOAD, Recorded
 from .transfer.manifests import Kind
 
@@ -277,19 +276,6 @@ def findings_path(storage_directory: str | os.PathLike[str]) -> Path:
     return Path(storage_directory) / FINDINGS_FILE
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # The audit job and every repatriation run update the same file: read-modify-write under a lock
-    # file beside it (a lock on the file itself would be lost at every rename).
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _strings(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
@@ -313,7 +299,7 @@ def read_findings(path: Path) -> dict[str, Findings]:
 def record_findings(path: Path, epn: str, audit: Audit, *, audited_at: float | None = None) -> None:
     """Keep what `audit` found for `epn`, replacing its earlier findings; an intact EPN's are dropped."""
     path = Path(path)
-    with _locked(path):
+    with locked(path):
         data = read_json(path, {})
         if audit.ok:
             if epn not in data:
@@ -340,7 +326,7 @@ def clear_findings(path: Path, epn: str) -> None:
     path = Path(path)
     if not path.exists():
         return
-    with _locked(path):
+    with locked(path):
         data = read_json(path, {})
         if epn in data:
             del data[epn]

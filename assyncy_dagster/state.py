@@ -11,16 +11,14 @@ empty: an empty ignore.yml would copy every EPN again. No Dagster imports.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
 
-from .statefiles import write_atomically
+from .statefiles import locked, write_atomically
 
 IGNORE_KEY = "previouslySynched"
 ALERTED_KEY = "alerted"
@@ -33,19 +31,6 @@ class StateFileError(Exception):
 def _sort_key(epn: str) -> tuple[int, str]:
     match = re.fullmatch(r"([0-9]+)(.*)", epn)
     return (int(match.group(1)), match.group(2)) if match else (-1, epn)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A lock file beside the state file: locking the state file itself would be
-    # lost on every rename.
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # Read as empty, a broken ignore.yml would have every EPN copied again: the admin repairs it.
@@ -89,7 +74,7 @@ def add_epns(path: Path, epns: Iterable[str], key: str = IGNORE_KEY) -> list[str
     place beside its target, so the link stays and points at the new content."""
     path = Path(os.path.realpath(path))
     wanted = list(dict.fromkeys(epns))
-    with _locked(path):
+    with locked(path):
         data, current = _read(path, key)
         new = [e for e in wanted if e not in set(current)]
         if not new:

@@ -21,10 +21,12 @@ I/O floor: no Dagster import.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +35,20 @@ from typing import TypeVar
 log = logging.getLogger("assyncy.sync")
 
 T = TypeVar("T", dict, list)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for a read-modify-write of `path` (ignore.yml, the fixity findings),
+    across threads and processes. The lock is a file beside it: a lock on the state file itself
+    would be lost at every rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_atomically(path: Path, data: str | bytes, *, mode: int = 0o644) -> None:

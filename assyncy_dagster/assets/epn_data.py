@@ -40,7 +40,7 @@ from ..state import add_epns, read_epns
 from ..transfer import RsyncClient, RsyncError, SshConfigError, TransferStats, local_tree
 from ..transfer.bag import flush_to_disk, manifest_name, read_manifest, write_manifest
 from ..transfer.commands import CHECKSUM_ALGORITHMS
-from ..transfer.manifests import Kind, Tree, tree_digest, with_checksums
+from ..transfer.manifests import Tree, files_of, total_bytes, tree_digest, with_checksums
 from ..transfer.verification import Verdict, verify_tree
 from .visits import PORTAL_VISITS, visit_metadata
 
@@ -175,8 +175,7 @@ def _change_since(previous: Mapping | None, source: Tree, sent: Sequence[tuple[s
         return "first verified sync"
     if previous.get("source_digest") == digest:
         return "no change at the source since the last verified sync"
-    files = sum(1 for e in source.values() if e.kind is Kind.FILE)
-    size = sum(e.size for e in source.values() if e.kind is Kind.FILE)
+    files, size = len(files_of(source)), total_bytes(source)
     when = datetime.fromtimestamp(previous["timestamp"], UTC).isoformat(timespec="seconds")
     text = (
         f"the source changed since the last verified sync ({when}): {files - int(previous.get('source_files', 0)):+d} "
@@ -301,7 +300,8 @@ def _bring_home(
     duration = time.monotonic() - started
     # Files rsync did not send in this run are the files whose checksums were recorded before.
     source = with_checksums(result.tree or {}, _recorded_tree(destination.parent, settings).items())
-    verdict = verify_tree(epn, source, {} if dry_run else local_tree(destination))
+    home = {} if dry_run else local_tree(destination)  # walked once: verified, then counted
+    verdict = verify_tree(epn, source, home)
     if verdict.empty:
         raise EpnEmpty(f"{verdict.summary()}, held back and looked at again later")
     if verdict.refusals:
@@ -329,12 +329,11 @@ def _bring_home(
         context.log.warning(f"EPN {epn}: dry-run only (execute: false); nothing copied, not marked repatriated")
         yield dg.AssetObservation(asset_key=EPN_DATA, partition=epn, metadata=metadata)
         return
-    home = local_tree(destination)
     source_digest = tree_digest(source)
     metadata.update(
         {
-            "files_at_destination": sum(1 for e in home.values() if e.kind is Kind.FILE),
-            "bytes_at_destination": sum(e.size for e in home.values() if e.kind is Kind.FILE),
+            "files_at_destination": len(files_of(home)),
+            "bytes_at_destination": total_bytes(home),
             "verified": verdict.passed,
             "files_verified_by_content": verdict.verified_by_content,
             "files_verified_by_size_only": verdict.verified_by_size_only,

@@ -86,11 +86,8 @@ def checksum_lines(tree: Mapping[str, Entry], algorithm: str) -> tuple[list[str]
     BagIt both read a payload link as the file it resolves to."""
     lines, left_out = [], 0
     for path in sorted(tree):
-        entry = tree[path]
-        if entry.kind is Kind.LINK:
-            resolved = resolve_link(tree, path)
-            entry = tree.get(resolved, entry) if resolved is not None else entry
-        if entry.kind is not Kind.FILE or not entry.checksum:
+        entry = _resolved(tree, path)
+        if entry is None or not entry.checksum:
             continue
         name = f"{PAYLOAD}/{path}"
         if algorithm == "md5":
@@ -139,10 +136,11 @@ def _unchanged(epn_folder: Path, record: str, algorithm: str) -> bool:
 
 
 def _resolved(tree: Mapping[str, Entry], path: str) -> Entry | None:
-    entry = tree[path]
-    if entry.kind is Kind.LINK:
+    """The file `path` is, or that it resolves to within the EPN when it is a link; else None."""
+    entry: Entry | None = tree[path]
+    if entry is not None and entry.kind is Kind.LINK:
         target = resolve_link(tree, path)
-        entry = tree.get(target) if target is not None else None  # type: ignore[assignment]
+        entry = tree.get(target) if target is not None else None
     return entry if entry is not None and entry.kind is Kind.FILE else None
 
 
