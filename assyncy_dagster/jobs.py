@@ -3,8 +3,9 @@
 import dagster as dg
 from pydantic import Field
 
-from .assets.epn_data import EpnDataConfig, epn_data_matches_source, repatriate_as_configured
+from .assets.epn_data import epn_data_matches_source
 from .assets.fixity import audit_recorded_epns
+from .assets.repatriation import EpnDataConfig, repatriate_as_configured
 from .assets.report import repatriation_report
 from .assets.visits import portal_visits
 from .canary import send_daily_digest

@@ -20,10 +20,10 @@ from ..fixity import Audit, FixityError, audit_epn, findings_path, record_findin
 from ..names import FIXITY_JOB, REPATRIATION_JOB
 from ..partitions import EPN_PARTITIONS_NAME, epn_partitions
 from ..resources.settings import AssyncyConfigResource
-from ..run_records import in_flight
+from ..run_records import EPN_DATA, in_flight
 from ..state import StateFileError, read_epns
 from ..transfer.bag import read_manifest
-from .epn_data import EPN_DATA, epn_data
+from .epn_data import epn_data
 
 INTACT_CHECK = "intact_at_home"
 NO_MANIFEST = "no manifest: verified by size only"

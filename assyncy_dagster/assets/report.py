@@ -45,7 +45,8 @@ from ..run_records import EPN_DATA, epn_history, epn_tag, last_verified
 from ..state import StateFileError, read_epns
 from ..transfer import RsyncError, SshConfigError, local_tree
 from ..transfer.manifests import files_of, total_bytes
-from .epn_data import OWNER, dry_run_for, epn_data
+from .epn_data import OWNER, epn_data
+from .repatriation import dry_run_for
 
 REPATRIATION_REPORT = dg.AssetKey("repatriation_report")
 MAX_ERROR_CHARS = 500

@@ -17,7 +17,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from assyncy_dagster.assets.epn_data import CHECK_NAME
+from assyncy_dagster.assets.bring_home import CHECK_NAME
 from assyncy_dagster.claims import claims
 from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.names import REPATRIATION_JOB

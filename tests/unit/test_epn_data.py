@@ -9,7 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assyncy_dagster.assets.epn_data import DRY_RUN_MODE, epn_data, epn_data_matches_source
+from assyncy_dagster.assets.bring_home import DRY_RUN_MODE
+from assyncy_dagster.assets.epn_data import epn_data, epn_data_matches_source
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.resources.settings import AssyncyConfigResource, NoStorageIOManager
 from assyncy_dagster.testing.stack import DEMO_CAP_MAP
@@ -139,7 +140,7 @@ def test_a_malformed_visit_of_an_ended_epn_is_refused_naming_it_and_copies_nothi
 def test_the_data_is_flushed_to_disk_before_its_manifest_and_ignore_yml_are_written(site, monkeypatch):
     # A power cut cannot be produced here: the flush itself is observed (the real one runs in
     # the integration tier), and what was already written when it ran is recorded.
-    import assyncy_dagster.assets.epn_data as epn_data_module
+    import assyncy_dagster.assets.bring_home as bring_home_module
     from assyncy_dagster.transfer.bag import flush_to_disk
 
     seen: list[tuple[bool, list[str]]] = []
@@ -148,7 +149,7 @@ def test_the_data_is_flushed_to_disk_before_its_manifest_and_ignore_yml_are_writ
         seen.append(((folder.parent / "assyncy-manifest.tsv").exists(), site.ignored()))
         flush_to_disk(folder)
 
-    monkeypatch.setattr(epn_data_module, "flush_to_disk", observed_flush)
+    monkeypatch.setattr(bring_home_module, "flush_to_disk", observed_flush)
     result = materialize_epn_data("12282a", CannedPortal(ended=["12282a"]))
     assert result.success, failure_text(result)
     assert seen == [(False, [])]  # flushed once, before the manifest and before ignore.yml

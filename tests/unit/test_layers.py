@@ -67,6 +67,8 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "resources.smtp",
         "assets",
         "assets.visits",
+        "assets.bring_home",
+        "assets.repatriation",
         "assets.epn_data",
         "assets.fixity",
         "assets.report",

@@ -1,0 +1,328 @@
+"""The repatriation of one EPN: transfer, verify, make durable, write the manifest, record.
+
+What "home" means is decided in one place, transfer/verification.py; this module asks it. Then, in
+this order: the data is flushed to disk, the EPN's checksum manifest is written beside `data/`
+(transfer/bag.py), the materialisation is reported with the manifest's digest as its data version,
+and only then is the EPN appended to ignore.yml. The batch loop around it is assets/repatriation.py.
+"""
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import dagster as dg
+
+from ..config import Settings
+from ..domain import Visit
+from ..epn import InvalidEpnError, UnmappedEpnError, base_number, destination_for, validate_epn
+from ..fixity import clear_findings, findings_for, findings_path, mark_for_refetch
+from ..planning import visits_hold
+from ..run_records import EPN_DATA, last_verified
+from ..state import add_epns
+from ..transfer import RsyncClient, RsyncError, TransferStats, local_tree
+from ..transfer.bag import flush_to_disk, manifest_name, read_manifest, write_manifest
+from ..transfer.commands import CHECKSUM_ALGORITHMS
+from ..transfer.manifests import Tree, files_of, total_bytes, tree_digest, with_checksums
+from ..transfer.verification import Verdict, verify_tree
+
+CHECK_NAME = "matches_source"
+DRY_RUN_MODE = "DRY-RUN: nothing copied"
+PROGRESS_AFTER_SECONDS = 5.0
+# Dagster's tag for a materialisation's data version (shown as such in the UI).
+DATA_VERSION_TAG = "dagster/data_version"
+SHOWN_CHANGES = 20
+
+
+class EpnFailed(Exception):
+    """One EPN could not be brought home; the others in the step carry on."""
+
+
+class EpnEmpty(Exception):
+    """The EPN's folder holds no files (yet): nothing to record, held back, not a failure."""
+
+
+def _mib_per_second(size: int, seconds: float) -> float:
+    return round(size / (1024 * 1024) / seconds, 2) if seconds > 0 else 0.0
+
+
+def check_evaluation(
+    epn: str, passed: bool, *, description: str | None = None, metadata=None
+) -> dg.AssetCheckEvaluation:
+    return dg.AssetCheckEvaluation(
+        asset_key=EPN_DATA,
+        check_name=CHECK_NAME,
+        passed=passed,
+        partition=epn,
+        description=description,
+        metadata=metadata or {},
+        severity=dg.AssetCheckSeverity.ERROR,
+    )
+
+
+def recorded_tree(epn_folder: Path, settings: Settings) -> Tree:
+    """The checksums recorded at home, if they were made with the algorithm in use."""
+    recorded = read_manifest(epn_folder)
+    return recorded.tree if recorded is not None and recorded.algorithm == settings.checksum_algorithm else {}
+
+
+def check_metadata(verdict: Verdict) -> dict[str, dg.MetadataValue | int]:
+    metadata: dict[str, dg.MetadataValue | int] = {
+        "source_files": verdict.source_files,
+        "source_bytes": verdict.source_bytes,
+        "source_symlinks": verdict.source_symlinks,
+        "files_verified_by_content": verdict.verified_by_content,
+        "files_verified_by_size_only": verdict.verified_by_size_only,
+        "missing": len(verdict.diff.missing),
+        "size_mismatch": len(verdict.diff.size_mismatch),
+        "mtime_mismatch": len(verdict.diff.mtime_mismatch),
+        "symlinks_missing": len(verdict.diff.missing_links),
+        "folders_missing": len(verdict.diff.missing_dirs),
+    }
+    if not verdict.diff.ok:
+        metadata["problems"] = _problem_table(verdict)
+    return metadata
+
+
+def _problem_table(verdict: Verdict) -> dg.TableMetadataValue:
+    """The check's failures as a table in the UI: the first 100 missing or different entries."""
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({"path": path, "problem": problem, "source_bytes": want, "destination_bytes": have})
+            for path, problem, want, have in verdict.diff.problems(100)
+        ],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("path", "string"),
+                dg.TableColumn("problem", "string"),
+                dg.TableColumn("source_bytes", "int"),
+                dg.TableColumn("destination_bytes", "int"),
+            ]
+        ),
+    )
+
+
+def _project_folder_problem(epn: str, destination: Path, settings: Settings) -> str | None:
+    """Why the EPN's project folder is missing, or None: a typo in epn_cap_map must not make a new project."""
+    project_folder = destination.parent.parent  # <root>/<project>/<epn>/data
+    if settings.create_project_folders or project_folder.is_dir():
+        return None
+    return (
+        f"EPN {epn}: the project folder {project_folder} does not exist under destination-root-path "
+        f"(epn_cap_map maps {base_number(epn)!r} to {project_folder.name!r}); "
+        "check epn_cap_map for a typo, create the folder, or set create-project-folders: true"
+    )
+
+
+def _remove_leaving_links(verdict: Verdict, destination: Path) -> None:
+    """The links rsync just made that resolve outside the EPN are removed, so nothing at
+    home points outside it (their data cannot be fetched: see transfer/commands.py)."""
+    for path in verdict.leaving:
+        with contextlib.suppress(FileNotFoundError):
+            if (destination / path).is_symlink():
+                (destination / path).unlink()
+
+
+def _change_since(previous: Mapping | None, source: Tree, sent: Sequence[tuple[str, bool]], digest: str) -> str:
+    """What changed at the source since the EPN's last verified sync, naming the files fetched again."""
+    if previous is None:
+        return "first verified sync"
+    if previous.get("source_digest") == digest:
+        return "no change at the source since the last verified sync"
+    files, size = len(files_of(source)), total_bytes(source)
+    when = datetime.fromtimestamp(previous["timestamp"], UTC).isoformat(timespec="seconds")
+    text = (
+        f"the source changed since the last verified sync ({when}): {files - int(previous.get('source_files', 0)):+d} "
+        f"file(s), {size - int(previous.get('source_bytes', 0)):+d} bytes"
+    )
+    rewritten = [path for path, new in sent if not new]
+    added = [path for path, new in sent if new]
+    for label, paths in (("fetched again (changed at the source)", rewritten), ("new", added)):
+        if paths:
+            more = f" and {len(paths) - SHOWN_CHANGES} more" if len(paths) > SHOWN_CHANGES else ""
+            text += f"; {label}: {', '.join(paths[:SHOWN_CHANGES])}{more}"
+    return text
+
+
+def bag_info(epn: str, visits: Sequence[Visit], settings: Settings) -> dict[str, str]:
+    """bag-info.txt's fields: what the EPN is and where and when it came from."""
+    try:
+        ours = version("assyncy-dagster")
+    except PackageNotFoundError:
+        ours = "unknown"
+    info = {
+        "External-Identifier": f"EPN {epn}",
+        "EPN": epn,
+        "Proposal": base_number(epn),
+        "Source-Organization": "Australian Synchrotron",
+        "Source-Host": settings.host,
+        "Bagging-Date": datetime.now(UTC).date().isoformat(),
+        "Bagged-At": datetime.now(UTC).isoformat(timespec="seconds"),
+        "Bag-Software-Agent": f"assyncy-dagster {ours}",
+    }
+    if visits:
+        info["Visit-Start"] = min(v.start_time for v in visits).isoformat()
+        info["Visit-End"] = max(v.end_time for v in visits).isoformat()
+    return info
+
+
+def record_home(
+    context,
+    epn: str,
+    settings: Settings,
+    destination: Path,
+    source: Tree,
+    info: Mapping[str, str],
+) -> dict[str, str | float]:
+    """Make a verified EPN durable and write its manifest; returns the manifest's digest and what
+    each took (metadata). Only after this may the EPN be recorded in ignore.yml."""
+    started = time.monotonic()
+    flush_to_disk(destination)
+    flushed = time.monotonic()
+    epn_folder = destination.parent
+    digest = write_manifest(epn_folder, source, algorithm=settings.checksum_algorithm, info=info)
+    for other in CHECKSUM_ALGORITHMS:  # ours, made with the algorithm used before: it no longer holds
+        stale = epn_folder / manifest_name(other)
+        if other != settings.checksum_algorithm and stale.is_file():
+            stale.unlink()
+            context.log.info(f"EPN {epn}: removed {stale.name}, made with the checksum algorithm used before")
+    return {
+        "manifest_digest": digest,
+        "flush_seconds": round(flushed - started, 3),
+        "manifest_seconds": round(time.monotonic() - flushed, 3),
+    }
+
+
+def bring_home(
+    context,
+    epn: str,
+    settings: Settings,
+    client: RsyncClient,
+    visits: list[Visit],
+    *,
+    dry_run: bool,
+    allow_running_visit: bool,
+    malformed: str = "",
+    full_checksum: bool = False,
+) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation]:
+    """Transfer and verify one EPN, yielding its materialisation and check result. `malformed`:
+    why the portal's malformed visits of it were skipped (they hold it back, as a running one does).
+    Raises EpnFailed when it cannot be brought home, EpnEmpty when there is nothing to fetch."""
+    try:
+        destination = destination_for(validate_epn(epn), settings.epn_cap_map, settings.destination_root_path)
+    except (UnmappedEpnError, InvalidEpnError) as exc:
+        raise EpnFailed(str(exc)) from None
+    if not visits and not malformed:
+        raise EpnFailed(
+            f"EPN {epn}: the portal has no visit for it in the last {settings.visit_day_range} days "
+            "(check the EPN, or raise visit-day-range in config.yml)"
+        )
+    held = visits_hold(visits, malformed, datetime.now(UTC))  # the sensor's rule, asked, not restated
+    if held and not allow_running_visit:
+        raise EpnFailed(
+            f"EPN {epn}: {held}; its data may still grow. "
+            "Set allow_running_visit: true in the run config to sync it anyway."
+        )
+    problem = _project_folder_problem(epn, destination, settings)
+    if problem:
+        raise EpnFailed(problem)
+
+    mode = DRY_RUN_MODE if dry_run else "real transfer"
+    started = time.monotonic()
+
+    def log_progress(update) -> None:
+        # Every event costs a database write: a transfer that ends within the first
+        # progress interval is summed up by the line after it instead.
+        if time.monotonic() - started >= PROGRESS_AFTER_SECONDS:
+            context.log.info(f"EPN {epn}: {update}")
+
+    fixity_findings = findings_path(context.instance.storage_directory())
+    if not dry_run:  # the files the last fixity audit found damaged: rsync's quick check sends them again
+        mark_for_refetch(destination, findings_for(fixity_findings, epn))
+    try:
+        result = client.transfer(
+            epn,
+            destination,
+            dry_run=dry_run,
+            on_progress=log_progress,
+            streams=settings.transfer_streams,
+            streams_min_mib=settings.transfer_streams_min_mib,
+            full_checksum=full_checksum,
+        )
+    except RsyncError as exc:
+        raise EpnFailed(f"EPN {epn}: {exc}") from None
+    duration = time.monotonic() - started
+    # Files rsync did not send in this run are the files whose checksums were recorded before.
+    source = with_checksums(result.tree or {}, recorded_tree(destination.parent, settings).items())
+    home = {} if dry_run else local_tree(destination)  # walked once: verified, then counted
+    verdict = verify_tree(epn, source, home)
+    if verdict.empty:
+        raise EpnEmpty(f"{verdict.summary()}, held back and looked at again later")
+    if verdict.refusals:
+        if not dry_run:
+            _remove_leaving_links(verdict, destination)
+        raise EpnFailed(verdict.summary())
+    stats = result.stats or TransferStats()
+    metadata: dict[str, dg.MetadataValue | str | int | float] = {
+        "mode": mode,
+        "dry_run": dry_run,
+        "destination": dg.MetadataValue.path(str(destination)),
+        "rsync_exit_code": result.exit_code,
+        "streams": result.streams,
+        "files_transferred": stats.files_transferred,
+        "bytes_transferred": stats.bytes_transferred,
+        "duration_seconds": round(duration, 3),
+        "throughput_mib_per_second": _mib_per_second(stats.bytes_transferred, duration),
+        "source_files": verdict.source_files,
+        "source_bytes": verdict.source_bytes,
+        "source_symlinks": verdict.source_symlinks,
+    }
+    if dry_run:
+        # An observation, not a materialisation: an `epn_data` materialisation always means
+        # data at the destination, so the UI never shows a dry-run's partition as home.
+        context.log.warning(f"EPN {epn}: dry-run only (execute: false); nothing copied, not marked repatriated")
+        yield dg.AssetObservation(asset_key=EPN_DATA, partition=epn, metadata=metadata)
+        return
+    source_digest = tree_digest(source)
+    metadata.update(
+        {
+            "files_at_destination": len(files_of(home)),
+            "bytes_at_destination": total_bytes(home),
+            "verified": verdict.passed,
+            "files_verified_by_content": verdict.verified_by_content,
+            "files_verified_by_size_only": verdict.verified_by_size_only,
+            "checksum_algorithm": settings.checksum_algorithm,
+            "source_digest": source_digest,
+            "change": _change_since(last_verified(context.instance, epn), source, result.sent, source_digest),
+        }
+    )
+    if not verdict.passed:
+        yield dg.AssetMaterialization(asset_key=EPN_DATA, partition=epn, metadata=metadata)
+        yield check_evaluation(epn, False, description=verdict.summary(), metadata=check_metadata(verdict))
+        context.log.error(f"EPN {epn}: destination does not match the source: {verdict.summary()}")
+        raise EpnFailed(f"EPN {epn}: destination does not match the source after the transfer: {verdict.summary()}")
+    recorded_home = record_home(context, epn, settings, destination, source, bag_info(epn, visits, settings))
+    metadata["manifest"] = dg.MetadataValue.path(str(destination.parent / manifest_name(settings.checksum_algorithm)))
+    metadata.update(recorded_home)
+    yield dg.AssetMaterialization(
+        asset_key=EPN_DATA,
+        partition=epn,
+        metadata=metadata,
+        tags={DATA_VERSION_TAG: str(recorded_home["manifest_digest"])},
+    )
+    yield check_evaluation(epn, True, description=verdict.summary(), metadata=check_metadata(verdict))
+    recorded = add_epns(Path(settings.ignore), [epn])
+    clear_findings(fixity_findings, epn)  # fetched again and verified: the audit's findings no longer hold
+    streams = f" over {result.streams} streams" if result.streams > 1 else ""
+    by_size = (
+        f" ({verdict.verified_by_size_only} file(s) by size only: no checksum recorded)"
+        if verdict.verified_by_size_only
+        else ""
+    )
+    context.log.info(
+        f"EPN {epn}: {stats.files_transferred} file(s), {stats.bytes_transferred} bytes copied to {destination} "
+        f"in {duration:.1f} s{streams}; verified{by_size}"
+        + (f"; recorded as repatriated in {settings.ignore}" if recorded else "")
+    )
