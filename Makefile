@@ -32,11 +32,11 @@ $(BIN)/python:
 # uv installs the Dagster stack in seconds; plain pip is the fallback. uv, unlike pip, leaves the
 # bytecode to the first import, which never writes it where PYTHONDONTWRITEBYTECODE is set (as in
 # many containers): every process, each test run included, would compile Dagster's modules again.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml assyncy-dagster-demo/pyproject.toml | $(BIN)/python
 	@if $(BIN)/pip install -q uv 2>/dev/null; then \
-		$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[demo,test,scale-out,lint]'; \
+		$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[demo,test,scale-out,lint]' -e ./assyncy-dagster-demo; \
 	else \
-		$(BIN)/pip install -q -e '.[demo,test,scale-out,lint]'; \
+		$(BIN)/pip install -q -e '.[demo,test,scale-out,lint]' -e ./assyncy-dagster-demo; \
 	fi
 	touch $@
 
@@ -45,21 +45,21 @@ setup: system-packages $(VENV)/.installed
 # One watch cycle, then the Dagster UI with the stand-ins up until Ctrl-C.
 # `make demo DEMO_ARGS=--once` stops after the cycle.
 demo: setup
-	$(BIN)/python -m assyncy_dagster.demo $(DEMO_ARGS)
+	$(BIN)/python -m assyncy_dagster_demo.demo $(DEMO_ARGS)
 
 # Style and types: ruff on all the Python (assyncy_dagster, tests, benchmarks), mypy on the package.
 # The rules and the checker's settings are in pyproject.toml.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy assyncy_dagster
+	$(BIN)/mypy
 
 # Four workers on 2 cores: most tests wait on real servers and subprocesses, not on the CPU;
 # longest first, one test at a time (see tests/conftest.py).
 # The package's own bytecode too: where PYTHONDONTWRITEBYTECODE is set, each of the many dagster
 # processes a test starts would compile the editable checkout's modules again.
 test: setup browser-packages
-	$(BIN)/python -m compileall -q assyncy_dagster >/dev/null
+	$(BIN)/python -m compileall -q assyncy_dagster assyncy-dagster-demo/assyncy_dagster_demo >/dev/null
 	$(BIN)/pytest -q -p no:cacheprovider -n 4 --maxschedchunk 1 --durations=25
 
 # The unit tier alone: plain logic and the assets with in-memory fakes, nothing started, so it

@@ -1,5 +1,6 @@
-"""The `assyncy` command (check-config, portal-sim, add-epn, fixity-audit, demo) and the seed's
-`mxsync` and `epnalert` commands."""
+"""The `assyncy` command (check-config, add-epn, fixity-audit, and the subcommands other
+distributions add: `demo` and `portal-sim` from assyncy-dagster-demo) and the seed's `mxsync` and
+`epnalert` commands."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import stat
 import sys
 import tempfile
 import threading
+from importlib.metadata import entry_points
 
 import yaml
 
@@ -282,9 +284,21 @@ def epnalert_main(argv: list[str] | None = None) -> int:
 # -- entry points -----------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .portal_sim import add_portal_sim_arguments, run_portal_sim
+# Subcommands another distribution adds: an entry point in this group names a function that takes
+# the subparsers and adds its own (the demo distribution adds `demo` and `portal-sim`). The product
+# never imports them; without that distribution they say what to install.
+COMMANDS_GROUP = "assyncy_dagster.commands"
+DEMO_COMMANDS = {
+    "demo": "run against local stand-ins of the synchrotron, then keep the Dagster UI up (make demo)",
+    "portal-sim": "serve a simulated synchrotron portal over HTTP",
+}
 
+
+def _not_installed(args: argparse.Namespace) -> int:
+    return _fail(f"{args.command}: the demo is not installed: pip install 'assyncy-dagster[demo]'")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="assyncy", description="assyncy-dagster: repatriate Australian Synchrotron data with Dagster."
     )
@@ -293,10 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate config.yml and what it points at")
     _config_argument(check)
     check.set_defaults(func=check_config)
-
-    sim = commands.add_parser("portal-sim", help="serve a simulated synchrotron portal over HTTP")
-    add_portal_sim_arguments(sim)
-    sim.set_defaults(func=run_portal_sim)
 
     add = commands.add_parser("add-epn", help="add EPN partitions to the Dagster instance in $DAGSTER_HOME")
     add.add_argument("epns", nargs="+", metavar="EPN")
@@ -311,37 +321,24 @@ def build_parser() -> argparse.ArgumentParser:
     _config_argument(audit)
     audit.set_defaults(func=fixity_audit)
 
-    demo = commands.add_parser(
-        "demo", help="run against local stand-ins of the synchrotron, then keep the Dagster UI up (make demo)"
-    )
-    demo.add_argument("--once", action="store_true", help="run one watch cycle and exit (tests, CI)")
-    demo.add_argument(
-        "--port",
-        type=int,
-        default=3000,
-        help="port of the Dagster UI on 127.0.0.1 (default 3000, or a free one when it is taken)",
-    )
-    demo.add_argument(
-        "--live-visit-seconds",
-        type=float,
-        default=60,
-        metavar="S",
-        help="the live visit (13001c) ends S seconds after the demo starts (default 60)",
-    )
-    demo.set_defaults(func=_demo)
+    added = set()
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(commands)
+        added.add(entry.name)
+    for name, help_text in DEMO_COMMANDS.items():
+        if name not in added:
+            missing = commands.add_parser(name, help=f"{help_text} (needs assyncy-dagster[demo])", add_help=False)
+            missing.set_defaults(func=_not_installed)
     return parser
 
 
-def _demo(args: argparse.Namespace) -> int:
-    try:
-        from .demo import run
-    except ModuleNotFoundError as exc:  # the stand-ins' dependencies come with the demo extra
-        return _fail(f"demo: {exc}")
-    return run(args)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.func is _not_installed:  # whatever options it was given: what to install comes first
+        return _not_installed(args)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args.func(args)
 
 

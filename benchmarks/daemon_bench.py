@@ -25,8 +25,8 @@ from dagster._core.scheduler.instigation import InstigatorType
 from assyncy_dagster.etc_files import etc_path
 from assyncy_dagster.logs import tail as log_tail  # noqa: F401 (the benchmarks import it from here)
 from assyncy_dagster.names import REPATRIATION_JOB
-from assyncy_dagster.testing.stack import far_from_the_digest  # noqa: F401 (the benchmarks import it from here)
 from assyncy_dagster.transfer.process import stop_group
+from assyncy_dagster_demo.testing.stack import far_from_the_digest  # noqa: F401 (the benchmarks import it from here)
 
 # Dagster warns about the beta/preview APIs that it meets; not this benchmark's business.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -51,7 +51,7 @@ def visit(visit_id: int, epn: str, start: str, end: str) -> dict:
 
 def portal_data(visits_by_equipment: dict[int, list[dict]]) -> dict:
     """Simulator data whose accounts are the ones `write_config` puts in config.yml (DEMO_EQUIPMENT)."""
-    from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
+    from assyncy_dagster_demo.testing.stack import DEMO_EQUIPMENT
 
     accounts = {e["id"]: e for e in DEMO_EQUIPMENT}
     return {

@@ -53,12 +53,12 @@ from daemon_bench import (
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.epn import destination_for
 from assyncy_dagster.names import INTERVAL_ENV
-from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.state import read_epns
-from assyncy_dagster.testing.smtp_sink import SmtpSink
-from assyncy_dagster.testing.sshd import LocalSshd
-from assyncy_dagster.testing.stack import lay_out_epns, mx_frames, write_config
 from assyncy_dagster.transfer import SshEndpoint, transfer_command
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.smtp_sink import SmtpSink
+from assyncy_dagster_demo.testing.sshd import LocalSshd
+from assyncy_dagster_demo.testing.stack import lay_out_epns, mx_frames, write_config
 
 GOAL_LATENCY = 120.0
 GOAL_REQUESTS_PER_MINUTE = 1.0

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from side_by_side import alternate, contenders, report
 
-from assyncy_dagster.testing.sshd import LocalSshd, make_source_tree
 from assyncy_dagster.transfer import RsyncClient
+from assyncy_dagster_demo.testing.sshd import LocalSshd, make_source_tree
 
 TARGET_RATIO = 1.2
 EPN = "99998a"

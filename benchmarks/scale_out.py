@@ -35,14 +35,14 @@ from pathlib import Path
 from daemon_bench import far_from_the_digest, portal_data, repatriation_runs, run_status_counts, visit
 
 from assyncy_dagster.config import load_settings
-from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.state import read_epns
-from assyncy_dagster.testing.postgres import local_postgres
-from assyncy_dagster.testing.redis_server import LocalRedis
-from assyncy_dagster.testing.scale_out import Site, own_host_names_work, running_site
-from assyncy_dagster.testing.smtp_sink import SmtpSink
-from assyncy_dagster.testing.sshd import LocalSshd
-from assyncy_dagster.testing.stack import lay_out_epns, mx_frames, write_config
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.postgres import local_postgres
+from assyncy_dagster_demo.testing.redis_server import LocalRedis
+from assyncy_dagster_demo.testing.scale_out import Site, own_host_names_work, running_site
+from assyncy_dagster_demo.testing.smtp_sink import SmtpSink
+from assyncy_dagster_demo.testing.sshd import LocalSshd
+from assyncy_dagster_demo.testing.stack import lay_out_epns, mx_frames, write_config
 
 PROJECT = "bench"
 _databases = itertools.count(1)

@@ -28,10 +28,10 @@ from assyncy_dagster.config import load_settings
 from assyncy_dagster.definitions import build_resources
 from assyncy_dagster.etc_files import etc_path
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
-from assyncy_dagster.portal_sim import equipment_credentials
-from assyncy_dagster.testing.sshd import LocalSshd
-from assyncy_dagster.testing.stack import write_config
 from assyncy_dagster.tick import plan_tick
+from assyncy_dagster_demo.portal_sim import equipment_credentials
+from assyncy_dagster_demo.testing.sshd import LocalSshd
+from assyncy_dagster_demo.testing.stack import write_config
 
 TARGET_SECONDS = 3.0
 TARGET_MB = 300

@@ -50,11 +50,11 @@ from daemon_bench import BIN, fresh_dagster_home, portal_data, visit
 
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.epn import destination_for
-from assyncy_dagster.portal_sim import PortalSimulator
-from assyncy_dagster.testing.smtp_sink import SmtpSink
-from assyncy_dagster.testing.sshd import LocalSshd
-from assyncy_dagster.testing.stack import lay_out_epns, write_config
 from assyncy_dagster.transfer import SshEndpoint, transfer_command
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.smtp_sink import SmtpSink
+from assyncy_dagster_demo.testing.sshd import LocalSshd
+from assyncy_dagster_demo.testing.stack import lay_out_epns, write_config
 
 TINY, BIG, MANY = "30001a", "30002a", "30003a"
 PROJECT = "bench"

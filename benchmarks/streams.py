@@ -32,11 +32,11 @@ from step_overhead import materialize
 
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.epn import destination_for
-from assyncy_dagster.portal_sim import PortalSimulator
-from assyncy_dagster.testing.copies import copy_entries
-from assyncy_dagster.testing.smtp_sink import SmtpSink
-from assyncy_dagster.testing.sshd import LocalSshd
-from assyncy_dagster.testing.stack import lay_out_epns, write_config
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.copies import copy_entries
+from assyncy_dagster_demo.testing.smtp_sink import SmtpSink
+from assyncy_dagster_demo.testing.sshd import LocalSshd
+from assyncy_dagster_demo.testing.stack import lay_out_epns, write_config
 
 EPN = "31001a"
 PROJECT = "bench"

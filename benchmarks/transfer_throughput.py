@@ -25,7 +25,7 @@ from pathlib import Path
 
 from side_by_side import alternate, contenders, report
 
-from assyncy_dagster.testing.sshd import LocalSshd, make_source_tree
+from assyncy_dagster_demo.testing.sshd import LocalSshd, make_source_tree
 
 TARGET_RATIO = 0.97
 EPN = "99999a"

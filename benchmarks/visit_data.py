@@ -11,7 +11,7 @@ import unicodedata
 from datetime import datetime, timedelta
 from typing import Any
 
-from assyncy_dagster.portal_sim import DEFAULT_TOKEN_TTL
+from assyncy_dagster_demo.portal_sim import DEFAULT_TOKEN_TTL
 
 _FIRST_NAMES = (
     "Olivia",

@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 from assyncy_dagster.names import INTERVAL_ENV
-from assyncy_dagster.portal_sim import PortalSimulator
-from assyncy_dagster.testing.scale_out import ConcurrencyWatch
-from assyncy_dagster.testing.stack import far_from_the_digest
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.scale_out import ConcurrencyWatch
+from assyncy_dagster_demo.testing.stack import far_from_the_digest
 from tests.support.helpers import (
     EPN_DATA,
     all_repatriation_runs,

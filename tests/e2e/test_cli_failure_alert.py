@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 from dagster._core.scheduler.instigation import InstigatorType  # no public home for the instigator kind
 
-from assyncy_dagster.testing.stack import far_from_the_digest
+from assyncy_dagster_demo.testing.stack import far_from_the_digest
 from tests.support.helpers import dagster_daemon, materialize_argv, wait_for
 
 pytestmark = pytest.mark.slow

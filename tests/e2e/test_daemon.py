@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from assyncy_dagster.names import REPATRIATION_OP
-from assyncy_dagster.testing.stack import far_from_the_digest
+from assyncy_dagster_demo.testing.stack import far_from_the_digest
 from tests.support.helpers import dagster_daemon, live_processes_mentioning, wait_for
 
 pytestmark = pytest.mark.slow

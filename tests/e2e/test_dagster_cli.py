@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from assyncy_dagster.testing.sshd import make_source_tree
-from assyncy_dagster.testing.stack import ETC
+from assyncy_dagster_demo.testing.sshd import make_source_tree
+from assyncy_dagster_demo.testing.stack import ETC
 from tests.support.helpers import (
     BIN,
     command,

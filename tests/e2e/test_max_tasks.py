@@ -17,11 +17,11 @@ import dagster as dg
 import pytest
 
 from assyncy_dagster.names import REPATRIATION_JOB
-from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.run_configs import batch_epns
-from assyncy_dagster.testing.session_log import Session, most_at_once, seconds_at_once
-from assyncy_dagster.testing.sshd import LocalSshd, missing_binaries
-from assyncy_dagster.testing.stack import far_from_the_digest, lay_out_epns, mx_frames
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.session_log import Session, most_at_once, seconds_at_once
+from assyncy_dagster_demo.testing.sshd import LocalSshd, missing_binaries
+from assyncy_dagster_demo.testing.stack import far_from_the_digest, lay_out_epns, mx_frames
 from tests.support.faultkit import figure
 from tests.support.fixtures.stack import Stack, build_stack
 from tests.support.helpers import (

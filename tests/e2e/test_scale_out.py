@@ -25,18 +25,18 @@ import pytest
 
 from assyncy_dagster.config import load_settings
 from assyncy_dagster.names import RSYNC_POOL
-from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.run_records import CELERY_TASK_TAG, LOST_TAG, WORKER_TAG, epn_tag
-from assyncy_dagster.testing.scale_out import (
+from assyncy_dagster.tick import plan_batches
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.scale_out import (
     ConcurrencyWatch,
     Site,
     own_host_names_work,
     rsync_invocations,
     running_site,
 )
-from assyncy_dagster.testing.smtp_sink import SmtpSink
-from assyncy_dagster.testing.stack import far_from_the_digest, lay_out_epns, mx_frames, write_config
-from assyncy_dagster.tick import plan_batches
+from assyncy_dagster_demo.testing.smtp_sink import SmtpSink
+from assyncy_dagster_demo.testing.stack import far_from_the_digest, lay_out_epns, mx_frames, write_config
 from tests.support.faultkit import figure
 from tests.support.helpers import (
     LocalSite,

@@ -33,9 +33,9 @@ from assyncy_dagster.assets.report import repatriation_report
 from assyncy_dagster.definitions import build_definitions, build_resources
 from assyncy_dagster.escaping import WORD_JOINER
 from assyncy_dagster.names import REPATRIATION_JOB
-from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.run_configs import batch_run_config
-from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.stack import DEMO_EQUIPMENT
 from tests.support.helpers import CHROMIUM_OFFLINE, webserver
 
 CHROMIUM = shutil.which("chromium")

@@ -30,7 +30,7 @@ import yaml
 
 from assyncy_dagster.assets.report import repatriation_report
 from assyncy_dagster.definitions import build_resources
-from assyncy_dagster.testing.stack import far_from_the_digest
+from assyncy_dagster_demo.testing.stack import far_from_the_digest
 from tests.support.helpers import CHROMIUM_OFFLINE, EPN_DATA, dagster_daemon, passed_checks, wait_for, webserver
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the `test` extra (`make setup`)")

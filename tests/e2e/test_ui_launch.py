@@ -5,7 +5,7 @@ import pytest
 import requests
 
 from assyncy_dagster.run_configs import alert_run_config
-from assyncy_dagster.testing.stack import far_from_the_digest
+from assyncy_dagster_demo.testing.stack import far_from_the_digest
 from tests.support.helpers import dagster_daemon, wait_for, webserver
 
 pytestmark = pytest.mark.slow

@@ -32,10 +32,10 @@ from assyncy_dagster.epn import InvalidEpnError, destination_for
 from assyncy_dagster.escaping import LOG_INDENT, WORD_JOINER
 from assyncy_dagster.logs import configure_logging
 from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB
-from assyncy_dagster.portal_sim import PortalSimulator
 from assyncy_dagster.run_configs import batch_run_config
-from assyncy_dagster.testing.sshd import make_source_tree
-from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.sshd import make_source_tree
+from assyncy_dagster_demo.testing.stack import DEMO_EQUIPMENT
 from tests.support.faultkit import figure, requested_epns, tree_snapshot
 from tests.support.helpers import alert_on_failed_run, person_data, ticker
 

@@ -24,9 +24,9 @@ import yaml
 from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.facts import SensorCursor
 from assyncy_dagster.names import ALERT_JOB, REPATRIATION_JOB
-from assyncy_dagster.portal_sim import PortalSimulator
-from assyncy_dagster.testing.smtp_sink import SmtpSink
-from assyncy_dagster.testing.stack import DEMO_VISITS
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.smtp_sink import SmtpSink
+from assyncy_dagster_demo.testing.stack import DEMO_VISITS
 from tests.support.faultkit import figure
 from tests.support.helpers import alert_on_failed_run, ticker
 

@@ -13,7 +13,7 @@ from collections import Counter
 from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.names import ALERT_JOB
 from assyncy_dagster.state import ALERTED_KEY, read_epns
-from assyncy_dagster.testing.smtp_sink import SmtpSink, _FreePortController, _Handler
+from assyncy_dagster_demo.testing.smtp_sink import SmtpSink, _FreePortController, _Handler
 from tests.support.faultkit import figure
 
 UNMAPPED = ["14500a", "14777a"]  # the demo's unmapped, ended EPNs

@@ -11,7 +11,7 @@ from assyncy_dagster.alerts import (
 )
 from assyncy_dagster.domain import Person
 from assyncy_dagster.mail import Mailer, build_message
-from assyncy_dagster.testing.stack import ETC
+from assyncy_dagster_demo.testing.stack import ETC
 from tests.support.helpers import HTML, TEXT, text_and_html, visit_of
 
 

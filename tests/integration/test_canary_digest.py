@@ -14,7 +14,7 @@ from assyncy_dagster.due import due_file, read_due_since
 from assyncy_dagster.facts import SensorCursor
 from assyncy_dagster.names import ALERT_JOB
 from assyncy_dagster.refresh_failures import refresh_failure_file
-from assyncy_dagster.testing.stack import DEMO_EQUIPMENT
+from assyncy_dagster_demo.testing.stack import DEMO_EQUIPMENT
 from tests.support.helpers import text_and_html, ticker
 
 

@@ -6,7 +6,7 @@ import yaml
 
 from assyncy_dagster.cli import main
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
-from assyncy_dagster.testing.stack import DEMO_VISITS
+from assyncy_dagster_demo.testing.stack import DEMO_VISITS
 from tests.support.helpers import BIN
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from assyncy_dagster.demo import choose_port
+from assyncy_dagster_demo.demo import choose_port
 
 
 def test_the_ui_port_is_the_one_asked_for_unless_it_is_taken():

@@ -12,7 +12,7 @@ import yaml
 from dagster._config import validate_config
 from dagster._core.instance.config import dagster_instance_config
 
-from assyncy_dagster.testing.stack import ETC
+from assyncy_dagster_demo.testing.stack import ETC
 from tests.support.helpers import BROKER, SCALE_OUT, load_yaml
 
 pytestmark = pytest.mark.usefixtures("examples_environment")

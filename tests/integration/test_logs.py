@@ -14,7 +14,7 @@ import yaml
 
 from assyncy_dagster.config import MASK, load_settings
 from assyncy_dagster.logs import configure_logging
-from assyncy_dagster.testing.stack import ETC
+from assyncy_dagster_demo.testing.stack import ETC
 from tests.support.helpers import (
     PORTAL_PASSWORD,
     TOKEN,

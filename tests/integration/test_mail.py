@@ -10,7 +10,7 @@ import pytest
 from assyncy_dagster.alerts import render_failure_alert
 from assyncy_dagster.mail import Mailer, MailError, build_message
 from assyncy_dagster.resources.smtp import SmtpResource
-from assyncy_dagster.testing.smtp_sink import SmtpSink
+from assyncy_dagster_demo.testing.smtp_sink import SmtpSink
 from tests.support.helpers import SMTP_PASSWORD, SMTP_USER, sample_config
 
 

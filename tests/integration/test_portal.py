@@ -16,8 +16,8 @@ from assyncy_dagster.portal import (
     PortalDataError,
     PortalError,
 )
-from assyncy_dagster.portal_sim import equipment_credentials
 from assyncy_dagster.resources.portal import PortalResource
+from assyncy_dagster_demo.portal_sim import equipment_credentials
 from tests.support.helpers import (
     PORTAL_DATA,
     client_for,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import requests
 
-from assyncy_dagster.testing.stack import DEMO_EQUIPMENT, DEMO_VISITS
+from assyncy_dagster_demo.testing.stack import DEMO_EQUIPMENT, DEMO_VISITS
 from tests.support.helpers import PORTAL_DATA, REPO, benchmark_module, portal_data_copy
 
 generate_visits = benchmark_module("visit_data").generate_visits  # many visits, as the benchmarks use
@@ -333,7 +333,7 @@ def test_generated_visits_are_served_and_mostly_ended(make_portal_sim):
 
 def start_cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "assyncy_dagster.portal_sim", *args],
+        [sys.executable, "-m", "assyncy_dagster_demo.portal_sim", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

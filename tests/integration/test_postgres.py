@@ -21,9 +21,9 @@ from assyncy_dagster.assets.bring_home import CHECK_NAME
 from assyncy_dagster.claims import claims
 from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.names import REPATRIATION_JOB
-from assyncy_dagster.portal_sim import PortalSimulator
-from assyncy_dagster.testing.smtp_sink import SmtpSink
-from assyncy_dagster.testing.stack import (
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.smtp_sink import SmtpSink
+from assyncy_dagster_demo.testing.stack import (
     DEMO_VISITS,
     ETC,
     lay_out_epns,

@@ -17,9 +17,9 @@ from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.facts import SensorCursor
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.resources.ssh_source import SshSourceResource
-from assyncy_dagster.testing.copies import copy_entries
-from assyncy_dagster.testing.sshd import make_source_tree
 from assyncy_dagster.transfer.bag import read_manifest
+from assyncy_dagster_demo.testing.copies import copy_entries
+from assyncy_dagster_demo.testing.sshd import make_source_tree
 from tests.support.helpers import (
     check_results,
     epn_data_metadata,

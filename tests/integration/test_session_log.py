@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from assyncy_dagster.testing.session_log import Session, most_at_once, seconds_at_once
-from assyncy_dagster.testing.sshd import LocalSshd, make_source_tree, missing_binaries
 from assyncy_dagster.transfer import RsyncClient
+from assyncy_dagster_demo.testing.session_log import Session, most_at_once, seconds_at_once
+from assyncy_dagster_demo.testing.sshd import LocalSshd, make_source_tree, missing_binaries
 
 
 def test_overlap_counts_touching_sessions_as_one_after_the_other():

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from assyncy_dagster.testing.sshd import make_source_tree
 from assyncy_dagster.transfer import (
     HostKeyError,
     ProgressUpdate,
@@ -23,6 +22,7 @@ from assyncy_dagster.transfer import (
     run_rsync,
 )
 from assyncy_dagster.transfer.manifests import files_of
+from assyncy_dagster_demo.testing.sshd import make_source_tree
 
 MX_FILES: dict[str, bytes | int] = {
     "frames/img_0001.cbf": 40_000,

@@ -13,8 +13,8 @@ import dagster as dg
 import psutil
 import pytest
 
-from assyncy_dagster.testing.sshd import make_source_tree
 from assyncy_dagster.transfer import PARTIAL_DIR, ProgressUpdate, TransferTerminated, terminate_all_transfers
+from assyncy_dagster_demo.testing.sshd import make_source_tree
 from tests.support.helpers import live_processes_mentioning, live_processes_of, wait_for
 
 BIG = "frames/big.cbf"

@@ -1,6 +1,6 @@
 """Parallel streams against the real sshd: the same result as one rsync, and one rsync below the threshold."""
 
-from assyncy_dagster.testing.sshd import make_source_tree
+from assyncy_dagster_demo.testing.sshd import make_source_tree
 from tests.support.helpers import epn_data_metadata, failure_text, frames_in_folders, tree_differences
 
 

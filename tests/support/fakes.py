@@ -4,7 +4,7 @@ They replace the two resources that reach the outside world (`sftp`, `portal`) w
 subclasses whose answers are canned, so that an asset runs its own code, with config.yml
 read as in production, and nothing is started: no rsync, no ssh, no HTTP. They live with
 the tests because production never chooses them (the real servers of the integration
-tier are in assyncy_dagster/testing/).
+tier are in assyncy-dagster-demo/assyncy_dagster_demo/testing/).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The helpers every tier shares, each defined once: waiting and processes, config files,
 portal visits and data, e-mail, Dagster results, trees on disk, and the daemon and the UI.
 
-What the package's own stand-ins already provide (`assyncy_dagster.testing`: `ETC`, the
+What the package's own stand-ins already provide (`assyncy_dagster_demo.testing`: `ETC`, the
 demo accounts, `write_config` for a whole local stand-in, `free_port`, ...) is imported
 from there, never copied here.
 """
@@ -33,13 +33,13 @@ from assyncy_dagster.config import Equipment, Settings, load_settings
 from assyncy_dagster.definitions import build_definitions, build_resources
 from assyncy_dagster.domain import Person, Visit, visit_window
 from assyncy_dagster.portal import PortalClient
-from assyncy_dagster.portal_sim import PortalSimulator, equipment_credentials
 from assyncy_dagster.run_records import step_failure_message
 from assyncy_dagster.state import IGNORE_KEY
-from assyncy_dagster.testing.ports import free_port
-from assyncy_dagster.testing.stack import DEMO_EQUIPMENT, ETC, mx_frames
 from assyncy_dagster.transfer import SshEndpoint
 from assyncy_dagster.transfer.process import group_alive
+from assyncy_dagster_demo.portal_sim import PortalSimulator, equipment_credentials
+from assyncy_dagster_demo.testing.ports import free_port
+from assyncy_dagster_demo.testing.stack import DEMO_EQUIPMENT, ETC, mx_frames
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout, where benchmarks/ lives beside etc/
 BIN = Path(sys.executable).parent  # the venv's commands: assyncy, mxsync, dagster, dagster-daemon, ...

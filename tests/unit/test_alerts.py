@@ -23,7 +23,7 @@ from assyncy_dagster.alerts import (
 )
 from assyncy_dagster.domain import Person
 from assyncy_dagster.mail import AddressError, build_message
-from assyncy_dagster.testing.stack import ETC
+from assyncy_dagster_demo.testing.stack import ETC
 from tests.support.helpers import HTML, TEXT, visit_of
 
 

@@ -25,9 +25,9 @@ from assyncy_dagster.due import due_file, read_due_since
 from assyncy_dagster.planning import CyclePlan
 from assyncy_dagster.portal import PortalAuthError, PortalError
 from assyncy_dagster.refresh_failures import failure_kind
-from assyncy_dagster.testing.stack import DEMO_CAP_MAP, ETC
 from assyncy_dagster.transfer import RsyncError
 from assyncy_dagster.transfer.errors import HostKeyError
+from assyncy_dagster_demo.testing.stack import DEMO_CAP_MAP, ETC
 from tests.support.helpers import HTML, NOW, TEXT, visit_of
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from assyncy_dagster.config import MASK, ConfigError, load_settings
-from assyncy_dagster.testing.stack import ETC
+from assyncy_dagster_demo.testing.stack import ETC
 
 
 def write(tmp_path: Path, data: dict, name: str = "config.yml") -> Path:

@@ -8,7 +8,7 @@ import yaml
 
 from assyncy_dagster.config import ConfigError
 from assyncy_dagster.definitions import build_definitions
-from assyncy_dagster.testing.stack import ETC
+from assyncy_dagster_demo.testing.stack import ETC
 
 
 def test_sample_config_builds_the_whole_location(tmp_path):

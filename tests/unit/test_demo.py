@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from assyncy_dagster.demo import DEMO_EPNS, LIVE_EPN, demo_portal_data
 from assyncy_dagster.epn import project_for
-from assyncy_dagster.portal_sim import PortalSimulator
-from assyncy_dagster.testing.stack import DEMO_CAP_MAP, DEMO_VISITS
+from assyncy_dagster_demo.demo import DEMO_EPNS, LIVE_EPN, demo_portal_data
+from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.stack import DEMO_CAP_MAP, DEMO_VISITS
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 

@@ -13,8 +13,8 @@ from assyncy_dagster.assets.bring_home import DRY_RUN_MODE
 from assyncy_dagster.assets.epn_data import epn_data, epn_data_matches_source
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.resources.settings import AssyncyConfigResource, NoStorageIOManager
-from assyncy_dagster.testing.stack import DEMO_CAP_MAP
 from assyncy_dagster.transfer.bag import read_manifest
+from assyncy_dagster_demo.testing.stack import DEMO_CAP_MAP
 from tests.support.fakes import CannedPortal, CannedSource
 from tests.support.helpers import EPN_DATA, LocalSite, check_results, epn_data_metadata, failure_text, sample_config
 

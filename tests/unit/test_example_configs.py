@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from assyncy_dagster.testing.stack import ETC
+from assyncy_dagster_demo.testing.stack import ETC
 from tests.support.helpers import SCALE_OUT, load_yaml
 
 YAML_FILES = sorted([*ETC.rglob("*.yml"), *ETC.rglob("*.yaml")])

@@ -82,28 +82,11 @@ FLOORS: dict[str, tuple[str, ...]] = {
     ),
     # The commands: what a person or a cron line runs.
     "commands": ("cycle", "worker", "cli"),
-    # The stand-ins of the synchrotron and the demo: nothing of the product imports them.
-    "stand-ins": (
-        "portal_sim",
-        "demo",
-        "testing",
-        "testing.*",
-    ),
-}
-
-# Upward arrows kept for now, each with why; (importer, imported). Empty it, don't grow it.
-ALLOWED_UPWARD: dict[tuple[str, str], str] = {
-    # `assyncy demo` and `assyncy portal-sim` are subcommands of the product's command. Both imports
-    # are inside the functions (the product runs without the demo extra: tests/unit/test_packaging.py).
-    # They go when the stand-ins leave for their own distribution (issue 20), which adds its
-    # subcommands through an entry point.
-    ("cli", "demo"): "the `assyncy demo` subcommand",
-    ("cli", "portal_sim"): "the `assyncy portal-sim` subcommand",
 }
 
 
 def _floor_of() -> dict[str, int]:
-    """Module -> floor number, for every module in the package (`testing.*` places each module of testing/)."""
+    """Module -> floor number, for every module in the package (`pkg.*` would place each module of pkg/)."""
     placed = {module: n for n, modules in enumerate(FLOORS.values()) for module in modules}
     for module in _modules():
         for pattern, n in list(placed.items()):
@@ -168,7 +151,7 @@ def _upward_arrows() -> list[str]:
         for target in sorted(_imported(module, path, set(modules))):
             if module not in floor_of or target not in floor_of:
                 continue  # test_every_module_is_on_a_floor names it
-            if floor_of[target] > floor_of[module] and (module, target) not in ALLOWED_UPWARD:
+            if floor_of[target] > floor_of[module]:
                 arrows.append(f"{module} ({floors[floor_of[module]]}) imports {target} ({floors[floor_of[target]]})")
     return arrows
 
@@ -188,13 +171,21 @@ def test_no_import_climbs_a_floor():
     assert not arrows, "imports that climb a floor:\n" + "\n".join(arrows)
 
 
-def test_each_allowed_upward_arrow_is_still_there():
-    """An allowance outlives its arrow only by mistake: remove it with the import."""
-    floor_of = _floor_of()
-    modules = _modules()
-    for module, target in ALLOWED_UPWARD:
-        assert floor_of[target] > floor_of[module], f"{module} -> {target} is not upward"
-        assert target in _imported(module, modules[module], set(modules)), f"{module} no longer imports {target}"
+def test_the_product_imports_nothing_of_the_stand_ins():
+    """The stand-ins and the demo are another distribution (assyncy-dagster-demo): the product's wheel
+    does not carry them, so an import of them would fail where the product is installed alone."""
+    found = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            found += [f"{module} imports {name}" for name in names if name.split(".")[0] == "assyncy_dagster_demo"]
+    assert not found, "\n".join(found)
 
 
 def test_the_domain_floor_imports_only_the_standard_library():
@@ -218,7 +209,7 @@ def test_the_walk_sees_imports_inside_functions_and_relative_ones():
     modules = _modules()
     known = set(modules)
     cli = _imported("cli", modules["cli"], known)
-    assert {"demo", "portal_sim", "definitions", "config"} <= cli  # the first two only inside functions
+    assert {"alerts", "definitions", "config"} <= cli  # the first two only inside functions
     assert "domain" in _imported("assets.visits", modules["assets.visits"], known)  # `from ..domain import`
 
 

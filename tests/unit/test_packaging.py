@@ -1,26 +1,31 @@
-"""What ships: without the demo extra, the demo says what to install; and the package reads etc/ through
-one path (the production code's imports are checked in tests/integration/test_packaging.py)."""
+"""What ships: without the demo distribution, `assyncy demo` says what to install, and with it the
+subcommands are there; the package reads etc/ through one path (the production code's imports are
+checked in tests/integration/test_packaging.py, the wheels in tests/e2e/test_wheel.py)."""
 
 from __future__ import annotations
 
-import sys
-
-from assyncy_dagster.cli import main
+from assyncy_dagster import cli
 from assyncy_dagster.etc_files import etc_path
 from tests.support.helpers import REPO
 
 
-def test_demo_without_the_demo_extra_says_what_to_install(monkeypatch, tmp_path, capsys):
-    # As if the demo extra were not installed: None in sys.modules fails an import.
-    for name in ["aiosmtpd", *(m for m in sys.modules if m.startswith("aiosmtpd."))]:
-        monkeypatch.setitem(sys.modules, name, None)
-    for name in ("assyncy_dagster.demo", "assyncy_dagster.testing.smtp_sink"):
-        monkeypatch.delitem(sys.modules, name, raising=False)  # imported afresh, as in a new process
+def test_demo_without_the_demo_distribution_says_what_to_install(monkeypatch, tmp_path, capsys):
+    # As if assyncy-dagster-demo were not installed: no entry point adds its subcommands (the
+    # e2e wheel test installs the product's wheel alone for real).
+    monkeypatch.setattr(cli, "entry_points", lambda group: [])
     monkeypatch.chdir(tmp_path)
 
-    assert main(["demo", "--once"]) == 2
-    assert "pip install 'assyncy-dagster[demo]'" in capsys.readouterr().err
+    assert cli.main(["demo", "--once"]) == 2
+    assert cli.main(["portal-sim", "--port", "0"]) == 2
+    assert capsys.readouterr().err.count("the demo is not installed: pip install 'assyncy-dagster[demo]'") == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_distribution_adds_its_subcommands():
+    """Installed (as `make setup` does), its entry points give `assyncy` the demo and the portal simulator."""
+    parser = cli.build_parser()
+    assert parser.parse_args(["demo", "--once"]).once is True
+    assert parser.parse_args(["portal-sim", "--port", "0"]).port == 0
 
 
 def test_the_packages_etc_is_the_repositorys_etc():

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from assyncy_dagster.domain import Person, Visit
 from assyncy_dagster.planning import LastRun, RunHistory, plan_cycle, retry_delay, visits_hold
-from assyncy_dagster.testing.stack import DEMO_CAP_MAP
+from assyncy_dagster_demo.testing.stack import DEMO_CAP_MAP
 from tests.support.helpers import NOW, visit_of
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from assyncy_dagster.epn import base_number, is_valid_epn
-from assyncy_dagster.portal_sim import (
+from assyncy_dagster_demo.portal_sim import (
     PortalSimulator,
     SimulatorDataError,
     resolve_time,

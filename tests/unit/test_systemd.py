@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from assyncy_dagster.testing.stack import ETC
+from assyncy_dagster_demo.testing.stack import ETC
 from tests.support.helpers import BIN, INSTALL_BIN, UNITS, entries, exec_start, value
 
 ENV_FILE = "/etc/assyncy/assyncy.env"

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Self
 
-from ..logs import tail
+from assyncy_dagster.logs import tail
+
 from .ports import free_port
 
 REDIS_SERVER = "redis-server"

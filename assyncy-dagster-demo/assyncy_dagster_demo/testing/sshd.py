@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ..logs import tail
-from ..transfer import SshEndpoint, list_command
+from assyncy_dagster.logs import tail
+from assyncy_dagster.transfer import SshEndpoint, list_command
+
 from .ports import free_port
 from .session_log import Session, read_sessions
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from ..etc_files import etc_path
+from assyncy_dagster.etc_files import etc_path
+
 from .sshd import LocalSshd, make_source_tree
 
 ETC = etc_path()

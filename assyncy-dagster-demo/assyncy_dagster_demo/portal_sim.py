@@ -64,7 +64,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from .etc_files import etc_path
+from assyncy_dagster.etc_files import etc_path
 
 DEFAULT_TOKEN_TTL = 3600
 DEFAULT_TIMEZONE = "Australia/Melbourne"

@@ -28,9 +28,10 @@ from typing import Self
 import psutil
 import yaml
 
-from ..etc_files import etc_path
-from ..logs import tail
-from ..transfer.process import stop_group
+from assyncy_dagster.etc_files import etc_path
+from assyncy_dagster.logs import tail
+from assyncy_dagster.transfer.process import stop_group
+
 from .postgres import PostgresServer
 
 SCALE_OUT_ETC = etc_path("scale-out")

@@ -42,15 +42,16 @@ import yaml
 for _category in (dg.BetaWarning, dg.PreviewWarning):
     warnings.filterwarnings("ignore", category=_category)
 
-from .cycle import CycleReport, quiet_dagster_previews, run_cycle
-from .logs import tail
-from .names import ALERT_JOB, INTERVAL_ENV, REPATRIATION_JOB
+from assyncy_dagster.cycle import CycleReport, quiet_dagster_previews, run_cycle
+from assyncy_dagster.logs import tail
+from assyncy_dagster.names import ALERT_JOB, INTERVAL_ENV, REPATRIATION_JOB
+from assyncy_dagster.run_records import EPN_DATA, step_failure_message, tagged_epns
+from assyncy_dagster.transfer.process import stop_group
+
 from .portal_sim import PortalSimulator
-from .run_records import EPN_DATA, step_failure_message, tagged_epns
 from .testing.smtp_sink import SmtpSink
 from .testing.sshd import LocalSshd, _die_with_parent, missing_binaries
 from .testing.stack import DEMO_VISITS, ETC, lay_out_epns, mx_frames, write_config
-from .transfer.process import stop_group
 
 # The EPN whose visit is still on when the demo starts: the sensor brings it home in the UI.
 LIVE_EPN = "13001c"
@@ -390,8 +391,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m assyncy_dagster.demo [--once] ...`, the same as `assyncy demo` (options in cli.py)."""
-    from .cli import main as assyncy
+    """`python -m assyncy_dagster_demo.demo [--once] ...`, the same as `assyncy demo` (options in commands.py)."""
+    from assyncy_dagster.cli import main as assyncy
 
     return assyncy(["demo", *(sys.argv[1:] if argv is None else argv)])
 

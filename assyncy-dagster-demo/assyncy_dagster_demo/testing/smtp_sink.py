@@ -23,13 +23,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-try:
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import AuthResult, LoginPassword
-except ModuleNotFoundError as exc:  # the stand-ins' one dependency beyond the base install
-    raise ModuleNotFoundError(
-        f"the local SMTP stand-in needs {exc.name}: pip install 'assyncy-dagster[demo]'", name=exc.name
-    ) from exc
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 log = logging.getLogger(__name__)
 
