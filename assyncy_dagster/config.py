@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from .epn import is_valid_base_number, is_valid_project
+from .transfer.commands import ChecksumAlgorithm
 
 CONFIG_ENV = "ASSYNCY_CONFIG"
 MASK = "********"
@@ -124,7 +125,7 @@ class Settings(BaseModel):
     report_dir: Path | None = None
     # The content checksum recorded per file (rsync's sender computes it while sending):
     # xxh128 (`xxhsum -c`) or md5 (the EPN folder is then a BagIt bag).
-    checksum_algorithm: Literal["xxh128", "md5"] = "xxh128"
+    checksum_algorithm: ChecksumAlgorithm = "xxh128"
     # The fixity audit (fixity.py): how fast it reads at home, and how often it runs.
     fixity_max_mib_per_second: float = Field(default=200, gt=0)
 

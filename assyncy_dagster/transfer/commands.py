@@ -59,6 +59,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 from ..epn import source_path_for, validate_epn
 from .endpoint import SshEndpoint
@@ -67,7 +68,10 @@ from .manifests import KEPT_HIDDEN_NAME
 RSYNC = "rsync"
 PARTIAL_DIR = ".rsync-partial"
 ITEMIZE = ("-ii", "--out-format=%i|%l|%M|%C|%n%L")
-CHECKSUM_ALGORITHMS = ("xxh128", "md5")
+# The whole-file checksums rsync can give per file that the manifest records (config.yml's
+# `checksum-algorithm` is typed with this, so that the schema and the command line agree).
+ChecksumAlgorithm = Literal["xxh128", "md5"]
+CHECKSUM_ALGORITHMS: tuple[str, ...] = get_args(ChecksumAlgorithm)
 # Each pair of items is one rsync filter; the order matters (first match wins).
 TRANSFER_FILTERS: tuple[str, ...] = ("--include", KEPT_HIDDEN_NAME, "--exclude", ".*")
 CHMOD = "--chmod=Dg+s,ug+w,o-wx,ug+X,Fug-st"
