@@ -3,26 +3,9 @@
 The report reconciles the sources of truth about an EPN: what the portal says
 (its visit), what the SFTP host holds (its folder), what ignore.yml and the
 last verified sync recorded, what the runs did, and what the destination holds
-now. `decide` turns one EPN's facts into one state, and a short detail that
-tells the operator why:
-
-- running       the visit has not ended; its data may still grow
-- waiting       the visit has ended and the data is not home yet (queued, in
-                transfer, held back, or no visit in the portal); a malformed visit
-                of the EPN from the portal holds it back, named
-- home          recorded in ignore.yml, and the destination still holds what the
-                verified sync counted
-- corrupt       recorded, but the last fixity audit found files corrupt, missing or
-                changed at home (named); a backfill of the partition fetches them again
-- partial       recorded in ignore.yml, but the destination is missing or holds
-                fewer files or bytes than the last verified sync counted at the source
-- changed       recorded, but the source has grown since the verified sync
-                (epn_sensor saw it at a full refresh; a re-sync is due)
-- unmapped      the base number is not in epn_cap_map
-- failed        the last attempt failed (with its error)
-- stuck         due for longer than stuck-after-hours (the underlying reason in the detail)
-- not on host   the visit has ended but the SFTP host has no folder for it
-- dry-run only  only a dry-run (execute: false) has seen it; nothing copied
+now. `decide` turns one EPN's facts into one state (`State`; what each means is
+`MEANING`, the one wording: the HTML page's legend, and the README's table, which
+a test keeps equal to it), and a short detail that tells the operator why.
 
 No Dagster imports and no pandas, so these rules test in microseconds: the
 asset gathers the facts, this module decides, report_files.py draws and writes.
@@ -54,19 +37,33 @@ class State(str, enum.Enum):
     DRY_RUN_ONLY = "dry-run only"
 
 
-# What each state means to an operator (the HTML page's legend, the asset's description).
+# What each state means to an operator: the HTML page's legend and the README's table (kept equal
+# by tests/unit/test_report.py), in one wording.
 MEANING = {
     State.RUNNING: "the visit has not ended; its data may still grow",
-    State.WAITING: "the visit has ended; the data is not home yet",
-    State.HOME: "verified at the destination and recorded in ignore.yml",
-    State.CORRUPT: "recorded, but the last fixity audit found files corrupt, missing or changed at home",
-    State.PARTIAL: (
-        "recorded in ignore.yml, but the destination is missing or holds less than the verified sync counted"
+    State.WAITING: (
+        "the visit has ended and the data is not home yet: queued, in transfer, or held back "
+        "(empty folder, no visit in the portal, a malformed visit of it in the portal, named)"
     ),
-    State.CHANGED: "recorded, but the source has grown since the verified sync; a re-sync is due",
+    State.HOME: (
+        "recorded in ignore.yml, and the destination holds at least the files and bytes the last verified "
+        "sync counted at the source"
+    ),
+    State.CORRUPT: (
+        "recorded, but the last fixity audit found files corrupt, missing or changed at home; the row names "
+        "them, and a backfill of the partition repairs it"
+    ),
+    State.PARTIAL: (
+        "recorded in ignore.yml, but the destination is missing or holds fewer files or bytes than the last "
+        "verified sync counted"
+    ),
+    State.CHANGED: (
+        "recorded, but the source has grown since the verified sync (epn_sensor's re-check within "
+        "resync-days); a re-sync is due"
+    ),
     State.UNMAPPED: "its base number is not in epn_cap_map",
-    State.FAILED: "the last attempt failed",
-    State.STUCK: "due for longer than stuck-after-hours without coming home",
+    State.FAILED: "the last attempt failed; the row carries the error",
+    State.STUCK: "due for longer than stuck-after-hours (the digest's stuck section); the row says what holds it",
     State.NOT_ON_HOST: "the visit has ended, but the SFTP host has no folder for it",
     State.DRY_RUN_ONLY: "only a dry-run (execute: false) has seen it; nothing copied",
 }

@@ -1,8 +1,10 @@
 """The repatriation report's rules: each EPN's state from its facts alone (no servers, no Dagster)."""
 
+import re
 from datetime import UTC, date, datetime, timedelta
 
 from assyncy_dagster.report import (
+    MEANING,
     Attempt,
     EpnFacts,
     Holding,
@@ -16,6 +18,7 @@ from assyncy_dagster.report import (
     repair_selection,
     report_row,
 )
+from tests.support.helpers import REPO
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 SYNCED = (NOW - timedelta(days=2)).timestamp()
@@ -320,3 +323,12 @@ def test_ended_epn_held_back_by_a_malformed_visit_is_waiting_naming_it():
     assert (decision.state, decision.detail) == (State.WAITING, held)
     assert decide(facts(held=held, attempt=Attempt.FAILED, error="rsync failed"), NOW).detail == held
     assert decide(facts(held=held, visit_end=NOW + timedelta(days=1)), NOW).state is State.RUNNING
+
+
+def test_the_readmes_state_table_is_the_reports_wording():
+    """One wording of what each state means: the README's table says what report.MEANING says, in order."""
+    section = (REPO / "README.md").read_text().split("### The repatriation report", 1)[1]
+    table = section.split("| state | meaning |\n| --- | --- |\n", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \| (.+) \|$", table, re.M)
+    assert rows == [(state.value, meaning) for state, meaning in MEANING.items()]
+    assert [state for state, _ in rows] == [state.value for state in State]  # every state, once
