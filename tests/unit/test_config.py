@@ -163,3 +163,30 @@ def test_the_report_goes_to_dagster_home_unless_report_dir_says_otherwise(tmp_pa
     assert not settings.report_path(home).is_relative_to(settings.destination_root_path)
     chosen = load_settings(write(tmp_path, seed_data() | {"report-dir": "site-reports"}))
     assert chosen.report_path(home) == tmp_path / "site-reports"
+
+
+def test_the_readmes_optional_keys_are_the_schemas_with_its_defaults():
+    """README.md's "Optional keys" table names every key beyond the seed's sample, and each plain
+    default (a number, true/false) as config.py has it, so that the two cannot drift apart."""
+    import re
+
+    from assyncy_dagster.config import Settings
+    from tests.support.helpers import REPO
+
+    text = (REPO / "README.md").read_text().split("Optional keys:", 1)[1]
+    table = text.split("| --- | --- | --- |\n", 1)[1].split("\n\n", 1)[0]
+    listed: dict[str, str] = {}
+    for keys, defaults in re.findall(r"^\| (.+?) \| (.+?) \| .+ \|$", table, re.M):
+        names = [k.strip("` ") for k in keys.split(",")]
+        values = [d.strip() for d in defaults.split(",")] if len(names) > 1 else [defaults.strip()]
+        listed.update(zip(names, values if len(values) == len(names) else [defaults] * len(names), strict=True))
+    seed_keys = set(yaml.safe_load((ETC / "config.yml").read_text()))
+    fields = {field.alias or name: field for name, field in Settings.model_fields.items()}
+
+    assert set(listed) == set(fields) - seed_keys
+    for key, shown in listed.items():
+        default = fields[key].default
+        if isinstance(default, bool):
+            assert shown == str(default).lower(), key
+        elif isinstance(default, int):
+            assert shown == str(default), key
