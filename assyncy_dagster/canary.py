@@ -28,7 +28,7 @@ from .alerts import StuckEntry
 from .config import Settings
 from .domain import Visit
 from .due import read_due_since, stuck_since, update_due_since
-from .epn import is_valid_epn, project_for
+from .epn import is_mapped_epn
 from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
 from .errors_of_runs import epn_last_error
 from .mail import Mailer
@@ -95,7 +95,7 @@ def due_reasons(
     return {
         epn: (why if epn in on_host else NOT_ON_HOST)
         for epn, why in reasons.items()
-        if epn in ended and epn not in home and is_valid_epn(epn) and project_for(epn, epn_cap_map) is not None
+        if epn in ended and epn not in home and is_mapped_epn(epn, epn_cap_map)
     }
 
 

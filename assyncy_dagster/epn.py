@@ -59,6 +59,12 @@ def project_for(epn: str, epn_cap_map: Mapping[str, str]) -> str | None:
     return epn_cap_map.get(base_number(epn))
 
 
+def is_mapped_epn(value: object, epn_cap_map: Mapping[str, str]) -> bool:
+    """An EPN this site repatriates: a valid name whose base number epn_cap_map maps to a project.
+    The one test of it (the sensor, the stuck canary and the re-check for late data all ask it)."""
+    return is_valid_epn(value) and project_for(value, epn_cap_map) is not None  # type: ignore[arg-type]
+
+
 def destination_for(epn: str, epn_cap_map: Mapping[str, str], root: Path) -> Path:
     """`<root>/<project>/<epn>/data`, proven to stay under `root`."""
     project = project_for(epn, epn_cap_map)

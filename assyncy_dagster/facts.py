@@ -22,7 +22,7 @@ import dagster as dg
 
 from .config import Settings
 from .domain import Visit, visit_window
-from .epn import is_valid_epn, project_for
+from .epn import is_mapped_epn
 from .portal import PortalClient, PortalError
 from .refresh_failures import clear_refresh_failure, record_refresh_failure
 from .run_records import last_verified
@@ -271,8 +271,7 @@ def _waiting_for_folder(facts: Facts, settings: Settings, now: datetime) -> list
             if v.has_ended(now)
             and v.end_time >= recent
             and v.epn not in on_sftp
-            and is_valid_epn(v.epn)
-            and project_for(v.epn, settings.epn_cap_map) is not None
+            and is_mapped_epn(v.epn, settings.epn_cap_map)
         }
     )
 
@@ -308,8 +307,7 @@ def look_for_new_data(
             and v.end_time >= since
             and v.epn in repatriated
             and v.epn in on_sftp
-            and is_valid_epn(v.epn)
-            and project_for(v.epn, settings.epn_cap_map) is not None
+            and is_mapped_epn(v.epn, settings.epn_cap_map)
         }
     )
     recorded = {epn: found for epn in recent if (found := last_verified(instance, epn)) is not None}

@@ -18,7 +18,7 @@ import dagster as dg
 
 from .canary import due_reasons, record_due
 from .config import Settings
-from .epn import is_valid_epn, project_for
+from .epn import is_mapped_epn
 from .facts import FACTS_FILE, SensorCursor, due_for_resync, gather_facts, look_for_new_data, save_facts
 from .names import ALERT_JOB, KIND_TAG, REPATRIATION_JOB, RSYNC_POOL
 from .partitions import EPN_PARTITIONS_NAME, epn_partitions
@@ -113,11 +113,7 @@ def plan_tick(
     resync = due_for_resync(instance, facts) if facts.changed else {}
     # A recorded EPN whose source changed is due again, under the usual rules (backoff, in flight).
     repatriated_set = {e for e in repatriated if e not in resync}
-    candidates = {
-        e
-        for e in facts.on_sftp
-        if e not in repatriated_set and is_valid_epn(e) and project_for(e, settings.epn_cap_map) is not None
-    }
+    candidates = {e for e in facts.on_sftp if e not in repatriated_set and is_mapped_epn(e, settings.epn_cap_map)}
     history = repatriation_history(instance, candidates, flights)
     plan = plan_cycle(
         visits=facts.visits,

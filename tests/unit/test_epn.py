@@ -99,3 +99,13 @@ def test_source_path_has_trailing_slash_so_rsync_copies_contents():
     assert source_path_for("12282a", "/data/mx/") == "/data/mx/12282a/"
     with pytest.raises(InvalidEpnError):
         source_path_for("../x", "/data/mx")
+
+
+def test_an_epn_this_site_repatriates_is_valid_and_mapped():
+    from assyncy_dagster.epn import is_mapped_epn
+
+    cap_map = {"12282": "ny79"}
+    assert is_mapped_epn("12282a", cap_map)
+    assert not is_mapped_epn("99999a", cap_map)  # valid, not mapped
+    assert not is_mapped_epn("12282", cap_map)  # no suffix: not an EPN
+    assert not is_mapped_epn(None, cap_map)
