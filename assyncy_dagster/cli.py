@@ -46,7 +46,7 @@ def _invalid_epns(values: list[str]) -> list[str]:
 
 def environment_problems(settings: Settings) -> list[str]:
     """What the config points at but is not there or not usable."""
-    from .alerts import check_templates
+    from .alerts.checking import check_templates
 
     problems = []
     key = settings.key_file

@@ -7,7 +7,9 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from .alerts import AlertEntry, StuckEntry, TemplateError, render_unknown_epn_alert
+from .alerts.stuck_section import StuckEntry
+from .alerts.templates import TemplateError
+from .alerts.unknown_epn import AlertEntry, render_unknown_epn_alert
 from .config import Settings
 from .domain import visit_window, visits_by_epn
 from .epn import project_for, validate_epn

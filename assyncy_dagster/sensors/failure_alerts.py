@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from ..alerts import render_failure_alert
+from ..alerts.failure import render_failure_alert
 from ..mail import build_message
 from ..names import REPATRIATION_JOB
 from ..resources.settings import AssyncyConfigResource

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assyncy_dagster.alerts import SUBJECT
+from assyncy_dagster.alerts.unknown_epn import SUBJECT
 from assyncy_dagster.cycle import run_cycle
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.names import ALERT_JOB

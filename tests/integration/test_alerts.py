@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import re
 
-from assyncy_dagster.alerts import (
-    AlertEntry,
-    render_failure_alert,
-    render_unknown_epn_alert,
-)
+from assyncy_dagster.alerts.failure import render_failure_alert
+from assyncy_dagster.alerts.unknown_epn import AlertEntry, render_unknown_epn_alert
 from assyncy_dagster.domain import Person
 from assyncy_dagster.mail import Mailer, build_message
 from assyncy_dagster_demo.testing.stack import ETC

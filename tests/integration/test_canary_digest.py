@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from assyncy_dagster.alerts import SUBJECT
+from assyncy_dagster.alerts.unknown_epn import SUBJECT
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.due import due_file, read_due_since
 from assyncy_dagster.facts import SensorCursor

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from assyncy_dagster.alerts import render_failure_alert
+from assyncy_dagster.alerts.failure import render_failure_alert
 from assyncy_dagster.mail import Mailer, MailError, build_message
 from assyncy_dagster.resources.smtp import SmtpResource
 from assyncy_dagster_demo.testing.smtp_sink import SmtpSink

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from assyncy_dagster import alerts
-from assyncy_dagster.alerts import (
-    FAILURE_HTML,
-    FAILURE_TEXT,
-    STUCK_SECTION_HTML,
-    STUCK_SECTION_TEXT,
-    SUBJECT,
-    AlertEntry,
-    StuckEntry,
-    TemplateError,
-    check_templates,
-    render_failure_alert,
-    render_unknown_epn_alert,
-)
+import assyncy_dagster
+from assyncy_dagster.alerts.checking import check_templates
+from assyncy_dagster.alerts.failure import FAILURE_HTML, FAILURE_TEXT, render_failure_alert
+from assyncy_dagster.alerts.stuck_section import STUCK_SECTION_HTML, STUCK_SECTION_TEXT, StuckEntry
+from assyncy_dagster.alerts.templates import TemplateError
+from assyncy_dagster.alerts.unknown_epn import SUBJECT, AlertEntry, render_unknown_epn_alert
 from assyncy_dagster.domain import Person
 from assyncy_dagster.mail import AddressError, build_message
 from assyncy_dagster_demo.testing.stack import ETC
@@ -160,7 +152,7 @@ def test_failure_alert_escapes_the_error_and_links_only_web_urls():
 
 
 def test_every_email_text_is_a_template_in_etc():
-    package = Path(alerts.__file__).parent
+    package = Path(assyncy_dagster.__file__).parent
     for name in (FAILURE_TEXT, FAILURE_HTML, STUCK_SECTION_TEXT, STUCK_SECTION_HTML, TEXT, HTML):
         assert (ETC / name).is_file(), name
     inline = [p.name for p in package.rglob("*.py") if "from_string(" in p.read_text()]

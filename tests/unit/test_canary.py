@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from assyncy_dagster import canary
-from assyncy_dagster.alerts import SUBJECT, AlertEntry, StuckEntry, check_templates, render_unknown_epn_alert
+from assyncy_dagster.alerts.checking import check_templates
+from assyncy_dagster.alerts.stuck_section import StuckEntry
+from assyncy_dagster.alerts.unknown_epn import SUBJECT, AlertEntry, render_unknown_epn_alert
 from assyncy_dagster.canary import (
     IN_FLIGHT,
     NOT_ON_HOST,
