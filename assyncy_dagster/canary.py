@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from .alerts import StuckEntry
+from .alerts.stuck_section import StuckEntry
 from .config import Settings
 from .domain import Visit
 from .due import read_due_since, stuck_since, update_due_since
