@@ -86,6 +86,7 @@ _FIRST = (
     "tests/faults/test_kill_loop.py",
     "tests/faults/test_epn_claims.py",
     "tests/faults/test_worker_liveness.py",
+    "tests/faults/test_paused_worker.py",
     "tests/e2e/test_automatic.py",
     "tests/e2e/test_max_tasks.py",
     "tests/e2e/test_cli_failure_alert.py",

@@ -7,7 +7,7 @@ from ..mail import build_message
 from ..names import REPATRIATION_JOB
 from ..resources.settings import AssyncyConfigResource
 from ..resources.smtp import SmtpResource
-from ..run_records import Outcome, step_failure_message, tagged_epns
+from ..run_records import LOST_TAG, Outcome, home_since_requested, step_failure_message, tagged_epns
 
 _REPATRIATION_ASSETS = {dg.AssetKey("epn_data"), dg.AssetKey("portal_visits")}
 
@@ -41,12 +41,24 @@ def repatriation_failure_alert(
     run = context.dagster_run
     if not is_repatriation(context.instance, run):
         return
+    # Once per run: a run the sweep ended (its worker stopped or cut off) fails a second time when
+    # its step, resumed, ends; that second failure says nothing new.
+    first = context.instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE, limit=1)
+    if first.records and first.records[0].event_log_entry.dagster_event != context.failure_event:
+        context.log.info(f"run {run.run_id} failed again (its step ended after the run): e-mailed at its first failure")
+        return
     settings = assyncy_config.settings()
     unfinished = [
         epn
         for epn, outcome in tagged_epns(run.tags).items()
         if outcome not in (Outcome.HOME.value, Outcome.DRY_RUN.value)
     ]
+    if LOST_TAG in run.tags:  # ended by the sweep: an EPN another run has since brought home is no failure
+        left = [e for e in unfinished if home_since_requested(context.instance, e, run.run_id) is None]
+        if unfinished and not left:
+            context.log.info(f"run {run.run_id} ended as lost, but other runs have brought its EPNs home: no e-mail")
+            return
+        unfinished = left
     epn = ", ".join(unfinished) or run.tags.get("dagster/partition", "(unknown EPN)")
     url = f"{settings.dagster_ui_url.rstrip('/')}/runs/{run.run_id}" if settings.dagster_ui_url else None
     error = step_failure_message(context.get_step_failure_events()) or context.failure_event.message

@@ -2,7 +2,9 @@
 
 The only module of the package with global state: the registry of live rsync
 process groups, so that `terminate_all_transfers` (a service shutdown) can
-stop every transfer at once from any thread or a signal handler.
+stop every transfer at once from any thread or a signal handler; and the
+process's watch (stepwatch.py), told of each rsync as it starts and ends, which
+ends them if this process is stopped for longer than STOPPED_STEP_LIMIT_SECONDS.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .endpoint import SshEndpoint
 from .errors import HOST_KEY_PATTERNS, RsyncError, error_for, redact
 from .manifests import Entry
 from .parsing import ProgressUpdate, TransferStats, has_stats, parse_progress, parse_stats
+from .stepwatch import STOPPED_STEP_LIMIT_SECONDS, group_alive
 
 # How long rsync gets to save its partial file after SIGTERM before SIGKILL.
 TERMINATE_GRACE_SECONDS = 5.0
@@ -66,35 +69,6 @@ def live_transfer_pids() -> list[int]:
     """Process-group ids of the rsync runs in progress."""
     with _live_lock:
         return list(_live)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is still in process group `pgid`."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg also reaches zombies: when rsync's leader dies first, its receiver
-    # fork is reparented to init, which may reap it seconds later. A zombie is
-    # already dead (its partial file saved), so only count the living.
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return True
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2 :].split()  # the command name may hold spaces and parentheses
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -267,6 +241,60 @@ def _die_with_parent(argv: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
+_STEPWATCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stepwatch.py")
+# This process's watch (stepwatch.py), started with its first rsync; a forked child starts its own.
+_watch: subprocess.Popen[bytes] | None = None
+_watch_owner = 0
+_watch_said: dict[int, str] = {}
+_watch_pending = [b""]
+
+
+def _start_watch() -> subprocess.Popen[bytes] | None:
+    """Start this process's watch, or None where it cannot run (not Linux, no /proc)."""
+    if not sys.platform.startswith("linux") or not sys.executable or not os.path.isdir("/proc/self"):
+        return None
+    try:
+        watch = subprocess.Popen(
+            [sys.executable, "-I", "-S", _STEPWATCH, f"{STOPPED_STEP_LIMIT_SECONDS:g}", f"{TERMINATE_GRACE_SECONDS:g}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a stop of this process's group must not stop its watch
+            bufsize=0,
+        )
+    except OSError:
+        return None  # the heartbeat still stops the rsyncs of a run ended elsewhere (claims.py), only later
+    os.set_blocking(watch.stdout.fileno(), False)  # type: ignore[union-attr]
+    return watch
+
+
+def _tell_watch(line: str) -> None:
+    """Send the watch `+PGID` or `-PGID` (with _live_lock held), starting it when there is none."""
+    global _watch, _watch_owner
+    if _watch is None or _watch_owner != os.getpid() or _watch.poll() is not None:
+        if line.startswith("-"):
+            return
+        _watch, _watch_owner = _start_watch(), os.getpid()
+    if _watch is not None:
+        try:
+            _watch.stdin.write(f"{line}\n".encode())  # type: ignore[union-attr]
+        except OSError:
+            _watch = None
+
+
+def _watch_verdict(pgid: int) -> str:
+    """What the watch said it did to group `pgid` ('' when nothing), with _live_lock held."""
+    if _watch is not None and _watch_owner == os.getpid():
+        with contextlib.suppress(BlockingIOError, OSError):
+            while data := _watch.stdout.read(4096):  # type: ignore[union-attr]
+                *lines, _watch_pending[0] = (_watch_pending[0] + data).split(b"\n")
+                for line in lines:
+                    said_pgid, _, why = line.decode("utf-8", "replace").partition(" ")
+                    if said_pgid.isdigit():
+                        _watch_said[int(said_pgid)] = why
+    return _watch_said.pop(pgid, "")
+
+
 def run_rsync(
     argv: Sequence[str],
     *,
@@ -342,6 +370,7 @@ def run_rsync(
                 bufsize=0,
             )
             _live[proc.pid] = proc
+            _tell_watch(f"+{proc.pid}")
         if on_start is not None:
             on_start(proc.pid)
         exit_code = _pump(proc, stdout, stderr)
@@ -357,9 +386,13 @@ def run_rsync(
                 _live.pop(proc.pid, None)
                 terminated = proc.pid in _terminated
                 _terminated.discard(proc.pid)
+                _tell_watch(f"-{proc.pid}")
+                watched = _watch_verdict(proc.pid)
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
                     pipe.close()
+            if watched:
+                stderr.lines.append(f"assyncy: {watched}")
 
     stdout_text = stdout.text()
     result = RsyncResult(
