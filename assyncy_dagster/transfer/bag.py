@@ -28,6 +28,9 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,7 @@ RECORD_NAME = "assyncy-manifest.tsv"
 RECORD_HEADER = "# assyncy-dagster EPN manifest 1"
 PAYLOAD = "data"
 BAGIT_DECLARATION = "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
+_NEEDS_ENCODING = re.compile("[%\r\n\t]")
 
 
 def manifest_name(algorithm: str) -> str:
@@ -56,23 +60,28 @@ class Recorded:
 
 def _encode(text: str, *, tab: bool = True) -> str:
     """Percent-encode what would break a line (BagIt's rule: `%`, CR, LF) or a column (tab)."""
+    if not _NEEDS_ENCODING.search(text):  # nearly every name: one scan, no copies
+        return text
     text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
     return text.replace("\t", "%09") if tab else text
 
 
 def _decode(text: str) -> str:
+    if "%" not in text:
+        return text
     return text.replace("%0A", "\n").replace("%0D", "\r").replace("%09", "\t").replace("%25", "%")
 
 
 def _record_text(tree: Mapping[str, Entry], algorithm: str) -> str:
-    lines = [f"{RECORD_HEADER}\talgorithm={algorithm}", "# kind\tsize\tmtime\tchecksum\tpath\ttarget"]
+    lines = [f"{RECORD_HEADER}\talgorithm={algorithm}\n# kind\tsize\tmtime\tchecksum\tpath\ttarget\n"]
+    append = lines.append
     for path in sorted(tree):
         entry = tree[path]
         if entry.kind is Kind.FILE:
-            lines.append(f"f\t{entry.size}\t{entry.mtime}\t{entry.checksum or ''}\t{_encode(path)}\t")
+            append(f"f\t{entry.size}\t{entry.mtime}\t{entry.checksum or ''}\t{_encode(path)}\t\n")
         elif entry.kind is Kind.LINK:
-            lines.append(f"l\t0\t{entry.mtime}\t\t{_encode(path)}\t{_encode(entry.target or '')}")
-    return "\n".join(lines) + "\n"
+            append(f"l\t0\t{entry.mtime}\t\t{_encode(path)}\t{_encode(entry.target or '')}\n")
+    return "".join(lines)
 
 
 def _digest(text: str) -> str:
@@ -86,7 +95,9 @@ def checksum_lines(tree: Mapping[str, Entry], algorithm: str) -> tuple[list[str]
     BagIt both read a payload link as the file it resolves to."""
     lines, left_out = [], 0
     for path in sorted(tree):
-        entry = _resolved(tree, path)
+        entry: Entry | None = tree[path]
+        if entry is not None and entry.kind is not Kind.FILE:
+            entry = _resolved(tree, path)
         if entry is None or not entry.checksum:
             continue
         name = f"{PAYLOAD}/{path}"
@@ -99,10 +110,26 @@ def checksum_lines(tree: Mapping[str, Entry], algorithm: str) -> tuple[list[str]
     return lines, left_out
 
 
-def write_manifest(epn_folder: Path, tree: Mapping[str, Entry], *, algorithm: str, info: Mapping[str, str]) -> str:
+def write_manifest(
+    epn_folder: Path,
+    tree: Mapping[str, Entry],
+    *,
+    algorithm: str,
+    info: Mapping[str, str],
+    recorded: Recorded | None = None,
+) -> str:
     """Write the EPN's manifest beside `data/` (see the module docstring); returns its digest,
-    the `epn_data` materialisation's data version. `info` fills bag-info.txt."""
-    kept = {p: e for p, e in tree.items() if e.kind in (Kind.FILE, Kind.LINK)}
+    the `epn_data` materialisation's data version. `info` fills bag-info.txt. `recorded`: the
+    manifest as read at home before the transfer; when it already says exactly this (a re-sync
+    that changed nothing), nothing is written and its digest stands."""
+    kept = {p: e for p, e in tree.items() if e.kind is Kind.FILE or e.kind is Kind.LINK}
+    if (
+        recorded is not None
+        and recorded.algorithm == algorithm
+        and recorded.tree == kept
+        and (epn_folder / manifest_name(algorithm)).is_file()
+    ):
+        return recorded.digest
     record = _record_text(kept, algorithm)
     if _unchanged(epn_folder, record, algorithm):
         return _digest(record)  # a re-sync that changed nothing: the manifest (and its date) stand
@@ -160,18 +187,17 @@ def read_manifest(epn_folder: Path) -> Recorded | None:
         return None
     algorithm = lines[0].split("algorithm=", 1)[1].strip()
     tree: dict[str, Entry] = {}
+    file, link = Kind.FILE, Kind.LINK
     for line in lines[1:]:
-        if line.startswith("#"):
-            continue
         parts = line.split("\t")
-        if len(parts) != 6 or parts[0] not in ("f", "l"):
+        if len(parts) != 6:  # comments, damaged lines
             continue
         kind, size, mtime, checksum, path, target = parts
         try:
             if kind == "f":
-                tree[_decode(path)] = Entry(Kind.FILE, int(size), int(mtime), checksum=checksum or None)
-            else:
-                tree[_decode(path)] = Entry(Kind.LINK, mtime=int(mtime), target=_decode(target))
+                tree[_decode(path)] = Entry(file, int(size), int(mtime), checksum or None)
+            elif kind == "l":
+                tree[_decode(path)] = Entry(link, 0, int(mtime), None, _decode(target))
         except ValueError:
             continue
     return Recorded(algorithm, tree, _digest(text))
@@ -192,3 +218,35 @@ def flush_to_disk(folder: Path) -> None:
             raise OSError(errno, f"syncfs of {folder}: {os.strerror(errno)}")
     finally:
         os.close(fd)
+
+
+class Flush:
+    """`flush_to_disk(folder)` begun now in a thread of its own, so the step reads the recorded
+    manifest, walks home and verifies while the kernel writes the copy back (the C call
+    releases the GIL). Started only once rsync has exited, it covers every byte rsync wrote;
+    `wait` returns when they are durable, or raises the flush's OSError, and the EPN is
+    recorded only after it."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.seconds = 0.0  # what the flush itself took, from its start
+        self._error: OSError | None = None
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"flush {folder}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            flush_to_disk(self.folder)
+        except OSError as exc:
+            self._error = exc
+        finally:
+            self.seconds = time.monotonic() - self._started
+
+    def wait(self) -> float:
+        """Block until the data is durable; returns how long this call waited."""
+        waited = time.monotonic()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return time.monotonic() - waited

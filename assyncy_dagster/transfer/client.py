@@ -124,13 +124,24 @@ class RsyncClient:
         streams: int = 1,
         streams_min_mib: float = 1024,
         full_checksum: bool = False,
+        while_connecting: Callable[[], None] | None = None,
     ) -> RsyncResult:
         """Copy EPN `epn` into `destination` (a dry run copies nothing); raises RsyncError on failure.
 
         With `streams` > 1 the source is listed first, and an EPN of at least
         `streams_min_mib` MiB is pulled by that many rsyncs at once (streams.py).
         `full_checksum` reads every file at both ends (rsync `--checksum`), so that
-        every file, sent or not, comes with its checksum."""
+        every file, sent or not, comes with its checksum. `while_connecting` is called
+        once, as soon as rsync runs and before its output is read: the caller's work that
+        does not depend on the transfer overlaps ssh's connection set-up (an exception
+        from it stops rsync and propagates)."""
+        started = [False]
+
+        def on_start(_pgid: int) -> None:
+            if while_connecting is not None and not started[0]:
+                started[0] = True
+                while_connecting()
+
         if self.bwlimit_kib:
             extra_args = (*extra_args, f"--bwlimit={int(self.bwlimit_kib)}")
         if streams > 1:
@@ -138,6 +149,7 @@ class RsyncClient:
                 {path: entry.size for path, entry in files_of(self.source_tree(epn)).items()}, streams, streams_min_mib
             )
             if plan is not None:
+                on_start(0)  # the streams' own start hooks stop them all on an error
                 return self._transfer_streams(
                     epn,
                     destination,
@@ -154,6 +166,7 @@ class RsyncClient:
             full_checksum=full_checksum,
             on_progress=on_progress,
             extra_args=extra_args,
+            on_start=on_start,
         )
 
     def _transfer_one(

@@ -11,6 +11,7 @@ import calendar
 import functools
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .manifests import Entry, Kind
 
@@ -243,14 +244,17 @@ def parse_progress(record: str) -> ProgressUpdate | None:
 # One line per entry of `-ii --out-format=%i|%l|%M|%C|%n%L` (`commands.ITEMIZE`).
 # `%i` is 11 characters (e.g. `>f+++++++++`, `.f         `, `cL+++++++++`): the second is the kind.
 # `%C` is the whole-file checksum the sender computed while sending (blank for a file not sent).
-_ITEMIZED = re.compile(r"^([<>ch.*][fdLDS].{9})\|(\d+)\|([\d/:-]+)\|([0-9a-f ]*)\|(.+)$")
-_ITEM_KINDS = {"f": Kind.FILE, "d": Kind.DIR, "L": Kind.LINK}
+# A line is split once on `|` and each field checked (rsync prints one per entry: 100,000 for
+# an EPN of 100,000 files, parsed while rsync runs); the name is last, so it may hold `|`.
+_ITEM_CHANGES = frozenset("<>ch.*")
+_ITEM_KINDS = {"f": Kind.FILE, "d": Kind.DIR, "L": Kind.LINK, "D": Kind.SPECIAL, "S": Kind.SPECIAL}
+_MTIME = re.compile(r"[\d/:-]+")
+_CHECKSUM = re.compile(r"[0-9a-f]+")
 # What rsync prints (on stdout or stderr) for a source device or fifo it does not copy.
 SKIPPED_NON_REGULAR = re.compile(r'^skipping non-regular file "(.+)"$')
 
 
-@dataclass(frozen=True)
-class ItemizedEntry:
+class ItemizedEntry(NamedTuple):
     """One entry a transfer covered: its path, what it is at the source, and whether this run sent it."""
 
     path: str
@@ -259,27 +263,41 @@ class ItemizedEntry:
     new: bool = False  # it was not at the destination before
 
 
+@functools.lru_cache(maxsize=4096)
+def _item_mtime(text: str) -> int | None:
+    """`%M` as seconds since the epoch, or None when the field is not rsync's date."""
+    if _MTIME.fullmatch(text) is None or len(_DIGITS.findall(text)) != 6:
+        return None
+    return _epoch(text)
+
+
 def parse_itemized_line(line: str) -> ItemizedEntry | None:
     """The entry of one itemized line; None for the top folder and any other output."""
-    match = _ITEMIZED.match(line)
-    if match is None:
+    fields = line.split("|", 4)
+    if len(fields) != 5:
         return None
-    flags, size_text, mtime_text, checksum, name = match.groups()
-    kind = _ITEM_KINDS.get(flags[1], Kind.SPECIAL)
-    size = int(size_text)
+    flags, size_text, mtime_text, checksum, name = fields
+    if len(flags) != 11 or flags[0] not in _ITEM_CHANGES or not name or "\n" in name or "\r" in name:
+        return None
+    kind = _ITEM_KINDS.get(flags[1])
+    if kind is None or not (size_text.isascii() and size_text.isdigit()):
+        return None
+    mtime = _item_mtime(mtime_text)
+    if mtime is None:
+        return None
+    checksum = checksum.strip()
+    if checksum and _CHECKSUM.fullmatch(checksum) is None:
+        return None
+    new = flags[2:] == "+++++++++"
+    if kind is Kind.FILE:
+        path = unescape_name(name) if "\\#" in name else name
+        return ItemizedEntry(path, Entry(kind, int(size_text), mtime, checksum or None), flags[0] == ">", new)
     target = None
     if kind is Kind.LINK:
-        name, target = split_link(name, size)
-    else:
+        name, target = split_link(name, int(size_text))
+    elif "\\#" in name:
         name = unescape_name(name)
     path = name.rstrip("/")
     if path in (".", ""):
         return None
-    entry = Entry(
-        kind,
-        size if kind is Kind.FILE else 0,
-        _epoch(mtime_text),
-        checksum=checksum.strip() or None,
-        target=target,
-    )
-    return ItemizedEntry(path, entry, sent=kind is Kind.FILE and flags[0] == ">", new=flags[2:] == "+++++++++")
+    return ItemizedEntry(path, Entry(kind, 0, mtime, None, target), False, new)

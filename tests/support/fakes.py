@@ -9,10 +9,11 @@ tier are in assyncy-dagster-demo/assyncy_dagster_demo/testing/).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,11 @@ class CannedRsyncClient(RsyncClient):
         streams: int = 1,
         streams_min_mib: float = 1024,
         full_checksum: bool = False,
+        while_connecting: Callable[[], None] | None = None,
     ) -> RsyncResult:
         self.transfers.append((epn, destination, dry_run))
+        if while_connecting is not None:  # as the real client: once rsync runs, before it copies
+            while_connecting()
         tree: Tree = {}
         for relative, entry in self.source_tree(epn).items():
             content = b"x" * entry.size
@@ -94,6 +98,10 @@ class CannedSource(SshSourceResource):
 
     def client(self, logger: logging.Logger | Any | None = None) -> RsyncClient:
         return CannedRsyncClient(self.files)
+
+    @contextlib.contextmanager
+    def shared_client(self, logger: logging.Logger | Any | None = None) -> Iterator[RsyncClient]:
+        yield self.client(logger)  # no host, so no connection to share
 
 
 class CannedPortal(PortalResource):

@@ -4,6 +4,7 @@ running, and of a real transfer. config.yml is read as in production; nothing is
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -139,18 +140,20 @@ def test_a_malformed_visit_of_an_ended_epn_is_refused_naming_it_and_copies_nothi
 
 def test_the_data_is_flushed_to_disk_before_its_manifest_and_ignore_yml_are_written(site, monkeypatch):
     # A power cut cannot be produced here: the flush itself is observed (the real one runs in
-    # the integration tier), and what was already written when it ran is recorded.
-    import assyncy_dagster.assets.bring_home as bring_home_module
-    from assyncy_dagster.transfer.bag import flush_to_disk
+    # the integration tier). It runs beside the verification, so what matters is what had
+    # been written when it *ended*: neither the manifest nor ignore.yml.
+    import assyncy_dagster.transfer.bag as bag_module
 
+    flush_to_disk = bag_module.flush_to_disk
     seen: list[tuple[bool, list[str]]] = []
 
     def observed_flush(folder: Path) -> None:
-        seen.append(((folder.parent / "assyncy-manifest.tsv").exists(), site.ignored()))
         flush_to_disk(folder)
+        time.sleep(0.5)  # a slow disk: the step must wait for it, not write past it
+        seen.append(((folder.parent / "assyncy-manifest.tsv").exists(), site.ignored()))
 
-    monkeypatch.setattr(bring_home_module, "flush_to_disk", observed_flush)
+    monkeypatch.setattr(bag_module, "flush_to_disk", observed_flush)
     result = materialize_epn_data("12282a", CannedPortal(ended=["12282a"]))
     assert result.success, failure_text(result)
-    assert seen == [(False, [])]  # flushed once, before the manifest and before ignore.yml
+    assert seen == [(False, [])]  # flushed once, done before the manifest and before ignore.yml
     assert site.ignored() == ["12282a"]
