@@ -34,7 +34,7 @@ from .errors_of_runs import epn_last_error
 from .mail import Mailer
 from .names import EPN_PARTITIONS_NAME, REPATRIATION_JOB
 from .planning import CyclePlan, LastRun
-from .portal import PortalClient
+from .portal.client import PortalClient
 from .refresh_failures import refresh_failure_file, short_error
 from .run_records import epn_history, in_flight
 from .statefiles import read_json, write_json

@@ -237,7 +237,7 @@ def mxsync(args: argparse.Namespace) -> int:
 def epnalert(args: argparse.Namespace) -> int:
     from .epnalert import ALERT_ERRORS, send_unknown_epn_alert, unmapped_epns_on_host
     from .mail import Mailer
-    from .portal import PortalClient
+    from .portal.client import PortalClient
     from .transfer import RsyncClient, SshEndpoint
 
     settings = _settings_and_logging(args.config, "epnalert")

@@ -1,7 +1,7 @@
 """The domain's types: a visit (an EPN's beamtime on one piece of equipment), the people named on it,
 and what the portal said of a window. Plain data and the rules on it, no I/O.
 
-The portal client (portal.py) builds them from the API's answers; planning, the report, the
+The portal client builds them from the API's answers (portal/answers.py); planning, the report, the
 canary, the alerts and the assets read them. No HTTP and no Dagster here, so that a rule on
 visits never loads the portal's client.
 """

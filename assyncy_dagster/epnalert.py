@@ -15,7 +15,8 @@ from .domain import visit_window, visits_by_epn
 from .epn import project_for, validate_epn
 from .logs import SecretMaskingFilter
 from .mail import Mailer, MailError, build_message
-from .portal import PortalClient, PortalError
+from .portal.client import PortalClient
+from .portal.errors import PortalError
 from .state import ALERTED_KEY, add_epns
 from .transfer import RsyncClient, RsyncError
 

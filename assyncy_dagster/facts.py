@@ -23,7 +23,8 @@ import dagster as dg
 from .config import Settings
 from .domain import Visit, visit_window
 from .epn import is_mapped_epn
-from .portal import PortalClient, PortalError
+from .portal.client import PortalClient
+from .portal.errors import PortalError
 from .refresh_failures import clear_refresh_failure, record_refresh_failure
 from .run_records import last_verified
 from .statefiles import read_json, write_json

@@ -16,7 +16,7 @@ import dagster as dg
 
 from .config import Settings
 from .logs import SecretMaskingFilter
-from .portal import PortalAuthError
+from .portal.errors import PortalAuthError
 from .statefiles import read_json, write_json
 from .transfer import RsyncError
 from .transfer.errors import HostKeyError

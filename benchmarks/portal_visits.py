@@ -19,7 +19,7 @@ from visit_data import generate_visits
 
 from assyncy_dagster.config import Equipment
 from assyncy_dagster.domain import visit_window
-from assyncy_dagster.portal import PortalClient
+from assyncy_dagster.portal.client import PortalClient
 from assyncy_dagster_demo.portal_sim import PortalSimulator, equipment_credentials
 
 TARGET_SECONDS = 2.0

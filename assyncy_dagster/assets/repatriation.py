@@ -17,7 +17,7 @@ from ..claims import WORKER_TAG, Heartbeat, claim_epn, release_epn, this_worker
 from ..config import Settings
 from ..domain import visit_window, visits_by_epn
 from ..epn import InvalidEpnError, validate_epn
-from ..portal import PortalError
+from ..portal.errors import PortalError
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource

@@ -26,7 +26,7 @@ from ..errors_of_runs import epn_last_error
 from ..facts import FACTS_FILE, read_saved_facts
 from ..fixity import findings_path, read_findings
 from ..planning import LastRun, visits_hold
-from ..portal import PortalError
+from ..portal.errors import PortalError
 from ..report import (
     Attempt,
     EpnFacts,

@@ -7,7 +7,7 @@ import dagster as dg
 from ..domain import Visit, visit_window, visits_by_epn
 from ..epn import InvalidEpnError, validate_epn
 from ..partitions import epn_partitions
-from ..portal import PortalError
+from ..portal.errors import PortalError
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 

@@ -9,7 +9,7 @@ import dagster as dg
 
 from ..config import Settings
 from ..domain import Visit, VisitsAnswer
-from ..portal import PortalClient
+from ..portal.client import PortalClient
 from .settings import current_settings
 
 

@@ -21,7 +21,8 @@ import pytest
 
 from assyncy_dagster.domain import visit_window
 from assyncy_dagster.facts import SensorCursor
-from assyncy_dagster.portal import PortalClient, PortalError
+from assyncy_dagster.portal.client import PortalClient
+from assyncy_dagster.portal.errors import PortalError
 from assyncy_dagster_demo.testing.stack import DEMO_EQUIPMENT
 from tests.support.faultkit import figure, requested_epns
 from tests.support.fixtures.portal import HostilePortal

@@ -27,7 +27,7 @@ from assyncy_dagster.config import load_settings
 from assyncy_dagster.due import DUE_FILE, read_due_since
 from assyncy_dagster.facts import FACTS_FILE, Facts, read_saved_facts, save_facts
 from assyncy_dagster.fixity import FINDINGS_FILE, Audit, read_findings, record_findings
-from assyncy_dagster.portal import PortalError
+from assyncy_dagster.portal.errors import PortalError
 from assyncy_dagster.refresh_failures import REFRESH_FAILURE_FILE, record_refresh_failure
 from assyncy_dagster.report_files import PNG_NAME
 from assyncy_dagster.state import ALERTED_KEY, IGNORE_KEY, StateFileError, add_epns, read_epns

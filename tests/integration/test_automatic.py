@@ -164,7 +164,7 @@ def test_a_new_code_server_process_does_not_ask_the_portal_again(stack):
 
 def test_a_malformed_visit_is_held_back_by_name_while_the_others_are_requested(stack):
     from assyncy_dagster.domain import visit_window
-    from assyncy_dagster.portal import PortalClient
+    from assyncy_dagster.portal.client import PortalClient
 
     stack.lay_out("12282a", "13001a")
     settings = stack.settings()

@@ -13,7 +13,7 @@ from assyncy_dagster.canary import (
     stuck_report,
 )
 from assyncy_dagster.config import Settings
-from assyncy_dagster.portal import PortalAuthError
+from assyncy_dagster.portal.errors import PortalAuthError
 from assyncy_dagster.refresh_failures import (
     MAX_ERROR_CHARS,
     clear_refresh_failure,

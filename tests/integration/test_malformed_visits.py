@@ -17,7 +17,7 @@ from assyncy_dagster.assets.report import repatriation_report
 from assyncy_dagster.definitions import build_resources
 from assyncy_dagster.domain import visit_window
 from assyncy_dagster.facts import SensorCursor
-from assyncy_dagster.portal import PortalClient
+from assyncy_dagster.portal.client import PortalClient
 from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.tick import plan_tick

@@ -10,12 +10,8 @@ import requests
 
 from assyncy_dagster.config import Equipment
 from assyncy_dagster.domain import Person
-from assyncy_dagster.portal import (
-    PortalAuthError,
-    PortalClient,
-    PortalDataError,
-    PortalError,
-)
+from assyncy_dagster.portal.client import PortalClient
+from assyncy_dagster.portal.errors import PortalAuthError, PortalDataError, PortalError
 from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster_demo.portal_sim import equipment_credentials
 from tests.support.helpers import (

@@ -32,7 +32,7 @@ import yaml
 from assyncy_dagster.config import Equipment, Settings, load_settings
 from assyncy_dagster.definitions import build_definitions, build_resources
 from assyncy_dagster.domain import Person, Visit, visit_window
-from assyncy_dagster.portal import PortalClient
+from assyncy_dagster.portal.client import PortalClient
 from assyncy_dagster.run_records import step_failure_message
 from assyncy_dagster.state import IGNORE_KEY
 from assyncy_dagster.transfer import SshEndpoint

@@ -25,7 +25,7 @@ from assyncy_dagster.canary import (
 from assyncy_dagster.domain import Visit
 from assyncy_dagster.due import due_file, read_due_since
 from assyncy_dagster.planning import CyclePlan
-from assyncy_dagster.portal import PortalAuthError, PortalError
+from assyncy_dagster.portal.errors import PortalAuthError, PortalError
 from assyncy_dagster.refresh_failures import failure_kind
 from assyncy_dagster.transfer import RsyncError
 from assyncy_dagster.transfer.errors import HostKeyError

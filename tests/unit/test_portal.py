@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from assyncy_dagster.domain import Person, Visit, visit_window, visits_by_epn
-from assyncy_dagster.portal import PortalClient, PortalError
+from assyncy_dagster.portal.client import PortalClient
+from assyncy_dagster.portal.errors import PortalError
 from tests.support.helpers import equipment_for, last_days
 
 

@@ -9,23 +9,20 @@ Every answer is bounded twice: it is refused when larger than `max_answer_bytes`
 (config `portal-max-answer-mib`), and each request (connecting, the headers and
 the whole body) has one deadline, `timeout` seconds, kept by a watchdog that cuts
 the connection when it passes, so a portal that drips bytes slowly cannot keep a
-thread past it (socket timeouts alone are per read). `deadline` bounds every
+thread past it (socket timeouts alone are per read; see watchdog.py). `deadline` bounds every
 request and retry of a client, e.g. to the sensor's tick budget.
 
 Secrets (passwords, client passwords, access tokens) never reach a log line or
-an exception message: texts that could carry one are scrubbed first, and the
-request log of urllib3, which would print the access token from the visits
-URL, is redacted (see `_RedactAccessTokens`).
+an exception message (redaction.py). The answers are checked and read into
+visits by answers.py; this module is the HTTP side.
 
 No Dagster imports: the resources, the CLI and the tests share this module.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -33,23 +30,19 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import requests
-import urllib3
-from requests.adapters import HTTPAdapter
 
-from .config import DEFAULT_PORTAL_MAX_ANSWER_MIB, Settings
-from .domain import Person, Visit, VisitsAnswer, aware
-from .epn import is_valid_epn
+from ..config import DEFAULT_PORTAL_MAX_ANSWER_MIB, Settings
+from ..domain import Visit, VisitsAnswer
+from . import answers, redaction, watchdog
+from .errors import PortalAuthError, PortalDataError, PortalError
 
 TOKEN_PATH = "/api/v1/oauth/token"
 VISITS_PATH = "/api/v1/equipment/{id}/visits"
-REQUIRED_VISIT_FIELDS = ("id", "epn", "start_time", "end_time")
 DEFAULT_LOGGER_NAME = "assyncy.portal"
 
 # Statuses worth asking again: the portal or a proxy in front of it is busy or restarting.
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _MAX_BACKOFF_SECONDS = 30.0
-_REPR_LIMIT = 60
-_ACCESS_TOKEN_IN_URL = re.compile(r"(access_token=)[^&\s\"')]+")
 MIB = 1024 * 1024
 _CHUNK_BYTES = 64 * 1024
 
@@ -62,111 +55,6 @@ class EquipmentAccount(Protocol):
     password: str
     client_name: str
     client_password: str
-
-
-# -- errors -----------------------------------------------------------------
-
-
-class PortalError(Exception):
-    """The portal could not be asked, or did not answer usefully."""
-
-
-class PortalAuthError(PortalError):
-    """The portal refused the credentials or the access token of an equipment."""
-
-
-class PortalDataError(PortalError):
-    """The portal answered, but not with what its API promises."""
-
-
-def _short_repr(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
-
-
-# -- logging safety -----------------------------------------------------------
-
-
-class _RedactAccessTokens(logging.Filter):
-    """Hide `access_token=...` in urllib3's request log ("GET /...?access_token=T HTTP/1.1" 200)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record is not ours to fix
-            return True
-        if "access_token=" in message:
-            record.msg = _ACCESS_TOKEN_IN_URL.sub(r"\1***", message)
-            record.args = ()
-        return True
-
-
-_redaction_lock = threading.Lock()
-
-
-def _install_urllib3_redaction() -> None:
-    # Filters on a logger apply only to records created by that very logger,
-    # so the filter goes on each urllib3 logger that prints request URLs.
-    with _redaction_lock:
-        for name in ("urllib3.connectionpool", "urllib3.util.retry"):
-            logger = logging.getLogger(name)
-            if not any(isinstance(f, _RedactAccessTokens) for f in logger.filters):
-                logger.addFilter(_RedactAccessTokens())
-
-
-# -- one deadline per request ----------------------------------------------------
-
-# The connection each thread has in flight, so that a watchdog can cut it at the deadline.
-_in_flight: dict[int, Any] = {}
-_in_flight_lock = threading.Lock()
-
-
-# Named as urllib3's own pools, whose class name its error messages quote to the admin.
-class HTTPConnectionPool(urllib3.HTTPConnectionPool):
-    """urllib3's pool, telling the watchdog which connection each thread is using."""
-
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
-        with _in_flight_lock:
-            _in_flight[threading.get_ident()] = conn
-        return conn
-
-
-class HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
-    """urllib3's pool, telling the watchdog which connection each thread is using."""
-
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
-        with _in_flight_lock:
-            _in_flight[threading.get_ident()] = conn
-        return conn
-
-
-_WATCHED_POOLS = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
-
-
-class _WatchedAdapter(HTTPAdapter):
-    """requests' adapter, with pools that tell the watchdog which connection a thread is using."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if type(manager) is urllib3.ProxyManager:  # a SOCKS proxy keeps its own pools (and per-read timeouts)
-            manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
-        return manager
-
-
-def _cut(thread_id: int) -> None:
-    """The watchdog's act: end the connection `thread_id` is reading from, so its read returns now."""
-    with _in_flight_lock:
-        conn = _in_flight.get(thread_id)
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already closed: nothing left to cut
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Overdue(Exception):
@@ -227,12 +115,12 @@ class PortalClient:
         self._own_session = session is None
         self.session = session or requests.Session()
         for prefix in ("https://", "http://"):
-            self.session.mount(prefix, _WatchedAdapter())
+            self.session.mount(prefix, watchdog.WatchedAdapter())
         self._tokens: dict[int, str] = {}
         self._lock = threading.Lock()
         # Visits skipped as malformed in every answer so far: EPN (or "equipment N visit #i") -> why.
         self.rejected: dict[str, str] = {}
-        _install_urllib3_redaction()
+        redaction.install_urllib3_redaction()
 
     @classmethod
     def from_settings(
@@ -278,15 +166,13 @@ class PortalClient:
             body = response.json()
         except ValueError:
             body = None
-        token = None
-        if isinstance(body, dict) and isinstance(body.get("data"), dict):
-            token = body["data"].get("access_token")
-        if response.ok and isinstance(token, str) and token:
+        token = answers.access_token(body)
+        if response.ok and token:
             with self._lock:
                 self._tokens[equipment.id] = token
             self.logger.debug(f"authenticated {where}")
             return token
-        message = _meta_error(body)
+        message = answers.meta_error(body)
         if response.ok and not message:
             raise PortalDataError(
                 f"{self._portal()}: {where}: the token answer (HTTP {response.status_code}) holds no data.access_token"
@@ -436,11 +322,7 @@ class PortalClient:
     def _request_whole(self, method: str, url: str, ends: float, **kwargs: Any) -> requests.Response:
         """The response to one request with its body read whole, by `ends` (a time.monotonic() instant)
         and within `max_answer_bytes`. Raises _Overdue, _TooLarge or what requests raises."""
-        thread_id = threading.get_ident()
-        watchdog = threading.Timer(max(0.0, ends - time.monotonic()), _cut, args=(thread_id,))
-        watchdog.daemon = True
-        watchdog.start()
-        try:
+        with watchdog.deadline(ends):
             # Never follow a redirect: requests would re-send the password form (307/308)
             # or the access token in the query to wherever the answer points.
             response = self.session.request(
@@ -470,41 +352,22 @@ class PortalClient:
                     raise _Overdue()
             response._content = bytes(body)  # what .json() and .text read
             return response
-        finally:
-            watchdog.cancel()
-            with _in_flight_lock:
-                _in_flight.pop(thread_id, None)
 
     def _parse_visits(self, equipment_id: int, response: requests.Response, malformed: dict[str, str]) -> list[Visit]:
-        where = f"equipment {equipment_id}"
         try:
             body = response.json()
         except ValueError:
             raise PortalDataError(
-                f"{self._portal()}: {where}: visits answer is not JSON "
-                f"(starts {self._scrub(_short_repr(response.text[:40]))})"
+                f"{self._portal()}: equipment {equipment_id}: visits answer is not JSON "
+                f"(starts {self._scrub(answers.short_repr(response.text[:40]))})"
             ) from None
-        data = body.get("data") if isinstance(body, dict) else None
-        raw_visits = data.get("visits") if isinstance(data, dict) else None
-        if raw_visits is None:
-            raise PortalDataError(f"{self._portal()}: {where}: visits answer has no data.visits")
-        if not isinstance(raw_visits, list):
-            raise PortalDataError(
-                f"{self._portal()}: {where}: data.visits is a {type(raw_visits).__name__}, expected a list"
-            )
-        visits = []
-        for index, raw in enumerate(raw_visits):
-            try:
-                visit = self._parse_visit(equipment_id, index, raw)
-            except PortalDataError as exc:
-                # One malformed visit must not stop every other EPN from syncing: skip it alone.
-                # Its EPN, when it can be read, is held back by the caller (planning.visits_hold).
-                epn = raw.get("epn") if isinstance(raw, dict) and is_valid_epn(raw.get("epn")) else None
-                self._reject(malformed, epn or f"equipment {equipment_id} visit #{index}", str(exc))
-                continue
-            if visit is not None:
-                visits.append(visit)
-        return visits
+        return answers.visits_of(
+            body,
+            portal=self._portal(),
+            equipment_id=equipment_id,
+            reject=lambda key, reason: self._reject(malformed, key, reason),
+            logger=self.logger,
+        )
 
     def _reject(self, malformed: dict[str, str], key: str, reason: str) -> None:
         """Record a skipped visit in `malformed` and `rejected` (several of one EPN are all named);
@@ -517,63 +380,9 @@ class PortalClient:
             _REPORTED_REJECTIONS.add((key, reason))
             self.logger.warning(f"skipping a malformed visit ({key}); every other visit is used: {reason}")
 
-    def _parse_visit(self, equipment_id: int, index: int, raw: Any) -> Visit | None:
-        where = f"{self._portal()}: equipment {equipment_id}: visit #{index}"
-        if not isinstance(raw, dict):
-            raise PortalDataError(f"{where} is a {type(raw).__name__}, expected an object")
-        # The portal's own id and the EPN name the visit, so that an admin can chase it at the portal.
-        names = [f"id {_short_repr(raw['id'])}"] if raw.get("id") not in (None, "") else []
-        names += [f"EPN {raw['epn']}"] if is_valid_epn(raw.get("epn")) else []
-        where += f" ({', '.join(names)})" if names else ""
-        missing = [name for name in REQUIRED_VISIT_FIELDS if raw.get(name) in (None, "")]
-        if missing:
-            raise PortalDataError(f"{where} lacks {', '.join(missing)}")
-        epn = raw["epn"]
-        if not is_valid_epn(epn):
-            # One bad entry must not stop every other EPN from syncing; it must not reach a path either.
-            self.logger.warning(
-                f"equipment {equipment_id}: visit #{index} has an invalid EPN {_short_repr(epn)}; skipping it"
-            )
-            return None
-        times = {}
-        for name in ("start_time", "end_time"):
-            value = raw[name]
-            try:
-                times[name] = aware(datetime.fromisoformat(value), name)
-            except (TypeError, ValueError):
-                raise PortalDataError(
-                    f"{where}: {name} {_short_repr(value)} is not an ISO 8601 time with UTC offset"
-                ) from None
-        return Visit(
-            id=raw["id"],
-            epn=epn,
-            start_time=times["start_time"],
-            end_time=times["end_time"],
-            principal_scientist=self._parse_person(raw.get("principal_scientist"), where, "principal_scientist"),
-            data_scientists=self._parse_people(raw.get("data_scientists"), where),
-            equipment_id=equipment_id,
-        )
-
-    @staticmethod
-    def _parse_person(raw: Any, where: str, name: str) -> Person | None:
-        if raw is None:
-            return None
-        if not isinstance(raw, dict):
-            raise PortalDataError(f"{where}: {name} is a {type(raw).__name__}, expected an object")
-        return Person.from_dict(raw)
-
-    @classmethod
-    def _parse_people(cls, raw: Any, where: str) -> tuple[Person, ...]:
-        if raw is None:
-            return ()
-        if not isinstance(raw, list):
-            raise PortalDataError(f"{where}: data_scientists is a {type(raw).__name__}, expected a list")
-        people = (cls._parse_person(p, where, f"data_scientists[{i}]") for i, p in enumerate(raw))
-        return tuple(p for p in people if p is not None)
-
     def _meta_suffix(self, response: requests.Response) -> str:
         try:
-            message = _meta_error(response.json())
+            message = answers.meta_error(response.json())
         except ValueError:
             message = None
         return f": {self._scrub(message)}" if message else ""
@@ -585,20 +394,8 @@ class PortalClient:
         return self._scrub(f"{type(exc).__name__}: {text}")[:300]
 
     def _scrub(self, text: str) -> str:
-        text = _ACCESS_TOKEN_IN_URL.sub(r"\1***", text)
         with self._lock:
             secrets = list(self._tokens.values())
         for equipment in self.equipment:
             secrets += [equipment.password, equipment.client_password]
-        for secret in sorted(set(secrets), key=len, reverse=True):
-            if secret and len(secret) >= 3:
-                text = text.replace(secret, "***")
-        return text
-
-
-def _meta_error(body: Any) -> str | None:
-    if isinstance(body, dict) and isinstance(body.get("meta"), dict):
-        message = body["meta"].get("error_message")
-        if message:
-            return str(message)[:300]
-    return None
+        return redaction.scrub(text, secrets)
