@@ -20,6 +20,7 @@ from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
 from ..run_configs import alert_epns, batch_epns
+from ..state import StateFileError
 from ..tick import held_text, plan_tick
 
 # The sensor looks every 30 s: between refreshes it decides from what it last
@@ -60,9 +61,17 @@ def build_epn_sensor(interval_seconds: int) -> dg.SensorDefinition:
         add each new EPN as a partition; request batch runs for the mapped EPNs whose
         visit has ended and whose data is not home yet; request one alert run for new
         unmapped EPNs."""
-        settings = assyncy_config.settings()  # read afresh: a broken config.yml fails the tick visibly
+        # config.yml and the state files are read afresh at every tick: one an admin broke skips the
+        # tick with a reason naming the file and the problem (the UI shows it), until it is repaired.
+        try:
+            settings = assyncy_config.settings()
+        except ConfigError as exc:
+            return _skip(context, f"config.yml ({exc.path}) cannot be used, nothing done: {'; '.join(exc.problems)}")
         cursor = SensorCursor.parse(context.cursor)
-        plan, result = plan_tick(context.instance, settings, portal, sftp, context.log, cursor)
+        try:
+            plan, result = plan_tick(context.instance, settings, portal, sftp, context.log, cursor)
+        except StateFileError as exc:  # the message names the file (ignore.yml, alerted.yml) and the problem
+            return _skip(context, f"a state file cannot be read, nothing done: {exc}")
         _log_to_sync_file(settings, result, plan)
         if isinstance(result, dg.SkipReason):
             context.update_cursor(cursor.dumps())
@@ -74,6 +83,11 @@ def build_epn_sensor(interval_seconds: int) -> dg.SensorDefinition:
         )
 
     return epn_sensor
+
+
+def _skip(context: dg.SensorEvaluationContext, reason: str) -> dg.SkipReason:
+    context.log.error(f"epn_sensor: {reason}")
+    return dg.SkipReason(reason)
 
 
 _configured_logging: tuple | None = None
