@@ -7,6 +7,7 @@ step goes on with the next one. Before rsync touches an EPN the run takes its ex
 (claims.py), and every EPN's outcome is tagged on the run (run_records.py).
 """
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
@@ -65,16 +66,21 @@ def repatriate(
     EPN's outcome (see run_records). Raises dg.Failure at the end naming every
     EPN that failed, so the run shows as failed while the others are home."""
     instance, run_id = context.instance, context.run_id
+    # Each EPN's outcome is written with the next EPN's `running` tag, one write for both (a tag
+    # write costs a database transaction); the last one, and any left when the step ends early,
+    # is written in the `finally` below, before the unsettled ones are failed.
+    outcomes: dict[str, str] = {}
     # The heartbeat first: every claim's holder has one, and a worker killed outright is noticed
     # by its silence (claims.py). Whatever ends the step, no EPN stays tagged queued or running.
-    with Heartbeat(instance, run_id, context.log):
+    with Heartbeat(instance, run_id, context.log), contextlib.ExitStack() as connection:
         instance.add_run_tags(run_id, {WORKER_TAG: this_worker(), **outcome_tags(epns, Outcome.QUEUED)})
         try:
             since, until = visit_window(datetime.now(UTC), settings.visit_day_range)
             try:
                 answer = portal.answer(since, until, logger=context.log)
                 by_epn = visits_by_epn(v for v in answer.visits if v.epn in set(epns))
-                client = sftp.client(logger=context.log)
+                # The batch's transfers share one ssh connection (transfer/connection.py).
+                client = connection.enter_context(sftp.shared_client(logger=context.log))
             except (PortalError, RsyncError, SshConfigError) as exc:  # a settings error names the setting
                 instance.add_run_tags(run_id, outcome_tags(epns, Outcome.FAILED))
                 raise dg.Failure(description=f"EPN(s) {', '.join(epns)}: cannot start: {exc}") from None
@@ -90,10 +96,11 @@ def repatriate(
                 if why_not:
                     # Not this EPN's failure, and no second rsync into the same destination.
                     context.log.warning(f"EPN {epn}: not started: {why_not}")
-                    instance.add_run_tags(run_id, outcome_tags([epn], Outcome.SKIPPED))
+                    outcomes.update(outcome_tags([epn], Outcome.SKIPPED))
                     continue
                 try:
-                    instance.add_run_tags(run_id, outcome_tags([epn], Outcome.RUNNING))
+                    instance.add_run_tags(run_id, {**outcomes, **outcome_tags([epn], Outcome.RUNNING)})
+                    outcomes.clear()
                     yield from bring_home(
                         context,
                         epn,
@@ -108,20 +115,23 @@ def repatriate(
                 except EpnFailed as exc:
                     failures[epn] = str(exc)
                     context.log.error(str(exc))
-                    instance.add_run_tags(run_id, outcome_tags([epn], Outcome.FAILED))
+                    outcomes.update(outcome_tags([epn], Outcome.FAILED))
                     continue
                 except (SshConfigError, OSError) as exc:  # a setting (key-file, known-hosts-file) or the destination
                     failures[epn] = f"EPN {epn}: {_named_cause(exc)}"
                     context.log.error(failures[epn])
-                    instance.add_run_tags(run_id, outcome_tags([epn], Outcome.FAILED))
+                    outcomes.update(outcome_tags([epn], Outcome.FAILED))
                     continue
                 except EpnEmpty as exc:
                     context.log.warning(str(exc))
-                    instance.add_run_tags(run_id, outcome_tags([epn], Outcome.EMPTY))
+                    outcomes.update(outcome_tags([epn], Outcome.EMPTY))
                     continue
                 finally:
                     release_epn(instance, epn, run_id)
-                instance.add_run_tags(run_id, outcome_tags([epn], Outcome.DRY_RUN if dry_run else Outcome.HOME))
+                outcomes.update(outcome_tags([epn], Outcome.DRY_RUN if dry_run else Outcome.HOME))
+            if outcomes:
+                instance.add_run_tags(run_id, outcomes)
+                outcomes.clear()
             if failures:
                 if len(epns) == 1:
                     description = next(iter(failures.values()))
@@ -131,6 +141,8 @@ def repatriate(
                     )
                 raise dg.Failure(description=description, metadata={"errors": dg.MetadataValue.json(failures)})
         finally:
+            if outcomes:
+                instance.add_run_tags(run_id, outcomes)
             _fail_unsettled(instance, run_id)
 
 

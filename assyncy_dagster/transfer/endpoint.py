@@ -47,6 +47,9 @@ class SshEndpoint:
     source_root: str
     connect_timeout_seconds: int = 30
     server_alive_interval_seconds: int = 15
+    # The control socket of a connection shared by a run's transfers (connection.py), or None:
+    # every ssh then makes its own connection.
+    control_path: Path | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not _HOST.fullmatch(self.host) or self.host.startswith("-"):
@@ -60,6 +63,9 @@ class SshEndpoint:
         if self.known_hosts_file is not None:
             object.__setattr__(self, "known_hosts_file", Path(self.known_hosts_file))
             _check_path(self.known_hosts_file, "known-hosts-file")
+        if self.control_path is not None:
+            object.__setattr__(self, "control_path", Path(self.control_path))
+            _check_path(self.control_path, "the shared connection's control socket")
         root = self.source_root
         if (
             not isinstance(root, str)
@@ -92,7 +98,34 @@ class SshEndpoint:
                 raise SshConfigError(f"{setting} {path} is not readable by this user: fix its permissions")
 
     def ssh_command(self) -> list[str]:
-        """The ssh argv: key-only, non-interactive, host key checked strictly."""
+        """The ssh argv: key-only, non-interactive, host key checked strictly; through the shared
+        connection when there is one (`ControlMaster=no`: where its socket is missing, ssh connects
+        on its own, so sharing never becomes a way to fail)."""
+        cmd = self._own_connection()
+        if self.control_path is not None:
+            cmd += ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control_path}"]
+        return cmd
+
+    def master_command(self, control_path: Path) -> list[str]:
+        """The ssh argv of a shared connection's master (connection.py): authenticated as every
+        transfer is, it runs no command (`-N`) and serves sessions on `control_path` until stopped
+        (`ControlPersist=no`: it stays this process's child, in the foreground)."""
+        _check_path(control_path, "the shared connection's control socket")
+        return [
+            *self._own_connection(),
+            "-N",
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            f"ControlPath={control_path}",
+            "-o",
+            "ControlPersist=no",
+            "-l",
+            self.user,
+            self.host.strip("[]"),  # rsync's spelling of an IPv6 address is not ssh's
+        ]
+
+    def _own_connection(self) -> list[str]:
         cmd = [
             SSH,
             "-i",
