@@ -33,7 +33,8 @@ from .epnalert import send_unknown_epn_alert, unmapped_epns_on_host
 from .errors_of_runs import epn_last_error
 from .mail import Mailer
 from .names import EPN_PARTITIONS_NAME, REPATRIATION_JOB
-from .planning import CyclePlan, LastRun
+from .outcomes import Outcome
+from .planning import CyclePlan
 from .portal.client import PortalClient
 from .refresh_failures import refresh_failure_file, short_error
 from .run_records import epn_history, in_flight
@@ -151,7 +152,7 @@ def stuck_report(instance: dg.DagsterInstance, settings: Settings, now: datetime
                 flight = (flights.epns[epn], _RUN_STATES.get(run.status, "in flight") if run else "in flight")
             failing = None
             history = epn_history(instance, epn) if flight is None else None
-            if history is not None and history.status is LastRun.FAILED:
+            if history is not None and history.status is Outcome.FAILED:
                 error = short_error(epn_last_error(instance, history.run_id, epn), settings)
                 failing = (max(history.consecutive_failures, 1), error)
             entries.append(

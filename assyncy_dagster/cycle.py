@@ -25,8 +25,9 @@ import dagster as dg
 from .config import load_settings
 from .definitions import build_definitions, build_resources
 from .names import ALERT_JOB, REPATRIATION_JOB, REPORT_JOB
+from .outcomes import Outcome
 from .run_configs import batch_epns
-from .run_records import EPN_DATA, INTERRUPTED_TAG, Outcome, step_failure_message, tagged_epns
+from .run_records import EPN_DATA, INTERRUPTED_TAG, step_failure_message, tagged_epns
 from .tick import plan_tick
 
 log = logging.getLogger("assyncy.sync")

@@ -10,27 +10,20 @@ No Dagster imports: the sensor gathers the facts, this module decides.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .domain import Visit
 from .epn import is_valid_epn, project_for
-
-
-class LastRun(enum.Enum):
-    IN_FLIGHT = "in flight"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    EMPTY = "empty"  # the source folder held no files
+from .outcomes import Outcome
 
 
 @dataclass(frozen=True)
 class RunHistory:
     """The latest repatriation run of one EPN, and how many failed in a row."""
 
-    status: LastRun
+    status: Outcome  # in flight (queued, running), succeeded (home, dry-run), failed or empty
     run_id: str
     ended_at: datetime | None = None
     consecutive_failures: int = 0
@@ -163,14 +156,14 @@ def _hold_reason(
         return "no folder on the SFTP host yet"
     if last is None:
         return None
-    if last.status is LastRun.IN_FLIGHT:
+    if last.status.in_flight:
         return ""
-    if last.status is LastRun.SUCCEEDED:
+    if last.status.succeeded:
         # A real success lands in ignore.yml; one that is not there was a dry-run
         # (do not repeat it every cycle) or was removed by an admin to force a re-sync.
         return "" if dry_run else None
     wait = retry_delay(last.consecutive_failures, retry_base)
-    if last.ended_at is not None and now < last.ended_at + wait and last.status is LastRun.EMPTY:
+    if last.ended_at is not None and now < last.ended_at + wait and last.status is Outcome.EMPTY:
         return (
             f"its folder on the SFTP host held no files at the last {last.consecutive_failures} look(s); "
             f"looking again after {(last.ended_at + wait).isoformat(timespec='seconds')}"

@@ -21,6 +21,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from .epn import base_number, is_valid_epn
+from .outcomes import Outcome
 
 
 class State(str, enum.Enum):
@@ -84,16 +85,6 @@ URGENCY = [
 ]
 
 
-class Attempt(str, enum.Enum):
-    """The outcome of the EPN's latest repatriation run (see run_records.Outcome)."""
-
-    IN_FLIGHT = "in flight"
-    HOME = "home"
-    DRY_RUN = "dry-run"
-    FAILED = "failed"
-    EMPTY = "empty"
-
-
 @dataclass(frozen=True)
 class Verified:
     """What the EPN's last verified sync counted at the source, and when (epoch seconds)."""
@@ -128,7 +119,7 @@ class EpnFacts:
     recorded: bool = False  # in ignore.yml
     verified: Verified | None = None
     destination: Holding | None = None  # None: <root>/<project>/<epn>/data does not exist
-    attempt: Attempt | None = None
+    attempt: Outcome | None = None  # of its latest repatriation run
     run_id: str = ""
     error: str = ""
     changed: str = ""  # what epn_sensor saw change at the source since the verified sync
@@ -211,7 +202,7 @@ def decide(facts: EpnFacts, now: datetime, tz: tzinfo | None = None) -> Decision
             )
             return Decision(State.PARTIAL, f"{short}; {repair}")
         if _changed(facts):
-            busy = "; re-sync in transfer" if facts.attempt is Attempt.IN_FLIGHT else ""
+            busy = "; re-sync in transfer" if facts.attempt is not None and facts.attempt.in_flight else ""
             return Decision(State.CHANGED, f"{facts.changed}{busy}")
         if facts.verified is None:
             return Decision(State.HOME, "recorded in ignore.yml (no verified sync in this instance to compare with)")
@@ -235,15 +226,15 @@ def decide(facts: EpnFacts, now: datetime, tz: tzinfo | None = None) -> Decision
 def _not_home(facts: EpnFacts, tz: tzinfo | None) -> Decision:
     """Why a mapped EPN whose visit has ended (or has no visit) is not home."""
     run = f" (run {facts.run_id[:8]})" if facts.run_id else ""
-    if facts.attempt is Attempt.IN_FLIGHT:
+    if facts.attempt is not None and facts.attempt.in_flight:
         return Decision(State.WAITING, f"queued or in transfer{run}")
     if facts.held:
         return Decision(State.WAITING, facts.held)
-    if facts.attempt is Attempt.FAILED:
+    if facts.attempt is Outcome.FAILED:
         # The error's first line (rsync's own words follow it in last_error).
         first = facts.error.strip().splitlines()[0] if facts.error.strip() else ""
         return Decision(State.FAILED, first or f"the last run failed{run}")
-    if facts.attempt is Attempt.DRY_RUN:
+    if facts.attempt is Outcome.DRY_RUN:
         return Decision(State.DRY_RUN_ONLY, f"a dry-run listed it{run}; nothing copied (execute: false)")
     if facts.on_host is False:
         if facts.destination is not None:
@@ -253,9 +244,9 @@ def _not_home(facts: EpnFacts, tz: tzinfo | None) -> Decision:
         return Decision(State.WAITING, "no visit in the portal within visit-day-range: held back")
     if facts.on_host is None:
         return Decision(State.WAITING, "the SFTP host could not be listed")
-    if facts.attempt is Attempt.EMPTY:
+    if facts.attempt is Outcome.EMPTY:
         return Decision(State.WAITING, "its folder on the SFTP host held no files at the last look: held back")
-    if facts.attempt is Attempt.HOME:
+    if facts.attempt is Outcome.HOME:
         return Decision(State.WAITING, f"brought home{run} but not in ignore.yml: due again")
     return Decision(State.WAITING, f"visit ended {_when(facts.visit_end, tz)}; not synced yet")
 

@@ -13,7 +13,6 @@ Once a run has ended, none of its EPNs stays `queued` or `running`.
 
 from __future__ import annotations
 
-import enum
 import logging
 import socket
 import time
@@ -25,7 +24,8 @@ from typing import Any
 import dagster as dg
 
 from .claims import HEARTBEAT_QUIET_SECONDS, WORKER_TAG, forget_run, heartbeats, why_gone, worker_is_gone
-from .planning import LastRun, RunHistory
+from .outcomes import Outcome
+from .planning import RunHistory
 
 EPN_TAG_PREFIX = "assyncy/epn/"
 INTERRUPTED_TAG = "assyncy/interrupted"
@@ -49,16 +49,6 @@ IN_FLIGHT = (
 )
 ENDED_BADLY = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 _log = logging.getLogger("assyncy.sync")
-
-
-class Outcome(str, enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    HOME = "home"
-    DRY_RUN = "dry-run"
-    FAILED = "failed"
-    SKIPPED = "skipped"  # another run was transferring it: not an attempt of this run
-    EMPTY = "empty"  # the source folder held no files: held back, looked at again after the backoff
 
 
 def epn_tag(epn: str) -> str:
@@ -321,27 +311,25 @@ def epn_history(instance: dg.DagsterInstance, epn: str, limit: int = 20) -> RunH
     failed or was cancelled (terminated, worker killed) failed with it, unless a
     shutdown interrupted it (INTERRUPTED_TAG: retried at once)."""
     records = instance.get_run_records(dg.RunsFilter(tags={epn_tag(epn): [o.value for o in Outcome]}), limit=limit)
-    attempts: list[tuple[dg.RunRecord, LastRun, bool]] = []
+    attempts: list[tuple[dg.RunRecord, Outcome, bool]] = []
     for record in records:
         run = record.dagster_run
-        if run.status in IN_FLIGHT:
-            return RunHistory(LastRun.IN_FLIGHT, run.run_id)
         outcome = run.tags.get(epn_tag(epn))
+        if run.status in IN_FLIGHT:  # in flight with its run, whatever came of it so far
+            return RunHistory(Outcome.QUEUED if outcome == Outcome.QUEUED.value else Outcome.RUNNING, run.run_id)
         if outcome == Outcome.SKIPPED.value:
             continue
-        if outcome in (Outcome.HOME.value, Outcome.DRY_RUN.value):
-            attempts.append((record, LastRun.SUCCEEDED, False))
-        elif outcome == Outcome.EMPTY.value:
-            attempts.append((record, LastRun.EMPTY, False))
+        if outcome in (Outcome.HOME.value, Outcome.DRY_RUN.value, Outcome.EMPTY.value):
+            attempts.append((record, Outcome(outcome), False))
         elif outcome == Outcome.FAILED.value or run.status in ENDED_BADLY:
-            attempts.append((record, LastRun.FAILED, INTERRUPTED_TAG in run.tags))
+            attempts.append((record, Outcome.FAILED, INTERRUPTED_TAG in run.tags))
         else:
-            attempts.append((record, LastRun.SUCCEEDED, False))
+            attempts.append((record, Outcome.HOME, False))
     if not attempts:
         return None
     last, status, interrupted = attempts[0]
-    if status is LastRun.SUCCEEDED:
-        return RunHistory(LastRun.SUCCEEDED, last.dagster_run.run_id)
+    if status.succeeded:
+        return RunHistory(status, last.dagster_run.run_id)
     failures = 0
     for _, each, was_interrupted in attempts:
         if each is not status:

@@ -21,14 +21,15 @@ from .config import Settings
 from .epn import is_mapped_epn
 from .facts import FACTS_FILE, SensorCursor, due_for_resync, gather_facts, look_for_new_data, save_facts
 from .names import ALERT_JOB, KIND_TAG, REPATRIATION_JOB, RSYNC_POOL
+from .outcomes import Outcome
 from .partitions import EPN_PARTITIONS_NAME, epn_partitions
-from .planning import CyclePlan, LastRun, RunHistory, plan_cycle
+from .planning import CyclePlan, RunHistory, plan_cycle
 from .refresh_failures import refresh_failure_file
 from .resources.portal import PortalResource
 from .resources.ssh_source import SshSourceResource
 from .run_configs import alert_epns, alert_run_config, batch_run_config
-from .run_records import IN_FLIGHT, InFlight, Outcome, end_lost_runs, epn_history, in_flight, outcome_tags
-from .state import ALERTED_KEY, read_epns
+from .run_records import IN_FLIGHT, InFlight, end_lost_runs, epn_history, in_flight, outcome_tags
+from .state import ALERTED_KEY, StateFileError, read_epns
 
 _FAILED_RUN = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
@@ -60,7 +61,7 @@ def repatriation_history(
     history: dict[str, RunHistory] = {}
     for epn in candidates:
         if epn in flights.epns:
-            history[epn] = RunHistory(LastRun.IN_FLIGHT, flights.epns[epn])
+            history[epn] = RunHistory(Outcome.RUNNING, flights.epns[epn])
             continue
         found = epn_history(instance, epn)
         if found is not None:
@@ -97,8 +98,11 @@ def plan_tick(
     facts, skipped = gather_facts(settings, portal, sftp, log, cursor, now, cache_file, refresh_failure_file(instance))
     if facts is None:
         return None, dg.SkipReason(f"{skipped}{lost_text}")
-    repatriated = read_epns(settings.ignore)  # a StateFileError names the file: the sensor skips, mxsync stops
-    alerted = read_epns(settings.alerted_path, key=ALERTED_KEY)
+    try:
+        repatriated = read_epns(settings.ignore)
+        alerted = read_epns(settings.alerted_path, key=ALERTED_KEY)
+    except StateFileError as exc:
+        raise dg.Failure(description=str(exc)) from None
 
     sync_pool_limit(instance, settings.max_tasks)
     dry_run = not settings.execute

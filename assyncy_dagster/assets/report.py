@@ -25,10 +25,10 @@ from ..epn import InvalidEpnError, UnmappedEpnError, destination_for, is_valid_e
 from ..errors_of_runs import epn_last_error
 from ..facts import FACTS_FILE, read_saved_facts
 from ..fixity import findings_path, read_findings
-from ..planning import LastRun, visits_hold
+from ..outcomes import Outcome
+from ..planning import visits_hold
 from ..portal.errors import PortalError
 from ..report import (
-    Attempt,
     EpnFacts,
     Holding,
     Verified,
@@ -41,7 +41,7 @@ from ..report import (
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
-from ..run_records import EPN_DATA, epn_history, epn_tag, last_verified
+from ..run_records import EPN_DATA, epn_history, last_verified
 from ..state import StateFileError, read_epns
 from ..transfer import RsyncError, SshConfigError, local_tree
 from ..transfer.manifests import files_of, total_bytes
@@ -50,7 +50,6 @@ from .repatriation import dry_run_for
 
 REPATRIATION_REPORT = dg.AssetKey("repatriation_report")
 MAX_ERROR_CHARS = 500
-_ATTEMPTS = {LastRun.IN_FLIGHT: Attempt.IN_FLIGHT, LastRun.FAILED: Attempt.FAILED, LastRun.EMPTY: Attempt.EMPTY}
 
 
 @dataclass
@@ -157,18 +156,14 @@ def _holding(epn: str, settings: Settings, count: bool) -> Holding | None:
     return Holding(len(files_of(tree)), total_bytes(tree))
 
 
-def last_attempt(instance: dg.DagsterInstance, epn: str) -> tuple[Attempt | None, str, str]:
+def last_attempt(instance: dg.DagsterInstance, epn: str) -> tuple[Outcome | None, str, str]:
     """The EPN's latest repatriation run: (what came of it, run id, error when it failed)."""
     history = epn_history(instance, epn)
     if history is None:
         return None, "", ""
-    if history.status is LastRun.SUCCEEDED:
-        run = instance.get_run_by_id(history.run_id)
-        outcome = run.tags.get(epn_tag(epn)) if run else None
-        return (Attempt.DRY_RUN if outcome == Attempt.DRY_RUN.value else Attempt.HOME), history.run_id, ""
-    attempt = _ATTEMPTS[history.status]
-    error = epn_last_error(instance, history.run_id, epn)[:MAX_ERROR_CHARS] if attempt is Attempt.FAILED else ""
-    return attempt, history.run_id, error
+    failed = history.status is Outcome.FAILED
+    error = epn_last_error(instance, history.run_id, epn)[:MAX_ERROR_CHARS] if failed else ""
+    return history.status, history.run_id, error
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,10 @@ import pytest
 
 from assyncy_dagster.claims import claims
 from assyncy_dagster.names import REPATRIATION_JOB
+from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.run_configs import batch_run_config
-from assyncy_dagster.run_records import Outcome, outcome_tags, tagged_epns
+from assyncy_dagster.run_records import outcome_tags, tagged_epns
 from assyncy_dagster_demo.portal_sim import PortalSimulator
 from assyncy_dagster_demo.testing.stack import lay_out_epns, mx_frames
 from tests.support.faultkit import figure

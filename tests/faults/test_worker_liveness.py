@@ -29,9 +29,10 @@ import pytest
 
 from assyncy_dagster.claims import HEARTBEAT_LIMIT_SECONDS, HEARTBEAT_SECONDS, WORKER_TAG, claims, heartbeats
 from assyncy_dagster.names import REPATRIATION_JOB
+from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.run_configs import batch_run_config
-from assyncy_dagster.run_records import IN_FLIGHT, LOST_TAG, Outcome, outcome_tags
+from assyncy_dagster.run_records import IN_FLIGHT, LOST_TAG, outcome_tags
 from tests.support.faultkit import figure
 from tests.support.helpers import (
     live_processes_mentioning,

@@ -14,9 +14,9 @@ from assyncy_dagster.config import load_settings
 from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.facts import SensorCursor, refresh_retry_delay
 from assyncy_dagster.names import REPATRIATION_JOB, REPATRIATION_OP, RSYNC_POOL
-from assyncy_dagster.planning import LastRun
+from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.run_configs import batch_epns, batch_run_config
-from assyncy_dagster.run_records import Outcome, end_lost_runs, epn_history, in_flight, outcome_tags
+from assyncy_dagster.run_records import end_lost_runs, epn_history, in_flight, outcome_tags
 from tests.support.helpers import ticker
 
 
@@ -120,7 +120,7 @@ def test_a_run_whose_worker_died_is_ended_as_failed_and_frees_its_rsync_slot(sta
     assert stack.instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
     assert stack.instance.event_log_storage.get_concurrency_info("rsync").active_slot_count == 0
     history = epn_history(stack.instance, "12282a")
-    assert history.status is LastRun.FAILED and history.consecutive_failures == 1
+    assert history.status is Outcome.FAILED and history.consecutive_failures == 1
 
 
 def test_settings_take_batch_and_stale_limits(stack):

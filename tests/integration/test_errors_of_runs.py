@@ -13,8 +13,8 @@ from assyncy_dagster.claims import WORKER_TAG, _pid_namespace
 from assyncy_dagster.config import Settings
 from assyncy_dagster.errors_of_runs import epn_last_error
 from assyncy_dagster.names import REPATRIATION_JOB
-from assyncy_dagster.report import Attempt
-from assyncy_dagster.run_records import Outcome, end_lost_runs, in_flight, outcome_tags
+from assyncy_dagster.outcomes import Outcome
+from assyncy_dagster.run_records import end_lost_runs, in_flight, outcome_tags
 from tests.support.helpers import NOW
 
 
@@ -62,7 +62,7 @@ def test_the_digest_and_the_report_give_a_lost_runs_epn_the_same_error():
         [entry] = stuck_report(instance, canary_settings(), NOW)
         attempt, run_id, report_error = last_attempt(instance, "12282a")
 
-    assert (attempt, run_id) == (Attempt.FAILED, run.run_id)
+    assert (attempt, run_id) == (Outcome.FAILED, run.run_id)
     assert report_error == f"run ended as failed: {why}"
     assert entry.reason == f"failing: 1 run(s) failed in a row; last error: {report_error}"
 

@@ -7,7 +7,7 @@ import dagster as dg
 
 from assyncy_dagster.claims import claim_epn
 from assyncy_dagster.definitions import build_definitions
-from assyncy_dagster.planning import LastRun
+from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.run_configs import batch_run_config
 from assyncy_dagster.run_records import epn_history
 from tests.support.helpers import check_results, epn_data_metadata, failure_text, files_under
@@ -215,7 +215,7 @@ def test_an_epn_whose_source_holds_no_files_is_held_back_never_recorded(stack):
     assert any("holds no files" in m and "held back" in m for m in warnings), warnings
     # The sensor then holds it back with the reason, and looks again after the backoff.
     history = epn_history(stack.instance, "12282a")
-    assert history.status is LastRun.EMPTY and history.consecutive_failures == 1
+    assert history.status is Outcome.EMPTY and history.consecutive_failures == 1
 
 
 def test_setuid_and_setgid_bits_never_arrive(stack):

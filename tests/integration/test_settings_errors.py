@@ -19,10 +19,11 @@ from assyncy_dagster.definitions import build_definitions
 from assyncy_dagster.domain import Visit
 from assyncy_dagster.facts import Facts, look_for_new_data
 from assyncy_dagster.names import REPATRIATION_JOB
+from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.run_configs import batch_run_config
-from assyncy_dagster.run_records import Outcome, tagged_epns
+from assyncy_dagster.run_records import tagged_epns
 from tests.support.helpers import failure_text, ticker
 
 EPNS = ["12282a", "13001a"]  # mapped (ny79, ab12) and ended in the demo portal data

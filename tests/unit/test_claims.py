@@ -29,7 +29,8 @@ from assyncy_dagster.claims import (
     why_gone,
     worker_is_gone,
 )
-from assyncy_dagster.run_records import Outcome, outcome_tags, settle_ended_runs, tagged_epns
+from assyncy_dagster.outcomes import Outcome
+from assyncy_dagster.run_records import outcome_tags, settle_ended_runs, tagged_epns
 
 
 @pytest.fixture

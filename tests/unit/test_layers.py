@@ -20,7 +20,7 @@ PACKAGE = REPO / "assyncy_dagster"
 # Lowest first. A module may import its own floor and the floors below it, never one above.
 FLOORS: dict[str, tuple[str, ...]] = {
     # Plain types and rules: no I/O, no Dagster (tests in microseconds).
-    "domain": ("", "domain", "epn", "names", "escaping", "run_configs", "planning", "report"),
+    "domain": ("", "domain", "outcomes", "epn", "names", "escaping", "run_configs", "planning", "report"),
     # The outside world and the files: config.yml, etc/, logs, state files, the portal, rsync, mail.
     "io": (
         "config",
@@ -46,7 +46,6 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "transfer.bag",
         "transfer.streams",
         "transfer.client",
-        "transfer.connection",
         "mail",
         "alerts",
         "alerts.templates",

@@ -3,7 +3,8 @@
 from datetime import timedelta
 
 from assyncy_dagster.domain import Person, Visit
-from assyncy_dagster.planning import LastRun, RunHistory, plan_cycle, retry_delay, visits_hold
+from assyncy_dagster.outcomes import Outcome
+from assyncy_dagster.planning import RunHistory, plan_cycle, retry_delay, visits_hold
 from assyncy_dagster_demo.testing.stack import DEMO_CAP_MAP
 from tests.support.helpers import NOW, visit_of
 
@@ -68,19 +69,19 @@ def test_epn_without_folder_on_the_host_waits():
 
 
 def test_epn_already_queued_is_not_requested_again():
-    history = {"12282a": RunHistory(LastRun.IN_FLIGHT, "r1")}
+    history = {"12282a": RunHistory(Outcome.RUNNING, "r1")}
     assert plan(history=history).repatriate == []
 
 
 def test_successful_dry_run_is_not_repeated_but_execute_mode_runs_for_real():
-    history = {"12282a": RunHistory(LastRun.SUCCEEDED, "r1")}
+    history = {"12282a": RunHistory(Outcome.HOME, "r1")}
     assert plan(history=history, dry_run=True).repatriate == []
     assert plan(history=history, dry_run=False).repatriate == ["12282a"]
 
 
 def test_failed_repatriation_waits_with_growing_backoff():
     failed = lambda n, minutes_ago: {  # noqa: E731
-        "12282a": RunHistory(LastRun.FAILED, "r1", NOW - timedelta(minutes=minutes_ago), n)
+        "12282a": RunHistory(Outcome.FAILED, "r1", NOW - timedelta(minutes=minutes_ago), n)
     }
     base = timedelta(minutes=30)
     assert plan(history=failed(1, 10), retry_base=base).repatriate == []
@@ -92,7 +93,7 @@ def test_failed_repatriation_waits_with_growing_backoff():
 
 def test_an_empty_source_folder_is_held_back_with_its_reason_then_looked_at_again():
     def empty(n, minutes_ago):
-        return {"12282a": RunHistory(LastRun.EMPTY, "r1", NOW - timedelta(minutes=minutes_ago), n)}
+        return {"12282a": RunHistory(Outcome.EMPTY, "r1", NOW - timedelta(minutes=minutes_ago), n)}
 
     base = timedelta(minutes=30)
     held = plan(history=empty(1, 10), retry_base=base)

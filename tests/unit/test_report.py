@@ -3,9 +3,9 @@
 import re
 from datetime import UTC, date, datetime, timedelta
 
+from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.report import (
     MEANING,
-    Attempt,
     EpnFacts,
     Holding,
     State,
@@ -59,13 +59,13 @@ def test_ended_visit_not_synced_yet_is_waiting():
 
 
 def test_epn_in_transfer_is_waiting_and_names_the_run():
-    decision = decide(facts(attempt=Attempt.IN_FLIGHT, run_id="abcdef0123456789"), NOW)
+    decision = decide(facts(attempt=Outcome.RUNNING, run_id="abcdef0123456789"), NOW)
     assert decision.state is State.WAITING
     assert "in transfer (run abcdef01)" in decision.detail
 
 
 def test_empty_source_folder_is_waiting_held_back_not_failed():
-    decision = decide(facts(attempt=Attempt.EMPTY), NOW)
+    decision = decide(facts(attempt=Outcome.EMPTY), NOW)
     assert decision.state is State.WAITING
     assert "held no files" in decision.detail
 
@@ -165,19 +165,19 @@ def test_change_already_fetched_by_a_later_verified_sync_is_home():
 
 
 def test_unmapped_base_number_is_unmapped_whatever_else_is_known():
-    decision = decide(facts(project=None, epn="14500a", attempt=Attempt.FAILED, stuck=True), NOW)
+    decision = decide(facts(project=None, epn="14500a", attempt=Outcome.FAILED, stuck=True), NOW)
     assert decision.state is State.UNMAPPED
     assert decision.detail == "base number 14500 is not in epn_cap_map"
 
 
 def test_last_run_failed_is_failed_with_its_error():
-    decision = decide(facts(attempt=Attempt.FAILED, error="EPN 12282a: rsync exit 23: permission denied"), NOW)
+    decision = decide(facts(attempt=Outcome.FAILED, error="EPN 12282a: rsync exit 23: permission denied"), NOW)
     assert (decision.state, decision.detail) == (State.FAILED, "EPN 12282a: rsync exit 23: permission denied")
 
 
 def test_due_longer_than_stuck_after_hours_is_stuck_with_the_underlying_reason():
     due_since = (NOW - timedelta(hours=30)).timestamp()
-    decision = decide(facts(attempt=Attempt.FAILED, error="host key changed", due_since=due_since, stuck=True), NOW)
+    decision = decide(facts(attempt=Outcome.FAILED, error="host key changed", due_since=due_since, stuck=True), NOW)
     assert decision.state is State.STUCK
     assert decision.detail == "due since 2026-11-19T06:00+00:00: failed: host key changed"
 
@@ -205,7 +205,7 @@ def test_host_that_could_not_be_listed_is_never_called_not_on_host():
 
 
 def test_only_a_dry_run_has_seen_it_is_dry_run_only():
-    decision = decide(facts(attempt=Attempt.DRY_RUN), NOW)
+    decision = decide(facts(attempt=Outcome.DRY_RUN), NOW)
     assert decision.state is State.DRY_RUN_ONLY
     assert "nothing copied" in decision.detail
 
@@ -219,10 +219,10 @@ def test_every_state_has_a_rule():
         recorded(damaged=(("frames/img_0001.cbf", "corrupt"),)),
         recorded(changed="+1 file(s)", changed_seen_at=SYNCED + 1),
         facts(project=None),
-        facts(attempt=Attempt.FAILED),
+        facts(attempt=Outcome.FAILED),
         facts(stuck=True),
         facts(on_host=False),
-        facts(attempt=Attempt.DRY_RUN),
+        facts(attempt=Outcome.DRY_RUN),
     ]
     assert {state_of(e) for e in examples} == set(State)
 
@@ -246,7 +246,7 @@ def test_attention_lists_what_is_not_home_most_urgent_first():
         for f in (
             facts(epn="1a", visit_end=NOW + timedelta(hours=1)),
             recorded(epn="2a"),
-            facts(epn="3a", attempt=Attempt.FAILED),
+            facts(epn="3a", attempt=Outcome.FAILED),
             recorded(epn="4a", destination=None),
             facts(epn="5a"),
         )
@@ -321,7 +321,7 @@ def test_ended_epn_held_back_by_a_malformed_visit_is_waiting_naming_it():
     held = "the portal sent a malformed visit of it, so whether its beamtime is over is unknown: visit 50199 ..."
     decision = decide(facts(held=held), NOW)
     assert (decision.state, decision.detail) == (State.WAITING, held)
-    assert decide(facts(held=held, attempt=Attempt.FAILED, error="rsync failed"), NOW).detail == held
+    assert decide(facts(held=held, attempt=Outcome.FAILED, error="rsync failed"), NOW).detail == held
     assert decide(facts(held=held, visit_end=NOW + timedelta(days=1)), NOW).state is State.RUNNING
 
 

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from markdown_it import MarkdownIt
 
-from assyncy_dagster.report import Attempt, EpnFacts, Holding, Verified, report_row
+from assyncy_dagster.outcomes import Outcome
+from assyncy_dagster.report import EpnFacts, Holding, Verified, report_row
 from assyncy_dagster.report_files import (
     ReportWriteError,
     attention_markdown,
@@ -55,7 +56,7 @@ def rows():
                 "ab12",
                 visit_end=ENDED,
                 on_host=True,
-                attempt=Attempt.FAILED,
+                attempt=Outcome.FAILED,
                 error="rsync said | no <b>way</b>\nsecond line",
             ),
             EpnFacts("14500a", None, visit_end=ENDED, on_host=True),
@@ -92,7 +93,7 @@ def test_csv_cells_never_start_a_formula_and_counts_stay_numbers(tmp_path):
             visit_end=ENDED,
             principal_scientist='=HYPERLINK("https://evil.example/x","click")',
             on_host=True,
-            attempt=Attempt.FAILED,
+            attempt=Outcome.FAILED,
             error="-2+3 @SUM(A1) said rsync",
         ),
         NOW,
