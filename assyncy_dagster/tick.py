@@ -29,7 +29,7 @@ from .resources.portal import PortalResource
 from .resources.ssh_source import SshSourceResource
 from .run_configs import alert_epns, alert_run_config, batch_run_config
 from .run_records import IN_FLIGHT, InFlight, end_lost_runs, epn_history, in_flight, outcome_tags
-from .state import ALERTED_KEY, StateFileError, read_epns
+from .state import ALERTED_KEY, read_epns
 
 _FAILED_RUN = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
@@ -98,11 +98,8 @@ def plan_tick(
     facts, skipped = gather_facts(settings, portal, sftp, log, cursor, now, cache_file, refresh_failure_file(instance))
     if facts is None:
         return None, dg.SkipReason(f"{skipped}{lost_text}")
-    try:
-        repatriated = read_epns(settings.ignore)
-        alerted = read_epns(settings.alerted_path, key=ALERTED_KEY)
-    except StateFileError as exc:
-        raise dg.Failure(description=str(exc)) from None
+    repatriated = read_epns(settings.ignore)  # a StateFileError names the file: the sensor skips, mxsync stops
+    alerted = read_epns(settings.alerted_path, key=ALERTED_KEY)
 
     sync_pool_limit(instance, settings.max_tasks)
     dry_run = not settings.execute

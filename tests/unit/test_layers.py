@@ -46,6 +46,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "transfer.bag",
         "transfer.streams",
         "transfer.client",
+        "transfer.connection",
         "mail",
         "alerts",
         "alerts.templates",
