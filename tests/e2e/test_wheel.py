@@ -86,7 +86,7 @@ def test_the_product_wheel_ships_no_stand_in_and_both_wheels_run_the_demo(tmp_pa
         entry_points = archive.read(next(n for n in demo_names if n.endswith("entry_points.txt"))).decode()
     assert {
         "assyncy_dagster_demo/demo.py",
-        "assyncy_dagster_demo/portal_sim.py",
+        "assyncy_dagster_demo/portal_sim/simulator.py",
         "assyncy_dagster_demo/testing/sshd.py",
         "assyncy_dagster_demo/testing/session_log.py",  # run by path as the sshd's forced command
         "assyncy_dagster_demo/testing/smtp_sink.py",
