@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ..claims import claims
 from ..config import Settings
 from ..domain import Visit
 from ..epn import InvalidEpnError, UnmappedEpnError, base_number, destination_for, validate_epn
@@ -43,6 +44,19 @@ class EpnFailed(Exception):
 
 class EpnEmpty(Exception):
     """The EPN's folder holds no files (yet): nothing to record, held back, not a failure."""
+
+
+def still_claimed(instance: dg.DagsterInstance, epn: str, run_id: str) -> None:
+    """Raise EpnFailed unless run `run_id` still holds the EPN's claim (claims.py). A step stopped
+    or cut off past the heartbeat limit after its rsync ended finds, once resumed, its run ended
+    and the EPN perhaps another run's: it records nothing, so no EPN is recorded twice."""
+    holder = claims(instance, [epn]).get(epn)
+    if holder != run_id:
+        now = f"run {holder} holds it now" if holder else "it was freed"
+        raise EpnFailed(
+            f"EPN {epn}: verified but not recorded: this run lost its claim on it ({now}) while its step "
+            "was stopped or cut off past the heartbeat limit; the run holding it brings it home"
+        )
 
 
 def _mib_per_second(size: int, seconds: float) -> float:
@@ -341,6 +355,7 @@ def bring_home(
     recorded_home["home_seconds"] = round(time.monotonic() - started, 3)
     metadata["manifest"] = dg.MetadataValue.path(str(destination.parent / manifest_name(settings.checksum_algorithm)))
     metadata.update(recorded_home)
+    still_claimed(context.instance, epn, context.run_id)  # the last look before anything is recorded
     yield dg.AssetMaterialization(
         asset_key=EPN_DATA,
         partition=epn,
