@@ -43,6 +43,7 @@ RECORD_HEADER = "# assyncy-dagster EPN manifest 1"
 PAYLOAD = "data"
 BAGIT_DECLARATION = "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
 _NEEDS_ENCODING = re.compile("[%\r\n\t]")
+_XXHSUM_UNREADABLE = re.compile(r"[\n\r\\]")  # names xxhsum's format cannot hold
 
 
 def manifest_name(algorithm: str) -> str:
@@ -103,7 +104,7 @@ def checksum_lines(tree: Mapping[str, Entry], algorithm: str) -> tuple[list[str]
         name = f"{PAYLOAD}/{path}"
         if algorithm == "md5":
             lines.append(f"{entry.checksum}  {_encode(name, tab=False)}")
-        elif any(c in name for c in "\n\r\\"):
+        elif _XXHSUM_UNREADABLE.search(name):
             left_out += 1
         else:
             lines.append(f"{entry.checksum}  {name}")

@@ -178,9 +178,11 @@ def parse_stats(text: str) -> TransferStats:
     return TransferStats(**values)
 
 
-@dataclass(frozen=True)
-class ProgressUpdate:
-    """One `--info=progress2` record: overall progress of a running transfer."""
+class ProgressUpdate(NamedTuple):
+    """One `--info=progress2` record: overall progress of a running transfer.
+
+    A named tuple: rsync prints one record per file it sends, 100,000 for an EPN of 100,000
+    small files, each parsed while rsync runs."""
 
     bytes_transferred: int
     percent: int
@@ -228,17 +230,15 @@ def parse_progress(record: str) -> ProgressUpdate | None:
     match = _PROGRESS.match(record)
     if match is None:
         return None
-    xfr = match.group("xfr")
-    return ProgressUpdate(
-        bytes_transferred=_number(match.group("bytes")),
-        percent=int(match.group("pct")),
-        rate_bytes_per_second=float(match.group("rate").replace(",", "")) * _RATE_UNITS[match.group("unit")],
-        time_text=match.group("time"),
-        files_transferred=int(xfr) if xfr is not None else None,
-        files_to_check=int(match.group("todo")) if xfr is not None else None,
-        files_total=int(match.group("total")) if xfr is not None else None,
-        listing_complete=match.group("chk") != "ir",
-    )
+    size, pct, rate, unit, elapsed, xfr, chk, todo, total = match.groups()
+    rate_value = float(rate if rate.isdigit() else rate.replace(",", "")) * _RATE_UNITS[unit]
+    if xfr is None:
+        return ProgressUpdate(_count(size), int(pct), rate_value, elapsed)
+    return ProgressUpdate(_count(size), int(pct), rate_value, elapsed, int(xfr), int(todo), int(total), chk != "ir")
+
+
+def _count(text: str) -> int:
+    return int(text) if text.isdigit() else _number(text)
 
 
 # One line per entry of `-ii --out-format=%i|%l|%M|%C|%n%L` (`commands.ITEMIZE`).
