@@ -54,6 +54,12 @@ def _escape_control(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def one_line(value: object) -> str:
+    """`value` with every run of white space (newlines too) made one space: a text from outside
+    stays on its line (an e-mail's table cell, a `Key: value` line of bag-info.txt)."""
+    return " ".join(str(value).split())
+
+
 def csv_cell(value: object) -> object:
     """`value` safe for a spreadsheet: text that would start a formula gets a leading `'`.
     Anything that is not text (counts, missing values) is returned as it is, so numbers

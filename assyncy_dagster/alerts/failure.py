@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..escaping import one_line
 from ..mail import RenderedEmail
-from .templates import one_line, render_fixed
+from .templates import render_fixed
 
 FAILURE_TEXT = "failure-alert-text.j2"
 FAILURE_HTML = "failure-alert-html.j2"

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .templates import names_used, one_line, render_fixed
+from ..escaping import one_line
+from .templates import names_used, render_fixed
 
 STUCK_SECTION_TEXT = "stuck-section-text.j2"
 STUCK_SECTION_HTML = "stuck-section-html.j2"

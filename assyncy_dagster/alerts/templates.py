@@ -40,12 +40,6 @@ class TemplateError(Exception):
         super().__init__(f"{where}: {problem}")
 
 
-def one_line(value: str) -> str:
-    """`value` with every run of white space (newlines too) made one space: a text from outside
-    stays on its line of the e-mail."""
-    return " ".join(str(value).split())
-
-
 def _environment(folder: Path, *, html: bool) -> jinja2.Environment:
     # autoescape=True rather than select_autoescape: admins name templates *.j2,
     # which extension-based selection would leave unescaped. Sandboxed: a template

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..escaping import one_line
 from ..statefiles import write_atomically
 from .manifests import Entry, Kind, resolve_link
 
@@ -148,7 +149,7 @@ def write_manifest(
         bag_info["Payload-Oxum"] = f"{sum(e.size for e in payload)}.{len(payload)}"
         write_atomically(epn_folder / "bagit.txt", BAGIT_DECLARATION)
     write_atomically(epn_folder / manifest_name(algorithm), "".join(line + "\n" for line in lines))
-    write_atomically(epn_folder / "bag-info.txt", "".join(f"{k}: {_one_line(v)}\n" for k, v in bag_info.items()))
+    write_atomically(epn_folder / "bag-info.txt", "".join(f"{k}: {one_line(v)}\n" for k, v in bag_info.items()))
     write_atomically(epn_folder / RECORD_NAME, record)  # last: its digest is the data version
     return _digest(record)
 
@@ -170,10 +171,6 @@ def _resolved(tree: Mapping[str, Entry], path: str) -> Entry | None:
         target = resolve_link(tree, path)
         entry = tree.get(target) if target is not None else None
     return entry if entry is not None and entry.kind is Kind.FILE else None
-
-
-def _one_line(value: str) -> str:
-    return " ".join(str(value).split())
 
 
 def read_manifest(epn_folder: Path) -> Recorded | None:

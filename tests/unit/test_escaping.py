@@ -95,3 +95,10 @@ def test_a_traceback_keeps_its_lines_indented():
         LOG_INDENT + "PortalError: bad",
         LOG_INDENT + "2026-01-01 forged\\x1b",
     ]
+
+
+def test_one_line_makes_every_run_of_white_space_one_space():
+    from assyncy_dagster.escaping import one_line
+
+    assert one_line("Dr A.\n  Smith\r\n\tX-Injected: yes") == "Dr A. Smith X-Injected: yes"
+    assert one_line(42) == "42"
