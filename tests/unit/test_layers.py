@@ -237,3 +237,36 @@ def test_the_readme_lists_the_floors():
     expected = {floor: tuple(m or "__init__" for m in modules) for floor, modules in FLOORS.items()}
     assert list(listed) == list(FLOORS)
     assert listed == expected
+
+
+def _readme_map() -> set[str]:
+    """The .py files README.md's "How it fits together" map names, as paths from the repository's root."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## How it fits together", 1)[1].split("```", 2)[1]
+    named, folders = set(), []
+    for line in block.splitlines():
+        indent = len(line) - len(line.lstrip(" "))
+        name = line.strip().split(" ", 1)[0]
+        if indent % 2 or not name.endswith(("/", ".py")):
+            continue  # a wrapped description, or a file that is not Python
+        folders = folders[: indent // 2]
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+        else:
+            named.add("/".join([*folders, name]))
+    return named
+
+
+def test_the_readmes_map_names_every_module_and_only_those():
+    """Each module of the product and of the stand-ins' distribution has its line in the map (dunder
+    files may go unnamed), and the map names no file that is gone."""
+    roots = [PACKAGE, REPO / "assyncy-dagster-demo" / "assyncy_dagster_demo"]
+    modules = {
+        str(path.relative_to(REPO))
+        for root in roots
+        for path in root.rglob("*.py")
+        if "etc" not in path.relative_to(root).parts and "__pycache__" not in path.parts
+    }
+    named = _readme_map()
+    assert sorted(m for m in modules - named if not Path(m).name.startswith("__")) == []
+    assert sorted(named - modules) == []
