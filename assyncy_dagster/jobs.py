@@ -38,7 +38,8 @@ class RepatriationConfig(EpnDataConfig):
     name=REPATRIATION_OP,
     pool=RSYNC_POOL,
     description="Bring a batch of EPNs home: each one's portal_visits and epn_data materialisation and its "
-    "matches_source result are recorded per partition, as if materialised one by one.",
+    "matches_source result are recorded per partition, as if materialised one by one. Then the EPNs of batch "
+    "runs still waiting for a slot, while there are any (each tagged skipped on the run it came from).",
 )
 def repatriate_epns_op(
     context: dg.OpExecutionContext,
@@ -47,7 +48,9 @@ def repatriate_epns_op(
     sftp: SshSourceResource,
     assyncy_config: AssyncyConfigResource,
 ):
-    yield from repatriate_as_configured(context, config.epns, config, portal, sftp, assyncy_config, report_visits=True)
+    yield from repatriate_as_configured(
+        context, config.epns, config, portal, sftp, assyncy_config, report_visits=True, take_queued=True
+    )
     yield dg.Output(None)
 
 

@@ -27,6 +27,14 @@ def batch_epns(run_config: Mapping[str, Any] | None) -> list[str]:
     return _op_epns(run_config, REPATRIATION_OP)
 
 
+def batch_options(run_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A repatriation run's choices other than its EPNs (`execute`, `allow_running_visit`, ...):
+    two runs with equal options would bring any EPN home the same way."""
+    ops = (run_config or {}).get("ops") or {}
+    config = (ops.get(REPATRIATION_OP) or {}).get("config") or {}
+    return {key: value for key, value in config.items() if key != "epns"}
+
+
 def alert_run_config(epns: Iterable[str]) -> dict[str, Any]:
     """The run config of an unknown-EPN alert (job `unknown_epn_alert`) about `epns`."""
     return _op_config(ALERT_OP, {"epns": list(epns)})

@@ -8,6 +8,7 @@ step goes on with the next one. Before rsync touches an EPN the run takes its ex
 """
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
@@ -17,11 +18,13 @@ from pydantic import Field
 from ..claims import WORKER_TAG, Heartbeat, claim_epn, release_epn, this_worker
 from ..config import Settings
 from ..domain import visit_window, visits_by_epn
-from ..epn import InvalidEpnError, validate_epn
+from ..epn import InvalidEpnError, is_valid_epn, validate_epn
+from ..names import REPATRIATION_JOB
 from ..portal.errors import PortalError
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
+from ..run_configs import batch_epns, batch_options
 from ..run_records import Outcome, home_since_requested, outcome_tags, tagged_epns
 from ..state import read_epns
 from ..transfer import RsyncError, SshConfigError
@@ -59,8 +62,11 @@ def repatriate(
     allow_running_visit: bool,
     report_visits: bool,
     full_checksum: bool = False,
+    take_queued: bool = False,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation]:
-    """Bring `epns` home one after another, in this step's single `rsync` pool slot.
+    """Bring `epns` home one after another, in this step's single `rsync` pool slot; with
+    `take_queued` (a batch run), then the EPNs of batch runs still waiting in the queue, while
+    there are any (see `_take_queued`).
 
     Yields each EPN's own events as it completes and tags the run with each
     EPN's outcome (see run_records). Raises dg.Failure at the end naming every
@@ -73,12 +79,18 @@ def repatriate(
     # The heartbeat first: every claim's holder has one, and a worker killed outright is noticed
     # by its silence (claims.py). Whatever ends the step, no EPN stays tagged queued or running.
     with Heartbeat(instance, run_id, context.log), contextlib.ExitStack() as connection:
+        taken = _taken_while_queued(instance, run_id, epns)
+        if taken:
+            epns = [epn for epn in epns if epn not in taken]
+            context.log.info(
+                f"EPN(s) {', '.join(taken)}: taken by another batch run while this one waited in the queue"
+            )
         instance.add_run_tags(run_id, {WORKER_TAG: this_worker(), **outcome_tags(epns, Outcome.QUEUED)})
         try:
             since, until = visit_window(datetime.now(UTC), settings.visit_day_range)
             try:
                 answer = portal.answer(since, until, logger=context.log)
-                by_epn = visits_by_epn(v for v in answer.visits if v.epn in set(epns))
+                by_epn = visits_by_epn(answer.visits)  # EPNs taken from queued runs too
                 # The batch's transfers share one ssh connection (transfer/connection.py).
                 client = connection.enter_context(sftp.shared_client(logger=context.log))
             except (PortalError, RsyncError, SshConfigError) as exc:  # a settings error names the setting
@@ -86,13 +98,16 @@ def repatriate(
                 raise dg.Failure(description=f"EPN(s) {', '.join(epns)}: cannot start: {exc}") from None
 
             failures: dict[str, str] = {}
-            for epn in epns:
+            seen: set[str] = set()
+            queued = _take_queued(instance, run_id, settings, dry_run, seen, context.log) if take_queued else iter(())
+            for epn in itertools.chain(epns, queued):
+                seen.add(epn)
                 visits = by_epn.get(epn, [])
                 if report_visits and visits:
                     yield dg.AssetMaterialization(
                         asset_key=PORTAL_VISITS, partition=epn, metadata=visit_metadata(visits)
                     )
-                why_not = _transferring_elsewhere(instance, epn, run_id, settings, dry_run, context.log)
+                why_not = epn in epns and _transferring_elsewhere(instance, epn, run_id, settings, dry_run, context.log)
                 if why_not:
                     # Not this EPN's failure, and no second rsync into the same destination.
                     context.log.warning(f"EPN {epn}: not started: {why_not}")
@@ -146,6 +161,65 @@ def repatriate(
             _fail_unsettled(instance, run_id)
 
 
+# A batch run in these states whose step has not begun is waiting: QUEUED for the run queue (an instance
+# with `concurrency: pools:` holds back runs that would find the `rsync` pool full), or started and waiting
+# for a pool slot inside the run (Dagster's default instance starts them at once).
+_WAITING = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _take_queued(
+    instance: dg.DagsterInstance, run_id: str, settings: Settings, dry_run: bool, seen: set[str], log
+) -> Iterator[str]:
+    """The EPNs this run takes from batch runs still waiting (`_WAITING`) once its own are done, one at a time.
+
+    A run whose batch is done would end, and the next batch would wait for the queue's next
+    look and a new run's start-up (seconds each); instead this run goes on in its `rsync` slot,
+    so `max-tasks` runs keep `max-tasks` transfers going while EPNs are waiting. Only from runs
+    with the same choices (`execute`, ...), newest run first and each one's EPNs from the end
+    (where that run, if it starts, would come last). Each EPN is tagged `skipped` on the run it
+    is taken from before anything else (that run leaves it out when it starts, see
+    `_taken_while_queued`), then claimed (claims.py): of two runs reaching for one EPN, one
+    transfers it. An EPN that is claimed elsewhere or already recorded is passed over."""
+    run = instance.get_run_by_id(run_id)
+    options = batch_options(run.run_config if run else None)
+    while True:
+        found = None
+        for waiting in instance.get_runs(dg.RunsFilter(job_name=REPATRIATION_JOB, statuses=_WAITING)):
+            # A run whose step has begun (it tags its worker first) works through its own batch.
+            if waiting.run_id == run_id or WORKER_TAG in waiting.tags or batch_options(waiting.run_config) != options:
+                continue
+            left = tagged_epns(waiting.tags)
+            for epn in reversed(batch_epns(waiting.run_config)):
+                if epn not in seen and is_valid_epn(epn) and left.get(epn) == Outcome.QUEUED.value:
+                    found = (epn, waiting.run_id)
+                    break
+            if found:
+                break
+        if found is None:
+            return
+        epn, waiting_id = found
+        seen.add(epn)
+        instance.add_run_tags(waiting_id, outcome_tags([epn], Outcome.SKIPPED))
+        if claim_epn(instance, epn, run_id, log) is not None:
+            continue
+        if not dry_run and epn in read_epns(settings.ignore):
+            release_epn(instance, epn, run_id)
+            continue
+        yield epn
+
+
+def _taken_while_queued(instance: dg.DagsterInstance, run_id: str, epns: Sequence[str]) -> list[str]:
+    """This run's EPNs that another batch run took (`_take_queued`) while this one waited in the queue."""
+    run = instance.get_run_by_id(run_id)
+    tags = tagged_epns(run.tags if run else {})
+    return [epn for epn in epns if tags.get(epn) == Outcome.SKIPPED.value]
+
+
 def _transferring_elsewhere(
     instance: dg.DagsterInstance, epn: str, run_id: str, settings: Settings, dry_run: bool, log
 ) -> str | None:
@@ -190,6 +264,7 @@ def repatriate_as_configured(
     assyncy_config: AssyncyConfigResource,
     *,
     report_visits: bool,
+    take_queued: bool = False,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation]:
     """`repatriate` with the run's choices (EpnDataConfig), after checking every EPN name:
     a partition key or a run-config entry reaches paths and commands."""
@@ -208,6 +283,7 @@ def repatriate_as_configured(
         allow_running_visit=config.allow_running_visit,
         report_visits=report_visits,
         full_checksum=config.full_checksum,
+        take_queued=take_queued,
     )
 
 

@@ -6,7 +6,7 @@ import dagster as dg
 
 from assyncy_dagster.jobs import repatriation_job, unknown_epn_alert_job
 from assyncy_dagster.names import ALERT_OP, REPATRIATION_OP
-from assyncy_dagster.run_configs import alert_epns, alert_run_config, batch_epns, batch_run_config
+from assyncy_dagster.run_configs import alert_epns, alert_run_config, batch_epns, batch_options, batch_run_config
 
 
 def test_a_batch_reads_back_the_epns_it_was_written_with():
@@ -19,6 +19,14 @@ def test_execute_is_set_only_when_chosen():
     assert batch_run_config(["12282a"], execute=True) == {
         "ops": {REPATRIATION_OP: {"config": {"epns": ["12282a"], "execute": True}}}
     }
+
+
+def test_batches_with_equal_options_differ_only_in_their_epns():
+    # A batch run that is done takes EPNs only from waiting runs with its own options (repatriation.py).
+    assert batch_options(batch_run_config(["12282a"], execute=True)) == {"execute": True}
+    assert batch_options(batch_run_config(["13001a", "13001b"], execute=True)) == {"execute": True}
+    assert batch_options(batch_run_config(["12282a"], execute=False)) != {"execute": True}
+    assert batch_options(None) == {} == batch_options(alert_run_config(["14500a"]))
 
 
 def test_a_run_that_names_no_batch_has_no_epns():
