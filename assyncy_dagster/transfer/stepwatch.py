@@ -14,6 +14,8 @@ started them
 - has been stopped (state `T` or `t` in /proc) for more than STOPPED_STEP_LIMIT_SECONDS,
   well inside the heartbeat limit: with the grace, rsync is gone before the run can be
   judged gone and its EPN taken over; or
+- was frozen with this watch (a paused container or cgroup: no process of it ran) for more
+  than that limit, seen as a gap between two of the watch's looks; or
 - is gone (its stdin closes; the parent-death signal, `setpriv --pdeathsig TERM`, has
   already told rsync: this adds the SIGKILL after the grace). The watch then ends too.
 
@@ -106,8 +108,18 @@ def watch(limit: float, grace: float) -> None:
     watched: set[int] = set()
     pending = b""
     stopped_since: float | None = None
+    looked = time.monotonic()
     while True:
-        ready, _, _ = select.select([0], [], [], POLL_SECONDS if watched else None)
+        watching = bool(watched)
+        ready, _, _ = select.select([0], [], [], POLL_SECONDS if watching else None)
+        now = time.monotonic()
+        if watching and now - looked > limit + POLL_SECONDS:
+            # This watch did not run for longer than the limit: frozen with the process it
+            # watches (a paused container or cgroup), and rsync with them; ended before it writes on.
+            _say(watched, f"rsync ended: it was frozen with the process that started it for {now - looked:.0f} s")
+            end_groups(watched, grace)
+            watched.clear()
+        looked = now
         if ready:
             data = os.read(0, 4096)
             if not data:  # the parent is gone
@@ -125,7 +137,6 @@ def watch(limit: float, grace: float) -> None:
         if fields is None or fields[0] not in (b"T", b"t"):
             stopped_since = None
             continue
-        now = time.monotonic()
         stopped_since = stopped_since or now
         if now - stopped_since > limit:
             _say(
