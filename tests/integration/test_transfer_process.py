@@ -28,9 +28,10 @@ def assert_nothing_left_running(sftp_source, epn: str, destination: Path) -> Non
     assert live_processes_mentioning(str(destination), epn) == []
     if sftp_source.sshd.user != psutil.Process().username():
         try:
-            wait_for(lambda: not live_processes_of(sftp_source.sshd.user), 10, "the server side to exit")
+            server = sftp_source.sshd.pid  # this test's sshd: other tests' sessions use the same account
+            wait_for(lambda: not live_processes_of(sftp_source.sshd.user, under=server), 10, "the server side to exit")
         except AssertionError:
-            left = live_processes_of(sftp_source.sshd.user)
+            left = live_processes_of(sftp_source.sshd.user, under=server)
             raise AssertionError(f"still running as {sftp_source.sshd.user}: {left}") from None
 
 

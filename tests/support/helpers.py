@@ -128,15 +128,23 @@ def live_processes_mentioning(*texts: str) -> list[str]:
     return found
 
 
-def live_processes_of(user: str) -> list[str]:
-    """`pid: command line` of every live (non-zombie) process of `user` but this one."""
+def live_processes_of(user: str, under: int | None = None) -> list[str]:
+    """`pid: command line` of every live (non-zombie) process of `user` but this one; with `under`,
+    only those below that PID (one sshd's sessions, not another test's on the same account)."""
     found = []
+    below = None
+    if under is not None:
+        try:
+            below = {child.pid for child in psutil.Process(under).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            below = set()
     for proc in psutil.process_iter(["cmdline", "status", "username"]):
         try:
             if (
                 proc.pid != os.getpid()
                 and proc.info["status"] != psutil.STATUS_ZOMBIE
                 and proc.info["username"] == user
+                and (below is None or proc.pid in below)
             ):
                 found.append(f"{proc.pid}: {' '.join(proc.info['cmdline'] or [])}")
         except psutil.NoSuchProcess:

@@ -387,6 +387,11 @@ class LocalSshd:
             stdin=subprocess.DEVNULL,
         )
 
+    @property
+    def pid(self) -> int | None:
+        """The listening sshd's PID while it runs: every session it serves is a process below it."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def _wait_ready(self) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + self.startup_timeout
