@@ -32,6 +32,7 @@ from .stepwatch import STOPPED_STEP_LIMIT_SECONDS, group_alive
 # How long rsync gets to save its partial file after SIGTERM before SIGKILL.
 TERMINATE_GRACE_SECONDS = 5.0
 _READ_CHUNK = 1 << 16
+_GATHER_SECONDS = 0.005  # between reads of a drained pipe (see _pump)
 _MAX_PENDING = 1 << 16  # longest unterminated output record we keep
 _STDOUT_TAIL_LINES = 200
 _STDERR_TAIL_LINES = 60
@@ -204,6 +205,7 @@ def _pump(proc: subprocess.Popen[bytes], stdout: _Tail, stderr: _Tail) -> int:
             selector.register(fd, selectors.EVENT_READ)
         exited_at: float | None = None
         while streams:
+            drained = False
             for key, _ in selector.select(timeout=1.0):
                 try:
                     data = os.read(key.fd, _READ_CHUNK)
@@ -211,9 +213,14 @@ def _pump(proc: subprocess.Popen[bytes], stdout: _Tail, stderr: _Tail) -> int:
                     continue
                 if data:
                     streams[key.fd].feed(data)
+                    drained = drained or len(data) < _READ_CHUNK
                 else:
                     selector.unregister(key.fd)
                     del streams[key.fd]
+            if drained:
+                # rsync writes a line per file: woken for each, this process would read 300 bytes at a
+                # time and take a core from rsync. Letting lines gather costs at most this much latency.
+                time.sleep(_GATHER_SECONDS)
             if streams and proc.poll() is not None:
                 # A grandchild that kept our pipes open must not hang us once rsync is done.
                 exited_at = exited_at or time.monotonic()
