@@ -80,7 +80,7 @@ GIB = 1 << 30
 GOALS = {"big": (0.97, True), "noop": (1.1, False), "first": (1.2, False)}
 MEMORY_GOAL_MIB = 400
 PROFILE_TO: Path | None = None
-METADATA = ("home_seconds", "flush_seconds", "flush_wait_seconds", "manifest_seconds")
+METADATA = ("home_seconds", "duration_seconds", "flush_seconds", "flush_wait_seconds", "manifest_seconds")
 
 
 def manifest_metadata(home: Path, run_id: str) -> dict[str, float]:
@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                     seen["bare"].append(statistics.fmean(bares))
                     seen["bare_flush"].append(statistics.fmean(flushes))
                     print(
-                        f"{scenario} round {round_ + 1}: ours phase {mean['home_seconds']:.3f} s (flush "
+                        f"{scenario} round {round_ + 1}: ours phase {mean['home_seconds']:.3f} s (rsync "
+                        f"{mean['duration_seconds']:.3f} s, flush "
                         f"{mean['flush_seconds']:.3f} s, of it waited {mean['flush_wait_seconds']:.3f} s; manifest "
                         f"{mean['manifest_seconds']:.3f} s), step {mean['step']:.3f} s (tiny step "
                         f"{seen['ours_tiny'][-1]:.3f} s), process {mean['wall']:.3f} s, peak "
@@ -386,6 +387,7 @@ def report(results: dict[str, dict[str, list]]) -> int:
         stepped = [run["step"] - tiny for run, tiny in zip(ours, seen["ours_tiny"], strict=True)]
         print(f"{scenario} (min/median/max over {len(ours)} rounds):")
         print(f"  ours, the EPN's phase in the step  {spread(phase)}")
+        print(f"    of it rsync (with our parsing)   {spread([r['duration_seconds'] for r in ours])}")
         print(f"  bare rsync                         {spread(bare_s)}")
         print(f"  bare rsync + sync -f               {spread(bare_sync)}")
         print(
