@@ -62,9 +62,11 @@ def portal_data(visits_by_equipment: dict[int, list[dict]]) -> dict:
     }
 
 
-def fresh_dagster_home(path: Path) -> Path:
+def fresh_dagster_home(path: Path, dagster_yaml: bool = True) -> Path:
+    """A new DAGSTER_HOME with a copy of etc/dagster.yaml, or with none (Dagster's default instance)."""
     path.mkdir(parents=True)
-    shutil.copy(etc_path("dagster.yaml"), path / "dagster.yaml")
+    if dagster_yaml:
+        shutil.copy(etc_path("dagster.yaml"), path / "dagster.yaml")
     return path
 
 
@@ -169,3 +171,13 @@ def materialisations_per_epn(instance: dg.DagsterInstance, epns: list[str]) -> C
         )
         counts[epn] = len(result.records)
     return counts
+
+
+def epn_data_times(instance: dg.DagsterInstance, run_id: str) -> list[float]:
+    """When each epn_data materialisation of a run was recorded (epoch seconds), in order."""
+    times = []
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records:
+        event = record.event_log_entry.dagster_event
+        if event is not None and event.asset_key == EPN_DATA:
+            times.append(record.event_log_entry.timestamp)
+    return sorted(times)
