@@ -32,7 +32,11 @@ def master_is_up(socket: Path) -> bool:
 
 def host_side_gone(sftp_source) -> None:
     if sftp_source.sshd.user != psutil.Process().username():
-        wait_for(lambda: not live_processes_of(sftp_source.sshd.user, under=sftp_source.sshd.pid), 10, "the host's side of the connection to end")
+        wait_for(
+            lambda: not live_processes_of(sftp_source.sshd.user, under=sftp_source.sshd.pid),
+            10,
+            "the host's side of the connection to end",
+        )
 
 
 def test_transfers_share_the_connection_and_nothing_outlives_it(sftp_source, tmp_path):
