@@ -287,8 +287,11 @@ def test_d_a_sigkilled_run_worker_is_recovered_from(stack, tmp_path):
     carrying = runs_carrying(instance, victim)
     assert len(carrying) >= 2, "the victim must have been retried in a new run"
     retries = [r for r in carrying if r.run_id != run.run_id]
-    assert [r.tags[f"assyncy/epn/{victim}"] for r in retries] == ["home"], [(r.run_id, r.tags) for r in retries]
-    assert retries[0].status == dg.DagsterRunStatus.SUCCESS
+    # Brought home by one run; a retry run that waited while another took it carries it as skipped.
+    outcomes = sorted(r.tags[f"assyncy/epn/{victim}"] for r in retries)
+    assert outcomes.count("home") == 1 and set(outcomes) <= {"home", "skipped"}, [(r.run_id, r.tags) for r in retries]
+    [home_run] = [r for r in retries if r.tags[f"assyncy/epn/{victim}"] == "home"]
+    assert home_run.status == dg.DagsterRunStatus.SUCCESS
     assert passed_checks(instance).count(victim) == 1
     assert live_processes_mentioning(str(stack.destination_root)) == []
 
