@@ -86,3 +86,23 @@ def test_missing_key_file_is_named(tmp_path):
     ep = facility_endpoint(key_file=tmp_path / "nope", known_hosts_file=None)
     with pytest.raises(SshConfigError, match=str(tmp_path / "nope")):
         ep.check_files()
+
+
+def test_a_shared_connection_is_used_when_given_and_never_required():
+    assert not any("Control" in part for part in facility_endpoint().ssh_command())
+    cmd = facility_endpoint(control_path=Path("/tmp/assyncy-ssh-x/master")).ssh_command()
+    # ControlMaster=no: through the master when its socket is there, else a connection of its own.
+    assert cmd[-4:] == ["-o", "ControlMaster=no", "-o", "ControlPath=/tmp/assyncy-ssh-x/master"]
+
+
+def test_the_master_runs_no_command_and_stays_in_the_foreground():
+    cmd = facility_endpoint().master_command(Path("/tmp/assyncy-ssh-x/master"))
+    for option in ("ControlMaster=yes", "ControlPath=/tmp/assyncy-ssh-x/master", "ControlPersist=no"):
+        assert cmd[cmd.index(option) - 1] == "-o"
+    assert "-N" in cmd and "StrictHostKeyChecking=yes" in cmd
+    assert cmd[-3:] == ["-l", "help@massive.org.au", "sftp.synchrotron.org.au"]
+
+
+def test_a_control_path_ssh_would_misread_is_refused():
+    with pytest.raises(SshConfigError, match="control socket"):
+        facility_endpoint(control_path=Path("/tmp/with space/master"))
