@@ -91,8 +91,13 @@ def repatriate(
             try:
                 answer = portal.answer(since, until, logger=context.log)
                 by_epn = visits_by_epn(answer.visits)  # EPNs taken from queued runs too
-                # The batch's transfers share one ssh connection (transfer/connection.py).
-                client = connection.enter_context(sftp.shared_client(logger=context.log))
+                # A batch's transfers share one ssh connection (transfer/connection.py); one EPN
+                # alone (a CLI or UI materialisation of one partition) has nothing to share it with.
+                client = (
+                    connection.enter_context(sftp.shared_client(logger=context.log))
+                    if len(epns) > 1 or take_queued
+                    else sftp.client(logger=context.log)
+                )
             except (PortalError, RsyncError, SshConfigError) as exc:  # a settings error names the setting
                 instance.add_run_tags(run_id, outcome_tags(epns, Outcome.FAILED))
                 raise dg.Failure(description=f"EPN(s) {', '.join(epns)}: cannot start: {exc}") from None

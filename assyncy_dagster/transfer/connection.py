@@ -26,6 +26,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from .process import _die_with_parent
 
 SOCKET_NAME = "master"
 STOP_SECONDS = 5.0
+# How long the first transfer waits for the master to be up before it connects on its own.
+MASTER_UP_SECONDS = 10.0
 
 log = logging.getLogger("assyncy.rsync")
 
@@ -67,6 +70,7 @@ def shared_connection(endpoint: SshEndpoint, logger: logging.Logger | Any | None
                 start_new_session=True,
             )
         try:
+            _wait_until_up(master, socket_path)
             yield shared
         finally:
             ended_early = master.poll()
@@ -79,6 +83,15 @@ def shared_connection(endpoint: SshEndpoint, logger: logging.Logger | Any | None
                 )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_until_up(master: subprocess.Popen[bytes], socket_path: Path, limit: float = MASTER_UP_SECONDS) -> None:
+    """Until the master listens (its socket appears once it has authenticated), has ended, or
+    `limit` has passed. A transfer started before would make its own handshake beside the
+    master's, on the same cores, and a one-EPN run would pay for two handshakes instead of one."""
+    deadline = time.monotonic() + limit
+    while not socket_path.exists() and master.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _stop(master: subprocess.Popen[bytes]) -> None:
