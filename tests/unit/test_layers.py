@@ -270,3 +270,29 @@ def test_the_readmes_map_names_every_module_and_only_those():
     named = _readme_map()
     assert sorted(m for m in modules - named if not Path(m).name.startswith("__")) == []
     assert sorted(named - modules) == []
+
+
+# Unit test files about something other than one module, each with what it is about.
+UNIT_TOPICS = {
+    "layers": "the package's import graph and the README's map",
+    "packaging": "what the product ships and reads (etc/, the demo's subcommands)",
+    "example_configs": "the shipped etc/*.yaml against Dagster's own schemas",
+    "systemd": "the shipped systemd units",
+}
+
+
+def test_unit_test_files_are_named_after_the_module_they_test():
+    """tests/unit/test_<module>.py, with a package's dots as underscores (test_transfer_bag.py tests
+    transfer/bag.py), so that a module's tests are found by its name; UNIT_TOPICS names the others."""
+    roots = [PACKAGE, REPO / "assyncy-dagster-demo" / "assyncy_dagster_demo"]
+    modules = set()
+    for root in roots:
+        for path in root.rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            if parts and parts[0] != "etc":
+                modules.add("_".join(parts))
+    names = {path.stem.removeprefix("test_") for path in (REPO / "tests" / "unit").glob("test_*.py")}
+    assert sorted(names - modules - set(UNIT_TOPICS)) == []
+    assert sorted(set(UNIT_TOPICS) - names) == []  # a topic whose file is gone

@@ -1,6 +1,5 @@
-"""The automatic path's pure rules: how EPNs are batched into runs, and a cursor that survives garbage."""
+"""tick.py's pure rule: how due EPNs are shared out over batch runs."""
 
-from assyncy_dagster.facts import SensorCursor
 from assyncy_dagster.tick import plan_batches
 
 
@@ -10,9 +9,3 @@ def test_batches_give_every_rsync_slot_work_and_stay_bounded():
     assert plan_batches(epns, max_tasks=2, per_run=3) == [epns[:3], epns[3:6], epns[6:]]
     assert plan_batches(epns[:1], max_tasks=4, per_run=20) == [epns[:1]]
     assert plan_batches([], max_tasks=2, per_run=20) == []
-
-
-def test_cursor_survives_garbage():
-    assert SensorCursor.parse("not json") == SensorCursor()
-    cursor = SensorCursor(refreshed_at=5.0, failures=2, retry_at=7.0)
-    assert SensorCursor.parse(cursor.dumps()) == cursor
