@@ -91,6 +91,20 @@ def own_host_names_work() -> bool:
     return done.returncode == 0
 
 
+def _spawn(argv: list[str], log: Path, environ: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """A background process in a session of its own (stopped with its whole group), its output in `log`."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=environ,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+
 @dataclass
 class CeleryWorker:
     """One data-mover host: `dagster-celery worker start` in a session (and host name) of its own."""
@@ -122,16 +136,7 @@ class CeleryWorker:
         # `dagster-celery worker start` runs `celery` from PATH: the install's bin folder must be on it.
         path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
         environ = {**os.environ, "PATH": path, "DAGSTER_HOME": str(self.home), **self.env}
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(
-                self.argv(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=environ,
-                cwd=self.home,
-                start_new_session=True,
-            )
+        self.proc = _spawn(self.argv(), self.log, environ, self.home)
         return self
 
     def ready(self) -> bool:
@@ -178,16 +183,7 @@ class DagsterDaemon:
     def start(self) -> DagsterDaemon:
         environ = {**os.environ, "DAGSTER_HOME": str(self.home), **self.env}
         argv = [str(BIN / "dagster-daemon"), "run", "-m", "assyncy_dagster.definitions"]
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=environ,
-                cwd=self.home,
-                start_new_session=True,
-            )
+        self.proc = _spawn(argv, self.log, environ, self.home)
         return self
 
     def alive(self) -> bool:
