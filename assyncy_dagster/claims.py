@@ -250,13 +250,27 @@ class Heartbeat:
 
 
 def claim_holder_gone(instance: dg.DagsterInstance, holder: str) -> str | None:
-    """Why the run holding a claim no longer transfers anything (its claim has expired), or None."""
+    """Why the run holding a claim no longer transfers anything (its claim has expired), or None.
+
+    A run that ended from outside (the sweep, on a Celery worker that stopped answering; a
+    terminate) while its step still beats may have a worker that is only paused or cut off, with
+    an rsync still writing: its claim holds until that heartbeat stops (HEARTBEAT_LIMIT_SECONDS,
+    by when transfer/stepwatch.py has ended a stopped step's rsync) or its worker is seen dead.
+    A step that ends gives its claims back and removes its heartbeat itself."""
     run = instance.get_run_by_id(holder)
     if run is None:
         return "its run no longer exists"
+    beat = heartbeats(instance, [holder]).get(holder)
     if run.is_finished:
+        worker = run.tags.get(WORKER_TAG)
+        if (
+            beat is not None
+            and time.time() - beat <= HEARTBEAT_LIMIT_SECONDS
+            and not (worker and worker_is_gone(worker))
+        ):
+            return None
         return f"its run ended ({run.status.value})"
-    return why_gone(run, heartbeats(instance, [holder]).get(holder))
+    return why_gone(run, beat)
 
 
 def claim_epn(instance: dg.DagsterInstance, epn: str, run_id: str, logger: Any = None) -> str | None:

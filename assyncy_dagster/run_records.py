@@ -150,7 +150,11 @@ def end_lost_runs(
         instance.add_run_tags(run.run_id, {LOST_TAG: why})
         instance.report_run_failed(fresh, message=f"assyncy: run ended as failed: {why}")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        forget_run(instance, run.run_id, tagged_epns(fresh.tags))
+        if why_gone(run, beats.get(run.run_id), now.timestamp()) is not None:
+            # Its worker is known gone: nothing of it still writes. Otherwise (a Celery worker that
+            # stopped answering, a run past stale-run-hours) it may be only paused or cut off: its
+            # claims hold until its heartbeat stops (claims.claim_holder_gone).
+            forget_run(instance, run.run_id, tagged_epns(fresh.tags))
         ended[run.run_id] = why
     # A run that Dagster itself saw end (e.g. its code server noticed the worker die)
     # can still hold its rsync slot until run monitoring's next pass; free it now.

@@ -17,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 
 from .canary import due_reasons, record_due
+from .claims import claim_holder_gone, claims
 from .config import Settings
 from .epn import is_mapped_epn
 from .facts import FACTS_FILE, SensorCursor, due_for_resync, gather_facts, look_for_new_data, save_facts
@@ -56,12 +57,19 @@ def alert_state(instance: dg.DagsterInstance) -> tuple[set[str], str]:
 def repatriation_history(
     instance: dg.DagsterInstance, candidates: Iterable[str], flights: InFlight
 ) -> dict[str, RunHistory]:
-    """Each candidate EPN's repatriation state: in flight (any run: sensor, mxsync, UI, CLI),
-    or its latest ended attempt and its run of failures."""
+    """Each candidate EPN's repatriation state: in flight (any run: sensor, mxsync, UI, CLI; or
+    claimed by a run that was ended from outside while its step may still be writing: see
+    claims.claim_holder_gone), or its latest ended attempt and its run of failures."""
+    candidates = list(candidates)
+    claimed = claims(instance, (e for e in candidates if e not in flights.epns))
     history: dict[str, RunHistory] = {}
     for epn in candidates:
         if epn in flights.epns:
             history[epn] = RunHistory(Outcome.RUNNING, flights.epns[epn])
+            continue
+        holder = claimed.get(epn)
+        if holder is not None and claim_holder_gone(instance, holder) is None:
+            history[epn] = RunHistory(Outcome.RUNNING, holder)  # a retry now would only find it claimed
             continue
         found = epn_history(instance, epn)
         if found is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class Parts(LocalSite):
     database: object
     broker_url: str
     source: Path
+    smtp: SmtpSink
 
 
 @pytest.fixture
@@ -111,6 +113,7 @@ def scale_out_parts(sshd, postgres_server, redis_server, tmp_path, request) -> I
             database=database,
             broker_url=redis_server.url(0),
             source=sshd.beamline_dir(beamline),
+            smtp=smtp,
         )
 
     try:
@@ -137,6 +140,80 @@ def ran_on(site: Site, run: dg.DagsterRun) -> str | None:
     """The name of the worker whose log shows it took the run's Celery task."""
     worker = site.worker_of_task(run.tags.get(CELERY_TASK_TAG, "?"))
     return worker.name if worker else None
+
+
+@pytest.mark.timeout(360)
+def test_a_paused_worker_never_writes_beside_the_run_that_takes_its_epn_over(scale_out_parts):
+    """SIGSTOP of one worker's whole process group in the middle of an rsync, past Celery's ping
+    limit, then SIGCONT: its rsync (in a session of its own) is ended by the step's watch; the
+    sweep ends its run on the silent worker, but its claim holds while its heartbeat is fresh, so
+    the EPN is retried on the other worker only once nothing of the paused one can still write.
+    Never two rsyncs into the destination (sampled every 50 ms), the EPN recorded once, one
+    failure e-mail (for the run the sweep ended)."""
+    victim = "63000a"
+    layout = {victim: mx_frames(2, 4 << 20)}  # 8 MiB at 256 KiB/s: 32 s, still copying when paused
+    parts = scale_out_parts(layout, **{"max-tasks": 2, "max-epns-per-run": 1, "rsync-bwlimit-kib": 256})
+    dest = parts.destination(PROJECT, victim)
+    with running_site(
+        parts.work,
+        parts.database,
+        parts.broker_url,
+        parts.config_path,
+        workers=2,
+        concurrency=1,
+        own_hosts=own_host_names_work(),
+        dequeue_interval_seconds=1,
+        poll_interval_seconds=5,
+        start_timeout_seconds=120,
+    ) as site:
+        instance = site.instance
+        daemon = {"proc": site.daemon.proc, "log": site.daemon.log}
+        wait_for(lambda: rsync_invocations(str(dest)), 120, f"rsync to be writing {victim}", **daemon)
+        [run] = [
+            r
+            for r in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+            if r.tags.get(epn_tag(victim)) == "running"
+        ]
+        paused = site.worker_of_task(run.tags[CELERY_TASK_TAG])
+        assert paused is not None and paused.proc is not None
+
+        os.killpg(paused.proc.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        most, samples, writers, ended_after = 0, 0, set(), None
+        try:
+            # Past the sweep's verdict on the silent worker and past the heartbeat limit, while
+            # the other worker may take the EPN over.
+            while time.monotonic() - stopped_at < 45:
+                found = rsync_invocations(str(dest))
+                most, samples = max(most, len(found)), samples + 1
+                writers |= found
+                if ended_after is None and instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE:
+                    ended_after = time.monotonic() - stopped_at
+                time.sleep(0.05)
+        finally:
+            os.killpg(paused.proc.pid, signal.SIGCONT)
+        while victim not in parts.ignored() and time.monotonic() - stopped_at < 200:
+            found = rsync_invocations(str(dest))
+            most, samples = max(most, len(found)), samples + 1
+            time.sleep(0.05)
+        wait_for(lambda: victim in parts.ignored(), 10, f"{victim} in ignore.yml", **daemon)
+        wait_for(lambda: all_runs_ended(instance), 60, "the runs to end", **daemon)
+        records = materialisations(instance, victim)
+        runs = [r for r in all_repatriation_runs(instance) if epn_tag(victim) in r.tags]
+        emails = [m for m in parts.smtp.messages if run.run_id in m.get_body(preferencelist=("plain",)).get_content()]
+
+    assert most == 1, f"{most} rsyncs wrote into {victim} at once"
+    assert ended_after is not None, "the sweep never ended the paused worker's run"
+    assert len(records) == 1 and records[0].run_id != run.run_id  # brought home once, by the other worker
+    assert not tree_differences(parts.source / victim, dest)
+    assert all(r.tags[epn_tag(victim)] not in ("queued", "running") for r in runs)
+    assert len(emails) == 1, [m["Subject"] for m in parts.smtp.messages]
+    figure(
+        f"scale-out paused worker: SIGSTOP of {paused.name} mid-transfer; its run ended by the sweep "
+        f"{ended_after:.1f} s later; {samples} samples every 50 ms, at most {most} rsync in the destination "
+        f"({len(writers)} rsync invocation(s) seen while it was stopped); recorded once, by another run; "
+        f"{len(emails)} failure e-mail for the paused run"
+    )
 
 
 # -- a backlog over two workers ----------------------------------------------------------

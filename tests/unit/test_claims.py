@@ -174,6 +174,18 @@ def test_a_claim_expires_when_its_run_ended_or_its_heartbeat_stopped(instance):
     assert claim_epn(instance, "12282c", taker) == alive
 
 
+def test_a_run_ended_from_outside_keeps_its_claim_while_its_step_still_beats(instance):
+    """The sweep ends a run whose Celery worker stopped answering, but a worker that is only paused
+    or cut off may still be writing: the EPN is not taken over until its heartbeat stops."""
+    paused, taker = (started_run(instance, "celery-host:1:?:?") for _ in range(2))
+    assert claim_epn(instance, "12282a", paused) is None
+    beat_at(instance, paused, time.time() - 12)  # past the ping rule's quiet time, inside the limit
+    instance.report_run_failed(instance.get_run_by_id(paused))
+    assert claim_epn(instance, "12282a", taker) == paused
+    beat_at(instance, paused, time.time() - HEARTBEAT_LIMIT_SECONDS - 1)
+    assert claim_epn(instance, "12282a", taker) is None
+
+
 # -- nothing stays in flight after its run ------------------------------------------------
 
 

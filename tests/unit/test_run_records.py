@@ -128,3 +128,29 @@ def test_a_broker_that_cannot_be_asked_is_said_in_the_log(instance, caplog):
     started_run(instance, "task-1")
     assert celery_workers_gone(instance, records(instance), app=FakeCelery({}, answering=set(), broken=True)) == {}
     assert "cannot ask Celery" in caplog.text and "broker unreachable" in caplog.text
+
+
+def test_a_run_ended_on_a_silent_celery_worker_keeps_its_claims_until_its_heartbeat_stops(tmp_path, monkeypatch):
+    """The sweep fails the run (its EPNs are retried elsewhere), but its worker may be only paused
+    with an rsync writing: the EPN's claim is not freed, so no other run starts a second rsync
+    into it until the paused step's heartbeat stops (claims.claim_holder_gone). The silent worker
+    is a fault the unit tier cannot make: celery_workers_gone's verdict is given here."""
+    import time
+
+    from assyncy_dagster import run_records
+    from assyncy_dagster.claims import HEARTBEAT_PREFIX, claim_epn
+    from assyncy_dagster.outcomes import Outcome
+    from assyncy_dagster.run_records import InFlight, end_lost_runs, outcome_tags
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as on_disk:
+        paused = started_run(on_disk, "task-1", **outcome_tags(["12282a"], Outcome.RUNNING))
+        assert claim_epn(on_disk, "12282a", paused) is None
+        on_disk.run_storage.set_cursor_values({HEARTBEAT_PREFIX + paused: f"{time.time() - 12:.3f}"})
+        monkeypatch.setattr(
+            run_records, "celery_workers_gone", lambda *args, **kwargs: {paused: "its Celery worker has not answered"}
+        )
+        flights = InFlight({"12282a": paused}, records(on_disk))
+
+        assert list(end_lost_runs(on_disk, flights, stale_after_hours=24)) == [paused]
+        assert on_disk.get_run_by_id(paused).status == dg.DagsterRunStatus.FAILURE
+        assert claim_epn(on_disk, "12282a", str(uuid.uuid4())) == paused  # still held: it may still be writing
