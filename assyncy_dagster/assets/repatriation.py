@@ -20,12 +20,13 @@ from ..config import Settings
 from ..domain import visit_window, visits_by_epn
 from ..epn import InvalidEpnError, is_valid_epn, validate_epn
 from ..names import REPATRIATION_JOB
+from ..outcomes import Outcome
 from ..portal.errors import PortalError
 from ..resources.portal import PortalResource
 from ..resources.settings import AssyncyConfigResource
 from ..resources.ssh_source import SshSourceResource
 from ..run_configs import batch_epns, batch_options
-from ..run_records import Outcome, home_since_requested, outcome_tags, tagged_epns
+from ..run_records import home_since_requested, outcome_tags, tagged_epns
 from ..state import read_epns
 from ..transfer import RsyncError, SshConfigError
 from .bring_home import EpnEmpty, EpnFailed, bring_home

@@ -3,13 +3,15 @@
 import dagster as dg
 
 from ..alerts.failure import render_failure_alert
+from ..assets.visits import PORTAL_VISITS
 from ..mail import build_message
 from ..names import REPATRIATION_JOB
+from ..outcomes import Outcome
 from ..resources.settings import AssyncyConfigResource
 from ..resources.smtp import SmtpResource
-from ..run_records import LOST_TAG, Outcome, home_since_requested, step_failure_message, tagged_epns
+from ..run_records import EPN_DATA, LOST_TAG, home_since_requested, step_failure_message, tagged_epns
 
-_REPATRIATION_ASSETS = {dg.AssetKey("epn_data"), dg.AssetKey("portal_visits")}
+_REPATRIATION_ASSETS = {EPN_DATA, PORTAL_VISITS}
 
 
 def is_repatriation(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:

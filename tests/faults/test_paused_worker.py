@@ -26,8 +26,9 @@ import pytest
 
 from assyncy_dagster.claims import HEARTBEAT_LIMIT_SECONDS, claims
 from assyncy_dagster.definitions import build_resources
+from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
-from assyncy_dagster.run_records import IN_FLIGHT, LOST_TAG, Outcome, tagged_epns
+from assyncy_dagster.run_records import IN_FLIGHT, LOST_TAG, tagged_epns
 from assyncy_dagster.sensors.failure_alerts import repatriation_failure_alert
 from assyncy_dagster.transfer.process import STOPPED_STEP_LIMIT_SECONDS, TERMINATE_GRACE_SECONDS
 from tests.faults.test_epn_claims import RsyncSampler

@@ -13,6 +13,7 @@ from assyncy_dagster.canary import (
     stuck_report,
 )
 from assyncy_dagster.config import Settings
+from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.portal.errors import PortalAuthError
 from assyncy_dagster.refresh_failures import (
     MAX_ERROR_CHARS,
@@ -20,7 +21,7 @@ from assyncy_dagster.refresh_failures import (
     record_refresh_failure,
     refresh_failure_file,
 )
-from assyncy_dagster.run_records import Outcome, outcome_tags
+from assyncy_dagster.run_records import outcome_tags
 from tests.support.helpers import NOW
 
 

@@ -8,8 +8,6 @@ is stopped with everything it started.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
 import shutil
 import signal
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Self
 
 from assyncy_dagster.logs import tail
+from assyncy_dagster.transfer.process import stop_group
 
 from .ports import free_port
 
@@ -112,14 +111,7 @@ class LocalRedis:
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            stop_group(proc, signal.SIGTERM, grace=10)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

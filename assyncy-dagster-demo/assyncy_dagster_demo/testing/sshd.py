@@ -11,7 +11,6 @@ disk: lay EPN folders out under `beamline_dir("mx")`.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import getpass
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from assyncy_dagster.logs import tail
 from assyncy_dagster.transfer import SshEndpoint, list_command
+from assyncy_dagster.transfer.process import stop_group
 
 from .ports import free_port
 from .session_log import Session, read_sessions
@@ -420,16 +420,8 @@ class LocalSshd:
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None:
+            stop_group(proc, signal.SIGTERM, grace=5)
 
     def stop(self) -> None:
         """Kill sshd's process group and remove the temporary folder (if this object made it)."""
