@@ -151,22 +151,7 @@ class Workers:
         if self.stopping.is_set():
             return [RunOutcome(job_name, epn, "", False, "not started: stopping") for epn in epns]
         run_id = str(uuid.uuid4())
-        argv = [
-            sys.executable,
-            "-m",
-            "assyncy_dagster.worker",
-            "--config",
-            str(config_path),
-            "--job",
-            job_name,
-            "--run-config",
-            json.dumps(request.run_config),
-            "--tags",
-            json.dumps(dict(request.tags)),
-            "--run-id",
-            run_id,
-        ]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(worker_argv(config_path, request, run_id), stdout=subprocess.PIPE, text=True)
         with self._lock:
             self._procs.add(proc)
         try:
@@ -194,6 +179,19 @@ class Workers:
                 if proc.poll() is None:
                     self._signalled.add(proc)
                     proc.send_signal(signal.SIGTERM)
+
+
+def worker_argv(config_path: str | Path, request: dg.RunRequest, run_id: str) -> list[str]:
+    """The command line of one run in a process of its own (`python -m assyncy_dagster.worker`,
+    whose options these are), as `Workers` starts it."""
+    return [
+        sys.executable,
+        "-m",
+        "assyncy_dagster.worker",
+        *("--config", str(config_path), "--job", _job_name(request)),
+        *("--run-config", json.dumps(request.run_config), "--tags", json.dumps(dict(request.tags))),
+        *("--run-id", run_id),
+    ]
 
 
 def _job_name(request: dg.RunRequest) -> str:

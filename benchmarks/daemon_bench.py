@@ -26,6 +26,7 @@ from assyncy_dagster.etc_files import etc_path
 from assyncy_dagster.logs import tail as log_tail  # noqa: F401 (the benchmarks import it from here)
 from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.transfer.process import stop_group
+from assyncy_dagster_demo.testing.scale_out import spawn_logged
 from assyncy_dagster_demo.testing.stack import far_from_the_digest  # noqa: F401 (the benchmarks import it from here)
 
 # Dagster warns about the beta/preview APIs that it meets; not this benchmark's business.
@@ -78,20 +79,11 @@ def dagster_daemon(
     environ = {k: v for k, v in os.environ.items() if k not in drop_env}
     environ |= {"DAGSTER_HOME": str(home), "ASSYNCY_CONFIG": str(config)} | (env or {})
     argv = [str(BIN / "dagster-daemon"), "run", "-m", "assyncy_dagster.definitions"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=environ,
-            cwd=home,
-            start_new_session=True,
-        )
-        try:
-            yield proc
-        finally:
-            stop_group(proc)
+    proc = spawn_logged(argv, log, environ, home)
+    try:
+        yield proc
+    finally:
+        stop_group(proc)
 
 
 def wait_until(

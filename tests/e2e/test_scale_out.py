@@ -124,6 +124,22 @@ def scale_out_parts(sshd, postgres_server, redis_server, tmp_path, request) -> I
         shutil.rmtree(sshd.beamline_dir(beamline), ignore_errors=True)
 
 
+def _two_movers(parts: Parts, *, concurrency: int, own_hosts: bool):
+    """Two Celery workers and the daemon on `parts`, as two data-mover hosts (running_site)."""
+    return running_site(
+        parts.work,
+        parts.database,
+        parts.broker_url,
+        parts.config_path,
+        workers=2,
+        concurrency=concurrency,
+        own_hosts=own_hosts,
+        dequeue_interval_seconds=1,
+        poll_interval_seconds=5,
+        start_timeout_seconds=120,
+    )
+
+
 def materialisations(instance: dg.DagsterInstance, epn: str) -> list[dg.EventLogRecord]:
     return list(
         instance.fetch_materializations(
@@ -154,18 +170,7 @@ def test_a_paused_worker_never_writes_beside_the_run_that_takes_its_epn_over(sca
     layout = {victim: mx_frames(2, 4 << 20)}  # 8 MiB at 256 KiB/s: 32 s, still copying when paused
     parts = scale_out_parts(layout, **{"max-tasks": 2, "max-epns-per-run": 1, "rsync-bwlimit-kib": 256})
     dest = parts.destination(PROJECT, victim)
-    with running_site(
-        parts.work,
-        parts.database,
-        parts.broker_url,
-        parts.config_path,
-        workers=2,
-        concurrency=1,
-        own_hosts=own_host_names_work(),
-        dequeue_interval_seconds=1,
-        poll_interval_seconds=5,
-        start_timeout_seconds=120,
-    ) as site:
+    with _two_movers(parts, concurrency=1, own_hosts=own_host_names_work()) as site:
         instance = site.instance
         daemon = {"proc": site.daemon.proc, "log": site.daemon.log}
         wait_for(lambda: rsync_invocations(str(dest)), 120, f"rsync to be writing {victim}", **daemon)
@@ -234,18 +239,7 @@ def test_two_workers_share_a_backlog_and_never_run_more_rsyncs_than_max_tasks(sc
     batches = plan_batches(epns, max_tasks, per_run)
     own_hosts = own_host_names_work()
     started = time.monotonic()
-    with running_site(
-        parts.work,
-        parts.database,
-        parts.broker_url,
-        parts.config_path,
-        workers=2,
-        concurrency=2,
-        own_hosts=own_hosts,
-        dequeue_interval_seconds=1,
-        poll_interval_seconds=5,
-        start_timeout_seconds=120,
-    ) as site:
+    with _two_movers(parts, concurrency=2, own_hosts=own_hosts) as site:
         instance = site.instance
 
         def claimed_slots() -> int:
@@ -314,18 +308,7 @@ def test_a_killed_worker_s_run_is_failed_and_its_epn_brought_home_by_the_other_w
     parts = scale_out_parts(layout, **{"max-tasks": 2, "max-epns-per-run": 1, "rsync-bwlimit-kib": 256})
     dest = parts.destination(PROJECT, victim)
     own_hosts = own_host_names_work()
-    with running_site(
-        parts.work,
-        parts.database,
-        parts.broker_url,
-        parts.config_path,
-        workers=2,
-        concurrency=1,
-        own_hosts=own_hosts,
-        dequeue_interval_seconds=1,
-        poll_interval_seconds=5,
-        start_timeout_seconds=120,
-    ) as site:
+    with _two_movers(parts, concurrency=1, own_hosts=own_hosts) as site:
         instance = site.instance
         daemon = {"proc": site.daemon.proc, "log": site.daemon.log}
         wait_for(

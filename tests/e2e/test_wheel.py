@@ -64,6 +64,12 @@ def _install(venv: Path, *wheels: Path) -> None:
     subprocess.run(command, check=True, timeout=600)
 
 
+def _demo_once(venv: Path, folder: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`assyncy demo --once` from the venv, run in `folder` as a user would."""
+    command = [str(venv / "bin" / "assyncy"), "demo", "--once"]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.slow
 def test_the_product_wheel_ships_no_stand_in_and_both_wheels_run_the_demo(tmp_path):
     product_wheel, demo_wheel = _build_wheels(tmp_path)
@@ -100,27 +106,13 @@ def test_the_product_wheel_ships_no_stand_in_and_both_wheels_run_the_demo(tmp_pa
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "ASSYNCY_CONFIG", "PYTHONPATH")}
 
     _install(venv, product_wheel)
-    alone = subprocess.run(
-        [str(venv / "bin" / "assyncy"), "demo", "--once"],
-        cwd=empty,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    alone = _demo_once(venv, empty, env, timeout=60)
     assert alone.returncode == 2, alone.stderr
     assert "the demo is not installed: pip install 'assyncy-dagster[demo]'" in alone.stderr
     assert list(empty.iterdir()) == []
 
     _install(venv, product_wheel, demo_wheel)
-    demo = subprocess.run(
-        [str(venv / "bin" / "assyncy"), "demo", "--once"],
-        cwd=empty,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    demo = _demo_once(venv, empty, env, timeout=300)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "transferred 12282a" in demo.stdout
     assert (empty / "demo" / "scratch" / "ny79" / "12282a" / "data").is_dir()

@@ -18,14 +18,12 @@ never two rsyncs into one destination, 1250 EPNs home once each and 1250 skips, 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -34,15 +32,13 @@ import psutil
 import pytest
 
 from assyncy_dagster.claims import claims
-from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
-from assyncy_dagster.run_configs import batch_run_config
-from assyncy_dagster.run_records import outcome_tags, tagged_epns
+from assyncy_dagster.run_records import tagged_epns
 from assyncy_dagster_demo.portal_sim import PortalSimulator
 from assyncy_dagster_demo.testing.stack import lay_out_epns, mx_frames
 from tests.support.faultkit import figure
-from tests.support.helpers import demo_accounts_portal_data, running
+from tests.support.helpers import batch_worker_argv, demo_accounts_portal_data, running
 
 ROUNDS = int(os.environ.get("ASSYNCY_FAULT_CLAIM_ROUNDS", "4"))
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120 + 60 * ROUNDS)]
@@ -83,15 +79,7 @@ def _round_epns(number: int) -> list[str]:
 def _argv(kind: str, config_path: Path, epns: list[str]) -> list[str]:
     if kind == "backfill":
         return [sys.executable, "-c", BACKFILL, epns[0], epns[-1]]
-    run_config = batch_run_config(epns, execute=True)
-    tags = {"assyncy/kind": "repatriation", **outcome_tags(epns, Outcome.QUEUED)}
-    return [
-        sys.executable,
-        "-m",
-        "assyncy_dagster.worker",
-        *("--config", str(config_path), "--job", REPATRIATION_JOB, "--run-id", str(uuid.uuid4())),
-        *("--run-config", json.dumps(run_config), "--tags", json.dumps(tags)),
-    ]
+    return batch_worker_argv(config_path, epns)
 
 
 class RsyncSampler(threading.Thread):

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +51,14 @@ from assyncy_dagster.run_records import (
 )
 from assyncy_dagster.tick import plan_tick
 from tests.support.faultkit import figure
-from tests.support.helpers import live_processes_mentioning, materialize_argv, ticker, visible_files, wait_for
+from tests.support.helpers import (
+    batch_worker_argv,
+    live_processes_mentioning,
+    materialize_argv,
+    ticker,
+    visible_files,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -62,26 +66,6 @@ KILLS = int(os.environ.get("ASSYNCY_FAULT_KILLS", "20"))
 EPNS = {"12282a": "ny79", "13001a": "ab12"}  # mapped and ended in the demo portal data
 FILES, FILE_SIZE = 5, 10 * 1024 * 1024  # 50 MiB in 5 frames (+ a log and .info)
 BWLIMIT_KIB = 48 * 1024  # ~1 s for the whole EPN
-
-
-def _worker_argv(config_path, run_id: str, epns: list[str]) -> list[str]:
-    run_config = batch_run_config(epns, execute=True)
-    tags = {"assyncy/kind": "repatriation", **outcome_tags(epns, Outcome.QUEUED)}
-    return [
-        sys.executable,
-        "-m",
-        "assyncy_dagster.worker",
-        "--config",
-        str(config_path),
-        "--job",
-        REPATRIATION_JOB,
-        "--run-config",
-        json.dumps(run_config),
-        "--tags",
-        json.dumps(tags),
-        "--run-id",
-        run_id,
-    ]
 
 
 def _bytes_under(root: Path) -> int:
@@ -138,9 +122,7 @@ class Attempt:
 
     def run(self, config_path, env) -> Attempt:
         argv = (
-            _worker_argv(config_path, str(uuid.uuid4()), [self.epn])
-            if self.mode.startswith("worker")
-            else materialize_argv(self.epn)
+            batch_worker_argv(config_path, [self.epn]) if self.mode.startswith("worker") else materialize_argv(self.epn)
         )
         with open(self.log, "w") as out:
             proc = subprocess.Popen(argv, start_new_session=True, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -271,7 +253,7 @@ def test_kill_loop_never_leaves_a_partial_file_a_record_a_process_or_a_slot(stac
     # The rerun resumes and completes: exactly the source, each EPN recorded once.
     stack.configure(**{"rsync-bwlimit-kib": None})
     rerun = subprocess.run(
-        _worker_argv(stack.config_path, str(uuid.uuid4()), list(EPNS)),
+        batch_worker_argv(stack.config_path, list(EPNS)),
         capture_output=True,
         text=True,
         env=env,

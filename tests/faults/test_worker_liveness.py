@@ -14,27 +14,23 @@ epn_sensor tick (its sweep of lost runs included) is evaluated every few seconds
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from assyncy_dagster.claims import HEARTBEAT_LIMIT_SECONDS, HEARTBEAT_SECONDS, WORKER_TAG, claims, heartbeats
-from assyncy_dagster.names import REPATRIATION_JOB
 from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
-from assyncy_dagster.run_configs import batch_run_config
-from assyncy_dagster.run_records import IN_FLIGHT, LOST_TAG, outcome_tags
+from assyncy_dagster.run_records import IN_FLIGHT, LOST_TAG
 from tests.support.faultkit import figure
 from tests.support.helpers import (
+    batch_worker_argv,
     live_processes_mentioning,
     materialize_argv,
     running,
@@ -77,19 +73,6 @@ def _run_carrying(instance: dg.DagsterInstance, epn: str) -> dg.DagsterRun | Non
         if WORKER_TAG in run.tags:
             return run
     return None
-
-
-def _worker_argv(config_path: Path, run_id: str, epns: list[str]) -> list[str]:
-    """A repatriation run in a process of its own, as mxsync starts one (cycle.Workers)."""
-    run_config = batch_run_config(epns, execute=True)
-    tags = {"assyncy/kind": "repatriation", **outcome_tags(epns, Outcome.QUEUED)}
-    return [
-        sys.executable,
-        "-m",
-        "assyncy_dagster.worker",
-        *("--config", str(config_path), "--job", REPATRIATION_JOB),
-        *("--run-config", json.dumps(run_config), "--tags", json.dumps(tags), "--run-id", run_id),
-    ]
 
 
 @needs_unshare
@@ -161,7 +144,10 @@ def test_a_worker_killed_where_only_its_heartbeat_tells_is_noticed_within_a_minu
     with (
         open(log, "w") as out,
         running(
-            [*UNSHARE, *_worker_argv(stack.config_path, run_id, [epn])], stdout=out, stderr=subprocess.STDOUT, env=env
+            [*UNSHARE, *batch_worker_argv(stack.config_path, [epn], run_id)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         ) as worker,
     ):
         wait_for(lambda: transfer_started(stack.destination("ny79", epn)), 120, "rsync to start", proc=worker, log=log)
@@ -190,7 +176,7 @@ def test_a_worker_killed_where_only_its_heartbeat_tells_is_noticed_within_a_minu
     assert claims(stack.instance, [epn]) == {} and heartbeats(stack.instance, [run_id]) == {}
     stack.configure(**{"rsync-bwlimit-kib": None})
     retry = subprocess.run(
-        _worker_argv(stack.config_path, str(uuid.uuid4()), [epn]),
+        batch_worker_argv(stack.config_path, [epn]),
         capture_output=True,
         text=True,
         env=env,
@@ -216,7 +202,7 @@ def test_a_run_ended_while_its_worker_still_copies_stops_its_rsync_at_its_next_b
     with (
         open(log, "w") as out,
         running(
-            _worker_argv(stack.config_path, run_id, [epn]), stdout=out, stderr=subprocess.STDOUT, env=env
+            batch_worker_argv(stack.config_path, [epn], run_id), stdout=out, stderr=subprocess.STDOUT, env=env
         ) as worker,
     ):
         destination = stack.destination("ny79", epn)

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -30,11 +31,13 @@ import requests
 import yaml
 
 from assyncy_dagster.config import Equipment, Settings, load_settings
+from assyncy_dagster.cycle import worker_argv
 from assyncy_dagster.definitions import build_definitions, build_resources
 from assyncy_dagster.domain import Person, Visit, visit_window
 from assyncy_dagster.portal.client import PortalClient
 from assyncy_dagster.run_records import step_failure_message
 from assyncy_dagster.state import IGNORE_KEY
+from assyncy_dagster.tick import repatriation_requests
 from assyncy_dagster.transfer import SshEndpoint
 from assyncy_dagster.transfer.process import group_alive
 from assyncy_dagster_demo.portal_sim import PortalSimulator, equipment_credentials
@@ -97,6 +100,22 @@ def materialize_argv(epn: str | None = None, select: str = "epn_data") -> list[s
     """`dagster asset materialize` of the code location, as a user types it; the partition last."""
     argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "assyncy_dagster.definitions", "--select", select]
     return [*argv, "--partition", epn] if epn else [*argv, "--partition"]
+
+
+def add_started_run(instance: dg.DagsterInstance, **tags: str) -> str:
+    """A repatriation run recorded as started, with `tags`, as a worker's would be: its run id."""
+    run_id = str(uuid.uuid4())
+    instance.add_run(
+        dg.DagsterRun(job_name="repatriate_epn", run_id=run_id, status=dg.DagsterRunStatus.STARTED, tags=tags)
+    )
+    return run_id
+
+
+def batch_worker_argv(config_path: Path, epns: Sequence[str], run_id: str | None = None) -> list[str]:
+    """A repatriation batch of `epns` in a process of its own, as mxsync starts one: the sensor's own
+    run request (tick.repatriation_requests), run by cycle.worker_argv's command line."""
+    [request] = repatriation_requests([list(epns)], dry_run=False, history={})
+    return worker_argv(config_path, request, run_id or str(uuid.uuid4()))
 
 
 def command(name: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

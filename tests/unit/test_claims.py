@@ -10,7 +10,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -31,6 +30,7 @@ from assyncy_dagster.claims import (
 )
 from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.run_records import outcome_tags, settle_ended_runs, tagged_epns
+from tests.support.helpers import add_started_run
 
 
 @pytest.fixture
@@ -40,16 +40,7 @@ def instance(tmp_path: Path):
 
 
 def started_run(instance: dg.DagsterInstance, worker: str | None = None, **tags: str) -> str:
-    run_id = str(uuid.uuid4())
-    instance.add_run(
-        dg.DagsterRun(
-            job_name="repatriate_epn",
-            run_id=run_id,
-            status=dg.DagsterRunStatus.STARTED,
-            tags={WORKER_TAG: worker or this_worker(), **tags},
-        )
-    )
-    return run_id
+    return add_started_run(instance, **{WORKER_TAG: worker or this_worker(), **tags})
 
 
 def beat_at(instance: dg.DagsterInstance, run_id: str, stamp: float) -> None:

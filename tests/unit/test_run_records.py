@@ -13,6 +13,7 @@ import pytest
 
 from assyncy_dagster.claims import HEARTBEAT_QUIET_SECONDS
 from assyncy_dagster.run_records import CELERY_TASK_TAG, SILENT_TAG, WORKER_TAG, celery_workers_gone
+from tests.support.helpers import add_started_run
 
 NODE = "assyncy-mover1@mover1"
 
@@ -45,16 +46,7 @@ def instance():
 
 
 def started_run(instance: dg.DagsterInstance, task_id: str, worker: str = "mover1:4242:99", **tags: str) -> str:
-    run_id = str(uuid.uuid4())
-    instance.add_run(
-        dg.DagsterRun(
-            job_name="repatriate_epn",
-            run_id=run_id,
-            status=dg.DagsterRunStatus.STARTED,
-            tags={CELERY_TASK_TAG: task_id, WORKER_TAG: worker, **tags},
-        )
-    )
-    return run_id
+    return add_started_run(instance, **{CELERY_TASK_TAG: task_id, WORKER_TAG: worker, **tags})
 
 
 def records(instance: dg.DagsterInstance) -> list[dg.RunRecord]:

@@ -15,7 +15,6 @@ def test_an_epn_claimed_by_a_run_ended_from_outside_is_not_due_while_that_step_s
     """A run the sweep ended (its Celery worker went silent) may still be writing its EPN: the sensor
     does not ask for a retry that would only find the EPN claimed, until that heartbeat stops."""
     import time
-    import uuid
 
     import dagster as dg
 
@@ -23,12 +22,11 @@ def test_an_epn_claimed_by_a_run_ended_from_outside_is_not_due_while_that_step_s
     from assyncy_dagster.outcomes import Outcome
     from assyncy_dagster.run_records import InFlight, outcome_tags
     from assyncy_dagster.tick import repatriation_history
+    from tests.support.helpers import add_started_run
 
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        run_id = str(uuid.uuid4())
-        tags = {WORKER_TAG: "mover1:4242:99:1", **outcome_tags(["12282a"], Outcome.RUNNING)}
-        instance.add_run(
-            dg.DagsterRun(job_name="repatriate_epn", run_id=run_id, status=dg.DagsterRunStatus.STARTED, tags=tags)
+        run_id = add_started_run(
+            instance, **{WORKER_TAG: "mover1:4242:99:1"}, **outcome_tags(["12282a"], Outcome.RUNNING)
         )
         assert claim_epn(instance, "12282a", run_id) is None
         instance.report_run_failed(instance.get_run_by_id(run_id))

@@ -91,7 +91,7 @@ def own_host_names_work() -> bool:
     return done.returncode == 0
 
 
-def _spawn(argv: list[str], log: Path, environ: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+def spawn_logged(argv: list[str], log: Path, environ: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
     """A background process in a session of its own (stopped with its whole group), its output in `log`."""
     with open(log, "w") as out:
         return subprocess.Popen(
@@ -136,7 +136,7 @@ class CeleryWorker:
         # `dagster-celery worker start` runs `celery` from PATH: the install's bin folder must be on it.
         path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
         environ = {**os.environ, "PATH": path, "DAGSTER_HOME": str(self.home), **self.env}
-        self.proc = _spawn(self.argv(), self.log, environ, self.home)
+        self.proc = spawn_logged(self.argv(), self.log, environ, self.home)
         return self
 
     def ready(self) -> bool:
@@ -183,7 +183,7 @@ class DagsterDaemon:
     def start(self) -> DagsterDaemon:
         environ = {**os.environ, "DAGSTER_HOME": str(self.home), **self.env}
         argv = [str(BIN / "dagster-daemon"), "run", "-m", "assyncy_dagster.definitions"]
-        self.proc = _spawn(argv, self.log, environ, self.home)
+        self.proc = spawn_logged(argv, self.log, environ, self.home)
         return self
 
     def alive(self) -> bool:
