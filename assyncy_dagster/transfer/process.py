@@ -10,6 +10,7 @@ ends them if this process is stopped for longer than STOPPED_STEP_LIMIT_SECONDS.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import selectors
@@ -33,6 +34,9 @@ from .stepwatch import STOPPED_STEP_LIMIT_SECONDS, group_alive
 TERMINATE_GRACE_SECONDS = 5.0
 _READ_CHUNK = 1 << 16
 _GATHER_SECONDS = 0.005  # between reads of a drained pipe (see _pump)
+# rsync's stdout pipe: room for what it writes while _pump gathers (a no-op re-sync itemizes about
+# 6 MB/s: Linux's default 64 KiB fill in 10 ms and would stop rsync; 1 MiB is the default ceiling).
+_PIPE_BYTES = 1 << 20
 _MAX_PENDING = 1 << 16  # longest unterminated output record we keep
 _STDOUT_TAIL_LINES = 200
 _STDERR_TAIL_LINES = 60
@@ -378,6 +382,8 @@ def run_rsync(
             )
             _live[proc.pid] = proc
             _tell_watch(f"+{proc.pid}")
+        with contextlib.suppress(OSError, AttributeError):  # best effort: a user's pipe quota may refuse it
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)  # type: ignore[union-attr]
         if on_start is not None:
             on_start(proc.pid)
         exit_code = _pump(proc, stdout, stderr)
