@@ -171,6 +171,20 @@ def _our_version() -> str:
 
 
 @contextlib.contextmanager
+def start_up_heap_set_aside() -> Iterator[None]:
+    """For one step, the objects that exist when it begins (Dagster's, the code location's: about a
+    million, all long-lived) are set aside from Python's cycle collector (gc.freeze), and given
+    back when it ends (a Celery worker runs many steps). Otherwise each full collection in the
+    step rescans them all: 0.11-0.14 s each, and one fell inside most no-op re-syncs of 10,000
+    files, whose rsync takes 0.35 s."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@contextlib.contextmanager
 def _cycle_collection_paused() -> Iterator[None]:
     """Python's cycle collector paused while one EPN's trees are built: they are hundreds of
     thousands of small tuples (itemized lines, the manifest at home, the walk), none in a

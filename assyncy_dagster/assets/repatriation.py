@@ -29,7 +29,7 @@ from ..run_configs import batch_epns, batch_options
 from ..run_records import home_since_requested, outcome_tags, tagged_epns
 from ..state import read_epns
 from ..transfer import RsyncError, SshConfigError
-from .bring_home import EpnEmpty, EpnFailed, bring_home
+from .bring_home import EpnEmpty, EpnFailed, bring_home, start_up_heap_set_aside
 from .visits import PORTAL_VISITS, visit_metadata
 
 
@@ -79,7 +79,7 @@ def repatriate(
     outcomes: dict[str, str] = {}
     # The heartbeat first: every claim's holder has one, and a worker killed outright is noticed
     # by its silence (claims.py). Whatever ends the step, no EPN stays tagged queued or running.
-    with Heartbeat(instance, run_id, context.log), contextlib.ExitStack() as connection:
+    with start_up_heap_set_aside(), Heartbeat(instance, run_id, context.log), contextlib.ExitStack() as connection:
         taken = _taken_while_queued(instance, run_id, epns)
         if taken:
             epns = [epn for epn in epns if epn not in taken]

@@ -4,6 +4,7 @@ running, and of a real transfer. config.yml is read as in production; nothing is
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.resources.settings import AssyncyConfigResource, NoStorageIOManager
 from assyncy_dagster.transfer.bag import read_manifest
 from assyncy_dagster_demo.testing.stack import DEMO_CAP_MAP
-from tests.support.fakes import CannedPortal, CannedSource
+from tests.support.fakes import CannedPortal, CannedRsyncClient, CannedSource
 from tests.support.helpers import EPN_DATA, LocalSite, check_results, epn_data_metadata, failure_text, sample_config
 
 FILES = {"frames/img_0001.cbf": 4096, "frames/img_0002.cbf": 4096, "processing/xds.log": 17, ".info": 14}
@@ -156,4 +157,26 @@ def test_the_data_is_flushed_to_disk_before_its_manifest_and_ignore_yml_are_writ
     result = materialize_epn_data("12282a", CannedPortal(ended=["12282a"]))
     assert result.success, failure_text(result)
     assert seen == [(False, [])]  # flushed once, done before the manifest and before ignore.yml
+    assert site.ignored() == ["12282a"]
+
+
+def test_the_step_sets_its_start_up_objects_aside_from_the_cycle_collector_and_gives_them_back(site, monkeypatch):
+    """A full collection in the step would rescan every object made before it (Dagster's, the code
+    location's): 0.1 s each, and one fell inside most no-op re-syncs of 10,000 files. They are set
+    aside (gc.freeze) while the step runs, and given back when it ends: a Celery worker runs many."""
+    frozen_during_transfer = []
+    transfer = CannedRsyncClient.transfer
+
+    def transfer_seeing_the_collector(self, *args, **kwargs):
+        frozen_during_transfer.append(gc.get_freeze_count())
+        return transfer(self, *args, **kwargs)
+
+    monkeypatch.setattr(CannedRsyncClient, "transfer", transfer_seeing_the_collector)
+    assert gc.get_freeze_count() == 0
+
+    result = materialize_epn_data("12282a", CannedPortal(ended=["12282a"]))
+
+    assert result.success, failure_text(result)
+    assert frozen_during_transfer and frozen_during_transfer[0] > 10_000
+    assert gc.get_freeze_count() == 0
     assert site.ignored() == ["12282a"]
