@@ -24,7 +24,7 @@ from .parsing import (
     parse_listing_line,
     unescape_name,
 )
-from .process import RsyncResult, run_rsync, terminate_transfers
+from .process import RsyncResult, run_rsync, start_watch, terminate_transfers
 from .streams import StreamPlan, plan_streams
 
 # The name predates this package; log set-up and filters may refer to it.
@@ -32,7 +32,8 @@ log = logging.getLogger("assyncy.rsync")
 
 
 class RsyncClient:
-    """Lists and copies EPN folders from the SFTP host with rsync over ssh."""
+    """Lists and copies EPN folders from the SFTP host with rsync over ssh. Made, it starts the
+    process's watch over its rsyncs (process.start_watch), ahead of the first one."""
 
     def __init__(
         self,
@@ -49,6 +50,7 @@ class RsyncClient:
         # Spare the SFTP service (and the link) when several transfers share it.
         self.bwlimit_kib = bwlimit_kib
         self.checksum_algorithm = checksum_algorithm
+        start_watch()
 
     def _run(self, argv: list[str], *, description: str, **kwargs: Any) -> RsyncResult:
         self.endpoint.check_files()
