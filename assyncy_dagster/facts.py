@@ -29,7 +29,7 @@ from .refresh_failures import clear_refresh_failure, record_refresh_failure
 from .run_records import last_verified
 from .statefiles import read_json, write_json
 from .transfer import RsyncClient, RsyncError, SshConfigError
-from .transfer.manifests import files_of, total_bytes, tree_digest
+from .transfer.manifests import census, tree_digest
 
 # Never ask the portal or list the host more often than this, on average.
 MIN_REFRESH_SECONDS = 60
@@ -335,11 +335,12 @@ def look_for_new_data(
         before = recorded[epn]
         if tree_digest(tree) == before["source_digest"]:
             continue
-        files, size = files_of(tree), total_bytes(tree)
+        held = census(tree)
+        files, size = held.files, held.bytes
         when = datetime.fromtimestamp(before["timestamp"], UTC).isoformat(timespec="seconds")
         changed[epn] = (
             f"source changed since its verified sync at {when}: "
-            f"{len(files) - int(before.get('source_files', 0)):+d} file(s), "
+            f"{files - int(before.get('source_files', 0)):+d} file(s), "
             f"{size - int(before.get('source_bytes', 0)):+d} bytes"
         )
     facts.changed = changed

@@ -44,7 +44,7 @@ from ..resources.ssh_source import SshSourceResource
 from ..run_records import EPN_DATA, epn_history, last_verified
 from ..state import StateFileError, read_epns
 from ..transfer import RsyncError, SshConfigError, local_tree
-from ..transfer.manifests import files_of, total_bytes
+from ..transfer.manifests import census
 from .epn_data import OWNER, epn_data
 from .repatriation import dry_run_for
 
@@ -153,7 +153,8 @@ def _holding(epn: str, settings: Settings, count: bool) -> Holding | None:
     if not count:
         return Holding()
     tree = local_tree(path)
-    return Holding(len(files_of(tree)), total_bytes(tree))
+    held = census(tree)
+    return Holding(held.files, held.bytes)
 
 
 def last_attempt(instance: dg.DagsterInstance, epn: str) -> tuple[Outcome | None, str, str]:

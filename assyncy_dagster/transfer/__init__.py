@@ -10,6 +10,7 @@ exactly the same code.
 - `parsing`: reading rsync's output (listings, `--stats`, progress, itemized lines).
 - `process`: running rsync in its own process group, and stopping every run at shutdown.
 - `manifests`: what an EPN folder holds (a tree of entries), and how two trees differ.
+- `homewalk`: the walk of home begun before a transfer, kept true by the kernel's notices.
 - `verification`: the one verification every path that records an EPN asks.
 - `bag`: the EPN's checksum manifest at home (xxhsum- and BagIt-readable), and flushing it to disk.
 - `client`: `RsyncClient`, what the assets, the sensor and the CLI use.

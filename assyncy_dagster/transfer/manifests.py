@@ -59,50 +59,82 @@ def files_of(tree: Mapping[str, Entry]) -> dict[str, Entry]:
     return {path: entry for path, entry in tree.items() if entry.kind is Kind.FILE}
 
 
-def of_kind(tree: Mapping[str, Entry], kind: Kind) -> list[str]:
-    return sorted(path for path, entry in tree.items() if entry.kind is kind)
+class Census(NamedTuple):
+    """What a tree holds, counted in one pass: files, their bytes, how many of them carry a
+    content checksum, and the symlinks and special files by path (sorted)."""
+
+    files: int
+    bytes: int
+    with_checksum: int
+    links: list[str]
+    specials: list[str]
 
 
-def total_bytes(tree: Mapping[str, Entry]) -> int:
-    return sum(entry.size for entry in tree.values() if entry.kind is Kind.FILE)
+def census(tree: Mapping[str, Entry]) -> Census:
+    files = size = with_checksum = 0
+    links: list[str] = []
+    specials: list[str] = []
+    file, link, special = Kind.FILE, Kind.LINK, Kind.SPECIAL
+    for path, entry in tree.items():
+        kind = entry.kind
+        if kind is file:
+            files += 1
+            size += entry.size
+            if entry.checksum:
+                with_checksum += 1
+        elif kind is link:
+            links.append(path)
+        elif kind is special:
+            specials.append(path)
+    links.sort()
+    specials.sort()
+    return Census(files, size, with_checksum, links, specials)
 
 
 def local_tree(folder: Path) -> Tree:
     """Every entry under `folder` that a transfer could have put there (the transfer's filter:
     any path component starting with `.` hides it, except one named exactly `.info`, so
     `.rsync-partial/` and rsync's temp files never count). Symlinks are not followed. A
-    missing folder is an empty tree.
-
-    One lstat per entry (os.scandir's own, cached) and nothing else but a link's readlink:
-    this walk runs after every transfer, a no-op re-sync included."""
+    missing folder is an empty tree."""
     tree: Tree = {}
-    file, link, folder_kind, special = Kind.FILE, Kind.LINK, Kind.DIR, Kind.SPECIAL
-    is_dir, is_reg, is_link = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK
     stack: list[tuple[str, str]] = [(os.fspath(folder), "")]
     while stack:
-        here, prefix = stack.pop()
-        try:
-            it = os.scandir(here)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with it:
-            for item in it:
-                name = item.name
-                if name[0] == "." and name != KEPT_HIDDEN_NAME:  # is_transferred_name, inlined: per entry
-                    continue
-                relative = prefix + name
-                info = item.stat(follow_symlinks=False)
-                mode = info.st_mode
-                if is_reg(mode):
-                    tree[relative] = Entry(file, info.st_size, int(info.st_mtime))
-                elif is_dir(mode):
-                    tree[relative] = Entry(folder_kind, 0, int(info.st_mtime))
-                    stack.append((item.path, relative + "/"))
-                elif is_link(mode):
-                    tree[relative] = Entry(link, 0, int(info.st_mtime), None, os.readlink(item.path))
-                else:
-                    tree[relative] = Entry(special, 0, int(info.st_mtime))
+        stack += scan_folder(*stack.pop(), tree)
     return tree
+
+
+def scan_folder(here: str, prefix: str, tree: Tree) -> list[tuple[str, str]]:
+    """Add the entries of folder `here` to `tree` under `prefix` (its path in the tree, with a
+    trailing `/`, or "" for the top), as local_tree sees them; returns its subfolders as
+    (path, prefix). A folder that is not there adds nothing.
+
+    One lstat per entry (os.scandir's own, cached) and nothing else but a link's readlink:
+    this runs after every transfer, a no-op re-sync included."""
+    file, link, folder_kind, special = Kind.FILE, Kind.LINK, Kind.DIR, Kind.SPECIAL
+    is_dir, is_reg, is_link = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK
+    folders: list[tuple[str, str]] = []
+    try:
+        it = os.scandir(here)
+    except (FileNotFoundError, NotADirectoryError):
+        return folders
+    with it:
+        for item in it:
+            name = item.name
+            if name[0] == "." and name != KEPT_HIDDEN_NAME:  # is_transferred_name, inlined: per entry
+                continue
+            relative = prefix + name
+            info = item.stat(follow_symlinks=False)
+            mode = info.st_mode
+            if is_reg(mode):
+                tree[relative] = Entry(file, info.st_size, int(info.st_mtime))
+            elif is_dir(mode):
+                tree[relative] = Entry(folder_kind, 0, int(info.st_mtime))
+                folders.append((item.path, relative + "/"))
+            elif is_link(mode):
+                tree[relative] = Entry(link, 0, int(info.st_mtime), None, os.readlink(item.path))
+            else:
+                tree[relative] = Entry(special, 0, int(info.st_mtime))
+    return folders
 
 
 def resolve_link(tree: Mapping[str, Entry], path: str) -> str | None:
@@ -150,8 +182,10 @@ def _components(target: str) -> list[str] | None:
     return None if target.startswith("/") else target.split("/")
 
 
-def leaving_links(tree: Mapping[str, Entry]) -> list[str]:
-    return [path for path in of_kind(tree, Kind.LINK) if link_leaves(tree, path)]
+def leaving_links(tree: Mapping[str, Entry], links: Iterable[str] | None = None) -> list[str]:
+    """The symlinks of `tree` (or of `links`, its links by path) that resolve outside the EPN folder, sorted."""
+    links = census(tree).links if links is None else links
+    return sorted(path for path in links if link_leaves(tree, path))
 
 
 def tree_digest(tree: Mapping[str, Entry]) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .manifests import Entry, Kind, TreeDiff, compare_trees, files_of, leaving_links, of_kind, total_bytes
+from .manifests import Entry, TreeDiff, census, compare_trees, leaving_links
 
 SHOWN = 10
 
@@ -68,22 +68,21 @@ def _shown(items: list[str]) -> str:
 def verify_tree(epn: str, source: Mapping[str, Entry], home: Mapping[str, Entry]) -> Verdict:
     """The verdict on `home` (the destination's tree) against `source` (the source's tree,
     checksums filled where known)."""
-    files = files_of(source)
-    links = of_kind(source, Kind.LINK)
+    held = census(source)
     verdict = Verdict(
         epn=epn,
-        source_files=len(files),
-        source_bytes=total_bytes(source),
-        source_symlinks=len(links),
-        empty=not files,
+        source_files=held.files,
+        source_bytes=held.bytes,
+        source_symlinks=len(held.links),
+        empty=not held.files,
     )
-    specials = of_kind(source, Kind.SPECIAL)
+    specials = held.specials
     if specials:
         verdict.refusals.append(
             f"EPN {epn}: the source holds {len(specials)} special file(s) (devices, fifos, sockets) that are not "
             f"copied: {_shown(specials)}; not recorded. Ask the facility what they should be."
         )
-    verdict.leaving = leaving_links(source)
+    verdict.leaving = leaving_links(source, held.links)
     if verdict.leaving:
         shown = _shown([f"{p} -> {source[p].target}" for p in verdict.leaving])
         verdict.refusals.append(
@@ -92,6 +91,6 @@ def verify_tree(epn: str, source: Mapping[str, Entry], home: Mapping[str, Entry]
             "them with the files they point to."
         )
     verdict.diff = compare_trees(source, home)
-    verdict.verified_by_content = sum(1 for entry in files.values() if entry.checksum)
-    verdict.verified_by_size_only = len(files) - verdict.verified_by_content
+    verdict.verified_by_content = held.with_checksum
+    verdict.verified_by_size_only = held.files - held.with_checksum
     return verdict

@@ -42,6 +42,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "transfer.process",
         "transfer.stepwatch",
         "transfer.manifests",
+        "transfer.homewalk",
         "transfer.verification",
         "transfer.bag",
         "transfer.streams",

@@ -1,0 +1,130 @@
+"""The walk of home begun before a transfer (transfer/homewalk.py) is home as it is once the
+transfer is done: whatever changed in between, its tree equals a full walk made afterwards
+(manifests.local_tree), on a real folder with the kernel's real notices (inotify)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from assyncy_dagster.transfer.homewalk import HomeWalk
+from assyncy_dagster.transfer.manifests import local_tree
+
+
+def lay_out(home: Path, folders: int = 3, files: int = 4) -> None:
+    for f in range(folders):
+        for i in range(files):
+            path = home / f"run_{f}" / f"img_{i}.cbf"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x" * (100 + i))
+            os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
+    (home / "run_0" / "deep" / "deeper").mkdir(parents=True)
+    (home / "run_0" / "deep" / "deeper" / "frame.h5").write_bytes(b"y" * 10)
+    (home / "latest").symlink_to("run_1")
+
+
+def written_like_rsync(path: Path, data: bytes, mtime: int) -> None:
+    """A file as rsync writes it: a hidden temporary file, then renamed over the name."""
+    temporary = path.parent / f".{path.name}.XyZ123"
+    temporary.write_bytes(data)
+    os.utime(temporary, (mtime, mtime))
+    temporary.rename(path)
+
+
+CHANGES: dict[str, Callable[[Path], None]] = {
+    "nothing": lambda home: None,
+    "a file written like rsync writes it": lambda home: written_like_rsync(
+        home / "run_1" / "img_2.cbf", b"new content", 1_800_000_000
+    ),
+    "a new file in a deep folder": lambda home: written_like_rsync(
+        home / "run_0" / "deep" / "deeper" / "more.h5", b"z" * 7, 1_800_000_000
+    ),
+    "a file grown in place": lambda home: (home / "run_2" / "img_0.cbf").open("ab").write(b"more"),
+    "a file cut short in place": lambda home: os.truncate(home / "run_2" / "img_1.cbf", 3),
+    "a file's mtime set back": lambda home: os.utime(home / "run_0" / "img_3.cbf", (5, 5)),
+    "a file's mode changed": lambda home: os.chmod(home / "run_0" / "img_1.cbf", 0o600),
+    "a folder's mtime set": lambda home: os.utime(home / "run_0" / "deep", (7, 7)),
+    "a file removed": lambda home: (home / "run_1" / "img_0.cbf").unlink(),
+    "a new folder with files": lambda home: (
+        (home / "run_9" / "sub").mkdir(parents=True),
+        (home / "run_9" / "sub" / "a.cbf").write_bytes(b"a"),
+        (home / "run_9" / "b.cbf").write_bytes(b"bb"),
+    ),
+    "a folder removed": lambda home: shutil.rmtree(home / "run_0" / "deep"),
+    "a folder moved away": lambda home: (home / "run_2").rename(home / "run_2_moved"),
+    "a symlink pointed elsewhere": lambda home: (
+        (home / "latest").unlink(),
+        (home / "latest").symlink_to("run_2"),
+    ),
+    "a hidden partial file only": lambda home: (home / "run_1" / ".rsync-partial").mkdir(),
+    ".info written": lambda home: (home / "run_1" / ".info").write_text("beamline notes"),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=list(CHANGES))
+def test_the_walk_made_before_is_home_as_it_is_after_the_change(tmp_path, change):
+    home = tmp_path / "data"
+    lay_out(home)
+    with HomeWalk(home) as walk:
+        walk.begin()
+        CHANGES[change](home)
+        assert walk.tree() == local_tree(home)
+
+
+def test_a_no_op_lists_nothing_again_and_a_change_only_its_folder(tmp_path):
+    home = tmp_path / "data"
+    lay_out(home, folders=20)
+    with HomeWalk(home) as walk:
+        walk.begin()
+        assert walk.tree() == local_tree(home) and walk.relisted == 0
+    with HomeWalk(home) as walk:
+        walk.begin()
+        written_like_rsync(home / "run_7" / "img_1.cbf", b"changed", 1_800_000_000)
+        assert walk.tree() == local_tree(home) and walk.relisted == 1
+
+
+def test_without_a_walk_before_or_a_folder_to_watch_the_tree_is_a_full_walk_after(tmp_path):
+    home = tmp_path / "data"
+    with HomeWalk(home) as walk:  # a first copy: home is not there when the transfer begins
+        walk.begin()
+        lay_out(home)
+        assert walk.tree() == local_tree(home) and walk.relisted == -1
+    with HomeWalk(home) as walk:  # begin never called (a dry-run, a caller that had no time)
+        assert walk.tree() == local_tree(home) and walk.relisted == -1
+
+
+def test_many_random_changes_end_as_a_full_walk_says(tmp_path):
+    """Creations, rewrites, removals, renames and attribute changes at random, as a transfer
+    and a user at home might make them at once; each time the walk equals a full walk."""
+    chooser = random.Random(19)
+    for round_ in range(25):
+        home = tmp_path / f"round_{round_}" / "data"
+        lay_out(home, folders=4, files=5)
+        with HomeWalk(home) as walk:
+            walk.begin()
+            for _ in range(chooser.randint(1, 6)):
+                files = sorted(p for p in home.rglob("*") if p.is_file() and not p.is_symlink())
+                folders = sorted(p for p in home.rglob("*") if p.is_dir() and not p.is_symlink())
+                target = chooser.choice(files) if files else None
+                action = chooser.choice(["write", "append", "utime", "unlink", "new", "mkdir", "rename"])
+                if target is None or action == "new":
+                    written_like_rsync(chooser.choice([*folders, home]) / f"n{chooser.random()}", b"n", 9)
+                elif action == "write":
+                    written_like_rsync(target, b"w" * chooser.randint(0, 50), chooser.randint(1, 10**9))
+                elif action == "append":
+                    with target.open("ab") as fh:
+                        fh.write(b"a")
+                elif action == "utime":
+                    os.utime(target, (3, chooser.randint(1, 10**9)))
+                elif action == "unlink":
+                    target.unlink()
+                elif action == "mkdir":
+                    (chooser.choice([*folders, home]) / f"d{chooser.random()}").mkdir()
+                else:
+                    target.rename(chooser.choice([*folders, home]) / f"r{chooser.random()}")
+            assert walk.tree() == local_tree(home), f"round {round_}"
