@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import re
+import select
 import selectors
 import shutil
 import signal
@@ -200,10 +201,33 @@ class _Tail:
         return "\n".join(self.lines)
 
 
+class _ExitNotice:
+    """Waits up to a timeout for a process to exit: on its pidfd (Linux 5.3+), else a plain sleep."""
+
+    def __init__(self, pid: int):
+        try:
+            self._fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self._fd = -1
+
+    def __enter__(self) -> _ExitNotice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+
+    def wait(self, seconds: float) -> None:
+        if self._fd < 0:
+            time.sleep(seconds)
+        else:
+            select.select([self._fd], [], [], seconds)
+
+
 def _pump(proc: subprocess.Popen[bytes], stdout: _Tail, stderr: _Tail) -> int:
     """Read rsync's stdout and stderr in large chunks until both close; return its exit code."""
     streams = {proc.stdout.fileno(): stdout, proc.stderr.fileno(): stderr}  # type: ignore[union-attr]
-    with selectors.DefaultSelector() as selector:
+    with selectors.DefaultSelector() as selector, _ExitNotice(proc.pid) as exited:
         for fd in streams:
             os.set_blocking(fd, False)
             selector.register(fd, selectors.EVENT_READ)
@@ -223,8 +247,9 @@ def _pump(proc: subprocess.Popen[bytes], stdout: _Tail, stderr: _Tail) -> int:
                     del streams[key.fd]
             if drained:
                 # rsync writes a line per file: woken for each, this process would read 300 bytes at a
-                # time and take a core from rsync. Letting lines gather costs at most this much latency.
-                time.sleep(_GATHER_SECONDS)
+                # time and take a core from rsync. Letting lines gather costs at most this much
+                # latency, and none once rsync has exited (its last lines are read at once).
+                exited.wait(_GATHER_SECONDS)
             if streams and proc.poll() is not None:
                 # A grandchild that kept our pipes open must not hang us once rsync is done.
                 exited_at = exited_at or time.monotonic()
