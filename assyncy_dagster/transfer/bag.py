@@ -124,14 +124,14 @@ def write_manifest(
     the `epn_data` materialisation's data version. `info` fills bag-info.txt. `recorded`: the
     manifest as read at home before the transfer; when it already says exactly this (a re-sync
     that changed nothing), nothing is written and its digest stands."""
-    kept = {p: e for p, e in tree.items() if e.kind is Kind.FILE or e.kind is Kind.LINK}
     if (
         recorded is not None
         and recorded.algorithm == algorithm
-        and recorded.tree == kept
+        and _records_exactly(recorded.tree, tree)
         and (epn_folder / manifest_name(algorithm)).is_file()
     ):
         return recorded.digest
+    kept = {p: e for p, e in tree.items() if e.kind is Kind.FILE or e.kind is Kind.LINK}
     record = _record_text(kept, algorithm)
     if _unchanged(epn_folder, record, algorithm):
         return _digest(record)  # a re-sync that changed nothing: the manifest (and its date) stand
@@ -152,6 +152,16 @@ def write_manifest(
     write_atomically(epn_folder / "bag-info.txt", "".join(f"{k}: {one_line(v)}\n" for k, v in bag_info.items()))
     write_atomically(epn_folder / RECORD_NAME, record)  # last: its digest is the data version
     return _digest(record)
+
+
+def _records_exactly(recorded: Mapping[str, Entry], tree: Mapping[str, Entry]) -> bool:
+    """Whether `recorded` (files and links only, as a manifest holds them) holds exactly the files
+    and links of `tree`, entry for entry: compared in place, with no copy of a large tree."""
+    get = tree.get
+    if any(get(path) != entry for path, entry in recorded.items()):
+        return False
+    file, link = Kind.FILE, Kind.LINK
+    return sum(1 for entry in tree.values() if entry.kind is file or entry.kind is link) == len(recorded)
 
 
 def _unchanged(epn_folder: Path, record: str, algorithm: str) -> bool:

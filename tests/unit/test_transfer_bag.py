@@ -57,3 +57,25 @@ def test_a_re_sync_that_changed_nothing_leaves_the_manifest_as_it_was(tmp_path):
     changed = {**TREE, "frames/new.cbf": Entry(Kind.FILE, 1, 103, checksum="c" * 32)}
     write_manifest(tmp_path, changed, algorithm="xxh128", info={**INFO, "Bagged-At": "third"})
     assert "Bagged-At: third" in (tmp_path / "bag-info.txt").read_text()
+
+
+def test_given_the_manifest_read_before_the_transfer_only_an_exact_match_leaves_it_as_it_was(tmp_path):
+    """bring_home passes the manifest it read while ssh connected: any file or link more, fewer
+    or different (a checksum, a size, a target) writes it again; only the same entries leave it."""
+    write_manifest(tmp_path, TREE, algorithm="xxh128", info={**INFO, "Bagged-At": "first"})
+    img = "frames/img 0001.cbf"
+    changes = {
+        "one file more": {**TREE, "frames/new.cbf": Entry(Kind.FILE, 1, 103, checksum="c" * 32)},
+        "one file fewer": {p: e for p, e in TREE.items() if p != "frames/old.cbf"},
+        "a checksum": {**TREE, img: TREE[img]._replace(checksum="d" * 32)},
+        "a size": {**TREE, img: TREE[img]._replace(size=4)},
+        "a link's target": {**TREE, "latest": TREE["latest"]._replace(target="frames/old.cbf")},
+    }
+    for round_, (change, tree) in enumerate(changes.items()):
+        recorded = read_manifest(tmp_path)
+        assert write_manifest(tmp_path, TREE, algorithm="xxh128", info={**INFO, "Bagged-At": "x"}, recorded=recorded)
+        assert "Bagged-At: x" not in (tmp_path / "bag-info.txt").read_text(), "an exact match was written again"
+        write_manifest(tmp_path, tree, algorithm="xxh128", info={**INFO, "Bagged-At": change}, recorded=recorded)
+        assert f"Bagged-At: {change}" in (tmp_path / "bag-info.txt").read_text(), change
+        assert read_manifest(tmp_path).tree == {p: e for p, e in tree.items() if e.kind is not Kind.DIR}, change
+        write_manifest(tmp_path, TREE, algorithm="xxh128", info={**INFO, "Bagged-At": f"back {round_}"})
