@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 
@@ -77,6 +78,15 @@ def check_evaluation(
         metadata=metadata or {},
         severity=dg.AssetCheckSeverity.ERROR,
     )
+
+
+class _SourceSide(NamedTuple):
+    """The source's side of an EPN's verification: the tree rsync listed, that tree with the
+    checksums recorded at home filled in, and its digest (manifests.tree_digest; "" in a dry-run)."""
+
+    listed: Tree
+    source: Tree
+    digest: str
 
 
 def recorded_tree(epn_folder: Path, settings: Settings, recorded: Recorded | None = None) -> Tree:
@@ -307,15 +317,29 @@ def bring_home(
     read_before = False
 
     walk = HomeWalk(destination)  # closed by the `with` below
+    prepared: list[_SourceSide] = []
+
+    def source_side(listed: Tree) -> _SourceSide:
+        # Files rsync did not send in this run are the files whose checksums were recorded before.
+        source = with_checksums(listed, recorded_tree(destination.parent, settings, recorded).items())
+        return _SourceSide(listed, source, "" if dry_run else tree_digest(source))
+
+    def when_listed(listed: Tree) -> None:
+        # rsync has reported every entry and now closes its connection (about 20 ms): the source's
+        # side of the verification is made meanwhile, kept if nothing is added to the tree after.
+        if read_before:
+            prepared.append(source_side(dict(listed)))
 
     def while_connecting() -> None:
         # What does not depend on the transfer is read while ssh sets up its connection (a
         # quarter of a second, idle here): the manifest at home (only this run, holding the
-        # EPN's claim, writes it), the EPN's last verified sync, and the walk of home, watched
-        # from then on so that rsync's changes are seen (transfer/homewalk.py).
+        # EPN's claim, writes it), the EPN's last verified sync, this package's version for
+        # bag-info.txt (looked up once per process: 4 ms), and the walk of home, watched from
+        # then on so that rsync's changes are seen (transfer/homewalk.py).
         nonlocal recorded, previous, read_before
         recorded = read_manifest(destination.parent)
         previous = last_verified(context.instance, epn)
+        _our_version()
         read_before = True
         if not dry_run:
             walk.begin()
@@ -331,6 +355,7 @@ def bring_home(
                 streams_min_mib=settings.transfer_streams_min_mib,
                 full_checksum=full_checksum,
                 while_connecting=while_connecting,
+                when_listed=when_listed,
             )
         except RsyncError as exc:
             raise EpnFailed(f"EPN {epn}: {exc}") from None
@@ -338,10 +363,11 @@ def bring_home(
         # The write-back of the copy starts now, beside the reading of the manifest, the walk and the
         # verification; record_home waits for it before anything is recorded.
         flush = None if dry_run else Flush(destination)
-        # Files rsync did not send in this run are the files whose checksums were recorded before.
         if not read_before:
             while_connecting()
-        source = with_checksums(result.tree or {}, recorded_tree(destination.parent, settings, recorded).items())
+        reported = result.tree or {}
+        side = prepared[0] if prepared and prepared[0].listed == reported else source_side(reported)
+        source = side.source
         home = {} if dry_run else walk.tree()  # walked once: verified, then counted
         verdict = verify_tree(epn, source, home)
     if verdict.empty:
@@ -371,7 +397,7 @@ def bring_home(
         context.log.warning(f"EPN {epn}: dry-run only (execute: false); nothing copied, not marked repatriated")
         yield dg.AssetObservation(asset_key=EPN_DATA, partition=epn, metadata=metadata)
         return
-    source_digest = tree_digest(source)
+    source_digest = side.digest
     at_home = census(home)
     metadata.update(
         {

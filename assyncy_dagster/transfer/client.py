@@ -20,6 +20,7 @@ from .parsing import (
     ListingEntry,
     ProgressUpdate,
     TransferStats,
+    begins_stats,
     parse_itemized_line,
     parse_listing_line,
     unescape_name,
@@ -127,6 +128,7 @@ class RsyncClient:
         streams_min_mib: float = 1024,
         full_checksum: bool = False,
         while_connecting: Callable[[], None] | None = None,
+        when_listed: Callable[[Tree], None] | None = None,
     ) -> RsyncResult:
         """Copy EPN `epn` into `destination` (a dry run copies nothing); raises RsyncError on failure.
 
@@ -136,7 +138,10 @@ class RsyncClient:
         every file, sent or not, comes with its checksum. `while_connecting` is called
         once, as soon as rsync runs and before its output is read: the caller's work that
         does not depend on the transfer overlaps ssh's connection set-up (an exception
-        from it stops rsync and propagates)."""
+        from it stops rsync and propagates). `when_listed` gets the source tree once rsync has
+        reported every entry, while it closes its connection (one rsync only, not streams): the
+        caller's work on the source alone overlaps that. A line on stderr (a special file passed
+        over) may still add to the tree after it; the result's tree is the whole one."""
         started = [False]
 
         def on_start(_pgid: int) -> None:
@@ -169,6 +174,7 @@ class RsyncClient:
             on_progress=on_progress,
             extra_args=extra_args,
             on_start=on_start,
+            when_listed=when_listed,
         )
 
     def _transfer_one(
@@ -182,6 +188,7 @@ class RsyncClient:
         extra_args: Sequence[str],
         description: str = "",
         on_start: Callable[[int], None] | None = None,
+        when_listed: Callable[[Tree], None] | None = None,
     ) -> RsyncResult:
         argv = transfer_command(
             self.endpoint,
@@ -201,6 +208,9 @@ class RsyncClient:
                 tree[item.path] = item.entry
                 if item.sent:
                     sent.append((item.path, item.new))
+                return
+            if when_listed is not None and begins_stats(line):
+                when_listed(tree)
                 return
             passed_over = SKIPPED_NON_REGULAR.match(line)
             if passed_over:

@@ -161,6 +161,12 @@ def has_stats(text: str) -> bool:
     return _STATS_FIELDS["total_files"].search(text) is not None
 
 
+def begins_stats(line: str) -> bool:
+    """Whether this stdout line is the first of rsync's `--stats` block, which rsync prints once it
+    has reported every entry (itemized), while it closes the connection (about 20 ms)."""
+    return _STATS_FIELDS["total_files"].match(line) is not None
+
+
 def parse_stats(text: str) -> TransferStats:
     """Parse rsync's `--stats` block; numbers with or without digit grouping (`--no-h`)."""
     values: dict[str, int] = {}

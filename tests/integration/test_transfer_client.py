@@ -219,3 +219,17 @@ def test_sftp_account_is_read_only(sftp_source, epn_tree, tmp_path):
         run_rsync(push)
     assert "read-only" in str(info.value)
     assert not (folder / "upload.cbf").exists()
+
+
+def test_when_listed_gets_the_whole_source_tree_while_rsync_still_closes_its_connection(
+    sftp_source, epn_tree, tmp_path
+):
+    """bring_home prepares the source's side of the verification in rsync's last ~20 ms (the
+    connection closing after its --stats): what it is given must be every entry rsync reported."""
+    epn, _ = epn_tree
+    given: list[dict] = []
+    result = sftp_source.rsync_client().transfer(
+        epn, tmp_path / "data", dry_run=False, when_listed=lambda tree: given.append(dict(tree))
+    )
+    assert len(given) == 1 and given[0] == result.tree
+    assert set(files_of(given[0])) == set(EXPECTED)

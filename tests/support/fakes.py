@@ -53,6 +53,7 @@ class CannedRsyncClient(RsyncClient):
         streams_min_mib: float = 1024,
         full_checksum: bool = False,
         while_connecting: Callable[[], None] | None = None,
+        when_listed: Callable[[Tree], None] | None = None,
     ) -> RsyncResult:
         self.transfers.append((epn, destination, dry_run))
         if while_connecting is not None:  # as the real client: once rsync runs, before it copies
@@ -69,6 +70,8 @@ class CannedRsyncClient(RsyncClient):
             tree[relative] = Entry(Kind.FILE, entry.size, CANNED_MTIME, checksum=hashlib.md5(content).hexdigest())
         for folder in {str(Path(p).parent) for p in tree if "/" in p}:
             tree[folder] = Entry(Kind.DIR, mtime=CANNED_MTIME)
+        if when_listed is not None:  # as the real client: every entry reported, rsync still closing
+            when_listed(tree)
         total = sum(e.size for e in tree.values())
         files = sum(1 for e in tree.values() if e.kind is Kind.FILE)
         stats = TransferStats(
