@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from .epn import is_valid_base_number, is_valid_project
+from .statefiles import load_yaml
 from .transfer.commands import ChecksumAlgorithm
 
 CONFIG_ENV = "ASSYNCY_CONFIG"
@@ -365,7 +366,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     path = config_path_from_env(path)
     name = path.name
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(path, [f"{path}: config file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .statefiles import locked, write_atomically
+from .statefiles import load_yaml, locked, write_atomically
 
 IGNORE_KEY = "previouslySynched"
 ALERTED_KEY = "alerted"
@@ -47,7 +47,7 @@ def _read(path: Path, key: str) -> tuple[dict, list[str]]:
     except UnicodeDecodeError as exc:
         raise StateFileError(f"{path}: not UTF-8 text{_FIX}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise StateFileError(f"{path}: not valid YAML{_FIX}: {exc}") from None
     if data is None:
