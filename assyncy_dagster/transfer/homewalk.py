@@ -56,6 +56,8 @@ _CHANGES = (
     | _IN_DELETE_SELF
     | _IN_MOVE_SELF
 )
+# A name added to or taken from a folder: the folder's own mtime moves too (any name, hidden ones too).
+_ENTRIES = _IN_CREATE | _IN_DELETE | _IN_MOVED_FROM | _IN_MOVED_TO
 # A notice the walk cannot follow: a watched folder gone or moved, its file system gone, notices lost.
 _LOST = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_Q_OVERFLOW | _IN_IGNORED
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len; then the name, NUL-padded to len
@@ -159,11 +161,14 @@ class HomeWalk:
                     if prefix:
                         changed.add(_parent_prefix(prefix))
                     continue
+                prefix = self._folders[wd]
+                if mask & _ENTRIES and prefix:  # the folder's mtime moved: its parent's listing holds it
+                    changed.add(_parent_prefix(prefix))
                 if name.startswith(b".") and name != KEPT_HIDDEN_NAME.encode():
-                    continue  # rsync's temporary files, .rsync-partial: never part of the tree
+                    continue  # rsync's temporary files, .rsync-partial: never part of the tree themselves
                 if mask & _IN_ISDIR and mask & (_IN_DELETE | _IN_MOVED_FROM):
                     return None  # a walked folder gone: its entries cannot be followed from here
-                changed.add(self._folders[wd])
+                changed.add(prefix)
 
     def _relisted(self, changed: set[str]) -> Tree:
         """The tree walked before, with each changed folder listed again and new folders walked."""

@@ -26,6 +26,9 @@ def lay_out(home: Path, folders: int = 3, files: int = 4) -> None:
     (home / "run_0" / "deep" / "deeper").mkdir(parents=True)
     (home / "run_0" / "deep" / "deeper" / "frame.h5").write_bytes(b"y" * 10)
     (home / "latest").symlink_to("run_1")
+    # Folders as old as their files: a change inside one moves its mtime to now, whatever the clock says.
+    for folder in [home, *(p for p in home.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        os.utime(folder, (1_700_000_000, 1_700_000_000))
 
 
 def written_like_rsync(path: Path, data: bytes, mtime: int) -> None:
@@ -76,7 +79,7 @@ def test_the_walk_made_before_is_home_as_it_is_after_the_change(tmp_path, change
         assert walk.tree() == local_tree(home)
 
 
-def test_a_no_op_lists_nothing_again_and_a_change_only_its_folder(tmp_path):
+def test_a_no_op_lists_nothing_again_and_a_change_only_its_folder_and_the_one_holding_it(tmp_path):
     home = tmp_path / "data"
     lay_out(home, folders=20)
     with HomeWalk(home) as walk:
@@ -85,7 +88,7 @@ def test_a_no_op_lists_nothing_again_and_a_change_only_its_folder(tmp_path):
     with HomeWalk(home) as walk:
         walk.begin()
         written_like_rsync(home / "run_7" / "img_1.cbf", b"changed", 1_800_000_000)
-        assert walk.tree() == local_tree(home) and walk.relisted == 1
+        assert walk.tree() == local_tree(home) and walk.relisted == 2  # run_7/, and home for run_7's mtime
 
 
 def test_without_a_walk_before_or_a_folder_to_watch_the_tree_is_a_full_walk_after(tmp_path):
@@ -99,10 +102,10 @@ def test_without_a_walk_before_or_a_folder_to_watch_the_tree_is_a_full_walk_afte
 
 
 def test_many_random_changes_end_as_a_full_walk_says(tmp_path):
-    """Creations, rewrites, removals, renames and attribute changes at random, as a transfer
-    and a user at home might make them at once; each time the walk equals a full walk."""
+    """Creations, rewrites, removals, renames, hidden files and attribute changes at random, as a
+    transfer and a user at home might make them at once; each time the walk equals a full walk."""
     chooser = random.Random(19)
-    for round_ in range(25):
+    for round_ in range(40):
         home = tmp_path / f"round_{round_}" / "data"
         lay_out(home, folders=4, files=5)
         with HomeWalk(home) as walk:
@@ -111,7 +114,7 @@ def test_many_random_changes_end_as_a_full_walk_says(tmp_path):
                 files = sorted(p for p in home.rglob("*") if p.is_file() and not p.is_symlink())
                 folders = sorted(p for p in home.rglob("*") if p.is_dir() and not p.is_symlink())
                 target = chooser.choice(files) if files else None
-                action = chooser.choice(["write", "append", "utime", "unlink", "new", "mkdir", "rename"])
+                action = chooser.choice(["write", "append", "utime", "unlink", "new", "mkdir", "rename", "hidden"])
                 if target is None or action == "new":
                     written_like_rsync(chooser.choice([*folders, home]) / f"n{chooser.random()}", b"n", 9)
                 elif action == "write":
@@ -123,6 +126,8 @@ def test_many_random_changes_end_as_a_full_walk_says(tmp_path):
                     os.utime(target, (3, chooser.randint(1, 10**9)))
                 elif action == "unlink":
                     target.unlink()
+                elif action == "hidden":  # rsync's temporary file, left behind
+                    (chooser.choice([*folders, home]) / f".tmp{chooser.random()}").write_bytes(b"h")
                 elif action == "mkdir":
                     (chooser.choice([*folders, home]) / f"d{chooser.random()}").mkdir()
                 else:
