@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from assyncy_dagster.statefiles import load_yaml
+
 DEFAULT_TOKEN_TTL = 3600
 DEFAULT_TIMEZONE = "Australia/Melbourne"
 ACCOUNT_FIELDS = ("username", "password", "client_name", "client_password")
@@ -67,10 +69,7 @@ def load_data(source: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str]
     except OSError as exc:
         raise SimulatorDataError(f"{path}: cannot read the visits file: {exc.strerror or exc}") from None
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = json.loads(text) if path.suffix.lower() == ".json" else load_yaml(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise SimulatorDataError(f"{path}: not valid YAML or JSON: {exc}") from None
     if not isinstance(data, dict):
