@@ -148,8 +148,9 @@ def end_lost_runs(
         if fresh is None or fresh.status not in IN_FLIGHT:
             continue
         instance.add_run_tags(run.run_id, {LOST_TAG: why})
-        instance.report_run_failed(fresh, message=f"assyncy: run ended as failed: {why}")
+        # Its slot first: whoever sees the run failed sees its slot free too.
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        instance.report_run_failed(fresh, message=f"assyncy: run ended as failed: {why}")
         if why_gone(run, beats.get(run.run_id), now.timestamp()) is not None:
             # Its worker is known gone: nothing of it still writes. Otherwise (a Celery worker that
             # stopped answering, a run past stale-run-hours) it may be only paused or cut off: its
