@@ -14,6 +14,8 @@ PostgreSQL, on one host or on many:
   is a single statement, atomic on SQLite and on PostgreSQL alike. (Dagster's
   concurrency slots are not: their claim reads a free slot and then writes it,
   and on PostgreSQL two runs can both write the same slot.)
+- `assyncy/batch/<run id>`: the id of the run changing that batch run's EPN list,
+  claimed the same way and held only for the few statements of the change.
 
 A run's worker is gone only on positive evidence (`why_gone`): its heartbeat is
 older than HEARTBEAT_LIMIT_SECONDS, or its process, tagged with the host name and
@@ -26,12 +28,13 @@ elsewhere: keep them in time (NTP), as Dagster's own schedules need.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import dagster as dg
@@ -44,6 +47,8 @@ from .transfer import terminate_all_transfers
 WORKER_TAG = "assyncy/worker"
 HEARTBEAT_PREFIX = "assyncy/heartbeat/"
 CLAIM_PREFIX = "assyncy/claim/"
+BATCH_PREFIX = "assyncy/batch/"
+BATCH_WAIT_STEP_SECONDS = 0.02
 # A step beats every 5 s; a heartbeat older than 30 s (six beats missed) means the worker is gone.
 # epn_sensor looks every 30 s, so a worker killed outright is noticed within a minute, while a
 # worker slowed by a loaded host or a busy database for up to half a minute is still alive.
@@ -277,7 +282,36 @@ def claim_epn(instance: dg.DagsterInstance, epn: str, run_id: str, logger: Any =
     """Take run `run_id`'s exclusive claim on `epn` before any rsync into it: None when this run
     holds it now, else the id of the run that does. A claim whose run ended, or whose worker is
     gone (`why_gone`), has expired and is taken over, with a log line naming it."""
-    storage, key = _storage(instance), CLAIM_PREFIX + epn
+    return _claim(instance, CLAIM_PREFIX + epn, f"EPN {epn}", run_id, logger)
+
+
+def release_epn(instance: dg.DagsterInstance, epn: str, run_id: str) -> None:
+    """Give back run `run_id`'s claim on `epn` (a claim another run took over stays that run's)."""
+    _delete(_storage(instance), [CLAIM_PREFIX + epn], value=run_id)
+
+
+@contextlib.contextmanager
+def batch_held(instance: dg.DagsterInstance, batch_run_id: str, run_id: str, wait: float) -> Iterator[bool]:
+    """Hold, for run `run_id`, the claim on the EPN list of batch run `batch_run_id` (its EPNs'
+    `queued`/`skipped` tags and whether its step has begun), waiting up to `wait` seconds for
+    another holder: True while held, False if it could not be had. The batch run holds it while
+    its step begins; a run taking one of its queued EPNs holds it while it tags it `skipped`.
+    So every EPN of a batch is brought home by exactly one of them (assets/repatriation.py)."""
+    key, deadline = BATCH_PREFIX + batch_run_id, time.monotonic() + wait
+    while _claim(instance, key, f"the EPN list of run {batch_run_id}", run_id) is not None:
+        if time.monotonic() >= deadline:
+            yield False
+            return
+        time.sleep(BATCH_WAIT_STEP_SECONDS)
+    try:
+        yield True
+    finally:
+        _delete(_storage(instance), [key], value=run_id)
+
+
+def _claim(instance: dg.DagsterInstance, key: str, what: str, run_id: str, logger: Any = None) -> str | None:
+    """Claim `key` for run `run_id` (see claim_epn; `what` names it in the log)."""
+    storage = _storage(instance)
     holder: str | None = None
     for _ in range(5):  # another run may take or give it back between two statements: look again
         if _insert(storage, key, run_id):
@@ -291,15 +325,10 @@ def claim_epn(instance: dg.DagsterInstance, epn: str, run_id: str, logger: Any =
         if why is None:
             return holder
         if _replace(storage, key, holder, run_id):
-            (logger or log).warning(f"EPN {epn}: took over the claim of run {holder}: {why}")
+            (logger or log).warning(f"{what}: took over the claim of run {holder}: {why}")
             return None
     # Still contended after five looks: another run has it, or is about to; never assume it is free.
     return holder or "(another run: the claim changed hands while this run asked for it)"
-
-
-def release_epn(instance: dg.DagsterInstance, epn: str, run_id: str) -> None:
-    """Give back run `run_id`'s claim on `epn` (a claim another run took over stays that run's)."""
-    _delete(_storage(instance), [CLAIM_PREFIX + epn], value=run_id)
 
 
 def claims(instance: dg.DagsterInstance, epns: Iterable[str]) -> dict[str, str]:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from ..claims import WORKER_TAG, Heartbeat, claim_epn, release_epn, this_worker
+from ..claims import HEARTBEAT_LIMIT_SECONDS, WORKER_TAG, Heartbeat, batch_held, claim_epn, release_epn, this_worker
 from ..config import Settings
 from ..domain import visit_window, visits_by_epn
 from ..epn import InvalidEpnError, is_valid_epn, validate_epn
@@ -80,13 +80,12 @@ def repatriate(
     # The heartbeat first: every claim's holder has one, and a worker killed outright is noticed
     # by its silence (claims.py). Whatever ends the step, no EPN stays tagged queued or running.
     with start_up_heap_set_aside(), Heartbeat(instance, run_id, context.log), contextlib.ExitStack() as connection:
-        taken = _taken_while_queued(instance, run_id, epns)
+        taken = _begin(instance, run_id, epns, batch=take_queued)
         if taken:
             epns = [epn for epn in epns if epn not in taken]
             context.log.info(
                 f"EPN(s) {', '.join(taken)}: taken by another batch run while this one waited in the queue"
             )
-        instance.add_run_tags(run_id, {WORKER_TAG: this_worker(), **outcome_tags(epns, Outcome.QUEUED)})
         try:
             since, until = visit_window(datetime.now(UTC), settings.visit_day_range)
             try:
@@ -178,6 +177,13 @@ _WAITING = [
 ]
 
 
+# How long a run waits for the claim on a waiting batch's EPN list (held by another run for a
+# few statements) before it leaves that EPN to the batch; and how long a batch run starting its
+# step waits, which covers a taker killed while holding it (its claim expires with its heartbeat).
+TAKE_WAIT_SECONDS = 1.0
+BEGIN_WAIT_SECONDS = HEARTBEAT_LIMIT_SECONDS + 10.0
+
+
 def _take_queued(
     instance: dg.DagsterInstance, run_id: str, settings: Settings, dry_run: bool, seen: set[str], log
 ) -> Iterator[str]:
@@ -187,9 +193,9 @@ def _take_queued(
     look and a new run's start-up (seconds each); instead this run goes on in its `rsync` slot,
     so `max-tasks` runs keep `max-tasks` transfers going while EPNs are waiting. Only from runs
     with the same choices (`execute`, ...), newest run first and each one's EPNs from the end
-    (where that run, if it starts, would come last). Each EPN is tagged `skipped` on the run it
-    is taken from before anything else (that run leaves it out when it starts, see
-    `_taken_while_queued`), then claimed (claims.py): of two runs reaching for one EPN, one
+    (where that run, if it starts, would come last). Each EPN is first tagged `skipped` on the run
+    it is taken from, unless that run's step has begun (`_took_from`; that run leaves it out when
+    it starts, `_begin`), then claimed (claims.py): of two runs reaching for one EPN, one
     transfers it. An EPN that is claimed elsewhere or already recorded is passed over."""
     run = instance.get_run_by_id(run_id)
     options = batch_options(run.run_config if run else None)
@@ -210,7 +216,8 @@ def _take_queued(
             return
         epn, waiting_id = found
         seen.add(epn)
-        instance.add_run_tags(waiting_id, outcome_tags([epn], Outcome.SKIPPED))
+        if not _took_from(instance, waiting_id, epn, run_id):
+            continue
         if claim_epn(instance, epn, run_id, log) is not None:
             continue
         if not dry_run and epn in read_epns(settings.ignore):
@@ -219,11 +226,32 @@ def _take_queued(
         yield epn
 
 
-def _taken_while_queued(instance: dg.DagsterInstance, run_id: str, epns: Sequence[str]) -> list[str]:
-    """This run's EPNs that another batch run took (`_take_queued`) while this one waited in the queue."""
-    run = instance.get_run_by_id(run_id)
-    tags = tagged_epns(run.tags if run else {})
-    return [epn for epn in epns if tags.get(epn) == Outcome.SKIPPED.value]
+def _took_from(instance: dg.DagsterInstance, waiting_id: str, epn: str, run_id: str) -> bool:
+    """Tag `epn` `skipped` on waiting batch run `waiting_id` for this run to bring home, if that
+    run's step has not begun and the EPN is still queued there: True when this run took it."""
+    with batch_held(instance, waiting_id, run_id, wait=TAKE_WAIT_SECONDS) as held:
+        waiting = instance.get_run_by_id(waiting_id) if held else None
+        if waiting is None or waiting.status not in _WAITING or WORKER_TAG in waiting.tags:
+            return False
+        if tagged_epns(waiting.tags).get(epn) != Outcome.QUEUED.value:
+            return False
+        instance.add_run_tags(waiting_id, outcome_tags([epn], Outcome.SKIPPED))
+        return True
+
+
+def _begin(instance: dg.DagsterInstance, run_id: str, epns: Sequence[str], *, batch: bool) -> list[str]:
+    """Tag this run's worker and its EPNs `queued`: its step has begun. Returns the EPNs of its
+    batch that another batch run took (`_took_from`) while this one waited in the queue; with
+    the batch's claim held, so that each EPN is taken by that run or kept by this one."""
+    # Not had within BEGIN_WAIT_SECONDS (a database too busy to answer): it begins anyway; a run
+    # that took one of its EPNs then finds it claimed, or recorded, when it comes to it.
+    with batch_held(instance, run_id, run_id, wait=BEGIN_WAIT_SECONDS) if batch else contextlib.nullcontext():
+        run = instance.get_run_by_id(run_id) if batch else None
+        tags = tagged_epns(run.tags if run else {})
+        taken = [epn for epn in epns if tags.get(epn) == Outcome.SKIPPED.value]
+        kept = [epn for epn in epns if epn not in taken]
+        instance.add_run_tags(run_id, {WORKER_TAG: this_worker(), **outcome_tags(kept, Outcome.QUEUED)})
+    return taken
 
 
 def _transferring_elsewhere(

@@ -10,12 +10,14 @@ import os
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from assyncy_dagster import claims
+from assyncy_dagster.assets import repatriation
 from assyncy_dagster.claims import (
     HEARTBEAT_LIMIT_SECONDS,
     HEARTBEAT_PREFIX,
@@ -28,6 +30,7 @@ from assyncy_dagster.claims import (
     why_gone,
     worker_is_gone,
 )
+from assyncy_dagster.names import REPATRIATION_JOB, REPATRIATION_OP
 from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.run_records import outcome_tags, settle_ended_runs, tagged_epns
 from tests.support.helpers import add_started_run
@@ -203,3 +206,60 @@ def test_a_claim_that_keeps_changing_hands_is_never_taken_for_free(instance, mon
     monkeypatch.setattr(claims, "_insert", lambda storage, key, value: False)
     monkeypatch.setattr(type(instance.run_storage), "get_cursor_values", lambda self, keys: {})
     assert claim_epn(instance, "12282a", started_run(instance)) is not None
+
+
+# -- an EPN of a waiting batch: taken by another run or kept by its own, never both ------------
+
+
+def waiting_batch(instance: dg.DagsterInstance, epns: list[str]) -> str:
+    """A batch run not started yet (as mxsync's workers make them; the daemon's queue holds them
+    `queued`), its EPNs tagged `queued` as the sensor requests them."""
+    run_id = str(uuid.uuid4())
+    config = {"ops": {REPATRIATION_OP: {"config": {"epns": epns}}}}
+    instance.add_run(
+        dg.DagsterRun(
+            job_name=REPATRIATION_JOB,
+            run_id=run_id,
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            run_config=config,
+            tags=outcome_tags(epns, Outcome.QUEUED),
+        )
+    )
+    return run_id
+
+
+def test_an_epn_taken_before_its_batch_begins_is_left_out_by_it(instance):
+    batch, taker = waiting_batch(instance, ["12282a", "12282b"]), started_run(instance)
+    assert repatriation._took_from(instance, batch, "12282b", taker)
+    assert repatriation._begin(instance, batch, ["12282a", "12282b"], batch=True) == ["12282b"]
+    assert tagged_epns(instance.get_run_by_id(batch).tags) == {"12282a": "queued", "12282b": "skipped"}
+    assert not repatriation._took_from(instance, batch, "12282a", taker)  # its step has begun
+
+
+def test_an_epn_asked_for_while_its_batch_begins_stays_with_the_batch(instance, monkeypatch):
+    """The batch run is held between reading which of its EPNs were taken and tagging the rest
+    `queued` (an event in its tag write: the interleaving cannot be forced otherwise) while
+    another run asks for one of them. Without the batch's claim both would bring it home."""
+    batch, taker = waiting_batch(instance, ["12282a", "12282b"]), started_run(instance)
+    monkeypatch.setattr(repatriation, "TAKE_WAIT_SECONDS", 0.3)
+    reading_done, go_on = threading.Event(), threading.Event()
+    add_run_tags = instance.add_run_tags
+
+    def held_tag_write(run_id: str, tags) -> None:
+        if run_id == batch and WORKER_TAG in tags:
+            reading_done.set()
+            go_on.wait(10)
+        add_run_tags(run_id, tags)
+
+    monkeypatch.setattr(instance, "add_run_tags", held_tag_write)
+    taken: list[list[str]] = []
+    beginning = threading.Thread(
+        target=lambda: taken.append(repatriation._begin(instance, batch, ["12282a", "12282b"], batch=True))
+    )
+    beginning.start()
+    assert reading_done.wait(10)
+    took = repatriation._took_from(instance, batch, "12282b", taker)
+    go_on.set()
+    beginning.join(10)
+    assert (took, taken) == (False, [[]])
+    assert tagged_epns(instance.get_run_by_id(batch).tags) == {"12282a": "queued", "12282b": "queued"}
