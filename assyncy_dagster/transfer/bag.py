@@ -74,42 +74,99 @@ def _decode(text: str) -> str:
     return text.replace("%0A", "\n").replace("%0D", "\r").replace("%09", "\t").replace("%25", "%")
 
 
-def _record_text(tree: Mapping[str, Entry], algorithm: str) -> str:
-    lines = [f"{RECORD_HEADER}\talgorithm={algorithm}\n# kind\tsize\tmtime\tchecksum\tpath\ttarget\n"]
-    append = lines.append
+def _manifest_texts(tree: Mapping[str, Entry], algorithm: str) -> tuple[str, str, int]:
+    """The record (`assyncy-manifest.tsv`) and `manifest-<algorithm>.txt` of `tree` (its files and
+    symlinks), made in one pass over its sorted paths, and how many files had to be left out of
+    the checksum manifest.
+
+    A symlink to a file of the EPN is listed in the checksum manifest with that file's checksum:
+    `xxhsum -c` and BagIt both read a payload link as the file it resolves to."""
+    record = [f"{RECORD_HEADER}\talgorithm={algorithm}\n# kind\tsize\tmtime\tchecksum\tpath\ttarget\n"]
+    sums: list[str] = []
+    left_out = 0
+    md5 = algorithm == "md5"
+    file, link = Kind.FILE, Kind.LINK
     for path in sorted(tree):
         entry = tree[path]
-        if entry.kind is Kind.FILE:
-            append(f"f\t{entry.size}\t{entry.mtime}\t{entry.checksum or ''}\t{_encode(path)}\t\n")
-        elif entry.kind is Kind.LINK:
-            append(f"l\t0\t{entry.mtime}\t\t{_encode(path)}\t{_encode(entry.target or '')}\n")
-    return "".join(lines)
+        payload: Entry | None = entry
+        if entry.kind is file:
+            record.append(f"f\t{entry.size}\t{entry.mtime}\t{entry.checksum or ''}\t{_encode(path)}\t\n")
+        elif entry.kind is link:
+            record.append(f"l\t0\t{entry.mtime}\t\t{_encode(path)}\t{_encode(entry.target or '')}\n")
+            payload = _resolved(tree, path)
+        else:
+            continue
+        if payload is None or not payload.checksum:
+            continue
+        name = f"{PAYLOAD}/{path}"
+        if md5:
+            sums.append(f"{payload.checksum}  {_encode(name, tab=False)}\n")
+        elif _XXHSUM_UNREADABLE.search(name):
+            left_out += 1
+        else:
+            sums.append(f"{payload.checksum}  {name}\n")
+    return "".join(record), "".join(sums), left_out
 
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def checksum_lines(tree: Mapping[str, Entry], algorithm: str) -> tuple[list[str], int]:
-    """The lines of `manifest-<algorithm>.txt`, and how many files had to be left out of it.
+@dataclass(frozen=True)
+class Manifest:
+    """The manifest of an EPN, made (`make_manifest`) while its data is being made durable and
+    written (`Manifest.write`) once it is: its digest, and the files to write in order, the
+    record last (its digest is the data version). No files: the manifest at home says this."""
 
-    A symlink to a file of the EPN is listed with that file's checksum: `xxhsum -c` and
-    BagIt both read a payload link as the file it resolves to."""
-    lines, left_out = [], 0
-    for path in sorted(tree):
-        entry: Entry | None = tree[path]
-        if entry is not None and entry.kind is not Kind.FILE:
-            entry = _resolved(tree, path)
-        if entry is None or not entry.checksum:
-            continue
-        name = f"{PAYLOAD}/{path}"
-        if algorithm == "md5":
-            lines.append(f"{entry.checksum}  {_encode(name, tab=False)}")
-        elif _XXHSUM_UNREADABLE.search(name):
-            left_out += 1
-        else:
-            lines.append(f"{entry.checksum}  {name}")
-    return lines, left_out
+    digest: str
+    files: tuple[tuple[str, str], ...] = ()
+
+    def write(self, epn_folder: Path) -> str:
+        for name, text in self.files:
+            write_atomically(epn_folder / name, text)
+        return self.digest
+
+
+def make_manifest(
+    epn_folder: Path,
+    tree: Mapping[str, Entry],
+    *,
+    algorithm: str,
+    info: Mapping[str, str],
+    recorded: Recorded | None = None,
+) -> Manifest:
+    """The manifest of `tree` beside `data/` (see the module docstring). `info` fills bag-info.txt.
+    `recorded`: the manifest as read at home before the transfer; when it (or the one at home
+    now) already says exactly this (a re-sync that changed nothing), there is nothing to write
+    and its digest stands."""
+    if (
+        recorded is not None
+        and recorded.algorithm == algorithm
+        and _records_exactly(recorded.tree, tree)
+        and (epn_folder / manifest_name(algorithm)).is_file()
+    ):
+        return Manifest(recorded.digest)
+    kept = {p: e for p, e in tree.items() if e.kind is Kind.FILE or e.kind is Kind.LINK}
+    record, sums, left_out = _manifest_texts(kept, algorithm)
+    if _unchanged(epn_folder, record, algorithm):
+        return Manifest(_digest(record))  # a re-sync that changed nothing: the manifest (and its date) stand
+    files = [e for e in kept.values() if e.kind is Kind.FILE]
+    bag_info = dict(info)
+    bag_info["Payload-Oxum"] = f"{sum(e.size for e in files)}.{len(files)}"
+    bag_info["Files-Verified-By-Content"] = str(sum(1 for e in files if e.checksum))
+    bag_info["Files-Verified-By-Size-Only"] = str(sum(1 for e in files if not e.checksum))
+    if left_out:
+        bag_info["Files-Not-In-Checksum-Manifest"] = f"{left_out} (names xxhsum cannot read; see {RECORD_NAME})"
+    written: list[tuple[str, str]] = []
+    if algorithm == "md5":
+        # BagIt's Oxum counts what its tools walk in data/: a symlink to a file counts as that file.
+        payload = [e for e in (_resolved(kept, p) for p in kept) if e is not None]
+        bag_info["Payload-Oxum"] = f"{sum(e.size for e in payload)}.{len(payload)}"
+        written.append(("bagit.txt", BAGIT_DECLARATION))
+    written.append((manifest_name(algorithm), sums))
+    written.append(("bag-info.txt", "".join(f"{k}: {one_line(v)}\n" for k, v in bag_info.items())))
+    written.append((RECORD_NAME, record))  # last: its digest is the data version
+    return Manifest(_digest(record), tuple(written))
 
 
 def write_manifest(
@@ -120,38 +177,9 @@ def write_manifest(
     info: Mapping[str, str],
     recorded: Recorded | None = None,
 ) -> str:
-    """Write the EPN's manifest beside `data/` (see the module docstring); returns its digest,
-    the `epn_data` materialisation's data version. `info` fills bag-info.txt. `recorded`: the
-    manifest as read at home before the transfer; when it already says exactly this (a re-sync
-    that changed nothing), nothing is written and its digest stands."""
-    if (
-        recorded is not None
-        and recorded.algorithm == algorithm
-        and _records_exactly(recorded.tree, tree)
-        and (epn_folder / manifest_name(algorithm)).is_file()
-    ):
-        return recorded.digest
-    kept = {p: e for p, e in tree.items() if e.kind is Kind.FILE or e.kind is Kind.LINK}
-    record = _record_text(kept, algorithm)
-    if _unchanged(epn_folder, record, algorithm):
-        return _digest(record)  # a re-sync that changed nothing: the manifest (and its date) stand
-    lines, left_out = checksum_lines(kept, algorithm)
-    files = [e for e in kept.values() if e.kind is Kind.FILE]
-    bag_info = dict(info)
-    bag_info["Payload-Oxum"] = f"{sum(e.size for e in files)}.{len(files)}"
-    bag_info["Files-Verified-By-Content"] = str(sum(1 for e in files if e.checksum))
-    bag_info["Files-Verified-By-Size-Only"] = str(sum(1 for e in files if not e.checksum))
-    if left_out:
-        bag_info["Files-Not-In-Checksum-Manifest"] = f"{left_out} (names xxhsum cannot read; see {RECORD_NAME})"
-    if algorithm == "md5":
-        # BagIt's Oxum counts what its tools walk in data/: a symlink to a file counts as that file.
-        payload = [e for e in (_resolved(kept, p) for p in kept) if e is not None]
-        bag_info["Payload-Oxum"] = f"{sum(e.size for e in payload)}.{len(payload)}"
-        write_atomically(epn_folder / "bagit.txt", BAGIT_DECLARATION)
-    write_atomically(epn_folder / manifest_name(algorithm), "".join(line + "\n" for line in lines))
-    write_atomically(epn_folder / "bag-info.txt", "".join(f"{k}: {one_line(v)}\n" for k, v in bag_info.items()))
-    write_atomically(epn_folder / RECORD_NAME, record)  # last: its digest is the data version
-    return _digest(record)
+    """Make the manifest of `tree` and write it now (`make_manifest`); returns its digest, the
+    `epn_data` materialisation's data version."""
+    return make_manifest(epn_folder, tree, algorithm=algorithm, info=info, recorded=recorded).write(epn_folder)
 
 
 def _records_exactly(recorded: Mapping[str, Entry], tree: Mapping[str, Entry]) -> bool:
