@@ -160,14 +160,19 @@ def test_verification_catches_a_file_deleted_from_the_destination(sftp_source, e
 
 
 def test_progress_is_reported_at_most_once_per_interval_plus_the_last(sftp_source, tmp_path):
+    """Only the progress records reported are parsed; a file named like one is still a file."""
     epn = sftp_source.new_epn()
-    make_source_tree(sftp_source.root, epn, {f"frames/img_{i:04d}.cbf": 1_000 for i in range(300)})
+    lookalike = " 1000 100%  1.00kBps  0:00:00 (xfr#1, to-chk=0)"  # no "/": one file
+    make_source_tree(
+        sftp_source.root, epn, {**{f"frames/img_{i:04d}.cbf": 1_000 for i in range(299)}, lookalike: 1_000}
+    )
     updates: list[ProgressUpdate] = []
-    sftp_source.rsync_client(progress_interval=3600).transfer(
+    result = sftp_source.rsync_client(progress_interval=3600).transfer(
         epn, tmp_path / "data", dry_run=False, on_progress=updates.append
     )
     assert 1 <= len(updates) <= 2
     assert updates[-1].bytes_transferred == 300_000 and updates[-1].files_transferred == 300
+    assert result.tree is not None and lookalike in result.tree and len(result.tree) == 301  # and frames/
 
 
 # -- the SFTP host as an adversary ------------------------------------------------
