@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                     for config in configs.values():
                         load_settings(config).ignore.write_text("---\npreviouslySynched: []\n")
                     os.sync()
-                    seconds[streams].append(materialize(home, configs[streams], EPN))
+                    seconds[streams].append(materialize(home, configs[streams], EPN, work)["step"])
                     copy = copy_entries(destination)
                     reference = reference if reference is not None or streams != 1 else copy
                     same = reference is None or copy == reference
