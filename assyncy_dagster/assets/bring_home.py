@@ -360,6 +360,7 @@ def bring_home(
                 full_checksum=full_checksum,
                 while_connecting=while_connecting,
                 when_listed=when_listed,
+                when_folder_done=None if dry_run else walk.list_done,  # a first copy: listed as rsync goes
             )
         except RsyncError as exc:
             raise EpnFailed(f"EPN {epn}: {exc}") from None

@@ -129,6 +129,7 @@ class RsyncClient:
         full_checksum: bool = False,
         while_connecting: Callable[[], None] | None = None,
         when_listed: Callable[[Tree], None] | None = None,
+        when_folder_done: Callable[[str], None] | None = None,
     ) -> RsyncResult:
         """Copy EPN `epn` into `destination` (a dry run copies nothing); raises RsyncError on failure.
 
@@ -141,7 +142,10 @@ class RsyncClient:
         from it stops rsync and propagates). `when_listed` gets the source tree once rsync has
         reported every entry, while it closes its connection (one rsync only, not streams): the
         caller's work on the source alone overlaps that. A line on stderr (a special file passed
-        over) may still add to the tree after it; the result's tree is the whole one."""
+        over) may still add to the tree after it; the result's tree is the whole one.
+        `when_folder_done` gets a folder's path in the tree (with a trailing `/`) once rsync's
+        lines have moved from its files to another folder's (one rsync only): rsync has most
+        likely written all of it, though nothing here vouches for that."""
         started = [False]
 
         def on_start(_pgid: int) -> None:
@@ -175,6 +179,7 @@ class RsyncClient:
             extra_args=extra_args,
             on_start=on_start,
             when_listed=when_listed,
+            when_folder_done=when_folder_done,
         )
 
     def _transfer_one(
@@ -189,6 +194,7 @@ class RsyncClient:
         description: str = "",
         on_start: Callable[[int], None] | None = None,
         when_listed: Callable[[Tree], None] | None = None,
+        when_folder_done: Callable[[str], None] | None = None,
     ) -> RsyncResult:
         argv = transfer_command(
             self.endpoint,
@@ -201,6 +207,7 @@ class RsyncClient:
         )
         tree: Tree = {}
         sent: list[tuple[str, bool]] = []
+        folder = [""]  # the folder of the last file or link reported
 
         def collect(line: str) -> None:
             item = parse_itemized_line(line)
@@ -208,6 +215,11 @@ class RsyncClient:
                 tree[item.path] = item.entry
                 if item.sent:
                     sent.append((item.path, item.new))
+                if when_folder_done is not None and item.entry.kind is not Kind.DIR:
+                    here = item.path[: item.path.rfind("/") + 1]
+                    if here != folder[0]:
+                        done, folder[0] = folder[0], here
+                        when_folder_done(done)
                 return
             if when_listed is not None and begins_stats(line):
                 when_listed(tree)

@@ -8,6 +8,13 @@ a change lands either in the listing or in a notice. Once rsync has exited, the 
 notice are listed again, with a full walk of any folder that is new; with none (a no-op
 re-sync), the walk made before is home as it is now.
 
+A first copy has no home to walk before rsync. Then each folder is listed, watched first, as
+soon as rsync has moved on from it (`list_done`: its itemized lines have passed to another
+folder; rsync receives a folder's files one after another), on the step's own spare time
+while rsync runs, and after rsync only the top, the folders with a notice and the folders not
+listed so are listed. A folder's listing counts only where the walk after rsync reaches that
+folder through folders (never through a symlink put where a folder was).
+
 Whatever the kernel cannot vouch for is walked again in full after rsync, as before: a folder
 that could not be watched (no inotify, the user's watch limit, home not there yet), a folder
 removed or moved away, notices lost to the kernel's queue limit. The notices cover every change
@@ -18,14 +25,16 @@ system is not noticed (the fixity audit reads the content back later).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import stat
 import struct
 import sys
 import threading
 from pathlib import Path
 
-from .manifests import KEPT_HIDDEN_NAME, Tree, local_tree, scan_folder
+from .manifests import KEPT_HIDDEN_NAME, Tree, folder_entry, local_tree, scan_folder
 
 # <sys/inotify.h>
 _IN_MODIFY = 0x002
@@ -80,6 +89,15 @@ def _parent_prefix(prefix: str) -> str:
     return parent + "/" if parent else ""
 
 
+def _refresh_folder_entry(tree: Tree, here: str, prefix: str) -> None:
+    """Read again the entry of folder `here` (`prefix` in the tree) in `tree`, if it is still a
+    folder (anything else there: the listing holding it has a notice, or is made now)."""
+    with contextlib.suppress(OSError):
+        info = os.lstat(here)
+        if stat.S_ISDIR(info.st_mode):
+            tree[prefix[:-1]] = folder_entry(info)
+
+
 class HomeWalk:
     """The tree of `folder` (manifests.local_tree's), walked by `begin` before a transfer and
     made current by `tree` after it (see the module docstring). Without `begin`, or where
@@ -88,8 +106,11 @@ class HomeWalk:
     def __init__(self, folder: Path):
         self.folder = folder
         self._fd = -1
-        self._tree: Tree = {}
+        # Each folder listed, by prefix: its entries and its subfolders' prefixes.
+        self._listings: dict[str, tuple[Tree, list[str]]] = {}
         self._folders: dict[int, str] = {}  # watch descriptor -> the folder's prefix ("" for the top)
+        self._begun = False  # `begin` walked all of home
+        self._cannot_watch = False  # no inotify here: `list_done` lists nothing
         self.relisted = -1  # folders listed again by `tree` (-1: walked in full, nothing watched or kept)
 
     def __enter__(self) -> HomeWalk:
@@ -107,23 +128,59 @@ class HomeWalk:
 
     def begin(self) -> None:
         """Walk `folder` now, watching each folder before it is listed."""
-        calls = _inotify()
-        if calls is None:
-            return
-        init, add_watch = calls
-        self._fd = init(_IN_NONBLOCK | _IN_CLOEXEC)
-        if self._fd < 0:
-            self._fd = -1
+        if not self._open():
             return
         stack = [(os.fspath(self.folder), "")]
         while stack:
             here, prefix = stack.pop()
-            wd = add_watch(self._fd, os.fsencode(here), _CHANGES | _IN_ONLYDIR | _IN_DONT_FOLLOW)
-            if wd < 0:  # not there (a first copy), or the watch limit: walked in full after rsync
+            if not self._watch(here, prefix):  # not there (a first copy), or the watch limit
                 self.close()
+                self._listings, self._folders = {}, {}
                 return
-            self._folders[wd] = prefix
-            stack += scan_folder(here, prefix, self._tree)
+            stack += self._list(here, prefix)
+        self._begun = True
+
+    def list_done(self, prefix: str) -> None:
+        """A first copy: list folder `prefix` of home (its path in the tree with a trailing `/`) now
+        that rsync has moved on from it, watched first (see the module docstring). Nothing when
+        `begin` walked home, for the top (listed after rsync), or where it cannot be watched."""
+        if self._begun or not prefix or self._cannot_watch:
+            return
+        if self._fd < 0 and not self._open():
+            self._cannot_watch = True
+            return
+        here = os.path.join(self.folder, prefix)
+        if self._watch(here, prefix):  # else not there, or the watch limit: walked after rsync
+            self._list(here, prefix)  # its subfolders: listed when done, or after rsync
+
+    def _list(self, here: str, prefix: str) -> list[tuple[str, str]]:
+        """List a folder just watched. Its own entry, in its parent's listing if that was made
+        before this watch, is read again: a change inside it in between moved its mtime unseen."""
+        parent = self._listings.get(_parent_prefix(prefix)) if prefix else None
+        if parent is not None:
+            _refresh_folder_entry(parent[0], here, prefix)
+        listing: Tree = {}
+        subfolders = scan_folder(here, prefix, listing)
+        self._listings[prefix] = (listing, [sub_prefix for _, sub_prefix in subfolders])
+        return subfolders
+
+    def _open(self) -> bool:
+        calls = _inotify()
+        if calls is None:
+            return False
+        self._add_watch = calls[1]
+        self._fd = calls[0](_IN_NONBLOCK | _IN_CLOEXEC)
+        if self._fd < 0:
+            self._fd = -1
+            return False
+        return True
+
+    def _watch(self, here: str, prefix: str) -> bool:
+        wd = self._add_watch(self._fd, os.fsencode(here), _CHANGES | _IN_ONLYDIR | _IN_DONT_FOLLOW)
+        if wd < 0 or wd in self._folders:  # not a folder there; or one already watched, e.g. moved
+            return False
+        self._folders[wd] = prefix
+        return True
 
     def tree(self) -> Tree:
         """The tree of `folder` as it is now: call once rsync has exited."""
@@ -135,9 +192,9 @@ class HomeWalk:
         if changed is None:
             self.relisted = -1
             return local_tree(self.folder)
+        if not self._begun:
+            changed.add("")  # a first copy: the top, never listed, and from it the folders not listed
         self.relisted = len(changed)
-        if not changed:
-            return self._tree
         return self._relisted(changed)
 
     def _changed_folders(self) -> set[str] | None:
@@ -171,17 +228,22 @@ class HomeWalk:
                 changed.add(prefix)
 
     def _relisted(self, changed: set[str]) -> Tree:
-        """The tree walked before, with each changed folder listed again and new folders walked."""
-        watched = set(self._folders.values())
-        tree: Tree = {}
-        for path, entry in self._tree.items():
-            if _parent_prefix(path + "/") not in changed:
-                tree[path] = entry
+        """Home walked from the top through its folders: a folder listed before and unchanged since
+        from that listing, any other folder (changed, new, never listed) listed now. So a listing
+        counts only where the walk reaches its folder through folders."""
+        unchanged = {prefix for prefix in self._folders.values() if prefix not in changed}
         base = os.fspath(self.folder)
-        stack = [(os.path.join(base, prefix) if prefix else base, prefix) for prefix in changed]
+        tree: Tree = {}
+        stack = [""]
         while stack:
-            here, prefix = stack.pop()
-            for sub_path, sub_prefix in scan_folder(here, prefix, tree):
-                if sub_prefix not in watched:  # new since the walk: walked now, in full
-                    stack.append((sub_path, sub_prefix))
+            prefix = stack.pop()
+            if prefix in unchanged:
+                listing, subfolders = self._listings[prefix]
+                tree.update(listing)
+                stack += subfolders
+            else:
+                here = os.path.join(base, prefix) if prefix else base
+                if prefix:  # its entry in a listing kept: a folder never watched moved its mtime unseen
+                    _refresh_folder_entry(tree, here, prefix)
+                stack += [sub_prefix for _, sub_prefix in scan_folder(here, prefix, tree)]
         return tree

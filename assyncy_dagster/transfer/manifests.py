@@ -110,7 +110,7 @@ def scan_folder(here: str, prefix: str, tree: Tree) -> list[tuple[str, str]]:
 
     One lstat per entry (os.scandir's own, cached) and nothing else but a link's readlink:
     this runs after every transfer, a no-op re-sync included."""
-    file, link, folder_kind, special = Kind.FILE, Kind.LINK, Kind.DIR, Kind.SPECIAL
+    file, link, special = Kind.FILE, Kind.LINK, Kind.SPECIAL
     is_dir, is_reg, is_link = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK
     folders: list[tuple[str, str]] = []
     try:
@@ -128,13 +128,18 @@ def scan_folder(here: str, prefix: str, tree: Tree) -> list[tuple[str, str]]:
             if is_reg(mode):
                 tree[relative] = Entry(file, info.st_size, int(info.st_mtime))
             elif is_dir(mode):
-                tree[relative] = Entry(folder_kind, 0, int(info.st_mtime))
+                tree[relative] = folder_entry(info)
                 folders.append((item.path, relative + "/"))
             elif is_link(mode):
                 tree[relative] = Entry(link, 0, int(info.st_mtime), None, os.readlink(item.path))
             else:
                 tree[relative] = Entry(special, 0, int(info.st_mtime))
     return folders
+
+
+def folder_entry(info: os.stat_result) -> Entry:
+    """A folder's entry, from its lstat."""
+    return Entry(Kind.DIR, 0, int(info.st_mtime))
 
 
 def resolve_link(tree: Mapping[str, Entry], path: str) -> str | None:

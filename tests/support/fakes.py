@@ -54,12 +54,18 @@ class CannedRsyncClient(RsyncClient):
         full_checksum: bool = False,
         while_connecting: Callable[[], None] | None = None,
         when_listed: Callable[[Tree], None] | None = None,
+        when_folder_done: Callable[[str], None] | None = None,
     ) -> RsyncResult:
         self.transfers.append((epn, destination, dry_run))
         if while_connecting is not None:  # as the real client: once rsync runs, before it copies
             while_connecting()
         tree: Tree = {}
+        folder = ""
         for relative, entry in self.source_tree(epn).items():
+            here = relative[: relative.rfind("/") + 1]
+            if when_folder_done is not None and here != folder:  # as the real client: moved on
+                when_folder_done(folder)
+                folder = here
             content = b"x" * entry.size
             if not dry_run:
                 path = destination / relative

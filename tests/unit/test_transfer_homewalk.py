@@ -133,3 +133,83 @@ def test_many_random_changes_end_as_a_full_walk_says(tmp_path):
                 else:
                     target.rename(chooser.choice([*folders, home]) / f"r{chooser.random()}")
             assert walk.tree() == local_tree(home), f"round {round_}"
+
+
+# -- a first copy: home is not there before rsync; its folders are listed as rsync moves on -------
+
+
+def folders_of(home: Path) -> list[str]:
+    """Every folder of home as a prefix ("run_0/", "run_0/deep/"), in the order rsync makes them."""
+    return sorted(f"{p.relative_to(home)}/" for p in home.rglob("*") if p.is_dir() and not p.is_symlink())
+
+
+def listed_as_rsync_goes(home: Path) -> HomeWalk:
+    """A HomeWalk of a first copy: `begin` finds no home, then rsync lays it out and each of its
+    folders is listed once rsync has moved on from it."""
+    walk = HomeWalk(home)
+    walk.begin()
+    lay_out(home)
+    for prefix in folders_of(home):
+        walk.list_done(prefix)
+    return walk
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=list(CHANGES))
+def test_a_first_copy_listed_as_rsync_goes_is_home_as_it_is_after_the_change(tmp_path, change):
+    home = tmp_path / "data"
+    with listed_as_rsync_goes(home) as walk:
+        CHANGES[change](home)
+        assert walk.tree() == local_tree(home)
+
+
+def test_a_first_copy_listed_as_rsync_goes_lists_only_the_top_again(tmp_path):
+    home = tmp_path / "data"
+    with listed_as_rsync_goes(home) as walk:
+        assert walk.tree() == local_tree(home) and walk.relisted == 1
+
+
+def test_a_folder_listed_through_a_symlink_put_where_a_folder_was_is_not_home(tmp_path):
+    """`list_done` is told of a folder reached through a symlink at home (rsync made none, a user
+    did): the kernel follows it, but the tree after rsync holds the symlink, never what is behind it."""
+    home, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    (elsewhere / "sub").mkdir(parents=True)
+    (elsewhere / "sub" / "frame.h5").write_bytes(b"not home")
+    with HomeWalk(home) as walk:
+        walk.begin()
+        lay_out(home)
+        (home / "run_1" / "linked").symlink_to(elsewhere)
+        for prefix in [*folders_of(home), "run_1/linked/sub/"]:
+            walk.list_done(prefix)
+        tree = walk.tree()
+    assert tree == local_tree(home) and "run_1/linked/sub/frame.h5" not in tree
+
+
+def test_a_first_copy_with_random_changes_as_it_goes_ends_as_a_full_walk_says(tmp_path):
+    """Folders listed while others are still being written, then changed at random, as a
+    transfer and a user at home might; each time the walk equals a full walk after."""
+    chooser = random.Random(20)
+    for round_ in range(40):
+        home = tmp_path / f"round_{round_}" / "data"
+        with HomeWalk(home) as walk:
+            walk.begin()
+            lay_out(home, folders=4, files=5)
+            prefixes = folders_of(home)
+            for prefix in chooser.sample(prefixes, chooser.randint(0, len(prefixes))):
+                walk.list_done(prefix)
+                if chooser.random() < 0.5:
+                    folders = sorted(p for p in home.rglob("*") if p.is_dir() and not p.is_symlink())
+                    files = sorted(p for p in home.rglob("*") if p.is_file() and not p.is_symlink())
+                    action = chooser.choice(["write", "unlink", "new", "mkdir", "rename", "hidden"])
+                    if action == "write" and files:
+                        written_like_rsync(chooser.choice(files), b"w" * chooser.randint(0, 50), 9)
+                    elif action == "unlink" and files:
+                        chooser.choice(files).unlink()
+                    elif action == "new":
+                        written_like_rsync(chooser.choice([*folders, home]) / f"n{chooser.random()}", b"n", 9)
+                    elif action == "mkdir":
+                        (chooser.choice([*folders, home]) / f"d{chooser.random()}").mkdir()
+                    elif action == "rename" and folders:
+                        chooser.choice(folders).rename(home / f"r{chooser.random()}")
+                    elif action == "hidden":
+                        (chooser.choice([*folders, home]) / f".tmp{chooser.random()}").write_bytes(b"h")
+            assert walk.tree() == local_tree(home), f"round {round_}"
