@@ -169,19 +169,6 @@ def make_manifest(
     return Manifest(_digest(record), tuple(written))
 
 
-def write_manifest(
-    epn_folder: Path,
-    tree: Mapping[str, Entry],
-    *,
-    algorithm: str,
-    info: Mapping[str, str],
-    recorded: Recorded | None = None,
-) -> str:
-    """Make the manifest of `tree` and write it now (`make_manifest`); returns its digest, the
-    `epn_data` materialisation's data version."""
-    return make_manifest(epn_folder, tree, algorithm=algorithm, info=info, recorded=recorded).write(epn_folder)
-
-
 def _records_exactly(recorded: Mapping[str, Entry], tree: Mapping[str, Entry]) -> bool:
     """Whether `recorded` (files and links only, as a manifest holds them) holds exactly the files
     and links of `tree`, entry for entry: compared in place, with no copy of a large tree."""

@@ -39,6 +39,7 @@ from assyncy_dagster.run_records import step_failure_message
 from assyncy_dagster.state import IGNORE_KEY
 from assyncy_dagster.tick import repatriation_requests
 from assyncy_dagster.transfer import SshEndpoint
+from assyncy_dagster.transfer.bag import make_manifest
 from assyncy_dagster.transfer.process import group_alive
 from assyncy_dagster_demo.portal_sim import PortalSimulator, equipment_credentials
 from assyncy_dagster_demo.testing.ports import free_port
@@ -644,3 +645,9 @@ def webserver(tmp_path: Path) -> Iterator[str]:
 
         wait_for(answers, 90, "the webserver", proc=web, log=log)
         yield f"http://127.0.0.1:{port}/graphql"
+
+
+def write_manifest(epn_folder: Path, tree, **choices) -> str:
+    """An EPN's manifest made and written at once (bag.make_manifest, then Manifest.write), as a
+    verified transfer leaves it: its digest."""
+    return make_manifest(epn_folder, tree, **choices).write(epn_folder)

@@ -1,4 +1,4 @@
-"""The fixity audit re-hashes a recorded EPN against the manifest bag.write_manifest wrote, and the
+"""The fixity audit re-hashes a recorded EPN against the manifest bag.make_manifest made, and the
 findings store keeps what it found for the report and the repair."""
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from assyncy_dagster.fixity import (
     read_findings,
     record_findings,
 )
-from assyncy_dagster.transfer.bag import Recorded, read_manifest, write_manifest
+from assyncy_dagster.transfer.bag import Recorded, read_manifest
 from assyncy_dagster.transfer.manifests import Entry, Kind
+from tests.support.helpers import write_manifest
 
 MTIME = 1_700_000_000
 FILES = {

@@ -16,10 +16,9 @@ from assyncy_dagster.fixity import findings_path, read_findings
 from assyncy_dagster.jobs import fixity_audit_job
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.state import add_epns
-from assyncy_dagster.transfer.bag import write_manifest
 from assyncy_dagster.transfer.manifests import Entry, Kind
 from assyncy_dagster_demo.testing.stack import DEMO_CAP_MAP
-from tests.support.helpers import check_results, failure_text, sample_config
+from tests.support.helpers import check_results, failure_text, sample_config, write_manifest
 
 MTIME = 1_700_000_000
 

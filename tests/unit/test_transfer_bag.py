@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from assyncy_dagster.transfer.bag import RECORD_NAME, manifest_name, read_manifest, write_manifest
+from assyncy_dagster.transfer.bag import RECORD_NAME, manifest_name, read_manifest
 from assyncy_dagster.transfer.manifests import Entry, Kind
+from tests.support.helpers import write_manifest
 
 TREE = {
     "frames": Entry(Kind.DIR, mtime=5),
