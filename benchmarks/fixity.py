@@ -34,7 +34,7 @@ from pathlib import Path
 from side_by_side import alternate
 
 from assyncy_dagster.fixity import audit_epn
-from assyncy_dagster.transfer.bag import manifest_name, read_manifest, write_manifest
+from assyncy_dagster.transfer.bag import make_manifest, manifest_name, read_manifest
 from assyncy_dagster.transfer.manifests import Entry, Kind
 
 GOAL = 0.9
@@ -56,7 +56,7 @@ def build_epn(epn_folder: Path, mib: int) -> int:
 
 
 def xxhsum_manifest(epn_folder: Path) -> None:
-    """The manifest, with checksums from `xxhsum -H2` (the reference), written by bag.write_manifest."""
+    """The manifest, with checksums from `xxhsum -H2` (the reference), made by bag.make_manifest and written."""
     data = epn_folder / "data"
     names = sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file())
     out = subprocess.run(["xxhsum", "-H2", *names], cwd=data, check=True, capture_output=True, text=True).stdout
@@ -65,7 +65,7 @@ def xxhsum_manifest(epn_folder: Path) -> None:
     for name in names:
         info = (data / name).stat()
         tree[name] = Entry(Kind.FILE, info.st_size, int(info.st_mtime), checksum=sums[name])
-    write_manifest(epn_folder, tree, algorithm="xxh128", info={"External-Identifier": "benchmark"})
+    make_manifest(epn_folder, tree, algorithm="xxh128", info={"External-Identifier": "benchmark"}).write(epn_folder)
 
 
 def cpu(who: int) -> float:
