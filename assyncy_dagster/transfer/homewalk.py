@@ -33,6 +33,7 @@ import struct
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from .manifests import KEPT_HIDDEN_NAME, Tree, folder_entry, local_tree, scan_folder
 
@@ -111,6 +112,7 @@ class HomeWalk:
         self._folders: dict[int, str] = {}  # watch descriptor -> the folder's prefix ("" for the top)
         self._begun = False  # `begin` walked all of home
         self._cannot_watch = False  # no inotify here: `list_done` lists nothing
+        self._add_watch: Any = None  # libc's inotify_add_watch, once `_open` has the descriptor
         self.relisted = -1  # folders listed again by `tree` (-1: walked in full, nothing watched or kept)
 
     def __enter__(self) -> HomeWalk:

@@ -231,6 +231,13 @@ _PROGRESS = re.compile(
 _RATE_UNITS = {"B": 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40, "PB": 1 << 50}
 
 
+def may_be_progress(record: str) -> bool:
+    """Whether a stdout record may be a progress2 record (`parse_progress` says for sure): one
+    starts with a blank or a digit and holds `%`; an itemized line (`commands.ITEMIZE`) starts
+    with `%i`'s change character, never so. Cheap: rsync prints one after every file."""
+    return "%" in record and (record[0] == " " or record[0].isdigit())
+
+
 def parse_progress(record: str) -> ProgressUpdate | None:
     """Parse one progress2 record (the text between `\\r`s), or None if it is not one."""
     match = _PROGRESS.match(record)

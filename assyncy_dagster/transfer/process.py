@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from .endpoint import SshEndpoint
 from .errors import HOST_KEY_PATTERNS, RsyncError, error_for, redact
 from .manifests import Entry
-from .parsing import ProgressUpdate, TransferStats, has_stats, parse_progress, parse_stats
+from .parsing import ProgressUpdate, TransferStats, has_stats, may_be_progress, parse_progress, parse_stats
 from .stepwatch import STOPPED_STEP_LIMIT_SECONDS, group_alive
 
 # How long rsync gets to save its partial file after SIGTERM before SIGKILL.
@@ -378,9 +378,8 @@ def run_rsync(
 
     def on_stdout_record(record: str) -> bool:
         # rsync prints a progress2 record after every file (100,000 for 100,000 files): only the one
-        # reported now and then, and the last, are parsed (0.2 s of a core less for 100,000). A
-        # progress record starts with a blank or a digit; an itemized line never does (`%i` first).
-        if "%" in record and (record[0] == " " or record[0].isdigit()):
+        # reported now and then, and the last, are parsed (0.2 s of a core less for 100,000).
+        if may_be_progress(record):
             now = time.monotonic()
             if now < next_report[0] or on_progress is None:
                 last_record[0] = record
