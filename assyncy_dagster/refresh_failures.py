@@ -19,11 +19,10 @@ from .logs import SecretMaskingFilter
 from .portal.errors import PortalAuthError
 from .statefiles import read_json, write_json
 from .transfer import RsyncError
-from .transfer.errors import HostKeyError
+from .transfer.errors import SSH_AUTH_PATTERNS, HostKeyError
 
 REFRESH_FAILURE_FILE = "epn_sensor_refresh_failure.json"
 MAX_ERROR_CHARS = 300
-_SSH_AUTH_WORDS = ("permission denied", "account has expired", "password has expired", "authentication")
 
 
 def failure_kind(what: str, exc: BaseException) -> str:
@@ -32,10 +31,8 @@ def failure_kind(what: str, exc: BaseException) -> str:
         return "portal authentication"
     if isinstance(exc, HostKeyError):
         return "SSH host key"
-    if isinstance(exc, RsyncError):
-        said = f"{exc}\n{exc.stderr_tail}".lower()
-        if exc.exit_code == 255 and any(word in said for word in _SSH_AUTH_WORDS):
-            return "SSH authentication"
+    if isinstance(exc, RsyncError) and SSH_AUTH_PATTERNS.search(exc.stderr_tail):
+        return "SSH authentication"
     if isinstance(exc, TimeoutError):
         return f"{what} not answering"
     return f"{what} unavailable"

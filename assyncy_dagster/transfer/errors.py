@@ -65,6 +65,17 @@ HOST_KEY_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 
+# What ssh itself (or PAM through it) prints when the account refuses the login. Only ssh's
+# own lines: rsync's "Permission denied (13)" about a file has a number in the brackets.
+# rsync exits 255 or 12 after such a line, whichever of ssh's exit and the closed pipe it
+# notices first, so the exit code does not tell.
+SSH_AUTH_PATTERNS = re.compile(
+    r"Permission denied \((?:publickey|password|keyboard-interactive|hostbased|gssapi)|"
+    r"Permission denied, please try again|Too many authentication failures|"
+    r"account has expired|password has expired",
+    re.IGNORECASE,
+)
+
 
 class SshConfigError(ValueError):
     """An SSH setting (host, user, key file, known-hosts file, source root) that cannot work."""

@@ -131,6 +131,32 @@ def test_each_stuck_epn_gets_the_reason_that_fits_what_the_instance_says_now():
             RsyncError("ssh failed", exit_code=255, stderr_tail="Connection refused"),
             "SFTP host unavailable",
         ),
+        # rsync exits 12 instead of 255 when it sees the closed pipe before ssh's exit.
+        (
+            "SFTP host",
+            RsyncError(
+                "listing failed",
+                exit_code=12,
+                stderr_tail="u@h: Permission denied (publickey).\n"
+                "rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]",
+            ),
+            "SSH authentication",
+        ),
+        (
+            "SFTP host",
+            RsyncError("ssh failed", exit_code=255, stderr_tail="Permission denied, please try again."),
+            "SSH authentication",
+        ),
+        # A file rsync may not read is no login problem.
+        (
+            "SFTP host",
+            RsyncError(
+                "listing failed",
+                exit_code=23,
+                stderr_tail='rsync: [sender] opendir "/data/12282a/raw" failed: Permission denied (13)',
+            ),
+            "SFTP host unavailable",
+        ),
         ("SFTP host", TimeoutError("the SFTP host did not answer within 40 s"), "SFTP host not answering"),
     ],
 )
