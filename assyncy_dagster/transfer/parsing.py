@@ -235,7 +235,8 @@ def may_be_progress(record: str) -> bool:
     """Whether a stdout record may be a progress2 record (`parse_progress` says for sure): one
     starts with a blank or a digit and holds `%`; an itemized line (`commands.ITEMIZE`) starts
     with `%i`'s change character, never so. Cheap: rsync prints one after every file."""
-    return "%" in record and (record[0] == " " or record[0].isdigit())
+    first = record[:1]
+    return (first == " " or first.isdigit()) and "%" in record
 
 
 def parse_progress(record: str) -> ProgressUpdate | None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from assyncy_dagster.transfer.manifests import Entry, Kind
-from assyncy_dagster.transfer.parsing import parse_itemized_line, parse_listing, parse_progress, parse_stats
+from assyncy_dagster.transfer.parsing import (
+    may_be_progress,
+    parse_itemized_line,
+    parse_listing,
+    parse_progress,
+    parse_stats,
+)
 
 LISTING = (
     "drwxr-xr-x        4096 2026/11/28 00:02:39 .\n"
@@ -129,3 +135,20 @@ def test_parse_progress_without_file_counts_and_during_scan():
 def test_parse_progress_ignores_other_lines():
     assert parse_progress("Total file size: 100% bytes") is None
     assert parse_progress("-rw-r--r-- 1 2026/11/28 00:02:39 50% off.cbf") is None
+
+
+@pytest.mark.parametrize(
+    ("record", "maybe"),
+    [
+        ("         301004  99%  287.06MB/s    0:00:00 (xfr#6, to-chk=2/10)", True),
+        ("1,234,567,890,123 100%  1.00GB/s    0:10:00", True),  # wider than rsync's 15 columns
+        (">f+++++++++|512|2026/12/06-07:52:38|" + "a" * 32 + "|100% done.cbf", False),
+        (".d..t......|4096|2026/12/06-07:52:38|" + " " * 32 + "|50%/", False),
+        ("Total file size: 100% bytes", False),
+        ("", False),
+    ],
+)
+def test_only_a_record_shaped_like_progress_is_taken_for_one(record, maybe):
+    # rsync prints a progress record after every file: only these are parsed as progress, and an
+    # itemized line whose name holds a `%` never is.
+    assert may_be_progress(record) is maybe
