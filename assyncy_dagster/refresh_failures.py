@@ -19,7 +19,7 @@ from .logs import SecretMaskingFilter
 from .portal.errors import PortalAuthError
 from .statefiles import read_json, write_json
 from .transfer import RsyncError
-from .transfer.errors import SSH_AUTH_PATTERNS, HostKeyError
+from .transfer.errors import HostKeyError
 
 REFRESH_FAILURE_FILE = "epn_sensor_refresh_failure.json"
 MAX_ERROR_CHARS = 300
@@ -31,7 +31,7 @@ def failure_kind(what: str, exc: BaseException) -> str:
         return "portal authentication"
     if isinstance(exc, HostKeyError):
         return "SSH host key"
-    if isinstance(exc, RsyncError) and SSH_AUTH_PATTERNS.search(exc.stderr_tail):
+    if isinstance(exc, RsyncError) and exc.login_refused:
         return "SSH authentication"
     if isinstance(exc, TimeoutError):
         return f"{what} not answering"

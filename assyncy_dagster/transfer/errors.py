@@ -59,6 +59,11 @@ _EXIT_HINTS: dict[int, str] = {
     255: "check host, ssh-port, sftp-username and that key-file is authorised on the SFTP host",
 }
 
+_LOGIN_REFUSED_HINT = (
+    "the SFTP host refused the login: check sftp-username, and that the public key of key-file is "
+    "authorised there (the facility may have revoked it, or the account may have expired)"
+)
+
 HOST_KEY_PATTERNS = re.compile(
     r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed|"
     r"No [A-Z0-9-]+ host key is known for|Host key for .* has changed",
@@ -93,6 +98,11 @@ class RsyncError(Exception):
     @property
     def meaning(self) -> str:
         return exit_meaning(self.exit_code)
+
+    @property
+    def login_refused(self) -> bool:
+        """Whether ssh said the SFTP host refused the login (a revoked key, an expired account)."""
+        return SSH_AUTH_PATTERNS.search(self.stderr_tail) is not None
 
 
 class HostKeyError(RsyncError):
@@ -156,7 +166,7 @@ def error_for(
             stderr_tail=tail,
             result=result,
         )
-    hint = _EXIT_HINTS.get(exit_code)
+    hint = _LOGIN_REFUSED_HINT if SSH_AUTH_PATTERNS.search(tail) else _EXIT_HINTS.get(exit_code)
     return RsyncError(
         f"{what} failed: rsync exit code {exit_code} ({exit_meaning(exit_code)})"
         + (f": {hint}" if hint else "")

@@ -208,6 +208,23 @@ def test_wrong_or_missing_host_key_fails_with_host_key_error(sftp_source, epn_tr
     assert not (tmp_path / "data").exists()
 
 
+def test_a_key_the_sftp_host_does_not_accept_fails_naming_the_refused_login(sftp_source, epn_tree, tmp_path):
+    # rsync exits 255 or 12 here, whichever of ssh's exit and the closed pipe it sees first:
+    # the message tells the admin what to check either way.
+    epn, _ = epn_tree
+    unknown = tmp_path / "unknown_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(unknown)], check=True)
+    endpoint = SshEndpoint(**{**sftp_source.endpoint.__dict__, "key_file": unknown})
+    client = type(sftp_source.rsync_client())(endpoint)
+    with pytest.raises(RsyncError) as info:
+        client.transfer(epn, tmp_path / "data", dry_run=False)
+    message = str(info.value)
+    assert info.value.exit_code in (12, 255) and info.value.login_refused
+    assert "the SFTP host refused the login" in message and "key-file" in message, message
+    assert "Permission denied (publickey)" in message  # ssh's own words follow
+    assert not (tmp_path / "data").exists()
+
+
 def test_sftp_account_is_read_only(sftp_source, epn_tree, tmp_path):
     epn, folder = epn_tree
     (tmp_path / "upload.cbf").write_bytes(b"should never arrive")
