@@ -329,9 +329,11 @@ def bring_home(
         return _SourceSide(listed, source, "" if dry_run else tree_digest(source))
 
     def when_listed(listed: Tree) -> None:
-        # rsync has reported every entry and now closes its connection (about 20 ms): the source's
-        # side of the verification is made meanwhile, kept if nothing is added to the tree after.
-        if read_before:
+        # rsync has reported every entry and now closes its connection (about 20 ms): for a re-sync,
+        # the source's side of the verification is made meanwhile, kept if nothing is added to the
+        # tree after. After a first copy it is made beside the flush instead (0.6 s for 100,000
+        # files, where the step waits), not before the flush starts (0.1 s for them).
+        if read_before and walk.walked_before:
             prepared.append(source_side(dict(listed)))
 
     def while_connecting() -> None:

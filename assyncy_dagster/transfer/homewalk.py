@@ -128,6 +128,11 @@ class HomeWalk:
             fd, self._fd = self._fd, -1
             threading.Thread(target=os.close, args=(fd,), name="inotify close", daemon=True).start()
 
+    @property
+    def walked_before(self) -> bool:
+        """Whether `begin` walked home (a re-sync): not for a first copy, nor where it cannot watch."""
+        return self._begun
+
     def begin(self) -> None:
         """Walk `folder` now, watching each folder before it is listed."""
         if not self._open():
