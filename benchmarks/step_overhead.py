@@ -40,8 +40,10 @@ What is measured of ours, per run:
 
 Every copy is made into a destination never used before: the one before is moved aside, and
 all are deleted at the end. Deleting a copy of 100,000 files just before the next one made
-ext4 look past each inode freed in the last 30-60 s (`recently_deleted` in ext4_new_inode,
-seen with `perf`: a third of the machine's time) for every file the next copy created, so
+ext4 look past each inode freed in the last 60 s, or 300 s while its inode table block is
+not yet written back (`recently_deleted` in fs/ext4/ialloc.c, on a file system without a
+journal, as this machine's; seen with `perf`: a third of the machine's time) for every file
+the next copy created, so
 the side that ran right after a deletion took up to four times as long (2.7 s against 12 s
 for the same bare rsync); a destination gains new EPNs, it does not lose 100,000 files a
 minute.

@@ -14,7 +14,7 @@ from typing import Any
 from ..epn import is_valid_epn, source_path_for
 from .commands import DEFAULT_IO_TIMEOUT_SECONDS, list_command, transfer_command
 from .endpoint import SshEndpoint
-from .manifests import Entry, Kind, Tree, files_of, with_checksums
+from .manifests import Entry, Kind, Tree, files_of, folder_prefix, with_checksums
 from .parsing import (
     SKIPPED_NON_REGULAR,
     ListingEntry,
@@ -216,7 +216,7 @@ class RsyncClient:
                 if item.sent:
                     sent.append((item.path, item.new))
                 if when_folder_done is not None and item.entry.kind is not Kind.DIR:
-                    here = item.path[: item.path.rfind("/") + 1]
+                    here = folder_prefix(item.path)
                     if here != folder[0]:
                         done, folder[0] = folder[0], here
                         when_folder_done(done)

@@ -35,7 +35,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .manifests import KEPT_HIDDEN_NAME, Tree, folder_entry, local_tree, scan_folder
+from .manifests import KEPT_HIDDEN_NAME, Tree, folder_entry, folder_prefix, local_tree, scan_folder
 
 # <sys/inotify.h>
 _IN_MODIFY = 0x002
@@ -86,8 +86,7 @@ def _inotify():
 
 def _parent_prefix(prefix: str) -> str:
     """The prefix of the folder holding the folder of `prefix` ("a/b/" -> "a/", "a/" -> "")."""
-    parent = prefix[:-1].rpartition("/")[0]
-    return parent + "/" if parent else ""
+    return folder_prefix(prefix[:-1])
 
 
 def _refresh_folder_entry(tree: Tree, here: str, prefix: str) -> None:

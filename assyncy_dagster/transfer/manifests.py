@@ -137,6 +137,11 @@ def scan_folder(here: str, prefix: str, tree: Tree) -> list[tuple[str, str]]:
     return folders
 
 
+def folder_prefix(path: str) -> str:
+    """The prefix in a tree of the folder holding `path` ("a/b/c" -> "a/b/", "c" -> "")."""
+    return path[: path.rfind("/") + 1]
+
+
 def folder_entry(info: os.stat_result) -> Entry:
     """A folder's entry, from its lstat."""
     return Entry(Kind.DIR, 0, int(info.st_mtime))

@@ -24,6 +24,7 @@ from assyncy_dagster.domain import VisitsAnswer
 from assyncy_dagster.resources.portal import PortalResource
 from assyncy_dagster.resources.ssh_source import SshSourceResource
 from assyncy_dagster.transfer import Entry, Kind, ProgressUpdate, RsyncClient, RsyncResult, TransferStats, Tree
+from assyncy_dagster.transfer.manifests import folder_prefix
 from tests.support.helpers import visit_of
 
 CANNED_MTIME = 1_790_000_000
@@ -62,7 +63,7 @@ class CannedRsyncClient(RsyncClient):
         tree: Tree = {}
         folder = ""
         for relative, entry in self.source_tree(epn).items():
-            here = relative[: relative.rfind("/") + 1]
+            here = folder_prefix(relative)
             if when_folder_done is not None and here != folder:  # as the real client: moved on
                 when_folder_done(folder)
                 folder = here
