@@ -12,10 +12,11 @@ child of the step: in a session of its own (a stop of rsync's process group
 leaves it alone), its control socket in a private folder (mkdtemp: 0700), and
 stopped when the context ends, however the step ends; if the step's process
 is killed outright, its parent-death signal stops it (as rsync's does,
-process.py). The transfers reach it with `ControlMaster=no`: until the master
-is up, or if it is gone, each ssh connects on its own, so sharing never adds
-a way to fail. Killing an rsync's group kills its ssh (a client of the
-master), and the master then closes that session on the host.
+process.py), and the process's watch removes the folder (stepwatch.py). The
+transfers reach it with `ControlMaster=no`: until the master is up, or if it
+is gone, each ssh connects on its own, so sharing never adds a way to fail.
+Killing an rsync's group kills its ssh (a client of the master), and the
+master then closes that session on the host.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import dataclasses
 import logging
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +33,7 @@ from typing import Any
 
 from .endpoint import SshEndpoint
 from .errors import SshConfigError, redact
-from .process import _die_with_parent
+from .process import _die_with_parent, private_folder
 
 SOCKET_NAME = "master"
 STOP_SECONDS = 5.0
@@ -51,8 +51,7 @@ def shared_connection(endpoint: SshEndpoint, logger: logging.Logger | Any | None
     if shutil.which("ssh") is None:
         yield endpoint
         return
-    folder = Path(tempfile.mkdtemp(prefix="assyncy-ssh-"))
-    try:
+    with private_folder("assyncy-ssh-") as folder:
         socket_path = folder / SOCKET_NAME
         try:
             argv = endpoint.master_command(socket_path)
@@ -81,8 +80,6 @@ def shared_connection(endpoint: SshEndpoint, logger: logging.Logger | Any | None
                     f"assyncy: the shared ssh connection ended early (status {ended_early}: "
                     f"{' '.join(said) or 'no message'}); the transfers after it connected on their own"
                 )
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _wait_until_up(master: subprocess.Popen[bytes], socket_path: Path, limit: float = MASTER_UP_SECONDS) -> None:

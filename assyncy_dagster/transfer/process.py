@@ -18,11 +18,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .endpoint import SshEndpoint
 from .errors import HOST_KEY_PATTERNS, RsyncError, error_for, redact
@@ -319,11 +321,29 @@ def start_watch() -> None:
             _watch, _watch_owner = _start_watch(), os.getpid()
 
 
+@contextlib.contextmanager
+def private_folder(prefix: str) -> Iterator[Path]:
+    """A new private folder (mkdtemp: 0700) in the temp folder, removed when the context ends, and
+    by this process's watch if the process is killed outright first (SIGKILL, an OOM kill: no
+    `finally` runs then). It must hold only files and sockets (stepwatch.remove_folder)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    told = f"{os.fsencode(folder).hex()}"
+    with _live_lock:
+        _tell_watch(f">{told}")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with _live_lock:
+            _tell_watch(f"<{told}")
+
+
 def _tell_watch(line: str) -> None:
-    """Send the watch `+PGID` or `-PGID` (with _live_lock held), starting it when there is none."""
+    """Send the watch a line (with _live_lock held): `+PGID` or `-PGID`, `>HEX` or `<HEX` (a folder to
+    remove should this process die, or no longer); the watch is started when there is none."""
     global _watch, _watch_owner
     if not _watching():
-        if line.startswith("-"):
+        if line[:1] in "-<":
             return
         _watch, _watch_owner = _start_watch(), os.getpid()
     if _watch is not None:

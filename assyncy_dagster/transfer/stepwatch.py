@@ -20,7 +20,13 @@ started them
   already told rsync: this adds the SIGKILL after the grace). The watch then ends too.
 
 Before ending a group it writes `PGID why` on its stdout, which `run_rsync` adds to that
-rsync's error. The watch is its parent's child, so it shares its PID namespace; it reads
+rsync's error.
+
+It also removes, once the process is gone, the private folders it was told of (`>HEX` and
+`<HEX` lines: the folder's path in hex): the folder of a shared ssh connection
+(connection.py), whose `finally` a SIGKILL or an OOM kill never reaches. Only what such a
+folder holds is removed (its files and sockets, then the folder); a folder that is a
+symlink, or holds a folder, is left as it is. The watch is its parent's child, so it shares its PID namespace; it reads
 the parent's state through /proc/self/stat's parent field, which numbers the parent as the
 mounted /proc does, even where that /proc belongs to another namespace. Where /proc cannot
 be read it cannot see a stop and ends nothing: a stop is then left to the heartbeat
@@ -35,6 +41,7 @@ import contextlib
 import os
 import select
 import signal
+import stat
 import sys
 import time
 
@@ -95,6 +102,21 @@ def end_groups(pgids: set[int], grace: float) -> None:
             time.sleep(0.05)
 
 
+def remove_folder(folder: bytes) -> None:
+    """Remove `folder`'s files and sockets, then the folder; never through a symlink, never deeper."""
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        with contextlib.suppress(OSError):  # a folder inside: unlink refuses it, and rmdir below fails
+            os.unlink(os.path.join(folder, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+
+
 def _say(pgids: set[int], why: str) -> None:
     for pgid in sorted(pgids):
         os.write(1, f"{pgid} {why}\n".encode())
@@ -106,6 +128,7 @@ def watch(limit: float, grace: float) -> None:
     own = _stat_fields("self")
     parent_in_proc = own[1].decode() if own is not None and len(own) > 1 else None
     watched: set[int] = set()
+    folders: set[bytes] = set()
     pending = b""
     stopped_since: float | None = None
     looked = time.monotonic()
@@ -126,6 +149,8 @@ def watch(limit: float, grace: float) -> None:
                 if watched:
                     _say(watched, f"rsync ended: the process that started it (pid {parent}) is gone")
                     end_groups(watched, grace)
+                for folder in folders:
+                    remove_folder(folder)
                 return
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
@@ -133,6 +158,10 @@ def watch(limit: float, grace: float) -> None:
                     watched.add(int(line[1:]))
                 elif line[:1] == b"-":
                     watched.discard(int(line[1:]))
+                elif line[:1] == b">":
+                    folders.add(bytes.fromhex(line[1:].decode()))
+                elif line[:1] == b"<":
+                    folders.discard(bytes.fromhex(line[1:].decode()))
         fields = _stat_fields(parent_in_proc) if watched and parent_in_proc else None
         if fields is None or fields[0] not in (b"T", b"t"):
             stopped_since = None

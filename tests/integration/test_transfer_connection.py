@@ -102,7 +102,7 @@ with shared_connection(SshEndpoint(host, int(port), user, Path(key), Path(known_
 """
 
 
-def test_the_master_follows_its_process_killed_outright(sftp_source):
+def test_the_master_and_its_folder_follow_its_process_killed_outright(sftp_source):
     ep = sftp_source.endpoint
     args = [ep.host, str(ep.port), ep.user, str(ep.key_file), str(ep.known_hosts_file), ep.source_root]
     child = subprocess.Popen([sys.executable, "-c", KILLED_OUTRIGHT, *args], stdout=subprocess.PIPE, text=True)
@@ -113,4 +113,6 @@ def test_the_master_follows_its_process_killed_outright(sftp_source):
         child.kill()
         child.wait()
     wait_for(lambda: not live_processes_mentioning(str(socket)), 10, "the master to follow its parent")
+    # No `finally` ran: the process's watch removes the private folder (socket, master.log).
+    wait_for(lambda: not socket.parent.exists(), 10, "the control socket's folder to be removed")
     host_side_gone(sftp_source)
