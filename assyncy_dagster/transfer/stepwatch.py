@@ -119,7 +119,9 @@ def remove_folder(folder: bytes) -> None:
 
 def _say(pgids: set[int], why: str) -> None:
     for pgid in sorted(pgids):
-        os.write(1, f"{pgid} {why}\n".encode())
+        # Once the process is gone nobody reads this (EPIPE): the groups are ended all the same.
+        with contextlib.suppress(OSError):
+            os.write(1, f"{pgid} {why}\n".encode())
 
 
 def watch(limit: float, grace: float) -> None:
