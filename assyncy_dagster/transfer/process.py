@@ -327,7 +327,7 @@ def private_folder(prefix: str) -> Iterator[Path]:
     by this process's watch if the process is killed outright first (SIGKILL, an OOM kill: no
     `finally` runs then). It must hold only files and sockets (stepwatch.remove_folder)."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
-    told = f"{os.fsencode(folder).hex()}"
+    told = os.fsencode(folder).hex()
     with _live_lock:
         _tell_watch(f">{told}")
     try:

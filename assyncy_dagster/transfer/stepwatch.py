@@ -26,11 +26,13 @@ It also removes, once the process is gone, the private folders it was told of (`
 `<HEX` lines: the folder's path in hex): the folder of a shared ssh connection
 (connection.py), whose `finally` a SIGKILL or an OOM kill never reaches. Only what such a
 folder holds is removed (its files and sockets, then the folder); a folder that is a
-symlink, or holds a folder, is left as it is. The watch is its parent's child, so it shares its PID namespace; it reads
-the parent's state through /proc/self/stat's parent field, which numbers the parent as the
-mounted /proc does, even where that /proc belongs to another namespace. Where /proc cannot
-be read it cannot see a stop and ends nothing: a stop is then left to the heartbeat
-(claims.Heartbeat stops the rsyncs of a run ended elsewhere at its next beat).
+symlink, or holds a folder, is left as it is.
+
+The watch is its parent's child, so it shares its PID namespace; it reads the parent's
+state through /proc/self/stat's parent field, which numbers the parent as the mounted /proc
+does, even where that /proc belongs to another namespace. Where /proc cannot be read it
+cannot see a stop and ends nothing: a stop is then left to the heartbeat (claims.Heartbeat
+stops the rsyncs of a run ended elsewhere at its next beat).
 
 Standard library only: run as `python -I -S stepwatch.py LIMIT GRACE`.
 """
