@@ -36,6 +36,7 @@ from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.run_records import tagged_epns
 from assyncy_dagster_demo.portal_sim import PortalSimulator
+from assyncy_dagster_demo.testing.processes import processes
 from assyncy_dagster_demo.testing.stack import lay_out_epns, mx_frames
 from tests.support.faultkit import figure
 from tests.support.helpers import batch_worker_argv, demo_accounts_portal_data, running
@@ -98,8 +99,7 @@ class RsyncSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(SAMPLE_SECONDS):
             by_destination: dict[str, list[int]] = {}
-            for proc in psutil.process_iter(["pid", "ppid", "name", "cmdline"]):
-                info = proc.info
+            for _proc, info in processes("pid", "ppid", "name", "cmdline"):
                 if info["name"] != "rsync" or not info["cmdline"]:
                     continue
                 destination = info["cmdline"][-1]

@@ -43,6 +43,7 @@ from assyncy_dagster.transfer.bag import make_manifest
 from assyncy_dagster.transfer.process import group_alive
 from assyncy_dagster_demo.portal_sim import PortalSimulator, equipment_credentials
 from assyncy_dagster_demo.testing.ports import free_port
+from assyncy_dagster_demo.testing.processes import processes
 from assyncy_dagster_demo.testing.stack import DEMO_EQUIPMENT, ETC, mx_frames
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout, where benchmarks/ lives beside etc/
@@ -134,17 +135,10 @@ def live_processes_mentioning(*texts: str) -> list[str]:
     """`pid: command line` of every live (non-zombie) process but this one whose command line
     contains one of `texts`, e.g. a test's destination or EPN."""
     found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            line = " ".join(proc.info["cmdline"] or [])
-            if (
-                proc.pid != os.getpid()
-                and proc.info["status"] != psutil.STATUS_ZOMBIE
-                and any(text in line for text in texts)
-            ):
-                found.append(f"{proc.pid}: {line}")
-        except psutil.NoSuchProcess:
-            pass
+    for proc, info in processes("cmdline", "status"):
+        line = " ".join(info["cmdline"] or [])
+        if proc.pid != os.getpid() and info["status"] != psutil.STATUS_ZOMBIE and any(text in line for text in texts):
+            found.append(f"{proc.pid}: {line}")
     return found
 
 
@@ -158,17 +152,14 @@ def live_processes_of(user: str, under: int | None = None) -> list[str]:
             below = {child.pid for child in psutil.Process(under).children(recursive=True)}
         except psutil.NoSuchProcess:
             below = set()
-    for proc in psutil.process_iter(["cmdline", "status", "username"]):
-        try:
-            if (
-                proc.pid != os.getpid()
-                and proc.info["status"] != psutil.STATUS_ZOMBIE
-                and proc.info["username"] == user
-                and (below is None or proc.pid in below)
-            ):
-                found.append(f"{proc.pid}: {' '.join(proc.info['cmdline'] or [])}")
-        except psutil.NoSuchProcess:
-            pass
+    for proc, info in processes("cmdline", "status", "username"):
+        if (
+            proc.pid != os.getpid()
+            and info["status"] != psutil.STATUS_ZOMBIE
+            and info["username"] == user
+            and (below is None or proc.pid in below)
+        ):
+            found.append(f"{proc.pid}: {' '.join(info['cmdline'] or [])}")
     return found
 
 

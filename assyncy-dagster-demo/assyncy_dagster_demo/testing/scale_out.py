@@ -33,6 +33,7 @@ from assyncy_dagster.logs import tail
 from assyncy_dagster.transfer.process import stop_group
 
 from .postgres import PostgresServer
+from .processes import processes
 
 SCALE_OUT_ETC = etc_path("scale-out")
 WORKER_UNIT = SCALE_OUT_ETC / "assyncy-celery-worker.service"
@@ -198,15 +199,15 @@ def rsync_invocations(text: str) -> set[int]:
     """Pids of the live rsync invocations whose command line contains `text` (a destination):
     rsync's own receiver half, a child of the same invocation, is not counted again."""
     found = set()
-    for proc in psutil.process_iter(["pid", "ppid", "name", "cmdline", "status"]):
+    for _proc, info in processes("pid", "ppid", "name", "cmdline", "status"):
         try:
-            if proc.info["name"] != "rsync" or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            if info["name"] != "rsync" or info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            if text not in " ".join(proc.info["cmdline"] or []):
+            if text not in " ".join(info["cmdline"] or []):
                 continue
-            if psutil.Process(proc.info["ppid"]).name() == "rsync":
+            if psutil.Process(info["ppid"]).name() == "rsync":
                 continue
-            found.add(proc.info["pid"])
+            found.add(info["pid"])
         except psutil.Error:
             continue
     return found
