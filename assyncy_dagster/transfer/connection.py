@@ -12,11 +12,12 @@ child of the step: in a session of its own (a stop of rsync's process group
 leaves it alone), its control socket in a private folder (mkdtemp: 0700), and
 stopped when the context ends, however the step ends; if the step's process
 is killed outright, its parent-death signal stops it (as rsync's does,
-process.py), and the process's watch removes the folder (stepwatch.py). The
-transfers reach it with `ControlMaster=no`: until the master is up, or if it
-is gone, each ssh connects on its own, so sharing never adds a way to fail.
-Killing an rsync's group kills its ssh (a client of the master), and the
-master then closes that session on the host.
+process.py), and the process's watch (stepwatch.py) ends it as it ends an
+rsync (also after a stop of the step past the limit: SIGKILL after the grace)
+and then removes the folder. The transfers reach it with `ControlMaster=no`:
+until the master is up, or if it is gone, each ssh connects on its own, so
+sharing never adds a way to fail. Killing an rsync's group kills its ssh (a
+client of the master), and the master then closes that session on the host.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 from .endpoint import SshEndpoint
 from .errors import SshConfigError, redact
-from .process import _die_with_parent, private_folder
+from .process import _die_with_parent, private_folder, watched_group
 
 SOCKET_NAME = "master"
 STOP_SECONDS = 5.0
@@ -68,18 +69,19 @@ def shared_connection(endpoint: SshEndpoint, logger: logging.Logger | Any | None
                 stderr=errors,
                 start_new_session=True,
             )
-        try:
-            _wait_until_up(master, socket_path)
-            yield shared
-        finally:
-            ended_early = master.poll()
-            _stop(master)
-            if ended_early is not None:  # refused or cut off: the transfers after it connected on their own
-                said = redact((folder / "master.log").read_text(errors="replace").splitlines()[-3:])
-                logger.info(
-                    f"assyncy: the shared ssh connection ended early (status {ended_early}: "
-                    f"{' '.join(said) or 'no message'}); the transfers after it connected on their own"
-                )
+        with watched_group(master.pid):  # its own session: its group is its pid
+            try:
+                _wait_until_up(master, socket_path)
+                yield shared
+            finally:
+                ended_early = master.poll()
+                _stop(master)
+                if ended_early is not None:  # refused or cut off: the transfers after it connected on their own
+                    said = redact((folder / "master.log").read_text(errors="replace").splitlines()[-3:])
+                    logger.info(
+                        f"assyncy: the shared ssh connection ended early (status {ended_early}: "
+                        f"{' '.join(said) or 'no message'}); the transfers after it connected on their own"
+                    )
 
 
 def _wait_until_up(master: subprocess.Popen[bytes], socket_path: Path, limit: float = MASTER_UP_SECONDS) -> None:

@@ -338,6 +338,22 @@ def private_folder(prefix: str) -> Iterator[Path]:
             _tell_watch(f"<{told}")
 
 
+@contextlib.contextmanager
+def watched_group(pgid: int) -> Iterator[None]:
+    """Process group `pgid` (a helper in a session of its own: the shared ssh connection's master)
+    ended by this process's watch as an rsync's is while the context lasts, when this process is
+    stopped or frozen too long or dies: SIGTERM, SIGKILL after the grace, and only then are the
+    private folders removed."""
+    with _live_lock:
+        _tell_watch(f"+{pgid}")
+    try:
+        yield
+    finally:
+        with _live_lock:
+            _tell_watch(f"-{pgid}")
+            _watch_verdict(pgid)
+
+
 def _tell_watch(line: str) -> None:
     """Send the watch a line (with _live_lock held): `+PGID` or `-PGID`, `>HEX` or `<HEX` (a folder to
     remove should this process die, or no longer); the watch is started when there is none."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
+import os
+import signal
 import stat
 import subprocess
 import sys
@@ -115,4 +117,27 @@ def test_the_master_and_its_folder_follow_its_process_killed_outright(sftp_sourc
     wait_for(lambda: not live_processes_mentioning(str(socket)), 10, "the master to follow its parent")
     # No `finally` ran: the process's watch removes the private folder (socket, master.log).
     wait_for(lambda: not socket.parent.exists(), 10, "the control socket's folder to be removed")
+    host_side_gone(sftp_source)
+
+
+def test_a_master_deaf_to_its_parent_s_death_is_killed_by_the_watch_before_its_folder_goes(sftp_source):
+    ep = sftp_source.endpoint
+    args = [ep.host, str(ep.port), ep.user, str(ep.key_file), str(ep.known_hosts_file), ep.source_root]
+    child = subprocess.Popen([sys.executable, "-c", KILLED_OUTRIGHT, *args], stdout=subprocess.PIPE, text=True)
+    master = None
+    try:
+        socket = Path(child.stdout.readline().strip())
+        wait_for(lambda: master_is_up(socket), 15, "the shared connection to be up")
+        [master] = [int(p.split(":")[0]) for p in live_processes_mentioning(str(socket)) if "ControlMaster=yes" in p]
+        os.kill(master, signal.SIGSTOP)  # it cannot act on the parent-death SIGTERM: a hung or traced master
+        child.kill()
+        child.wait()
+        wait_for(lambda: not live_processes_mentioning(str(socket)), 15, "the watch to SIGKILL the master")
+        wait_for(lambda: not socket.parent.exists(), 5, "the control socket's folder to be removed")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if master is not None and live_processes_mentioning(str(socket)):
+            os.kill(master, signal.SIGKILL)
     host_side_gone(sftp_source)
