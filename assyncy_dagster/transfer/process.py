@@ -30,7 +30,7 @@ from .endpoint import SshEndpoint
 from .errors import HOST_KEY_PATTERNS, RsyncError, error_for, redact
 from .manifests import Entry
 from .parsing import ProgressUpdate, TransferStats, has_stats, may_be_progress, parse_progress, parse_stats
-from .stepwatch import STOPPED_STEP_LIMIT_SECONDS, group_alive
+from .stepwatch import STOPPED_STEP_LIMIT_SECONDS, group_alive, remove_folder
 
 # How long rsync gets to save its partial file after SIGTERM before SIGKILL.
 TERMINATE_GRACE_SECONDS = 5.0
@@ -325,7 +325,7 @@ def start_watch() -> None:
 def private_folder(prefix: str) -> Iterator[Path]:
     """A new private folder (mkdtemp: 0700) in the temp folder, removed when the context ends, and
     by this process's watch if the process is killed outright first (SIGKILL, an OOM kill: no
-    `finally` runs then). It must hold only files and sockets (stepwatch.remove_folder)."""
+    `finally` runs then); either way by stepwatch.remove_folder, so it must hold only files and sockets."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     told = os.fsencode(folder).hex()
     with _live_lock:
@@ -333,7 +333,7 @@ def private_folder(prefix: str) -> Iterator[Path]:
     try:
         yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_folder(os.fsencode(folder))
         with _live_lock:
             _tell_watch(f"<{told}")
 

@@ -104,16 +104,25 @@ with shared_connection(SshEndpoint(host, int(port), user, Path(key), Path(known_
 """
 
 
-def test_the_master_and_its_folder_follow_its_process_killed_outright(sftp_source):
+def holding_a_shared_connection(sftp_source) -> tuple[subprocess.Popen[str], Path]:
+    """A process holding a shared connection (KILLED_OUTRIGHT), and its master's socket once it is up."""
     ep = sftp_source.endpoint
     args = [ep.host, str(ep.port), ep.user, str(ep.key_file), str(ep.known_hosts_file), ep.source_root]
     child = subprocess.Popen([sys.executable, "-c", KILLED_OUTRIGHT, *args], stdout=subprocess.PIPE, text=True)
     try:
         socket = Path(child.stdout.readline().strip())
         wait_for(lambda: master_is_up(socket), 15, "the shared connection to be up")
-    finally:
+    except BaseException:
         child.kill()
         child.wait()
+        raise
+    return child, socket
+
+
+def test_the_master_and_its_folder_follow_its_process_killed_outright(sftp_source):
+    child, socket = holding_a_shared_connection(sftp_source)
+    child.kill()
+    child.wait()
     wait_for(lambda: not live_processes_mentioning(str(socket)), 10, "the master to follow its parent")
     # No `finally` ran: the process's watch removes the private folder (socket, master.log).
     wait_for(lambda: not socket.parent.exists(), 10, "the control socket's folder to be removed")
@@ -121,13 +130,9 @@ def test_the_master_and_its_folder_follow_its_process_killed_outright(sftp_sourc
 
 
 def test_a_master_deaf_to_its_parent_s_death_is_killed_by_the_watch_before_its_folder_goes(sftp_source):
-    ep = sftp_source.endpoint
-    args = [ep.host, str(ep.port), ep.user, str(ep.key_file), str(ep.known_hosts_file), ep.source_root]
-    child = subprocess.Popen([sys.executable, "-c", KILLED_OUTRIGHT, *args], stdout=subprocess.PIPE, text=True)
+    child, socket = holding_a_shared_connection(sftp_source)
     master = None
     try:
-        socket = Path(child.stdout.readline().strip())
-        wait_for(lambda: master_is_up(socket), 15, "the shared connection to be up")
         [master] = [int(p.split(":")[0]) for p in live_processes_mentioning(str(socket)) if "ControlMaster=yes" in p]
         os.kill(master, signal.SIGSTOP)  # it cannot act on the parent-death SIGTERM: a hung or traced master
         child.kill()
