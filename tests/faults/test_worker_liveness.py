@@ -15,9 +15,11 @@ epn_sensor tick (its sweep of lost runs included) is evaluated every few seconds
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 
@@ -132,7 +134,7 @@ def test_workers_the_sweep_cannot_look_at_run_to_success_while_the_sensor_ticks(
 
 
 @needs_unshare
-def test_a_worker_killed_where_only_its_heartbeat_tells_is_noticed_within_a_minute(stack, tmp_path):
+def test_a_worker_killed_where_only_its_heartbeat_tells_is_noticed_within_a_minute(stack, tmp_path, request):
     epn = "12282a"
     stack.configure(**{"rsync-bwlimit-kib": SLOW_KIB})
     stack.lay_out(epn, frames=FILES, size=FILE_SIZE)
@@ -141,13 +143,18 @@ def test_a_worker_killed_where_only_its_heartbeat_tells_is_noticed_within_a_minu
     tick, _ = ticker(stack)
     run_id = str(uuid.uuid4())
     log = tmp_path / "worker.log"
+    # Killing the namespace's init kills the worker's watch with it, so nothing is left to remove its
+    # shared connection's private folder (a killed container's /tmp goes with it): a temp folder of
+    # the test's own, short enough for ssh's socket path, holds it and goes at the end.
+    worker_tmp = tempfile.mkdtemp(prefix="assyncy-t-")
+    request.addfinalizer(lambda: shutil.rmtree(worker_tmp, ignore_errors=True))
     with (
         open(log, "w") as out,
         running(
             [*UNSHARE, *batch_worker_argv(stack.config_path, [epn], run_id)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**env, "TMPDIR": worker_tmp},
         ) as worker,
     ):
         wait_for(lambda: transfer_started(stack.destination("ny79", epn)), 120, "rsync to start", proc=worker, log=log)
