@@ -14,6 +14,7 @@ from typing import Any
 from ..epn import is_valid_epn, source_path_for
 from .commands import DEFAULT_IO_TIMEOUT_SECONDS, list_command, transfer_command
 from .endpoint import SshEndpoint
+from .errors import file_io_error
 from .manifests import Entry, Kind, Tree, files_of, folder_prefix, with_checksums
 from .parsing import (
     SKIPPED_NON_REGULAR,
@@ -155,6 +156,9 @@ class RsyncClient:
 
         if self.bwlimit_kib:
             extra_args = (*extra_args, f"--bwlimit={int(self.bwlimit_kib)}")
+        if not dry_run:
+            # Above the destination only: a first copy finds no `destination` (homewalk.py).
+            _make_folders(Path(destination).parent)
         if streams > 1:
             plan = plan_streams(
                 {path: entry.size for path, entry in files_of(self.source_tree(epn)).items()}, streams, streams_min_mib
@@ -299,6 +303,8 @@ class RsyncClient:
             if stopping.is_set():  # started just as the others were being stopped
                 terminate_transfers([pgid])
 
+        if not dry_run:
+            _make_folders(destination)  # every stream's rsync would make it, at the same moment
         with tempfile.TemporaryDirectory(prefix="assyncy-streams-") as folder:
             argvs = []
             for index, chunk in enumerate(plan.chunks):
@@ -347,6 +353,18 @@ class RsyncClient:
             description=f"{'dry-run ' if dry_run else ''}transfer of EPN {epn} (closing pass after the streams)",
         )
         return _combined(results, closing, time.monotonic() - started)
+
+
+def _make_folders(folder: Path) -> None:
+    """Make `folder` and the folders above it, as rsync's `--mkpath` would, before any rsync starts.
+
+    `--mkpath` looks for each missing folder, then makes it: two rsyncs making the same one at
+    once (the streams of one EPN; two EPNs of a project new under `create-project-folders`) and
+    the slower fails ("mkdir ... failed: File exists"). Made here, the folder is there for both."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise file_io_error(f"cannot make the folder {folder} ({exc.strerror})") from None
 
 
 def _clock(seconds: float) -> str:

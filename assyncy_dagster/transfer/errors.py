@@ -105,6 +105,14 @@ class RsyncError(Exception):
         return SSH_AUTH_PATTERNS.search(self.stderr_tail) is not None
 
 
+FILE_IO_EXIT = 11  # rsync's "error in file I/O": its exit code when it cannot make a folder
+
+
+def file_io_error(what: str) -> RsyncError:
+    """The error rsync would have met writing the destination, met before rsync started."""
+    return RsyncError(f"{what}: {_EXIT_HINTS[FILE_IO_EXIT]}", exit_code=FILE_IO_EXIT)
+
+
 class HostKeyError(RsyncError):
     """ssh refused the SFTP host's key: it is unknown or differs from the pinned one."""
 
