@@ -30,7 +30,9 @@ Why the flags are what they are (`transfer_command`):
   final name; only a SIGKILL (after the SIGTERM grace) can leave that behind,
   and being hidden it is ignored by the manifests and replaced on the next run.
 * `--mkpath` creates `<project>/<epn>/data/` under the destination root (rsync
-  does not, otherwise); `--dry-run` creates nothing at all. The project folder
+  does not, otherwise); `--dry-run` creates nothing at all. Before a real copy
+  the client makes the folders above `data/` itself (and `data/` too for
+  streams): rsyncs making one folder at once race (client._make_folders). The project folder
   itself must already exist unless `create-project-folders: true` (epn_data
   checks before rsync starts), so a typo in `epn_cap_map` is an error, not a
   new project.
