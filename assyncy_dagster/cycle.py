@@ -42,6 +42,18 @@ class RunOutcome:
     success: bool
     error: str = ""
     metadata: dict = field(default_factory=dict)
+    outcome: str = ""  # a repatriation's: what the run did with the EPN (outcomes.Outcome's value)
+
+    @property
+    def not_done_here(self) -> str:
+        """Why a repatriation that did not fail moved nothing in this run, or "" when it did its work:
+        another run had the EPN (in a cycle, often the other lane, which took it from this
+        run's batch while this run waited to start), or its folder held no files yet."""
+        if self.outcome == Outcome.SKIPPED.value:
+            return "left to another run, which had it"
+        if self.outcome == Outcome.EMPTY.value:
+            return "held back: its folder holds no files yet"
+        return ""
 
 
 @dataclass
@@ -117,6 +129,7 @@ def execute_request(
             success=outcome in _NOT_FAILED,
             error="" if outcome in _NOT_FAILED else errors.get(epn, run_error),
             metadata=metadata.get(epn, {}),
+            outcome=outcome,
         )
         for epn, outcome in outcomes.items()
     ]
@@ -278,7 +291,9 @@ def refresh_report(defs: dg.Definitions, instance: dg.DagsterInstance, logger: l
 
 def _log_outcome(logger: logging.Logger, outcome: RunOutcome) -> None:
     what = f"EPN {outcome.partition}" if outcome.partition else outcome.job
-    if outcome.success:
+    if outcome.success and outcome.not_done_here:
+        logger.info(f"{what}: run {outcome.run_id}: {outcome.not_done_here}")
+    elif outcome.success:
         logger.info(f"{what}: run {outcome.run_id} succeeded")
     else:
         logger.error(f"{what}: run {outcome.run_id} failed: {outcome.error}")

@@ -140,7 +140,9 @@ def print_report(report: CycleReport, root: Path, mail_dir: Path, scratch: Path,
         print(f"sensor skipped: {report.skipped}")
     print(f"EPNs found (new partitions): {', '.join(report.new_partitions) or 'none'}")
     for outcome in report.by_job(REPATRIATION_JOB):
-        if outcome.success:
+        if outcome.success and outcome.not_done_here:
+            print(f"  {outcome.partition}: {outcome.not_done_here}")
+        elif outcome.success:
             meta = outcome.metadata
             print(
                 f"  transferred {outcome.partition}: {meta.get('files_transferred')} files, "
