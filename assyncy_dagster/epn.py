@@ -86,6 +86,11 @@ def destination_for(epn: str, epn_cap_map: Mapping[str, str], root: Path) -> Pat
     return destination
 
 
+def project_folder(destination: Path) -> Path:
+    """The project folder of an EPN's destination (`destination_for`'s `<root>/<project>/<epn>/data`)."""
+    return destination.parent.parent
+
+
 def source_path_for(epn: str, source_root: str) -> str:
     """The remote folder of an EPN, with the trailing slash rsync needs to copy its contents."""
     validate_epn(epn)

@@ -21,7 +21,7 @@ import dagster as dg
 from ..claims import claims
 from ..config import Settings
 from ..domain import Visit
-from ..epn import InvalidEpnError, UnmappedEpnError, base_number, destination_for, validate_epn
+from ..epn import InvalidEpnError, UnmappedEpnError, base_number, destination_for, project_folder, validate_epn
 from ..fixity import clear_findings, findings_for, findings_path, mark_for_refetch
 from ..planning import visits_hold
 from ..run_records import EPN_DATA, last_verified
@@ -133,12 +133,12 @@ def _problem_table(verdict: Verdict) -> dg.TableMetadataValue:
 
 def _project_folder_problem(epn: str, destination: Path, settings: Settings) -> str | None:
     """Why the EPN's project folder is missing, or None: a typo in epn_cap_map must not make a new project."""
-    project_folder = destination.parent.parent  # <root>/<project>/<epn>/data
-    if settings.create_project_folders or project_folder.is_dir():
+    folder = project_folder(destination)
+    if settings.create_project_folders or folder.is_dir():
         return None
     return (
-        f"EPN {epn}: the project folder {project_folder} does not exist under destination-root-path "
-        f"(epn_cap_map maps {base_number(epn)!r} to {project_folder.name!r}); "
+        f"EPN {epn}: the project folder {folder} does not exist under destination-root-path "
+        f"(epn_cap_map maps {base_number(epn)!r} to {folder.name!r}); "
         "check epn_cap_map for a typo, create the folder, or set create-project-folders: true"
     )
 
@@ -303,6 +303,10 @@ def bring_home(
     problem = _project_folder_problem(epn, destination, settings)
     if problem:
         raise EpnFailed(problem)
+    if settings.create_project_folders and not dry_run:
+        # Not left to rsync's --mkpath: two EPNs of a new project copied at once would both make it,
+        # and the slower rsync fail ("mkdir ... failed: File exists").
+        project_folder(destination).mkdir(parents=True, exist_ok=True)
 
     mode = DRY_RUN_MODE if dry_run else "real transfer"
     started = time.monotonic()

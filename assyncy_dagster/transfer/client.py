@@ -156,9 +156,6 @@ class RsyncClient:
 
         if self.bwlimit_kib:
             extra_args = (*extra_args, f"--bwlimit={int(self.bwlimit_kib)}")
-        if not dry_run:
-            # Above the destination only: a first copy finds no `destination` (homewalk.py).
-            _make_folders(Path(destination).parent)
         if streams > 1:
             plan = plan_streams(
                 {path: entry.size for path, entry in files_of(self.source_tree(epn)).items()}, streams, streams_min_mib
@@ -356,11 +353,10 @@ class RsyncClient:
 
 
 def _make_folders(folder: Path) -> None:
-    """Make `folder` and the folders above it, as rsync's `--mkpath` would, before any rsync starts.
+    """Make `folder` and the folders above it, as rsync's `--mkpath` would, before the streams start.
 
-    `--mkpath` looks for each missing folder, then makes it: two rsyncs making the same one at
-    once (the streams of one EPN; two EPNs of a project new under `create-project-folders`) and
-    the slower fails ("mkdir ... failed: File exists"). Made here, the folder is there for both."""
+    `--mkpath` looks for each missing folder, then makes it: of the streams making the same one at
+    once the slower failed ("mkdir ... failed: File exists"). Made here, it is there for them all."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

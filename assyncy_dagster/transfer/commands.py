@@ -30,12 +30,12 @@ Why the flags are what they are (`transfer_command`):
   final name; only a SIGKILL (after the SIGTERM grace) can leave that behind,
   and being hidden it is ignored by the manifests and replaced on the next run.
 * `--mkpath` creates `<project>/<epn>/data/` under the destination root (rsync
-  does not, otherwise); `--dry-run` creates nothing at all. Before a real copy
-  the client makes the folders above `data/` itself (and `data/` too for
-  streams): rsyncs making one folder at once race (client._make_folders). The project folder
+  does not, otherwise); `--dry-run` creates nothing at all. The project folder
   itself must already exist unless `create-project-folders: true` (epn_data
   checks before rsync starts), so a typo in `epn_cap_map` is an error, not a
-  new project.
+  new project. rsyncs making one folder at once race, so what several may make
+  is made before they start: the project folder by epn_data, `data/` for
+  streams by the client (client._make_folders).
 * `--links`: a symlink arrives as the same symlink. Without it rsync skips
   every symlink with exit 0 and the data behind it is silently missing. A
   link that stays inside the EPN folder works at home exactly as at the
