@@ -202,4 +202,7 @@ def test_two_runs_racing_for_the_same_epns_never_transfer_one_twice(stack, tmp_p
     assert outcomes[Outcome.RUNNING.value] == 0
     assert outcomes[Outcome.SKIPPED.value] >= ROUNDS * PER_ROUND * 0.5, "the runs did not really race"
     assert sorted(recorded) == sorted(every) and set(recorded.values()) == {1}
-    assert sampler.samples > 100 and len(sampler.most) == len(every)  # every transfer was seen
+    # The sampler really watched: it saw (nearly) every transfer. Each lasts about half a second, but
+    # a sample of every process can take that long on a loaded machine (a run with more test
+    # workers than cores saw 98 of 100).
+    assert sampler.samples > 100 and len(sampler.most) >= 0.9 * len(every), (len(sampler.most), len(every))
