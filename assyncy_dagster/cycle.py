@@ -46,14 +46,8 @@ class RunOutcome:
 
     @property
     def not_done_here(self) -> str:
-        """Why a repatriation that did not fail moved nothing in this run, or "" when it did its work:
-        another run had the EPN (in a cycle, often the other lane, which took it from this
-        run's batch while this run waited to start), or its folder held no files yet."""
-        if self.outcome == Outcome.SKIPPED.value:
-            return "left to another run, which had it"
-        if self.outcome == Outcome.EMPTY.value:
-            return "held back: its folder holds no files yet"
-        return ""
+        """Why a repatriation that did not fail moved nothing in this run (Outcome.moved_nothing), or ""."""
+        return Outcome(self.outcome).moved_nothing if self.outcome else ""
 
 
 @dataclass
@@ -95,7 +89,7 @@ def _epn_errors(events: Iterable[dg.DagsterEvent]) -> dict[str, str]:
 
 
 # Skipped: another run held the EPN's claim, or brought it home meanwhile; not this run's failure.
-_NOT_FAILED = (Outcome.HOME.value, Outcome.DRY_RUN.value, Outcome.EMPTY.value, Outcome.SKIPPED.value)
+_NOT_FAILED = tuple(o.value for o in Outcome if o.succeeded or o.moved_nothing)
 
 
 def execute_request(

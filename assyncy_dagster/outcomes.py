@@ -25,3 +25,14 @@ class Outcome(str, enum.Enum):
     def succeeded(self) -> bool:
         """Its run brought it home, or listed it in a dry-run."""
         return self in (Outcome.HOME, Outcome.DRY_RUN)
+
+    @property
+    def moved_nothing(self) -> str:
+        """Why its run, without failing it, moved nothing of it ("" for the other outcomes): another
+        run had it (in a cycle, often the other lane, which took it from this run's batch while
+        this run waited to start), or its folder held no files yet."""
+        if self is Outcome.SKIPPED:
+            return "left to another run, which had it"
+        if self is Outcome.EMPTY:
+            return "held back: its folder holds no files yet"
+        return ""

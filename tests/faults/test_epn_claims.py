@@ -28,7 +28,6 @@ from collections import Counter
 from pathlib import Path
 
 import dagster as dg
-import psutil
 import pytest
 
 from assyncy_dagster.claims import claims
@@ -36,7 +35,7 @@ from assyncy_dagster.outcomes import Outcome
 from assyncy_dagster.partitions import EPN_PARTITIONS_NAME
 from assyncy_dagster.run_records import tagged_epns
 from assyncy_dagster_demo.portal_sim import PortalSimulator
-from assyncy_dagster_demo.testing.processes import processes
+from assyncy_dagster_demo.testing.processes import rsync_invocations_live
 from assyncy_dagster_demo.testing.stack import lay_out_epns, mx_frames
 from tests.support.faultkit import figure
 from tests.support.helpers import batch_worker_argv, demo_accounts_portal_data, running
@@ -84,9 +83,7 @@ def _argv(kind: str, config_path: Path, epns: list[str]) -> list[str]:
 
 
 class RsyncSampler(threading.Thread):
-    """Every 50 ms, the rsync transfers writing under `root`, by destination. rsync's receiving
-    side forks (receiver and generator share one command line): a transfer is an rsync process
-    whose parent is not rsync."""
+    """Every 50 ms, the rsync transfers writing under `root` (the kit's rsync_invocations_live), by destination."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(daemon=True)
@@ -99,18 +96,10 @@ class RsyncSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(SAMPLE_SECONDS):
             by_destination: dict[str, list[int]] = {}
-            for _proc, info in processes("pid", "ppid", "name", "cmdline"):
-                if info["name"] != "rsync" or not info["cmdline"]:
-                    continue
-                destination = info["cmdline"][-1]
-                if not destination.startswith(self.root):
-                    continue
-                try:
-                    if psutil.Process(info["ppid"]).name() == "rsync":
-                        continue
-                except psutil.Error:
-                    continue
-                by_destination.setdefault(destination.rstrip("/"), []).append(info["pid"])
+            for pid, cmdline in rsync_invocations_live():
+                destination = cmdline[-1]
+                if destination.startswith(self.root):
+                    by_destination.setdefault(destination.rstrip("/"), []).append(pid)
             self.samples += 1
             for destination, pids in by_destination.items():
                 self.most[destination] = max(self.most[destination], len(pids))

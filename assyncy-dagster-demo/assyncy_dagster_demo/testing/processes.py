@@ -21,3 +21,17 @@ def processes(*attrs: str) -> Iterator[tuple[psutil.Process, dict[str, Any]]]:
             yield proc, proc.as_dict(attrs=list(attrs), ad_value=None)
         except psutil.NoSuchProcess:
             continue
+
+
+def rsync_invocations_live() -> Iterator[tuple[int, list[str]]]:
+    """(pid, command line) of each live rsync invocation. rsync's receiving side forks (receiver
+    and generator share one command line): an invocation is an rsync whose parent is not rsync."""
+    for _proc, info in processes("pid", "ppid", "name", "cmdline", "status"):
+        if info["name"] != "rsync" or info["status"] == psutil.STATUS_ZOMBIE or not info["cmdline"]:
+            continue
+        try:
+            if psutil.Process(info["ppid"]).name() == "rsync":
+                continue
+        except psutil.Error:
+            continue
+        yield info["pid"], info["cmdline"]

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-import psutil
 import yaml
 
 from assyncy_dagster.etc_files import etc_path
@@ -33,7 +32,7 @@ from assyncy_dagster.logs import tail
 from assyncy_dagster.transfer.process import stop_group
 
 from .postgres import PostgresServer
-from .processes import processes
+from .processes import rsync_invocations_live
 
 SCALE_OUT_ETC = etc_path("scale-out")
 WORKER_UNIT = SCALE_OUT_ETC / "assyncy-celery-worker.service"
@@ -196,21 +195,8 @@ class DagsterDaemon:
 
 
 def rsync_invocations(text: str) -> set[int]:
-    """Pids of the live rsync invocations whose command line contains `text` (a destination):
-    rsync's own receiver half, a child of the same invocation, is not counted again."""
-    found = set()
-    for _proc, info in processes("pid", "ppid", "name", "cmdline", "status"):
-        try:
-            if info["name"] != "rsync" or info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if text not in " ".join(info["cmdline"] or []):
-                continue
-            if psutil.Process(info["ppid"]).name() == "rsync":
-                continue
-            found.add(info["pid"])
-        except psutil.Error:
-            continue
-    return found
+    """Pids of the live rsync invocations whose command line contains `text` (a destination)."""
+    return {pid for pid, cmdline in rsync_invocations_live() if text in " ".join(cmdline)}
 
 
 class ConcurrencyWatch:
